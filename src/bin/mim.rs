@@ -1,0 +1,370 @@
+//! `mim`: the command-line interface. A thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use mim::data::augment::Transform;
+use mim::data::loader::{load_batch, rng_for};
+use mim::data::{Dataset, Image, Split};
+use mim::masking::{Mask, uniform_noise};
+use mim::models::mae::MaskedAutoencoder;
+use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_path, metrics_path, read_metrics};
+use mim::train::{checkpoint, pretrain};
+
+#[derive(Parser)]
+#[command(name = "mim", version, about = "Masked image modeling (MAE) for vision transformers, on burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Short MAE pretraining on the shipped Fashion-MNIST subset, then a reconstruction picture.
+    Demo {
+        /// Output folder.
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        /// Pretraining epochs over the 10,000 shipped images.
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+    },
+    /// Pretrain a masked autoencoder (config from --config TOML, flags override it).
+    Pretrain(PretrainArgs),
+    /// Pictures of original | masked | reconstruction | reconstruction + visible, from a checkpoint.
+    Reconstruct(ReconstructArgs),
+    /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
+    Export {
+        /// Checkpoint written by `mim pretrain`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    /// TOML file with any PretrainConfig fields (see configs/).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run saved in --out on the same trajectory.
+    #[arg(long)]
+    resume: bool,
+    /// Continue from this checkpoint instead of the one in --out.
+    #[arg(long)]
+    resume_from: Option<PathBuf>,
+    /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model preset (mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...).
+    #[arg(long)]
+    model: Option<String>,
+    /// Input side in pixels.
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Fraction of patches removed, in (0, 1).
+    #[arg(long, allow_negative_numbers = true)]
+    mask_ratio: Option<f64>,
+    /// Per-patch normalised pixel targets (true/false).
+    #[arg(long)]
+    norm_pix_loss: Option<bool>,
+    #[arg(long)]
+    /// Epochs.
+    epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Gradient accumulation steps.
+    #[arg(long)]
+    accum_iter: Option<usize>,
+    /// Learning rate per 256 images.
+    #[arg(long)]
+    base_lr: Option<f64>,
+    /// Absolute learning rate (overrides --base-lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Final learning rate.
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Warmup epochs.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Checkpoint every N epochs.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl PretrainArgs {
+    fn config(&self) -> Result<PretrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => PretrainConfig::from_toml_file(p)?,
+            None => PretrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        set!(data, out, model, mask_ratio, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device);
+        if self.img_size.is_some() {
+            c.img_size = self.img_size;
+        }
+        if self.lr.is_some() {
+            c.lr = self.lr;
+        }
+        if self.warmup_epochs.is_some() {
+            c.warmup_epochs = self.warmup_epochs;
+        }
+        if self.max_images.is_some() {
+            c.max_images = self.max_images;
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct ReconstructArgs {
+    /// Checkpoint written by `mim pretrain`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset to take images from (default: the one the checkpoint was trained on).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Dataset split.
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
+    /// Dataset indices, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4,5,6,7")]
+    indices: Vec<usize>,
+    /// Image files instead of dataset indices (resized to the model's input).
+    #[arg(long, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// Fraction of patches removed.
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
+    mask_ratio: f64,
+    /// Seed of the random mask.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Explicit visible patches (row-major indices, comma-separated) instead of a random mask.
+    #[arg(long, value_delimiter = ',')]
+    visible: Vec<usize>,
+    /// Explicit mask as an image: a patch is visible where the image (resized to the patch grid) is bright.
+    #[arg(long)]
+    mask_image: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "runs/reconstruct")]
+    out: PathBuf,
+    /// Up-scaling of the pictures.
+    #[arg(long, default_value_t = 4)]
+    scale: usize,
+}
+
+/// Progress bar with loss, lr, images/s and ETA.
+struct Bar(Option<ProgressBar>);
+
+impl Reporter for Bar {
+    fn start(&mut self, total: u64, done: u64, about: &str) {
+        eprintln!("{about}");
+        if done > 0 {
+            eprintln!("resuming at iteration {done} of {total}");
+        }
+        let pb = ProgressBar::new(total).with_position(done);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        self.0 = Some(pb);
+    }
+    fn step(&mut self, m: &StepMetrics) {
+        if let Some(pb) = &self.0 {
+            pb.set_message(format!("epoch {} loss {:.4} lr {:.2e} {:.0} img/s", m.epoch + 1, m.loss, m.lr, m.images_per_sec));
+            pb.set_position(m.iteration);
+        }
+    }
+    fn message(&mut self, msg: &str) {
+        match &self.0 {
+            Some(pb) => pb.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(pb) = self.0.take() {
+            pb.finish();
+        }
+    }
+}
+
+fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
+    let t0 = Instant::now();
+    let summary = pretrain(cfg, resume, &mut Bar(None))?;
+    let metrics = read_metrics(&metrics_path(&cfg.out))?;
+    let losses: Vec<(f64, f64)> = metrics.iter().map(|m| (m.iteration as f64, m.loss)).collect();
+    let curve = cfg.out.join("loss.png");
+    mim::viz::loss_curve(&curve, &losses, 20)?;
+    let header = checkpoint::read_header(&summary.checkpoint)?;
+    let weights = cfg.out.join("weights.safetensors");
+    mim::io::export_weights(&summary.model, &header.model, &weights)?;
+    let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>() / summary.steps.len().clamp(1, 20) as f64;
+    eprintln!(
+        "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}, weights {}",
+        t0.elapsed().as_secs_f64(),
+        summary.checkpoint.display(),
+        metrics_path(&cfg.out).display(),
+        curve.display(),
+        weights.display()
+    );
+    Ok(())
+}
+
+/// A mask from an image: the image is resized to the patch grid; bright cells are visible.
+fn mask_from_image(path: &Path, grid: usize, batch: usize) -> Result<Mask> {
+    let img = mim::data::folder::decode(path, 1)?;
+    let small = Transform::Resize { size: grid };
+    let mut cells = vec![0.0; grid * grid];
+    small.apply(&img, &[0.0], &[1.0], &mut rng_for(&[0]), &mut cells);
+    let visible: Vec<usize> = (0..grid * grid).filter(|&i| cells[i] > 0.5).collect();
+    Mask::from_visible(&visible, batch, grid * grid).with_context(|| format!("mask image '{}'", path.display()))
+}
+
+fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
+    let device = burn::tensor::Device::flex();
+    let ck = checkpoint::load(&a.checkpoint, &device)?;
+    let cfg = ck.header.model.clone();
+    let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
+    let model: MaskedAutoencoder = ck.model;
+    let transform = Transform::Resize { size: cfg.img_size };
+    let data_path = a.data.clone().unwrap_or(train.data.clone());
+    let ds = Dataset::open(&data_path, if a.images.is_empty() { a.split } else { Split::Train });
+    let (batch, labels, mean, std) = if a.images.is_empty() {
+        let ds = ds?;
+        if let Some(&bad) = a.indices.iter().find(|&&i| i >= ds.len()) {
+            bail!("index {bad} is out of range: the {:?} split of '{}' has {} images", a.split, data_path.display(), ds.len());
+        }
+        let b = load_batch(&ds, &transform, &a.indices, 0, 0)?;
+        let names: Vec<String> = b.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
+        (b, names, ds.mean.clone(), ds.std.clone())
+    } else {
+        // Files: normalise with the training data's statistics when available.
+        let (mean, std) = ds.map(|d| (d.mean, d.std)).unwrap_or((vec![0.5; cfg.in_chans], vec![0.25; cfg.in_chans]));
+        let per = cfg.in_chans * cfg.img_size * cfg.img_size;
+        let mut images = vec![0.0; a.images.len() * per];
+        for (k, p) in a.images.iter().enumerate() {
+            let img: Image = mim::data::folder::decode(p, cfg.in_chans)?;
+            transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut images[k * per..(k + 1) * per]);
+        }
+        let n = a.images.len();
+        let b = mim::data::loader::Batch { images, labels: vec![0; n], indices: (0..n).collect(), channels: cfg.in_chans, side: cfg.img_size };
+        (b, a.images.iter().map(|p| p.display().to_string()).collect(), mean, std)
+    };
+    let n = batch.len();
+    let l = cfg.num_patches();
+    let mask = if let Some(p) = &a.mask_image {
+        mask_from_image(p, cfg.grid(), n)?
+    } else if !a.visible.is_empty() {
+        Mask::from_visible(&a.visible, n, l)?
+    } else {
+        Mask::from_noise(&uniform_noise(&mut rng_for(&[a.seed, 0x4D41534B]), n, l), n, a.mask_ratio)?
+    };
+    let rows = mim::viz::reconstruct(&model, batch.tensor(&device), &mask, &mean, &std);
+    let (c, s) = (cfg.in_chans, cfg.img_size);
+    for (k, row) in rows.iter().enumerate() {
+        let path = a.out.join(format!("reconstruction_{k:02}.png"));
+        mim::viz::save_png(&mim::viz::grid_image(std::slice::from_ref(row), c, s, s, a.scale), &path)?;
+    }
+    let all = a.out.join("reconstructions.png");
+    mim::viz::save_png(&mim::viz::grid_image(&rows, c, s, s, a.scale), &all)?;
+    eprintln!(
+        "{n} images ({}), {} of {l} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
+        labels.join(", "),
+        l - mask.len_keep,
+        all.display()
+    );
+    Ok(all)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Pretrain(args) => {
+            let cfg = args.config()?;
+            let resume = args.resume_from.clone().or(args.resume.then(|| checkpoint_path(&cfg.out)));
+            if let Some(r) = &resume {
+                if !r.exists() {
+                    bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+                }
+            }
+            run_pretrain(&cfg, resume.as_deref())
+        }
+        Command::Demo { out, epochs } => {
+            let cfg = PretrainConfig {
+                out: out.clone(),
+                epochs,
+                lr: Some(1.5e-3),
+                warmup_epochs: Some(0.5),
+                ..PretrainConfig::default()
+            };
+            let ck = checkpoint_path(&out);
+            let resume = ck.exists().then_some(ck.as_path());
+            if resume.is_some() {
+                eprintln!("'{}' holds an earlier demo run: continuing it (delete the folder to start over)", out.display());
+            }
+            if resume.is_none() || checkpoint::read_header(&ck)?.epoch < epochs as u64 {
+                run_pretrain(&cfg, resume)?;
+            }
+            let picture = run_reconstruct(&ReconstructArgs {
+                checkpoint: ck.clone(),
+                data: None,
+                split: Split::Test,
+                indices: (0..8).collect(),
+                images: vec![],
+                mask_ratio: 0.75,
+                seed: 0,
+                visible: vec![],
+                mask_image: None,
+                out: out.clone(),
+                scale: 4,
+            })?;
+            eprintln!("demo picture: {}", picture.display());
+            Ok(())
+        }
+        Command::Reconstruct(a) => run_reconstruct(&a).map(|_| ()),
+        Command::Export { checkpoint: ck, out } => {
+            let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
+            mim::io::export_weights(&c.model, &c.header.model, &out)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    mim::runtime::tune_allocator();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

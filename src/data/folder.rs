@@ -1,0 +1,70 @@
+//! Image folders in ImageNet layout: `root/{train,val}/CLASS/*.{png,jpg,jpeg}`, or `root/CLASS/*`
+//! directly. Images are decoded on demand.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+
+use super::{Dataset, Image, Split, Storage};
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list '{}'", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Lists the split's classes and images (sorted, so the order is the same on every machine).
+pub fn open(path: &Path, split: Split) -> Result<Dataset> {
+    let sub = match split {
+        Split::Train => ["train"].as_slice(),
+        Split::Test => ["val", "test"].as_slice(),
+    };
+    let root = sub.iter().map(|s| path.join(s)).find(|p| p.is_dir()).unwrap_or_else(|| path.to_path_buf());
+    let class_dirs: Vec<PathBuf> = sorted_entries(&root)?.into_iter().filter(|p| p.is_dir()).collect();
+    let mut files = Vec::new();
+    let mut labels = Vec::new();
+    let mut classes = Vec::new();
+    for dir in &class_dirs {
+        let images: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| is_image(p)).collect();
+        if images.is_empty() {
+            continue;
+        }
+        labels.extend(std::iter::repeat_n(classes.len() as u32, images.len()));
+        files.extend(images);
+        classes.push(dir.file_name().unwrap().to_string_lossy().to_string());
+    }
+    ensure!(
+        !files.is_empty(),
+        "no PNG/JPEG images found in class sub-folders of '{}': an image folder needs root/CLASS/image.png \
+         (optionally under root/train and root/val)",
+        root.display()
+    );
+    Ok(Dataset {
+        name: format!("image folder {} ({} images, {} classes)", root.display(), files.len(), classes.len()),
+        channels: 3,
+        storage: Storage::Files(files),
+        labels,
+        classes,
+        mean: vec![0.485, 0.456, 0.406],
+        std: vec![0.229, 0.224, 0.225],
+    })
+}
+
+/// Decodes an image file to `channels` (1 = grey, 3 = RGB).
+pub fn decode(path: &Path, channels: usize) -> Result<Image> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image '{}'", path.display()))?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("cannot decode image '{}': the file is unreadable or truncated; remove or re-export it", path.display()))?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let pixels = if channels == 1 { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() };
+    Ok(Image { width, height, channels, pixels })
+}

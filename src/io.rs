@@ -1,0 +1,316 @@
+//! Weights in and out.
+//!
+//! mim's parameter paths are the official MAE / timm state-dict keys (`blocks.0.attn.qkv.weight`).
+//! Export writes them in PyTorch layout (linear weights `[out, in]`, the patch embedding as a
+//! `[D, C, p, p]` convolution, plus the fixed position embeddings), so the official code can load
+//! the file. Import reads that layout, or Hugging Face `ViTMAEForPreTraining` checkpoints (separate
+//! q/k/v, `vit.encoder.layer.N...` names), converted to safetensors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Gradients, Tensor};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::models::vit::sincos_pos_embed_2d;
+
+/// Named f32 tensors: name -> (shape, row-major values).
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+struct Named<'a> {
+    grads: Option<&'a Gradients>,
+    path: Vec<String>,
+    out: TensorMap,
+}
+
+impl ModuleVisitor for Named<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let tensor = param.val();
+        let t = match self.grads {
+            Some(g) => match tensor.grad(g) {
+                Some(t) => t,
+                None => return,
+            },
+            None => tensor,
+        };
+        let values = t.to_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tensor");
+        self.out.insert(self.path.join("."), (t.dims().to_vec(), values));
+    }
+}
+
+/// Every parameter of `module` by path, in burn layout.
+pub fn parameters<M: Module>(module: &M) -> TensorMap {
+    let mut v = Named { grads: None, path: Vec::new(), out: TensorMap::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+/// The gradient of every parameter of `module` that has one, by path, in burn layout.
+pub fn gradients<M: Module>(module: &M, grads: &Gradients) -> TensorMap {
+    let mut v = Named { grads: Some(grads), path: Vec::new(), out: TensorMap::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Reads every tensor of a safetensors file as f32 (f32, f64, f16 and bf16 files are accepted; integer tensors too).
+pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("'{}' is not a safetensors file (or is truncated)", path.display()))?;
+    let mut out = TensorMap::new();
+    for (name, view) in st.tensors() {
+        let d = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+            other => bail!("tensor '{name}' in '{}' has unsupported dtype {other:?}", path.display()),
+        };
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let (sign, exp, frac) = ((h >> 15) as u32, ((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f32);
+    let mag = match exp {
+        0 => frac * 2f32.powi(-24),
+        31 => if frac == 0.0 { f32::INFINITY } else { f32::NAN },
+        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    };
+    if sign == 1 { -mag } else { mag }
+}
+
+/// Serialises tensors as f32 safetensors bytes.
+pub fn safetensors_bytes(map: &TensorMap) -> Result<Vec<u8>> {
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> =
+        map.iter().map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, TensorView)> = raw
+        .iter()
+        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    Ok(safetensors::serialize(views, &None)?)
+}
+
+fn transpose(shape: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (r, c) = (shape[0], shape[1]);
+    let mut out = vec![0.0; v.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = v[i * c + j];
+        }
+    }
+    (vec![c, r], out)
+}
+
+/// Patch-embedding weight: burn `[p*p*C, D]` (pixels in (row, col, channel) order) <-> PyTorch conv `[D, C, p, p]`.
+fn patch_weight_to_conv(cfg: &MaeConfig, v: &[f32]) -> Vec<f32> {
+    let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+    let mut out = vec![0.0; v.len()];
+    for o in 0..d {
+        for ch in 0..c {
+            for i in 0..p {
+                for j in 0..p {
+                    out[((o * c + ch) * p + i) * p + j] = v[((i * p + j) * c + ch) * d + o];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn conv_to_patch_weight(cfg: &MaeConfig, v: &[f32]) -> Vec<f32> {
+    let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+    let mut out = vec![0.0; v.len()];
+    for o in 0..d {
+        for ch in 0..c {
+            for i in 0..p {
+                for j in 0..p {
+                    out[((i * p + j) * c + ch) * d + o] = v[((o * c + ch) * p + i) * p + j];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// burn layout -> PyTorch layout (official MAE keys), adding the fixed position embeddings.
+pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
+    let mut out = TensorMap::new();
+    for (k, (s, v)) in burn {
+        let t = if k == "patch_embed.proj.weight" {
+            (vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size], patch_weight_to_conv(cfg, v))
+        } else if s.len() == 2 && k.ends_with(".weight") {
+            transpose(s, v)
+        } else {
+            (s.clone(), v.clone())
+        };
+        out.insert(k.clone(), t);
+    }
+    let g = (cfg.grid(), cfg.grid());
+    let n = cfg.num_patches() + 1;
+    out.insert("pos_embed".into(), (vec![1, n, cfg.embed_dim], sincos_pos_embed_2d(cfg.embed_dim, g, true)));
+    out.insert("decoder_pos_embed".into(), (vec![1, n, cfg.decoder_embed_dim], sincos_pos_embed_2d(cfg.decoder_embed_dim, g, true)));
+    out
+}
+
+/// PyTorch layout (official MAE keys) -> burn layout; the fixed position embeddings are dropped.
+pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (k, (s, v)) in torch {
+        if k == "pos_embed" || k == "decoder_pos_embed" {
+            continue;
+        }
+        let t = if k == "patch_embed.proj.weight" {
+            let want = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
+            ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
+            (vec![cfg.patch_dim(), cfg.embed_dim], conv_to_patch_weight(cfg, v))
+        } else if s.len() == 2 && k.ends_with(".weight") {
+            transpose(s, v)
+        } else {
+            (s.clone(), v.clone())
+        };
+        out.insert(k.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Hugging Face `ViTMAEForPreTraining` keys -> official MAE keys (PyTorch layout; q, k and v are
+/// concatenated into one qkv projection).
+pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    let mut qkv: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 3]> = BTreeMap::new();
+    for (k, t) in hf {
+        let block = |rest: &str, prefix: &str| -> Option<String> {
+            let (i, tail) = rest.split_once('.')?;
+            let tail = match tail {
+                t if t.starts_with("layernorm_before.") => t.replacen("layernorm_before", "norm1", 1),
+                t if t.starts_with("layernorm_after.") => t.replacen("layernorm_after", "norm2", 1),
+                t if t.starts_with("attention.output.dense.") => t.replacen("attention.output.dense", "attn.proj", 1),
+                t if t.starts_with("intermediate.dense.") => t.replacen("intermediate.dense", "mlp.fc1", 1),
+                t if t.starts_with("output.dense.") => t.replacen("output.dense", "mlp.fc2", 1),
+                t if t.starts_with("attention.attention.") => format!("qkv:{}", &t["attention.attention.".len()..]),
+                _ => return None,
+            };
+            Some(format!("{prefix}.{i}.{tail}"))
+        };
+        let name = match k.as_str() {
+            "vit.embeddings.cls_token" => Some("cls_token".to_string()),
+            "vit.embeddings.position_embeddings" => Some("pos_embed".to_string()),
+            "decoder.decoder_pos_embed" => Some("decoder_pos_embed".to_string()),
+            "decoder.mask_token" => Some("mask_token".to_string()),
+            k if k.starts_with("vit.embeddings.patch_embeddings.projection.") => Some(k.replacen("vit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1)),
+            k if k.starts_with("vit.layernorm.") => Some(k.replacen("vit.layernorm", "norm", 1)),
+            k if k.starts_with("vit.encoder.layer.") => block(&k["vit.encoder.layer.".len()..], "blocks"),
+            k if k.starts_with("decoder.decoder_layers.") => block(&k["decoder.decoder_layers.".len()..], "decoder_blocks"),
+            k if k.starts_with("decoder.") => Some(k["decoder.".len()..].to_string()),
+            _ => None,
+        };
+        let Some(name) = name else { bail!("unexpected tensor '{k}' in a Hugging Face ViTMAE checkpoint") };
+        if let Some((prefix, which)) = name.split_once(".qkv:") {
+            let (role, param) = which.split_once('.').unwrap_or((which, ""));
+            let slot = match role {
+                "query" => 0,
+                "key" => 1,
+                "value" => 2,
+                _ => bail!("unexpected attention tensor '{k}'"),
+            };
+            qkv.entry(format!("{prefix}.attn.qkv.{param}")).or_default()[slot] = Some(t.clone());
+        } else {
+            out.insert(name, t.clone());
+        }
+    }
+    for (name, parts) in qkv {
+        let [Some(q), Some(k), Some(v)] = parts else { bail!("'{name}' is missing one of query/key/value") };
+        let mut shape = q.0.clone();
+        shape[0] *= 3;
+        // PyTorch [out, in]: stacking rows = concatenating outputs, the order timm's qkv uses.
+        out.insert(name, (shape, [q.1, k.1, v.1].concat()));
+    }
+    Ok(out)
+}
+
+/// A model configuration from a Hugging Face `config.json` of `ViTMAEForPreTraining`.
+pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
+    let get = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("config.json lacks '{k}'"));
+    let hidden = get("hidden_size")?;
+    let inter = get("intermediate_size")?;
+    let dec = get("decoder_hidden_size")?;
+    let dec_inter = get("decoder_intermediate_size")?;
+    ensure!(inter * dec == dec_inter * hidden, "mim uses one MLP ratio for encoder and decoder; this config has {inter}/{hidden} and {dec_inter}/{dec}");
+    let cfg = MaeConfig {
+        img_size: get("image_size")?,
+        patch_size: get("patch_size")?,
+        in_chans: get("num_channels")?,
+        embed_dim: hidden,
+        depth: get("num_hidden_layers")?,
+        num_heads: get("num_attention_heads")?,
+        decoder_embed_dim: dec,
+        decoder_depth: get("decoder_num_hidden_layers")?,
+        decoder_num_heads: get("decoder_num_attention_heads")?,
+        mlp_ratio: inter as f64 / hidden as f64,
+        norm_pix_loss: json.get("norm_pix_loss").and_then(|v| v.as_bool()).unwrap_or(false),
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Loads weights into `model` from a safetensors file in official MAE or Hugging Face naming.
+/// Every parameter must be present and of the right shape; fixed position embeddings in the file
+/// are checked against mim's.
+pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<MaskedAutoencoder> {
+    let file = read_safetensors(path)?;
+    let official = if file.keys().any(|k| k.starts_with("vit.")) { hf_to_official(&file)? } else { file };
+    for (key, dim) in [("pos_embed", cfg.embed_dim), ("decoder_pos_embed", cfg.decoder_embed_dim)] {
+        if let Some((_, v)) = official.get(key) {
+            let ours = sincos_pos_embed_2d(dim, (cfg.grid(), cfg.grid()), true);
+            ensure!(
+                v.len() == ours.len(),
+                "'{key}' in '{}' has {} values, this model needs {}: the weights are for another configuration",
+                path.display(),
+                v.len(),
+                ours.len()
+            );
+            let max = ours.iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            ensure!(max < 1e-4, "'{key}' in '{}' is not the 2-D sin-cos embedding mim uses (max difference {max})", path.display());
+        }
+    }
+    let burn_map = from_pytorch_layout(cfg, &official)?;
+    let expected = parameters(&model);
+    let missing: Vec<&String> = expected.keys().filter(|k| !burn_map.contains_key(*k)).collect();
+    let unused: Vec<&String> = burn_map.keys().filter(|k| !expected.contains_key(*k)).collect();
+    ensure!(
+        missing.is_empty() && unused.is_empty(),
+        "'{}' does not match the model: missing {missing:?}, unexpected {unused:?}; check the model preset / config",
+        path.display()
+    );
+    for (k, (s, _)) in &burn_map {
+        let want = &expected[k].0;
+        ensure!(s == want, "'{k}' in '{}' has shape {s:?}, the model needs {want:?}: the weights are for another configuration", path.display());
+    }
+    let mut store = SafetensorsStore::from_bytes(Some(safetensors_bytes(&burn_map)?));
+    let mut model = model;
+    let res = model.load_from(&mut store).map_err(|e| anyhow::anyhow!("cannot load '{}': {e}", path.display()))?;
+    ensure!(res.errors.is_empty(), "cannot load '{}': {:?}", path.display(), res.errors);
+    Ok(model)
+}
+
+/// Writes the model's weights as safetensors in official MAE naming and PyTorch layout.
+pub fn export_weights(model: &MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<()> {
+    let bytes = safetensors_bytes(&to_pytorch_layout(cfg, &parameters(model)))?;
+    crate::train::checkpoint::write_atomic(path, &[&bytes])
+}

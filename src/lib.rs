@@ -1,0 +1,26 @@
+//! # mim: masked image modeling on burn
+//!
+//! Self-supervised pretraining of vision transformers by masked image modeling, faithful to the
+//! papers: MAE (He et al. 2021) today. Modules by concept:
+//!
+//! - [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader
+//! - [`masking`]: patch masks (MAE random masking by argsort of noise)
+//! - [`models`]: the shared ViT blocks and the masked autoencoder
+//! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
+//! - [`viz`]: reconstruction grids and loss curves
+//! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)
+//!
+//! ```no_run
+//! use mim::{models::mae::MaeConfig, masking::Mask};
+//! let device = burn::tensor::Device::flex();
+//! let model = MaeConfig::preset("mae_tiny_28").unwrap().init(0, &device).unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod io;
+pub mod masking;
+pub mod models;
+pub mod runtime;
+pub mod train;
+pub mod viz;

@@ -1,0 +1,33 @@
+//! Seeded parameter initialisation on the host, so that a seed gives the same weights on every
+//! backend and thread count (the official MAE initialisation: xavier-uniform linears, N(0, 0.02)
+//! tokens, LayerNorm ones/zeros).
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Host random generator used for initialisation.
+pub type InitRng = ChaCha8Rng;
+
+/// A parameter from host values.
+pub fn param<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// Xavier (Glorot) uniform values for a `fan_in x fan_out` matrix: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
+pub fn xavier_uniform(rng: &mut InitRng, fan_in: usize, fan_out: usize) -> Vec<f32> {
+    let a = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+    (0..fan_in * fan_out).map(|_| rng.gen_range(-a..a)).collect()
+}
+
+/// Normal values with standard deviation `std` (Box-Muller; the official code uses N(0, 0.02) for tokens).
+pub fn normal(rng: &mut InitRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.r#gen();
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
+        })
+        .collect()
+}

@@ -1,0 +1,5 @@
+//! Models: the shared ViT building blocks and the masked autoencoder built from them.
+
+pub mod init;
+pub mod mae;
+pub mod vit;

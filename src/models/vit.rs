@@ -1,0 +1,223 @@
+//! Vision Transformer building blocks shared by every model in mim (MAE, BEiT, classifiers):
+//! patch embedding, fixed 2-D sin-cos position embeddings, and the pre-norm transformer [`Block`].
+//!
+//! Field names follow the official MAE / timm checkpoints (`blocks.0.attn.qkv.weight`, ...), so
+//! published weights map onto these modules directly. Linear weights are stored `[in, out]`
+//! (burn's layout), i.e. transposed with respect to PyTorch.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::init::{InitRng, normal, param, xavier_uniform};
+
+/// LayerNorm epsilon used by MAE / timm ViTs.
+pub const LN_EPS: f64 = 1e-6;
+
+/// Affine map `y = x W + b` with `W: [in, out]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[in, out]`
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Linear {
+    /// Xavier-uniform weight, zero bias (the official MAE `_init_weights`).
+    pub fn new(d_in: usize, d_out: usize, rng: &mut InitRng, device: &Device) -> Self {
+        Self {
+            weight: param(xavier_uniform(rng, d_in, d_out), [d_in, d_out], device),
+            bias: param(vec![0.0; d_out], [d_out], device),
+        }
+    }
+
+    /// `x: [..., in] -> [..., out]`.
+    ///
+    /// Runs as one 2-D matmul: burn 0.22 lowers a 3-D input to a broadcast batched matmul whose
+    /// weight gradient is materialised per batch element, which is several times slower.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let w = self.weight.val();
+        let d_out = w.dims()[1];
+        let y = x.reshape([rows, d_in]).matmul(w) + self.bias.val().unsqueeze_dim(0);
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
+    }
+}
+
+/// Layer normalisation over the last dimension with a learned scale and shift.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Scale `[d]`.
+    pub weight: Param<Tensor<1>>,
+    /// Shift `[d]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl LayerNorm {
+    /// Ones / zeros, as PyTorch.
+    pub fn new(d: usize, device: &Device) -> Self {
+        Self { weight: param(vec![1.0; d], [d], device), bias: param(vec![0.0; d], [d], device) }
+    }
+
+    /// `x: [..., d]`, epsilon [`LN_EPS`].
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), LN_EPS)
+    }
+}
+
+/// Multi-head self-attention with one fused qkv projection (with bias), as timm / MAE.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `[d, 3d]`: queries, keys, values.
+    pub qkv: Linear,
+    /// Output projection `[d, d]`.
+    pub proj: Linear,
+    num_heads: usize,
+}
+
+impl Attention {
+    /// Attention of width `dim` with `num_heads` heads (`dim` divisible by `num_heads`).
+    pub fn new(dim: usize, num_heads: usize, rng: &mut InitRng, device: &Device) -> Self {
+        Self { qkv: Linear::new(dim, 3 * dim, rng, device), proj: Linear::new(dim, dim, rng, device), num_heads }
+    }
+
+    /// `x: [B, N, D] -> [B, N, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let h = self.num_heads;
+        let hd = d / h;
+        // [B, N, 3, H, hd] -> [3, B, H, N, hd]
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let q = qkv.clone().slice([0..1]).reshape([b, h, n, hd]);
+        let k = qkv.clone().slice([1..2]).reshape([b, h, n, hd]);
+        let v = qkv.slice([2..3]).reshape([b, h, n, hd]);
+        let attn = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)), 3);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        self.proj.forward(out)
+    }
+}
+
+/// Two-layer GELU MLP.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[d, hidden]`
+    pub fc1: Linear,
+    /// `[hidden, d]`
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// MLP `dim -> hidden -> dim`.
+    pub fn new(dim: usize, hidden: usize, rng: &mut InitRng, device: &Device) -> Self {
+        Self { fc1: Linear::new(dim, hidden, rng, device), fc2: Linear::new(hidden, dim, rng, device) }
+    }
+
+    /// `x: [B, N, D] -> [B, N, D]` (exact, erf-based GELU as PyTorch's default).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}
+
+/// Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+///
+/// The one block implementation used by every encoder and decoder in mim.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// Norm before attention.
+    pub norm1: LayerNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Norm before the MLP.
+    pub norm2: LayerNorm,
+    /// Feed-forward network.
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// A block of width `dim`, `num_heads` heads and MLP hidden width `dim * mlp_ratio`.
+    pub fn new(dim: usize, num_heads: usize, mlp_ratio: f64, rng: &mut InitRng, device: &Device) -> Self {
+        Self {
+            norm1: LayerNorm::new(dim, device),
+            attn: Attention::new(dim, num_heads, rng, device),
+            norm2: LayerNorm::new(dim, device),
+            mlp: Mlp::new(dim, (dim as f64 * mlp_ratio) as usize, rng, device),
+        }
+    }
+
+    /// `x: [B, N, D] -> [B, N, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    }
+}
+
+/// `imgs: [B, C, H, W] -> [B, L, p*p*C]`, patches in row-major order, pixels ordered (row, col,
+/// channel) inside a patch, exactly as the official `patchify`.
+pub fn patchify(imgs: Tensor<4>, p: usize) -> Tensor<3> {
+    let [b, c, hh, ww] = imgs.dims();
+    let (h, w) = (hh / p, ww / p);
+    imgs.reshape([b, c, h, p, w, p]).permute([0, 2, 4, 3, 5, 1]).reshape([b, h * w, p * p * c])
+}
+
+/// Inverse of [`patchify`]: `x: [B, L, p*p*C] -> [B, C, H, W]` for an `h x w` grid of patches.
+pub fn unpatchify(x: Tensor<3>, p: usize, grid: (usize, usize), c: usize) -> Tensor<4> {
+    let [b, _, _] = x.dims();
+    let (h, w) = grid;
+    x.reshape([b, h, w, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c, h * p, w * p])
+}
+
+/// Patch embedding: a linear map of each flattened patch (equivalent to the stride-p convolution of
+/// the official code, with the weight flattened in [`patchify`] order).
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    /// `[p*p*C, D]`
+    pub proj: Linear,
+    patch_size: usize,
+}
+
+impl PatchEmbed {
+    /// Initialised like the official code: xavier-uniform on the flattened convolution weight.
+    pub fn new(patch_size: usize, in_chans: usize, dim: usize, rng: &mut InitRng, device: &Device) -> Self {
+        Self { proj: Linear::new(patch_size * patch_size * in_chans, dim, rng, device), patch_size }
+    }
+
+    /// `imgs: [B, C, H, W] -> [B, L, D]`.
+    pub fn forward(&self, imgs: Tensor<4>) -> Tensor<3> {
+        self.proj.forward(patchify(imgs, self.patch_size))
+    }
+}
+
+/// Fixed 2-D sin-cos position embeddings `[(cls + h*w) * dim]` for an `h x w` grid, with a zero row
+/// first when `cls_token` is set (the official `get_2d_sincos_pos_embed`: the first half of each
+/// vector encodes the column, the second half the row).
+pub fn sincos_pos_embed_2d(dim: usize, grid: (usize, usize), cls_token: bool) -> Vec<f32> {
+    assert!(dim % 4 == 0, "sin-cos position embedding needs a width divisible by 4, got {dim}");
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let mut out = if cls_token { vec![0.0f32; dim] } else { Vec::new() };
+    for row in 0..grid.0 {
+        for col in 0..grid.1 {
+            for pos in [col as f64, row as f64] {
+                out.extend(omega.iter().map(|o| (pos * o).sin() as f32));
+                out.extend(omega.iter().map(|o| (pos * o).cos() as f32));
+            }
+        }
+    }
+    out
+}
+
+/// Fixed position embeddings as a constant `[1, N, dim]` tensor.
+pub fn pos_embed_tensor(dim: usize, grid: (usize, usize), cls_token: bool, device: &Device) -> Tensor<3> {
+    let n = grid.0 * grid.1 + cls_token as usize;
+    Tensor::from_data(TensorData::new(sincos_pos_embed_2d(dim, grid, cls_token), [1, n, dim]), device)
+}
+
+/// A learned `[1, 1, dim]` token (cls or mask), initialised N(0, 0.02) as the official code.
+pub fn token(dim: usize, rng: &mut InitRng, device: &Device) -> Param<Tensor<3>> {
+    param(normal(rng, dim, 0.02), [1, 1, dim], device)
+}

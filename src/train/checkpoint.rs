@@ -1,0 +1,125 @@
+//! Checkpoints: one file holding the model, the optimizer state and a JSON header (configs,
+//! progress, seed), written atomically so a crash never leaves a half-written checkpoint.
+//!
+//! Layout: `MIMCKPT1`, then three length-prefixed (u64 LE) sections: header JSON, model
+//! (burnpack, which keeps parameter ids so the optimizer state re-attaches), optimizer (burnpack).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::optim::ModuleOptimizer;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::{Bytes, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+
+const MAGIC: &[u8; 8] = b"MIMCKPT1";
+
+/// What a checkpoint says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointHeader {
+    /// mim version that wrote it.
+    pub mim_version: String,
+    /// Model architecture.
+    pub model: MaeConfig,
+    /// Training configuration (as JSON, so older files stay readable).
+    pub train: serde_json::Value,
+    /// Training batches consumed so far (the loop resumes at this batch).
+    pub iteration: u64,
+    /// Optimizer updates applied so far.
+    pub optimizer_steps: u64,
+    /// Completed epochs.
+    pub epoch: u64,
+    /// Base seed; with `iteration` it determines every random draw still to come.
+    pub seed: u64,
+}
+
+/// Everything needed to continue a run.
+pub struct Checkpoint {
+    /// Header.
+    pub header: CheckpointHeader,
+    /// Model weights.
+    pub model: MaskedAutoencoder,
+    /// Optimizer state bytes (burnpack), if saved.
+    pub optimizer: Option<Bytes>,
+}
+
+fn model_bytes(model: &MaskedAutoencoder) -> Result<Vec<u8>> {
+    let mut store = BurnpackStore::from_bytes(None);
+    model.save_into(&mut store).map_err(|e| anyhow::anyhow!("cannot serialise the model: {e}"))?;
+    Ok(store.get_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the model: {e}"))?.to_vec())
+}
+
+/// Writes `path` atomically: a temporary file beside it, flushed and synced, then renamed.
+pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write '{}'", tmp.display()))?;
+        for s in sections {
+            f.write_all(s)?;
+        }
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move '{}' into place", path.display()))
+}
+
+/// Saves model, optimizer and header to `path` atomically.
+pub fn save(path: &Path, header: &CheckpointHeader, model: &MaskedAutoencoder, optim: Option<&ModuleOptimizer>) -> Result<()> {
+    let head = serde_json::to_vec(header)?;
+    let model = model_bytes(model)?;
+    let opt = match optim {
+        Some(o) => o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?.to_vec(),
+        None => Vec::new(),
+    };
+    let lens: Vec<[u8; 8]> = [&head, &model, &opt].iter().map(|s| (s.len() as u64).to_le_bytes()).collect();
+    write_atomic(path, &[MAGIC, &lens[0], &head, &lens[1], &model, &lens[2], &opt])
+}
+
+fn sections(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>> {
+    let bad = || format!("'{}' is not a mim checkpoint or is truncated: pass a .mim file written by `mim pretrain`", path.display());
+    ensure!(bytes.len() >= 8 && &bytes[..8] == MAGIC, bad());
+    let mut at = 8;
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        ensure!(bytes.len() >= at + 8, bad());
+        let n = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 8;
+        ensure!(bytes.len() >= at + n, bad());
+        out.push(bytes[at..at + n].to_vec());
+        at += n;
+    }
+    Ok(out)
+}
+
+/// Reads only the header of a checkpoint.
+pub fn read_header(path: &Path) -> Result<CheckpointHeader> {
+    load_parts(path).map(|(h, _, _)| h)
+}
+
+fn load_parts(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Vec<u8>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint '{}'", path.display()))?;
+    let mut s = sections(&bytes, path)?.into_iter();
+    let header: CheckpointHeader = serde_json::from_slice(&s.next().unwrap())
+        .with_context(|| format!("checkpoint '{}' has an unreadable header", path.display()))?;
+    Ok((header, s.next().unwrap(), s.next().unwrap()))
+}
+
+/// Loads a checkpoint onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let (header, model_bytes, opt) = load_parts(path)?;
+    let mut model = header.model.init(0, device)?;
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(model_bytes)));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("checkpoint '{}' does not fit its own model config: {e}", path.display()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        bail!("checkpoint '{}' is inconsistent: missing {:?}, errors {:?}", path.display(), result.missing, result.errors);
+    }
+    let optimizer = (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt));
+    Ok(Checkpoint { header, model, optimizer })
+}

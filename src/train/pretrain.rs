@@ -1,0 +1,353 @@
+//! The MAE pretraining loop (`mim pretrain`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, CheckpointHeader};
+use super::optim::{CosineSchedule, adamw};
+use crate::data::augment::Transform;
+use crate::data::loader::{Prefetcher, epoch_order, rng_for};
+use crate::data::{Dataset, Split};
+use crate::masking::{Mask, check_ratio, uniform_noise};
+use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+
+/// Random stream id of the masking noise (kept apart from augmentation and shuffling).
+const MASK_STREAM: u64 = 0x4D41534B;
+
+/// Pretraining settings; read from TOML (`mim pretrain --config FILE`) and/or CLI flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Dataset path (see [`Dataset::open`]).
+    pub data: PathBuf,
+    /// Output folder: checkpoint, metrics, loss curve, exported weights.
+    pub out: PathBuf,
+    /// Model preset ([`MaeConfig::PRESETS`]).
+    pub model: String,
+    /// Input side in pixels (default: the preset's).
+    pub img_size: Option<usize>,
+    /// Fraction of patches removed.
+    pub mask_ratio: f64,
+    /// Per-patch normalised pixel targets.
+    pub norm_pix_loss: bool,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Images per forward/backward.
+    pub batch_size: usize,
+    /// Batches whose gradients are summed before each optimizer update.
+    pub accum_iter: usize,
+    /// Learning rate per 256 images of effective batch.
+    pub base_lr: f64,
+    /// Absolute peak learning rate (overrides `base_lr`).
+    pub lr: Option<f64>,
+    /// Learning rate at the end of the cosine.
+    pub min_lr: f64,
+    /// Warmup epochs (default: 5% of the epochs, at most 40, the paper's 40 of 800).
+    pub warmup_epochs: Option<f64>,
+    /// AdamW weight decay on weight matrices.
+    pub weight_decay: f64,
+    /// Seed of initialisation, shuffling, augmentation and masking.
+    pub seed: u64,
+    /// Save a checkpoint every this many epochs (and always at the end).
+    pub checkpoint_every: usize,
+    /// Use only the first N training images.
+    pub max_images: Option<usize>,
+    /// `cpu`, or `cuda:N` in a CUDA build.
+    pub device: String,
+    /// Batches the loader prepares ahead of the training step.
+    pub prefetch: usize,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data/fashion-mnist-subset"),
+            out: PathBuf::from("runs/mae"),
+            model: "mae_tiny_28".into(),
+            img_size: None,
+            mask_ratio: 0.75,
+            norm_pix_loss: true,
+            epochs: 10,
+            batch_size: 256,
+            accum_iter: 1,
+            base_lr: 1.5e-4,
+            lr: None,
+            min_lr: 0.0,
+            warmup_epochs: None,
+            weight_decay: 0.05,
+            seed: 0,
+            checkpoint_every: 1,
+            max_images: None,
+            device: "cpu".into(),
+            prefetch: 4,
+        }
+    }
+}
+
+impl PretrainConfig {
+    /// Reads a TOML file; unknown keys are errors (a typo should not silently fall back to a default).
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config '{}'", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config '{}' is not valid", path.display()))
+    }
+
+    /// Images per optimizer update.
+    pub fn effective_batch(&self) -> usize {
+        self.batch_size * self.accum_iter
+    }
+
+    /// Peak learning rate: `lr`, or `base_lr x effective batch / 256`.
+    pub fn peak_lr(&self) -> f64 {
+        self.lr.unwrap_or(self.base_lr * self.effective_batch() as f64 / 256.0)
+    }
+
+    /// Warmup length in epochs.
+    pub fn warmup(&self) -> f64 {
+        self.warmup_epochs.unwrap_or((self.epochs as f64 * 0.05).min(40.0))
+    }
+
+    /// The model this configuration trains on data with `channels` channels.
+    pub fn model_config(&self, channels: usize) -> Result<MaeConfig> {
+        let mut m = MaeConfig::preset(&self.model)?;
+        m.in_chans = channels;
+        m.norm_pix_loss = self.norm_pix_loss;
+        if let Some(s) = self.img_size {
+            m.img_size = s;
+        }
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks values are usable, naming the flag to change.
+    pub fn validate(&self) -> Result<()> {
+        check_ratio(self.mask_ratio)?;
+        ensure!(self.epochs > 0, "--epochs must be at least 1");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
+        ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
+        ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
+        Ok(())
+    }
+}
+
+/// One training iteration's numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    /// Batches done, counting this one.
+    pub iteration: u64,
+    /// Epoch of this batch (0-based).
+    pub epoch: u64,
+    /// Loss of this batch.
+    pub loss: f64,
+    /// Learning rate of the most recent update.
+    pub lr: f64,
+    /// Training throughput (moving average).
+    pub images_per_sec: f64,
+    /// Seconds since this process started training.
+    pub elapsed_s: f64,
+}
+
+/// Receives progress (the CLI draws a progress bar; tests collect losses).
+pub trait Reporter {
+    /// Training starts (or resumes at `done` of `total` iterations).
+    fn start(&mut self, _total: u64, _done: u64, _about: &str) {}
+    /// After every iteration.
+    fn step(&mut self, _m: &StepMetrics) {}
+    /// A line of information (checkpoint written, ...).
+    fn message(&mut self, _msg: &str) {}
+    /// Training ended.
+    fn finish(&mut self) {}
+}
+
+/// A reporter that prints nothing.
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Per-iteration metrics of this process (after any resume point).
+    pub steps: Vec<StepMetrics>,
+    /// The final checkpoint.
+    pub checkpoint: PathBuf,
+    /// The trained model (on the inference backend).
+    pub model: MaskedAutoencoder,
+}
+
+/// File names inside the output folder.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.mim")
+}
+/// Metrics file (one JSON object per iteration).
+pub fn metrics_path(out: &Path) -> PathBuf {
+    out.join("metrics.jsonl")
+}
+
+/// Keeps the metrics of iterations up to `iteration` (a resumed run rewrites what came after).
+fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.iteration <= iteration))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    checkpoint::write_atomic(path, &[kept.as_bytes()])
+}
+
+/// Reads a metrics file written by [`pretrain`].
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read metrics '{}'", path.display()))?;
+    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+}
+
+/// Pretrains a masked autoencoder; with `resume`, continues the run saved in that checkpoint on
+/// exactly the trajectory an uninterrupted run would have followed.
+pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Summary> {
+    cfg.validate()?;
+    let device = crate::runtime::device(&cfg.device)?.autodiff();
+    let mut ds = Dataset::open(&cfg.data, Split::Train)?;
+    if let Some(n) = cfg.max_images {
+        ds.truncate(n);
+    }
+    let model_cfg = cfg.model_config(ds.channels)?;
+    let spe = ds.len() / cfg.batch_size;
+    ensure!(
+        spe > 0,
+        "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images",
+        ds.len(),
+        cfg.batch_size
+    );
+    let ckpt_path = checkpoint_path(&cfg.out);
+    let (mut model, mut optim, mut it) = match resume {
+        Some(path) => {
+            let ck = checkpoint::load(path, &device)?;
+            if ck.header.model != model_cfg {
+                bail!(
+                    "checkpoint '{}' holds a different model ({:?}) from the one this configuration builds ({:?}): \
+                     resume with the settings it was trained with, or start a new run with another --out",
+                    path.display(),
+                    ck.header.model,
+                    model_cfg
+                );
+            }
+            let saved: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
+            if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.max_images != cfg.max_images {
+                bail!("checkpoint '{}' was trained with another seed, batch size or data subset: resume with the same settings", path.display());
+            }
+            let optim = match ck.optimizer {
+                Some(bytes) => adamw(cfg.weight_decay).from_bytes(bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                None => adamw(cfg.weight_decay),
+            };
+            (ck.model, optim, ck.header.iteration)
+        }
+        None => {
+            if ckpt_path.exists() {
+                bail!(
+                    "'{}' already holds a run: pass --resume to continue it, or choose another --out (nothing was overwritten)",
+                    cfg.out.display()
+                );
+            }
+            (model_cfg.init(cfg.seed, &device)?, adamw(cfg.weight_decay), 0)
+        }
+    };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
+    let mpath = metrics_path(&cfg.out);
+    truncate_metrics(&mpath, it)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath)?;
+
+    let ds = Arc::new(ds);
+    let total = (cfg.epochs * spe) as u64;
+    let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup(), epochs: cfg.epochs as f64 };
+    let transform = Transform::mae_pretrain(model_cfg.img_size);
+    let about = format!(
+        "{} | {} ({} patches of {}px, mask {}) | batch {} x accum {} | peak lr {:.2e} | {} epochs x {} iterations",
+        ds.name,
+        cfg.model,
+        model_cfg.num_patches(),
+        model_cfg.patch_size,
+        cfg.mask_ratio,
+        cfg.batch_size,
+        cfg.accum_iter,
+        sched.lr,
+        cfg.epochs,
+        spe
+    );
+    reporter.start(total, it, &about);
+
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    let mut rate = 0.0;
+    let mut lr = 0.0;
+    let mut accum = GradientsAccumulator::new();
+    let mut pending = 0;
+    let mut optimizer_steps = it / cfg.accum_iter as u64;
+    let step = |optim: &mut ModuleOptimizer, model: MaskedAutoencoder, grads: GradientsParams, lr: f64| optim.step(lr, model, grads);
+    for epoch in (it / spe as u64)..cfg.epochs as u64 {
+        let order = epoch_order(ds.len(), cfg.seed, epoch);
+        let first = (it % spe as u64) as usize;
+        let loader = Prefetcher::spawn(ds.clone(), transform.clone(), order, cfg.batch_size, first, cfg.seed, epoch, cfg.prefetch);
+        for (k, batch) in loader.enumerate() {
+            let t0 = Instant::now();
+            let batch = batch?;
+            let b = batch.len();
+            let noise = uniform_noise(&mut rng_for(&[cfg.seed, it, MASK_STREAM]), b, model_cfg.num_patches());
+            let mask = Mask::from_noise(&noise, b, cfg.mask_ratio)?;
+            let out = model.forward(batch.tensor(&device), &mask);
+            let loss = out.loss.clone().into_scalar::<f32>() as f64;
+            if !loss.is_finite() {
+                bail!(
+                    "the loss is {loss} at iteration {it}: training diverged; lower --base-lr or lengthen --warmup-epochs \
+                     (the last good checkpoint, if any, is '{}')",
+                    ckpt_path.display()
+                );
+            }
+            let grads = GradientsParams::from_grads((out.loss / cfg.accum_iter as f64).backward(), &model);
+            accum.accumulate(&model, grads);
+            pending += 1;
+            let in_epoch = first + k;
+            if pending == cfg.accum_iter || in_epoch + 1 == spe {
+                // The lr of an update is set at its first micro-batch, as the official loop.
+                let group_start = (in_epoch + 1 - pending) as f64;
+                lr = sched.at(epoch as f64 + group_start / spe as f64);
+                model = step(&mut optim, model, accum.grads(), lr);
+                pending = 0;
+                optimizer_steps += 1;
+            }
+            it += 1;
+            let dt = t0.elapsed().as_secs_f64();
+            let inst = b as f64 / dt.max(1e-9);
+            rate = if rate == 0.0 { inst } else { 0.9 * rate + 0.1 * inst };
+            let m = StepMetrics { iteration: it, epoch, loss, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() };
+            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+            reporter.step(&m);
+            steps.push(m);
+        }
+        ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
+        if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
+            metrics.flush()?;
+            let header = CheckpointHeader {
+                mim_version: env!("CARGO_PKG_VERSION").into(),
+                model: model_cfg.clone(),
+                train: serde_json::to_value(cfg)?,
+                iteration: it,
+                optimizer_steps,
+                epoch: epoch + 1,
+                seed: cfg.seed,
+            };
+            checkpoint::save(&ckpt_path, &header, &model, Some(&optim))?;
+            reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt_path.display()));
+        }
+    }
+    reporter.finish();
+    Ok(Summary { steps, checkpoint: ckpt_path, model: model.valid() })
+}

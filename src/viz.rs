@@ -1,0 +1,145 @@
+//! Pictures: MAE reconstruction grids (the paper's figure 2 layout) and loss curves.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::tensor::Tensor;
+use image::{Rgb, RgbImage};
+
+use crate::masking::Mask;
+use crate::models::mae::MaskedAutoencoder;
+
+/// Side of the grey used for removed patches in the "masked" panel.
+const MASK_GREY: u8 = 128;
+
+/// One image's panels, each `[C * H * W]` in `[0, 1]` after undoing the dataset normalisation.
+#[derive(Debug, Clone)]
+pub struct ReconstructionRow {
+    /// Input image.
+    pub original: Vec<f32>,
+    /// 1 where the pixel's patch was removed, `[H * W]`.
+    pub removed: Vec<bool>,
+    /// Model prediction for every patch.
+    pub reconstruction: Vec<f32>,
+    /// Visible patches from the input, removed ones from the prediction.
+    pub pasted: Vec<f32>,
+}
+
+/// Runs the model on `imgs: [B, C, H, W]` (normalised with `mean`/`std`) under `mask` and returns
+/// the panels of each image, un-normalised to `[0, 1]`.
+pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean: &[f32], std: &[f32]) -> Vec<ReconstructionRow> {
+    let [b, c, h, w] = imgs.dims();
+    let p = model.patch_size();
+    let pred: Vec<f32> = model.predict_pixels(imgs.clone(), mask).into_data().try_to_vec::<f32>().expect("f32 prediction");
+    let orig: Vec<f32> = imgs.into_data().try_to_vec::<f32>().expect("f32 images");
+    let gw = w / p;
+    let per = c * h * w;
+    let denorm = |v: f32, k: usize| (v * std[k] + mean[k]).clamp(0.0, 1.0);
+    (0..b)
+        .map(|i| {
+            let removed: Vec<bool> =
+                (0..h * w).map(|px| mask.mask[i * mask.num_patches + (px / w / p) * gw + (px % w) / p] > 0.5).collect();
+            let (mut o, mut r, mut s) = (vec![0.0; per], vec![0.0; per], vec![0.0; per]);
+            for k in 0..c {
+                for px in 0..h * w {
+                    let j = k * h * w + px;
+                    o[j] = denorm(orig[i * per + j], k);
+                    r[j] = denorm(pred[i * per + j], k);
+                    s[j] = if removed[px] { r[j] } else { o[j] };
+                }
+            }
+            ReconstructionRow { original: o, removed, reconstruction: r, pasted: s }
+        })
+        .collect()
+}
+
+/// Draws rows of `original | masked | reconstruction | reconstruction + visible`, each panel
+/// scaled up `scale` times, with a 2-pixel white gutter.
+pub fn grid_image(rows: &[ReconstructionRow], c: usize, h: usize, w: usize, scale: usize) -> RgbImage {
+    let gap = 2;
+    let (pw, ph) = (w * scale, h * scale);
+    let mut img = RgbImage::from_pixel((4 * pw + 5 * gap) as u32, (rows.len() * (ph + gap) + gap) as u32, Rgb([255, 255, 255]));
+    let px = |v: &[f32], k: usize, y: usize, x: usize| (v[(k.min(c - 1) * h + y) * w + x] * 255.0).round() as u8;
+    for (r, row) in rows.iter().enumerate() {
+        for panel in 0..4 {
+            let (x0, y0) = (gap + panel * (pw + gap), gap + r * (ph + gap));
+            for y in 0..ph {
+                for x in 0..pw {
+                    let (sy, sx) = (y / scale, x / scale);
+                    let rgb = match panel {
+                        1 if row.removed[sy * w + sx] => [MASK_GREY; 3],
+                        0 | 1 => [0, 1, 2].map(|k| px(&row.original, k, sy, sx)),
+                        2 => [0, 1, 2].map(|k| px(&row.reconstruction, k, sy, sx)),
+                        _ => [0, 1, 2].map(|k| px(&row.pasted, k, sy, sx)),
+                    };
+                    img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb(rgb));
+                }
+            }
+        }
+    }
+    img
+}
+
+/// Saves a PNG, creating the folder.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    img.save(path).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Embedded so charts need no system fonts (DejaVu Sans, free licence: assets/README.md).
+        let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"));
+    });
+}
+
+/// Plots `(x, y)` series as a line chart PNG (e.g. loss per iteration and its moving average).
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    use plotters::prelude::*;
+    register_font();
+    let pts = series.iter().flat_map(|(_, s)| s.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    anyhow::ensure!(x0 <= x1, "nothing to plot");
+    let pad = ((y1 - y0) * 0.05).max(1e-6);
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw '{}': {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+    let colours = [RGBColor(180, 200, 230), RGBColor(20, 80, 180), RGBColor(200, 60, 40), RGBColor(40, 150, 60)];
+    for (i, (name, s)) in series.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        chart
+            .draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+/// Loss per iteration and its moving average over `window` iterations.
+pub fn loss_curve(path: &Path, losses: &[(f64, f64)], window: usize) -> Result<()> {
+    let smooth: Vec<(f64, f64)> = losses
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, _))| {
+            let lo = i.saturating_sub(window.max(1) - 1);
+            (x, losses[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - lo) as f64)
+        })
+        .collect();
+    line_chart(path, "MAE pretraining loss", "iteration", "loss (masked patches)", &[("loss", losses.to_vec()), (&format!("mean of {window}"), smooth)])
+}
