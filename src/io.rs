@@ -189,7 +189,8 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
     Ok(out)
 }
 
-/// Hugging Face `ViTMAEForPreTraining` keys -> official MAE keys (PyTorch layout; q, k and v are
+/// Hugging Face `ViTMAEForPreTraining` keys (transformers 4.x `vit.encoder.layer.N.attention.attention.query`
+/// or 5.x `vit.layers.N.attention.q_proj` naming) -> official MAE keys (PyTorch layout; q, k and v are
 /// concatenated into one qkv projection).
 pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
@@ -197,16 +198,20 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
     for (k, t) in hf {
         let block = |rest: &str, prefix: &str| -> Option<String> {
             let (i, tail) = rest.split_once('.')?;
-            let tail = match tail {
-                t if t.starts_with("layernorm_before.") => t.replacen("layernorm_before", "norm1", 1),
-                t if t.starts_with("layernorm_after.") => t.replacen("layernorm_after", "norm2", 1),
-                t if t.starts_with("attention.output.dense.") => t.replacen("attention.output.dense", "attn.proj", 1),
-                t if t.starts_with("intermediate.dense.") => t.replacen("intermediate.dense", "mlp.fc1", 1),
-                t if t.starts_with("output.dense.") => t.replacen("output.dense", "mlp.fc2", 1),
-                t if t.starts_with("attention.attention.") => format!("qkv:{}", &t["attention.attention.".len()..]),
+            let (module, param) = tail.rsplit_once('.')?;
+            let ours = match module {
+                "layernorm_before" => "norm1",
+                "layernorm_after" => "norm2",
+                // transformers 4.x names, then 5.x names
+                "attention.output.dense" | "attention.o_proj" => "attn.proj",
+                "intermediate.dense" | "mlp.fc1" => "mlp.fc1",
+                "output.dense" | "mlp.fc2" => "mlp.fc2",
+                "attention.attention.query" | "attention.q_proj" => return Some(format!("{prefix}.{i}.qkv:query.{param}")),
+                "attention.attention.key" | "attention.k_proj" => return Some(format!("{prefix}.{i}.qkv:key.{param}")),
+                "attention.attention.value" | "attention.v_proj" => return Some(format!("{prefix}.{i}.qkv:value.{param}")),
                 _ => return None,
             };
-            Some(format!("{prefix}.{i}.{tail}"))
+            Some(format!("{prefix}.{i}.{ours}.{param}"))
         };
         let name = match k.as_str() {
             "vit.embeddings.cls_token" => Some("cls_token".to_string()),
@@ -216,6 +221,7 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
             k if k.starts_with("vit.embeddings.patch_embeddings.projection.") => Some(k.replacen("vit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1)),
             k if k.starts_with("vit.layernorm.") => Some(k.replacen("vit.layernorm", "norm", 1)),
             k if k.starts_with("vit.encoder.layer.") => block(&k["vit.encoder.layer.".len()..], "blocks"),
+            k if k.starts_with("vit.layers.") => block(&k["vit.layers.".len()..], "blocks"),
             k if k.starts_with("decoder.decoder_layers.") => block(&k["decoder.decoder_layers.".len()..], "decoder_blocks"),
             k if k.starts_with("decoder.") => Some(k["decoder.".len()..].to_string()),
             _ => None,

@@ -1,0 +1,153 @@
+//! Parity with Hugging Face `ViTMAEForPreTraining` (fixtures from tools/make_mae_fixtures.py):
+//! HF-named weights load through mim's loader, and masking, encoder output, predictions, loss and
+//! every parameter gradient match PyTorch on fixed weights, pixels and noise.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use mim::io::{TensorMap, from_pytorch_layout, gradients, hf_to_official, load_weights, mae_config_from_hf, read_safetensors};
+use mim::masking::Mask;
+use mim::models::mae::{MaeConfig, MaskedAutoencoder};
+use mim::models::vit::{patchify, sincos_pos_embed_2d};
+
+/// Largest tolerated absolute difference (values are O(1); PyTorch and burn differ in reduction order).
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Case {
+    cfg: MaeConfig,
+    io: TensorMap,
+    device: Device,
+}
+
+impl Case {
+    fn new() -> Self {
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("mae_tiny_config.json")).unwrap()).unwrap();
+        Case { cfg: mae_config_from_hf(&json).unwrap(), io: read_safetensors(&fixture("mae_tiny_io.safetensors")).unwrap(), device: Device::flex().autodiff() }
+    }
+
+    fn model(&self, cfg: &MaeConfig) -> MaskedAutoencoder {
+        load_weights(cfg.init(123, &self.device).unwrap(), cfg, &fixture("mae_tiny_weights.safetensors")).unwrap()
+    }
+
+    fn tensor<const D: usize>(&self, name: &str) -> Tensor<D> {
+        let (shape, v) = &self.io[name];
+        Tensor::from_data(TensorData::new(v.clone(), shape.clone()), &self.device)
+    }
+
+    fn mask(&self) -> Mask {
+        let noise = &self.io["noise"];
+        Mask::from_noise(&noise.1, noise.0[0], 0.75).unwrap()
+    }
+}
+
+fn max_diff(ours: &[f32], theirs: &[f32]) -> f32 {
+    assert_eq!(ours.len(), theirs.len(), "length");
+    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
+    let d = max_diff(ours, theirs);
+    eprintln!("{what}: max |mim - torch| = {d:.2e}");
+    assert!(d <= TOL, "{what}: max difference {d} > {TOL}");
+}
+
+#[test]
+fn masking_matches_hf_random_masking() {
+    let c = Case::new();
+    let m = c.mask();
+    let as_usize = |name: &str| c.io[name].1.iter().map(|&v| v as usize).collect::<Vec<_>>();
+    assert_eq!(m.ids_keep, as_usize("ids_keep"));
+    assert_eq!(m.ids_restore, as_usize("ids_restore"));
+    assert_eq!(m.mask, c.io["mask"].1);
+}
+
+#[test]
+fn sincos_position_embeddings_match_hf() {
+    let c = Case::new();
+    let w = read_safetensors(&fixture("mae_tiny_weights.safetensors")).unwrap();
+    let g = (c.cfg.grid(), c.cfg.grid());
+    assert!(max_diff(&sincos_pos_embed_2d(c.cfg.embed_dim, g, true), &w["vit.embeddings.position_embeddings"].1) < 1e-6);
+    assert!(max_diff(&sincos_pos_embed_2d(c.cfg.decoder_embed_dim, g, true), &w["decoder.decoder_pos_embed"].1) < 1e-6);
+}
+
+#[test]
+fn forward_and_loss_match_hf() {
+    let c = Case::new();
+    let model = c.model(&c.cfg);
+    let mask = c.mask();
+    let x = c.tensor::<4>("pixel_values");
+    assert_close("patchify", &values(patchify(x.clone(), c.cfg.patch_size)), &c.io["patchified"].1);
+    assert_close("encoder output", &values(model.forward_encoder(x.clone(), &mask)), &c.io["encoder_last_hidden_state"].1);
+    let out = model.forward(x.clone(), &mask);
+    assert_close("decoder predictions", &values(out.pred), &c.io["logits"].1);
+    assert_close("loss (norm_pix_loss)", &values(out.loss), &c.io["loss"].1);
+
+    let raw_cfg = MaeConfig { norm_pix_loss: false, ..c.cfg.clone() };
+    let raw = c.model(&raw_cfg).forward(x, &mask);
+    assert_close("loss (raw pixels)", &values(raw.loss), &c.io["loss_no_norm_pix"].1);
+}
+
+#[test]
+fn gradients_of_every_parameter_match_hf() {
+    let c = Case::new();
+    let model = c.model(&c.cfg);
+    let out = model.forward(c.tensor::<4>("pixel_values"), &c.mask());
+    let ours = gradients(&model, &out.loss.backward());
+
+    let hf: TensorMap = c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
+    let theirs = from_pytorch_layout(&c.cfg, &hf_to_official(&hf).unwrap()).unwrap();
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "same parameters have gradients");
+    let (mut worst, mut worst_rel) = ((0.0f32, String::new()), (0.0f32, String::new()));
+    for (name, (shape, g)) in &theirs {
+        assert_eq!(&ours[name].0, shape, "{name} shape");
+        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 1e-7, "{name}: the reference gradient is zero, the comparison would prove nothing");
+        let d = max_diff(&ours[name].1, g);
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+        if d / scale > worst_rel.0 {
+            worst_rel = (d / scale, name.clone());
+        }
+    }
+    eprintln!(
+        "{} gradients: worst max |mim - torch| = {:.2e} ({}), worst relative to the tensor's largest entry = {:.2e} ({})",
+        theirs.len(),
+        worst.0,
+        worst.1,
+        worst_rel.0,
+        worst_rel.1
+    );
+    assert!(worst.0 <= TOL, "gradient of {} differs by {}", worst.1, worst.0);
+    assert!(worst_rel.0 <= 1e-3, "gradient of {} differs by {} relative", worst_rel.1, worst_rel.0);
+}
+
+#[test]
+fn transformers_4_checkpoint_names_load_like_5() {
+    // Published HF checkpoints (facebook/vit-mae-*) use the transformers 4.x names.
+    let v5 = read_safetensors(&fixture("mae_tiny_weights.safetensors")).unwrap();
+    let v4: TensorMap = v5
+        .iter()
+        .map(|(k, t)| {
+            let k = k
+                .replace("vit.layers.", "vit.encoder.layer.")
+                .replace("attention.q_proj", "attention.attention.query")
+                .replace("attention.k_proj", "attention.attention.key")
+                .replace("attention.v_proj", "attention.attention.value")
+                .replace("attention.o_proj", "attention.output.dense")
+                .replace("mlp.fc1", "intermediate.dense")
+                .replace("mlp.fc2", "output.dense");
+            (k, t.clone())
+        })
+        .collect();
+    assert!(v4.keys().any(|k| k.contains("attention.attention.query")));
+    assert_eq!(hf_to_official(&v4).unwrap(), hf_to_official(&v5).unwrap());
+}
