@@ -108,3 +108,20 @@ fn pretrain_then_reconstruct_writes_the_figure() {
     let masked_panel_px = |x: u32, y: u32| *g.get_pixel(2 + 28 + 2 + x, 2 + y);
     assert_eq!(masked_panel_px(5, 1), image::Rgb([128, 128, 128]), "patch 1 must be masked");
 }
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let cfg = PretrainConfig::from_toml_file(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        cfg.validate().unwrap();
+        n += 1;
+    }
+    assert!(n > 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "epoch = 3\n").unwrap();
+    assert!(format!("{:#}", PretrainConfig::from_toml_file(&bad).unwrap_err()).contains("unknown field"));
+}

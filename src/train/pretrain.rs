@@ -148,7 +148,7 @@ pub struct StepMetrics {
     pub loss: f64,
     /// Learning rate of the most recent update.
     pub lr: f64,
-    /// Training throughput (moving average).
+    /// Training throughput over the last 20 iterations (data wait included).
     pub images_per_sec: f64,
     /// Seconds since this process started training.
     pub elapsed_s: f64,
@@ -286,7 +286,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
 
     let started = Instant::now();
     let mut steps = Vec::new();
-    let mut rate = 0.0;
+    let mut recent = std::collections::VecDeque::new();
     let mut lr = 0.0;
     let mut accum = GradientsAccumulator::new();
     let mut pending = 0;
@@ -296,8 +296,8 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
         let order = epoch_order(ds.len(), cfg.seed, epoch);
         let first = (it % spe as u64) as usize;
         let loader = Prefetcher::spawn(ds.clone(), transform.clone(), order, cfg.batch_size, first, cfg.seed, epoch, cfg.prefetch);
+        let mut t0 = Instant::now();
         for (k, batch) in loader.enumerate() {
-            let t0 = Instant::now();
             let batch = batch?;
             let b = batch.len();
             let noise = uniform_noise(&mut rng_for(&[cfg.seed, it, MASK_STREAM]), b, model_cfg.num_patches());
@@ -324,13 +324,16 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
                 optimizer_steps += 1;
             }
             it += 1;
-            let dt = t0.elapsed().as_secs_f64();
-            let inst = b as f64 / dt.max(1e-9);
-            rate = if rate == 0.0 { inst } else { 0.9 * rate + 0.1 * inst };
+            recent.push_back((b, t0.elapsed().as_secs_f64()));
+            if recent.len() > 20 {
+                recent.pop_front();
+            }
+            let rate = recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
             let m = StepMetrics { iteration: it, epoch, loss, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() };
             writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
             reporter.step(&m);
             steps.push(m);
+            t0 = Instant::now();
         }
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
         if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
