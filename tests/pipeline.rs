@@ -125,3 +125,20 @@ fn shipped_configs_parse() {
     std::fs::write(&bad, "epoch = 3\n").unwrap();
     assert!(format!("{:#}", PretrainConfig::from_toml_file(&bad).unwrap_err()).contains("unknown field"));
 }
+
+#[test]
+fn reconstruct_from_hugging_face_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let img = tmp.path().join("in.png");
+    image::RgbImage::from_fn(20, 12, |x, y| image::Rgb([(x * 12) as u8, (y * 20) as u8, 99])).save(&img).unwrap();
+    let out = mim(&[
+        "reconstruct", "--weights", fx.join("mae_tiny_weights.safetensors").to_str().unwrap(), "--hf-config",
+        fx.join("mae_tiny_config.json").to_str().unwrap(), "--images", img.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let grid = image::open(tmp.path().join("reconstructions.png")).unwrap();
+    assert_eq!(grid.width(), 4 * 64 + 10, "16 px model input at scale 4");
+    let out = mim(&["reconstruct", "--weights", fx.join("mae_tiny_weights.safetensors").to_str().unwrap(), "--images", img.to_str().unwrap()]);
+    common::assert_clean_error(&out, "--hf-config");
+}
