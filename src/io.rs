@@ -117,30 +117,18 @@ fn transpose(shape: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
     (vec![c, r], out)
 }
 
-/// Patch-embedding weight: burn `[p*p*C, D]` (pixels in (row, col, channel) order) <-> PyTorch conv `[D, C, p, p]`.
-fn patch_weight_to_conv(cfg: &MaeConfig, v: &[f32]) -> Vec<f32> {
+/// Patch-embedding weight between burn `[p*p*C, D]` (pixels in (row, col, channel) order) and the
+/// PyTorch convolution `[D, C, p, p]`.
+fn convert_patch_weight(cfg: &MaeConfig, v: &[f32], to_conv: bool) -> Vec<f32> {
     let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
     let mut out = vec![0.0; v.len()];
     for o in 0..d {
         for ch in 0..c {
             for i in 0..p {
                 for j in 0..p {
-                    out[((o * c + ch) * p + i) * p + j] = v[((i * p + j) * c + ch) * d + o];
-                }
-            }
-        }
-    }
-    out
-}
-
-fn conv_to_patch_weight(cfg: &MaeConfig, v: &[f32]) -> Vec<f32> {
-    let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
-    let mut out = vec![0.0; v.len()];
-    for o in 0..d {
-        for ch in 0..c {
-            for i in 0..p {
-                for j in 0..p {
-                    out[((i * p + j) * c + ch) * d + o] = v[((o * c + ch) * p + i) * p + j];
+                    let (linear, conv) = (((i * p + j) * c + ch) * d + o, ((o * c + ch) * p + i) * p + j);
+                    let (to, from) = if to_conv { (conv, linear) } else { (linear, conv) };
+                    out[to] = v[from];
                 }
             }
         }
@@ -153,7 +141,7 @@ pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
     let mut out = TensorMap::new();
     for (k, (s, v)) in burn {
         let t = if k == "patch_embed.proj.weight" {
-            (vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size], patch_weight_to_conv(cfg, v))
+            (vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size], convert_patch_weight(cfg, v, true))
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
         } else {
@@ -178,7 +166,7 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
         let t = if k == "patch_embed.proj.weight" {
             let want = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
             ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
-            (vec![cfg.patch_dim(), cfg.embed_dim], conv_to_patch_weight(cfg, v))
+            (vec![cfg.patch_dim(), cfg.embed_dim], convert_patch_weight(cfg, v, false))
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
         } else {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, CheckpointHeader};
@@ -291,7 +291,6 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
     let mut accum = GradientsAccumulator::new();
     let mut pending = 0;
     let mut optimizer_steps = it / cfg.accum_iter as u64;
-    let step = |optim: &mut ModuleOptimizer, model: MaskedAutoencoder, grads: GradientsParams, lr: f64| optim.step(lr, model, grads);
     for epoch in (it / spe as u64)..cfg.epochs as u64 {
         let order = epoch_order(ds.len(), cfg.seed, epoch);
         let first = (it % spe as u64) as usize;
@@ -319,7 +318,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
                 // The lr of an update is set at its first micro-batch, as the official loop.
                 let group_start = (in_epoch + 1 - pending) as f64;
                 lr = sched.at(epoch as f64 + group_start / spe as f64);
-                model = step(&mut optim, model, accum.grads(), lr);
+                model = optim.step(lr, model, accum.grads());
                 pending = 0;
                 optimizer_steps += 1;
             }
