@@ -9,6 +9,7 @@
 //! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
 //! - [`viz`]: reconstruction grids and loss curves
 //! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)
+//! - [`bench`]: throughput, FLOP/s and memory against the PyTorch peer
 //!
 //! ```no_run
 //! use mim::{models::mae::MaeConfig, masking::Mask};
@@ -17,6 +18,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod data;
 pub mod io;
 pub mod masking;

@@ -76,6 +76,17 @@ impl Mask {
         Ok(Self::from_shuffles(std::iter::repeat_n(order, batch), batch, num_patches, visible.len()))
     }
 
+    /// No masking: every patch visible, in order. Not a training mode of MAE; it measures the cost of
+    /// an encoder that sees every token (the paper's Table 2 comparison).
+    pub fn keep_all(batch: usize, num_patches: usize) -> Self {
+        Self::from_shuffles(std::iter::repeat_n((0..num_patches).collect(), batch), batch, num_patches, num_patches)
+    }
+
+    /// Whether at least one patch is removed.
+    pub fn removes_any(&self) -> bool {
+        self.len_keep < self.num_patches
+    }
+
     fn from_shuffles(shuffles: impl Iterator<Item = Vec<usize>>, batch: usize, l: usize, keep: usize) -> Self {
         let mut m = Mask {
             batch,

@@ -39,6 +39,9 @@ enum Command {
     Pretrain(PretrainArgs),
     /// Pictures of original | masked | reconstruction | reconstruction + visible, from a checkpoint.
     Reconstruct(ReconstructArgs),
+    /// Throughput of pretraining and encoder inference on the PyTorch peer's workloads, optionally
+    /// side by side with the peer measured in the same run.
+    Bench(BenchArgs),
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -187,6 +190,113 @@ struct ReconstructArgs {
     /// Up-scaling of the pictures.
     #[arg(long, default_value_t = 4)]
     scale: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Workloads (the peer's config names).
+    #[arg(long, value_delimiter = ',', default_value = "fmnist-tiny,vit-tiny-32,vit-base-224")]
+    workloads: Vec<String>,
+    /// Also run mask ratio 0 (encoder sees every token: the paper's Table 2 cost) on these.
+    #[arg(long, value_delimiter = ',', default_value = "fmnist-tiny,vit-tiny-32")]
+    no_mask_variant: Vec<String>,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed iterations (median reported).
+    #[arg(long, default_value_t = 7)]
+    iters: usize,
+    /// Python with torch + transformers to run the PyTorch peer in the same invocation.
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// The peer script.
+    #[arg(long, default_value = "../shared/peer/peer_torch.py")]
+    peer_script: PathBuf,
+    /// Data for the pipeline measurement.
+    #[arg(long, default_value = "data/fashion-mnist-subset")]
+    data: PathBuf,
+    /// Append every result as JSON lines here.
+    #[arg(long, default_value = "bench.jsonl")]
+    out: PathBuf,
+}
+
+fn run_bench(a: &BenchArgs) -> Result<()> {
+    use mim::bench::*;
+    let device = burn::tensor::Device::flex();
+    let all = workloads();
+    let chosen: Vec<&Workload> = a
+        .workloads
+        .iter()
+        .map(|n| all.iter().find(|w| w.name == n).with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224")))
+        .collect::<Result<_>>()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}", env!("CARGO_PKG_VERSION"), a.warmup, a.iters);
+    let peak = matmul_gflops(2048, 10, &device);
+    eprintln!("fp32 matmul 2048^3: {peak:.0} GFLOP/s (this machine's practical peak for the % column)");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&a.out)?;
+    let mut ours = Vec::new();
+    for w in &chosen {
+        let ratios: &[f64] = if a.no_mask_variant.iter().any(|n| n == w.name) { &[0.75, 0.0] } else { &[0.75] };
+        for &r in ratios {
+            let res = bench_workload(w, r, a.warmup, a.iters, &device)?;
+            eprintln!("{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB", w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib);
+            use std::io::Write;
+            writeln!(log, "{}", serde_json::to_string(&res)?)?;
+            ours.push(res);
+        }
+    }
+    let mut peer: Vec<PeerResult> = Vec::new();
+    if let Some(py) = &a.peer {
+        for w in &chosen {
+            let no_mask = a.no_mask_variant.iter().any(|n| n == w.name);
+            let (mut rows, peak_mib) = run_peer(py, &a.peer_script, w.name, threads, a.iters, no_mask)?;
+            for r in &mut rows {
+                r.peak_mib = peak_mib.unwrap_or(0.0);
+            }
+            eprintln!("peer {}: {}", w.name, rows.iter().map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s)).collect::<Vec<_>>().join(", "));
+            peer.extend(rows);
+        }
+    }
+    let fmt_ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!("\n| workload | mask | batch | mim train img/s | torch train img/s | mim/torch | mim encoder img/s | torch encoder img/s | mim/torch | mim train GFLOP/s (% of peak) | mim peak MiB | torch peak MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &ours {
+        let p = peer.iter().find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio);
+        println!(
+            "| {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.0} ({:.0}%) | {:.0} | {} |",
+            r.config,
+            r.mask_ratio,
+            r.batch,
+            r.train_img_s,
+            fmt(p.map(|p| p.train_img_s)),
+            fmt_ratio(r.train_img_s, p.map(|p| p.train_img_s)),
+            r.enc_fwd_img_s,
+            fmt(p.map(|p| p.enc_fwd_img_s)),
+            fmt_ratio(r.enc_fwd_img_s, p.map(|p| p.enc_fwd_img_s)),
+            r.train_gflops,
+            100.0 * r.train_gflops / peak,
+            r.peak_mib,
+            p.map_or("-".into(), |p| format!("{:.0} (process)", p.peak_mib)),
+        );
+    }
+    for w in &chosen {
+        let find = |v: &[BenchResult], m: f64| v.iter().find(|r| r.config == w.name && r.mask_ratio == m).map(|r| r.train_img_s);
+        if let (Some(m75), Some(m0)) = (find(&ours, 0.75), find(&ours, 0.0)) {
+            let torch = peer.iter().find(|p| p.config == w.name && p.mask_ratio == 0.75).zip(peer.iter().find(|p| p.config == w.name && p.mask_ratio == 0.0));
+            println!(
+                "\n{}: training step with mask 0.75 is {:.2}x faster than with every token in the encoder (paper Table 2: 2.8-4.1x){}",
+                w.name,
+                m75 / m0,
+                torch.map_or(String::new(), |(a, b)| format!("; PyTorch {:.2}x", a.train_img_s / b.train_img_s))
+            );
+        }
+    }
+    if let Some(first) = ours.iter().find(|r| r.mask_ratio == 0.75 && r.config == "fmnist-tiny") {
+        let pipe = data_pipeline_img_s(&a.data, 28, 256, 8)?;
+        println!("\ndata pipeline alone (IDX decode + random resized crop + flip + batch, 1 thread): {pipe:.0} img/s, {:.1}x the fmnist-tiny step's appetite of {:.0} img/s", pipe / first.train_img_s, first.train_img_s);
+    }
+    Ok(())
 }
 
 /// Progress bar with loss, lr, images/s and ETA; plain lines (every 5%) when stderr is not a terminal.
@@ -404,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reconstruct(a) => run_reconstruct(&a).map(|_| ()),
+        Command::Bench(a) => run_bench(&a),
         Command::Export { checkpoint: ck, out } => {
             let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
             mim::io::export_weights(&c.model, &c.header.model, &out)?;

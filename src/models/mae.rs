@@ -223,8 +223,11 @@ impl MaskedAutoencoder {
         let x = self.decoder_embed.forward(latent);
         let [b, n_vis, _] = x.dims();
         let l = mask.num_patches;
-        let mask_tokens = self.mask_token.val().repeat_dim(0, b).repeat_dim(1, l + 1 - n_vis);
-        let x_ = Tensor::cat(vec![x.clone().slice([0..b, 1..n_vis]), mask_tokens], 1);
+        let mut x_ = x.clone().slice([0..b, 1..n_vis]);
+        if mask.removes_any() {
+            let mask_tokens = self.mask_token.val().repeat_dim(0, b).repeat_dim(1, l + 1 - n_vis);
+            x_ = Tensor::cat(vec![x_, mask_tokens], 1);
+        }
         let x_ = gather_tokens(x_, mask.ids_restore_tensor(&device));
         let mut x = Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1) + self.decoder_pos_embed.clone();
         for block in &self.decoder_blocks {
@@ -245,10 +248,14 @@ impl MaskedAutoencoder {
         (target - mean) / (var + 1e-6).sqrt()
     }
 
-    /// Mean squared error over the removed patches only: `[1]`.
+    /// Mean squared error over the removed patches only: `[1]`. With [`Mask::keep_all`] (nothing
+    /// removed; used to measure the cost of a full encoder) the mean is over all patches.
     pub fn forward_loss(&self, imgs: Tensor<4>, pred: Tensor<3>, mask: &Mask) -> Tensor<1> {
+        let per_patch = (pred - self.target(imgs.clone())).powi_scalar(2).mean_dim(2).squeeze_dim::<2>(2);
+        if !mask.removes_any() {
+            return per_patch.mean();
+        }
         let m = mask.mask_tensor(&imgs.device());
-        let per_patch = (pred - self.target(imgs)).powi_scalar(2).mean_dim(2).squeeze_dim::<2>(2);
         (per_patch * m.clone()).sum() / m.sum()
     }
 
