@@ -23,6 +23,7 @@ pub mod data;
 pub mod io;
 pub mod masking;
 pub mod models;
+pub mod ops;
 pub mod runtime;
 pub mod train;
 pub mod viz;

@@ -6,10 +6,11 @@
 //! (burn's layout), i.e. transposed with respect to PyTorch.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::init::{InitRng, normal, param, xavier_uniform};
+use crate::ops::gelu::gelu;
 
 /// LayerNorm epsilon used by MAE / timm ViTs.
 pub const LN_EPS: f64 = 1e-6;
