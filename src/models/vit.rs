@@ -6,10 +6,10 @@
 //! (burn's layout), i.e. transposed with respect to PyTorch.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::init::{InitRng, normal, param, xavier_uniform};
+use crate::ops::attention::attention;
 use crate::ops::gelu::gelu;
 
 /// LayerNorm epsilon used by MAE / timm ViTs.
@@ -87,19 +87,9 @@ impl Attention {
         Self { qkv: Linear::new(dim, 3 * dim, rng, device), proj: Linear::new(dim, dim, rng, device), num_heads }
     }
 
-    /// `x: [B, N, D] -> [B, N, D]`.
+    /// `x: [B, N, D] -> [B, N, D]`: `softmax(q kᵀ / √hd) v` per head, then the output projection.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, n, d] = x.dims();
-        let h = self.num_heads;
-        let hd = d / h;
-        // [B, N, 3, H, hd] -> [3, B, H, N, hd]
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().slice([0..1]).reshape([b, h, n, hd]);
-        let k = qkv.clone().slice([1..2]).reshape([b, h, n, hd]);
-        let v = qkv.slice([2..3]).reshape([b, h, n, hd]);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)), 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.proj.forward(out)
+        self.proj.forward(attention(self.qkv.forward(x), self.num_heads))
     }
 }
 

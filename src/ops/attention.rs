@@ -1,0 +1,276 @@
+//! Multi-head self-attention from a fused qkv projection, `softmax(q kᵀ / √d) v` per head, as one
+//! op with its own backward.
+//!
+//! The generic path splits qkv with permutes (copies), runs batched matmuls on tiny per-head
+//! matrices (13 or 50 tokens in the small MAE), a softmax, and records each step for autodiff.
+//! Here one task per (image, head) reads q, k and v in place from the `[B, N, 3D]` projection,
+//! keeps the `N x N` probabilities for the backward pass, and writes `[B, N, D]` ready for the
+//! output projection; tasks run on rayon's pool.
+
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::{contiguous_f32, exp, on_flex_f32};
+
+/// Sizes of one call: batch, tokens, heads, head width.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    n: usize,
+    h: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn of(qkv: &FlexTensor, heads: usize) -> Self {
+        let s = qkv.shape();
+        let d = s[2] / 3;
+        Dims { b: s[0], n: s[1], h: heads, hd: d / heads }
+    }
+    fn d(&self) -> usize {
+        self.h * self.hd
+    }
+    /// Offset of token `t`'s head-`head` slice of part `part` (0 q, 1 k, 2 v) in qkv of image `img`.
+    fn at(&self, img: usize, t: usize, part: usize, head: usize) -> usize {
+        (img * self.n + t) * 3 * self.d() + part * self.d() + head * self.hd
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // eight lanes so the reduction vectorises (no fast-math in Rust)
+    let mut acc = [0f32; 8];
+    let main = a.len() / 8 * 8;
+    for i in (0..main).step_by(8) {
+        for l in 0..8 {
+            acc[l] += a[i + l] * b[i + l];
+        }
+    }
+    acc.iter().sum::<f32>() + (main..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
+}
+
+/// `y += a x`
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yy, &xx) in y.iter_mut().zip(x) {
+        *yy += a * xx;
+    }
+}
+
+multiversion! {
+    /// One (image, head) of the forward pass: probabilities `p: [N, N]`, output rows `o: [N, hd]`.
+    fn forward_task(qkv: &[f32], dm: Dims, task: usize, p: &mut [f32], o: &mut [f32]) {
+        let Dims { n, h, hd, .. } = dm;
+        let scale = (hd as f32).powf(-0.5);
+        let (img, head) = (task / h, task % h);
+        for i in 0..n {
+            let q = &qkv[dm.at(img, i, 0, head)..][..hd];
+            let row = &mut p[i * n..(i + 1) * n];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in row.iter_mut().enumerate() {
+                *s = dot(q, &qkv[dm.at(img, j, 1, head)..][..hd]) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0;
+            for s in row.iter_mut() {
+                *s = exp(*s - max);
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let orow = &mut o[i * hd..(i + 1) * hd];
+            for (j, s) in row.iter_mut().enumerate() {
+                *s *= inv;
+                axpy(orow, *s, &qkv[dm.at(img, j, 2, head)..][..hd]);
+            }
+        }
+    }
+}
+
+/// Returns (out `[B, N, D]`, probabilities `[B, H, N, N]`).
+fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
+    let Dims { b, n, h, hd } = dm;
+    let d = dm.d();
+    let mut probs = vec![0f32; b * h * n * n];
+    // Per (image, head): the head's output rows, gathered into [B, N, D] afterwards.
+    let mut heads_out = vec![0f32; b * h * n * hd];
+    probs.par_chunks_mut(n * n).zip(heads_out.par_chunks_mut(n * hd)).enumerate().for_each(|(task, (p, o))| forward_task(qkv, dm, task, p, o));
+    let mut out = vec![0f32; b * n * d];
+    out.par_chunks_mut(n * d).enumerate().for_each(|(img, oimg)| {
+        for head in 0..h {
+            let src = &heads_out[(img * h + head) * n * hd..][..n * hd];
+            for t in 0..n {
+                oimg[t * d + head * hd..][..hd].copy_from_slice(&src[t * hd..(t + 1) * hd]);
+            }
+        }
+    });
+    (out, probs)
+}
+
+multiversion! {
+    /// The backward pass for one image: `g` is that image's `[N, 3D]` slice of the qkv gradient.
+    fn backward_image(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims, img: usize, g: &mut [f32]) {
+        let Dims { n, h, hd, .. } = dm;
+        let d = dm.d();
+        let scale = (hd as f32).powf(-0.5);
+            let mut ds = vec![0f32; n * n];
+            for head in 0..h {
+                let p = &probs[(img * h + head) * n * n..][..n * n];
+                let go = |t: usize| &dout[(img * n + t) * d + head * hd..][..hd];
+                let local = |t: usize, part: usize| (t * 3 + part) * d + head * hd;
+                for i in 0..n {
+                    // dP = dO V^T, then dS = P (dP - sum_j P dP)
+                    let row = &mut ds[i * n..(i + 1) * n];
+                    let mut weighted = 0.0;
+                    for (j, s) in row.iter_mut().enumerate() {
+                        *s = dot(go(i), &qkv[dm.at(img, j, 2, head)..][..hd]);
+                        weighted += p[i * n + j] * *s;
+                    }
+                    for (j, s) in row.iter_mut().enumerate() {
+                        *s = p[i * n + j] * (*s - weighted) * scale;
+                    }
+                }
+                // dQ_i = sum_j dS_ij K_j ; dK_j = sum_i dS_ij Q_i ; dV_j = sum_i P_ij dO_i
+                for i in 0..n {
+                    for j in 0..n {
+                        axpy(&mut g[local(i, 0)..][..hd], ds[i * n + j], &qkv[dm.at(img, j, 1, head)..][..hd]);
+                    }
+                }
+                for j in 0..n {
+                    for i in 0..n {
+                        axpy(&mut g[local(j, 1)..][..hd], ds[i * n + j], &qkv[dm.at(img, i, 0, head)..][..hd]);
+                        axpy(&mut g[local(j, 2)..][..hd], p[i * n + j], go(i));
+                    }
+                }
+            }
+    }
+}
+
+/// Gradient with respect to qkv `[B, N, 3D]` from the output gradient `[B, N, D]`.
+fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f32> {
+    let Dims { b, n, .. } = dm;
+    let d = dm.d();
+    let mut dqkv = vec![0f32; b * n * 3 * d];
+    // One task per image: heads write disjoint column ranges of that image's rows.
+    dqkv.par_chunks_mut(n * 3 * d).enumerate().for_each(|(img, g)| backward_image(qkv, probs, dout, dm, img, g));
+    dqkv
+}
+
+/// The backend operation: implemented for flex and for autodiff over flex.
+#[backend_extension(Flex, Autodiff)]
+pub trait AttentionBackend: burn::backend::Backend {
+    /// `qkv: [B, N, 3D] -> [B, N, D]` with `heads` heads.
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+}
+
+/// The raw kernels, on the concrete backend that runs them.
+pub trait AttentionKernels: burn::backend::Backend {
+    /// Output and the attention probabilities kept for the backward pass.
+    fn fused_attention_forward(qkv: FloatTensor<Self>, heads: usize) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// Gradient with respect to qkv.
+    fn fused_attention_backward(qkv: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+}
+
+impl AttentionKernels for Flex {
+    fn fused_attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) {
+        let dm = Dims::of(&qkv, heads);
+        let (out, probs) = forward_kernel(&contiguous_f32(&qkv), dm);
+        (
+            FlexTensor::from_data(TensorData::new(out, Shape::from(vec![dm.b, dm.n, dm.d()]))),
+            FlexTensor::from_data(TensorData::new(probs, Shape::from(vec![dm.b, dm.h, dm.n, dm.n]))),
+        )
+    }
+
+    fn fused_attention_backward(qkv: FlexTensor, probs: FlexTensor, dout: FlexTensor, heads: usize) -> FlexTensor {
+        let dm = Dims::of(&qkv, heads);
+        let g = backward_kernel(&contiguous_f32(&qkv), &contiguous_f32(&probs), &contiguous_f32(&dout), dm);
+        FlexTensor::from_data(TensorData::new(g, qkv.shape()))
+    }
+}
+
+impl AttentionBackend for Flex {
+    fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        Self::fused_attention_forward(qkv, heads).0
+    }
+}
+
+impl<B: AttentionBackend + AttentionKernels, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl<B: AttentionKernels> Backward<B, 1> for AttentionBackward {
+            type State = (FloatTensor<B>, FloatTensor<B>, usize);
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node] = ops.parents;
+                let dout = grads.consume::<B>(&ops.node);
+                let (qkv, probs, heads) = ops.state;
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, B::fused_attention_backward(qkv, probs, dout, heads));
+                }
+            }
+        }
+
+        match AttentionBackward.prepare::<C>([qkv.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, probs) = B::fused_attention_forward(qkv.primitive().clone(), heads);
+                prep.finish((qkv.into_primitive(), probs, heads), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(qkv.into_primitive(), heads)),
+        }
+    }
+}
+
+/// Self-attention of a fused projection `qkv: [B, N, 3D]` (q, k, v each `D = heads x head width`,
+/// as timm's `qkv` linear) `-> [B, N, D]`: the fused op on flex f32, burn's generic ops elsewhere.
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    if on_flex_f32(&qkv) {
+        return Tensor::from_dispatch(Dispatch::fused_attention(qkv.into_dispatch(), heads));
+    }
+    generic_attention(qkv, heads)
+}
+
+/// The same computation with burn's generic tensor ops (any backend).
+pub fn generic_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, n, d3] = qkv.dims();
+    let (d, h) = (d3 / 3, heads);
+    let hd = d / h;
+    // [B, N, 3, H, hd] -> [3, B, H, N, hd]
+    let qkv = qkv.reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+    let q = qkv.clone().slice([0..1]).reshape([b, h, n, hd]);
+    let k = qkv.clone().slice([1..2]).reshape([b, h, n, hd]);
+    let v = qkv.slice([2..3]).reshape([b, h, n, hd]);
+    let attn = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)), 3);
+    attn.matmul(v).swap_dims(1, 2).reshape([b, n, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    #[test]
+    fn fused_attention_matches_generic_forward_and_gradient() {
+        let device = Device::flex().autodiff();
+        device.seed(0);
+        for (b, n, heads, hd) in [(3, 13, 3, 64), (2, 50, 4, 32), (2, 5, 2, 12)] {
+            let d = heads * hd;
+            let qkv = Tensor::<3>::random([b, n, 3 * d], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let w = Tensor::<3>::random([b, n, d], Distribution::Default, &device);
+            let fused = attention(qkv.clone(), heads);
+            let generic = generic_attention(qkv.clone(), heads);
+            let diff = (fused.clone() - generic.clone()).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-5, "forward differs by {diff} at {:?}", (b, n, heads, hd));
+            let gf = qkv.grad(&(fused * w.clone()).sum().backward()).unwrap();
+            let gg = qkv.grad(&(generic * w).sum().backward()).unwrap();
+            let diff = (gf - gg).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-5, "gradient differs by {diff} at {:?}", (b, n, heads, hd));
+        }
+    }
+}
