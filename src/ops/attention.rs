@@ -55,6 +55,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + (main..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
 }
 
+/// Part `part` (1 k, 2 v) of one head of one image as a contiguous `[hd, N]` matrix, so that a
+/// row of `q kᵀ` is a sum of N-wide vector updates instead of N short dot products.
+#[inline(always)]
+fn transposed(qkv: &[f32], dm: Dims, img: usize, part: usize, head: usize) -> Vec<f32> {
+    let (n, hd) = (dm.n, dm.hd);
+    let mut t = vec![0f32; hd * n];
+    for j in 0..n {
+        for (c, &v) in qkv[dm.at(img, j, part, head)..][..hd].iter().enumerate() {
+            t[c * n + j] = v;
+        }
+    }
+    t
+}
+
 /// `y += a x`
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -69,14 +83,15 @@ multiversion! {
         let Dims { n, h, hd, .. } = dm;
         let scale = (hd as f32).powf(-0.5);
         let (img, head) = (task / h, task % h);
+        let kt = transposed(qkv, dm, img, 1, head);
         for i in 0..n {
             let q = &qkv[dm.at(img, i, 0, head)..][..hd];
             let row = &mut p[i * n..(i + 1) * n];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = dot(q, &qkv[dm.at(img, j, 1, head)..][..hd]) * scale;
-                max = max.max(*s);
+            row.fill(0.0);
+            for (c, &qc) in q.iter().enumerate() {
+                axpy(row, qc * scale, &kt[c * n..(c + 1) * n]);
             }
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let mut sum = 0.0;
             for s in row.iter_mut() {
                 *s = exp(*s - max);
@@ -118,36 +133,38 @@ multiversion! {
         let Dims { n, h, hd, .. } = dm;
         let d = dm.d();
         let scale = (hd as f32).powf(-0.5);
-            let mut ds = vec![0f32; n * n];
-            for head in 0..h {
-                let p = &probs[(img * h + head) * n * n..][..n * n];
-                let go = |t: usize| &dout[(img * n + t) * d + head * hd..][..hd];
-                let local = |t: usize, part: usize| (t * 3 + part) * d + head * hd;
-                for i in 0..n {
-                    // dP = dO V^T, then dS = P (dP - sum_j P dP)
-                    let row = &mut ds[i * n..(i + 1) * n];
-                    let mut weighted = 0.0;
-                    for (j, s) in row.iter_mut().enumerate() {
-                        *s = dot(go(i), &qkv[dm.at(img, j, 2, head)..][..hd]);
-                        weighted += p[i * n + j] * *s;
-                    }
-                    for (j, s) in row.iter_mut().enumerate() {
-                        *s = p[i * n + j] * (*s - weighted) * scale;
-                    }
+        let mut ds = vec![0f32; n * n];
+        for head in 0..h {
+            let p = &probs[(img * h + head) * n * n..][..n * n];
+            let go = |t: usize| &dout[(img * n + t) * d + head * hd..][..hd];
+            let local = |t: usize, part: usize| (t * 3 + part) * d + head * hd;
+            let vt = transposed(qkv, dm, img, 2, head);
+            for i in 0..n {
+                // dP = dO V^T, then dS = P (dP - sum_j P dP)
+                let row = &mut ds[i * n..(i + 1) * n];
+                row.fill(0.0);
+                for (c, &gc) in go(i).iter().enumerate() {
+                    axpy(row, gc, &vt[c * n..(c + 1) * n]);
                 }
-                // dQ_i = sum_j dS_ij K_j ; dK_j = sum_i dS_ij Q_i ; dV_j = sum_i P_ij dO_i
-                for i in 0..n {
-                    for j in 0..n {
-                        axpy(&mut g[local(i, 0)..][..hd], ds[i * n + j], &qkv[dm.at(img, j, 1, head)..][..hd]);
-                    }
-                }
-                for j in 0..n {
-                    for i in 0..n {
-                        axpy(&mut g[local(j, 1)..][..hd], ds[i * n + j], &qkv[dm.at(img, i, 0, head)..][..hd]);
-                        axpy(&mut g[local(j, 2)..][..hd], p[i * n + j], go(i));
-                    }
+                let pi = &p[i * n..(i + 1) * n];
+                let weighted = dot(pi, row);
+                for (s, &pij) in row.iter_mut().zip(pi) {
+                    *s = pij * (*s - weighted) * scale;
                 }
             }
+            // dQ_i = sum_j dS_ij K_j ; dK_j = sum_i dS_ij Q_i ; dV_j = sum_i P_ij dO_i
+            for i in 0..n {
+                for j in 0..n {
+                    axpy(&mut g[local(i, 0)..][..hd], ds[i * n + j], &qkv[dm.at(img, j, 1, head)..][..hd]);
+                }
+            }
+            for j in 0..n {
+                for i in 0..n {
+                    axpy(&mut g[local(j, 1)..][..hd], ds[i * n + j], &qkv[dm.at(img, i, 0, head)..][..hd]);
+                    axpy(&mut g[local(j, 2)..][..hd], p[i * n + j], go(i));
+                }
+            }
+        }
     }
 }
 
