@@ -116,7 +116,8 @@ pub struct BenchResult {
     pub train_gflops: f64,
     /// Achieved encoder GFLOP/s.
     pub enc_fwd_gflops: f64,
-    /// Peak resident memory during the workload, MiB (whole process).
+    /// Peak resident memory of the process, MiB: since the reset before this workload where the
+    /// kernel honours `clear_refs`, otherwise since the process started.
     pub peak_mib: f64,
     /// Every timed training step, seconds.
     pub train_times: Vec<f64>,
