@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
 """Reference fixtures for mim's MAE parity tests, from Hugging Face `ViTMAEForPreTraining`.
 
-A tiny ViTMAE (16x16x3 images, patch 4, encoder 32 wide x 2 blocks, decoder 24 wide x 2 blocks)
-with fixed, perturbed weights (so biases and LayerNorm weights are not trivially 0/1) runs on fixed
-pixels and fixed masking noise. The Rust test `tests/parity_hf.rs` loads the same weights through
-mim's Hugging Face loader and compares the forward pass, loss and every parameter gradient.
+Purpose: a tiny ViTMAE (16x16x3 images, patch 4, encoder 32 wide x 2 blocks, decoder 24 wide x 2
+blocks) with fixed, perturbed weights runs on fixed pixels and fixed masking noise. The Rust test
+`tests/parity_hf.rs` loads the same weights through mim's HF loader and compares masking, encoder
+output, predictions, both losses and every parameter gradient.
 
-Run (the venv of ../shared/peer/README.md has what it needs):
+Run (venv setup in tools/README.md):
     ~/.mim-peer-venv/bin/python tools/make_mae_fixtures.py
 
-Writes tests/fixtures/:
-    mae_tiny_weights.safetensors  HF state_dict (HF key names), as a user's HF checkpoint
+Writes tests/fixtures/ (about 0.4 MB in all), then reloads them and re-checks the loss:
+    mae_tiny_weights.safetensors  full HF state_dict, HF's own key names, float32 (a user's HF checkpoint)
     mae_tiny_io.safetensors       inputs, noise, outputs, gradients (`grad.<hf name>`)
-    mae_tiny_config.json          HF config + versions + tensor descriptions
+    mae_tiny_config.json          HF config + batch, seed, versions, tensor descriptions
+
+Generated with torch 2.15.0 (CPU) and transformers 5.23.0 (recorded in the config json too).
+transformers 5.x names layers `vit.layers.N.attention.q_proj`; 4.x checkpoints use
+`vit.encoder.layer.N.attention.attention.query` (HF renames them on load).
 """
 import json
 import pathlib
 
+import numpy as np
 import torch
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
@@ -31,22 +36,44 @@ CONFIG = dict(
     mask_ratio=0.75, norm_pix_loss=True, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True,
     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )
-BATCH = 2
+BATCH, SEED = 2, 0
+DESCRIPTIONS = {
+    "pixel_values": "[B,3,16,16] model input, randn", "noise": "[B,16] masking noise, rand, passed as noise=",
+    "loss": "[1] HF loss (norm_pix_loss=True: per-patch mean/unbiased var, eps 1e-6), masked mean",
+    "loss_no_norm_pix": "[1] same logits, raw patch targets: ((logits - patchified)**2).mean(-1), masked mean",
+    "logits": "[B,16,48] decoder predictions, cls removed", "mask": "[B,16] float, 1 = removed (masked), 0 = kept",
+    "ids_restore": "[B,16] int64, argsort(argsort(noise))", "ids_keep": "[B,4] int64, argsort(noise)[:, :len_keep]",
+    "encoder_last_hidden_state": "[B,5,32] model.vit output after final layernorm, cls first, kept tokens in ids_keep order",
+    "patchified": "[B,16,48] model.patchify(pixel_values), (p, q, c) order within a patch",
+    "grad.<name>": "d loss / d parameter for every parameter with requires_grad, HF names and shapes",
+}
 
 
 def sincos(dim, grid):
-    """HF's fixed position embedding, with the half swap HF applies to match the official layout.
+    """HF's fixed position embedding, with the half swap HF applies to match the official MAE layout.
 
-    transformers 5.x leaves both position embeddings at zero when a model is built from a config
-    (its `_init_weights` zeroes `decoder_pos_embed`); published checkpoints carry the real values,
-    so the fixture sets them as those checkpoints have them."""
+    transformers 5.x leaves both position embeddings (and cls/mask tokens) at zero when a model is
+    built from a config; published checkpoints carry the sin-cos values, so we set them as HF's own
+    `initialize_weights` computes them."""
     pe = build_2d_sinusoidal_position_embedding(height=grid, width=grid, embed_dim=dim, cls_token=True)
     half = dim // 2
     return torch.cat([pe[..., half:], pe[..., :half]], dim=-1).unsqueeze(0)
 
 
-def main():
-    torch.manual_seed(0)
+def official_sincos(dim, grid):
+    """facebookresearch/mae `get_2d_sincos_pos_embed`, as an independent check of the layout."""
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    g = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # w first, as upstream
+    emb = np.concatenate([one_d(dim // 2, g[0]), one_d(dim // 2, g[1])], axis=1)
+    return np.concatenate([np.zeros([1, dim]), emb], axis=0)
+
+
+def build():
+    torch.manual_seed(SEED)
+    # eval(): dropout is 0 anyway; this also rules out any other train-only randomness.
     model = ViTMAEForPreTraining(ViTMAEConfig(**CONFIG)).float().eval()
     grid = CONFIG["image_size"] // CONFIG["patch_size"]
     with torch.no_grad():
@@ -57,8 +84,11 @@ def main():
             if p.requires_grad:
                 p.add_(0.02 * torch.randn_like(p))
     x = torch.randn(BATCH, 3, 16, 16)
-    noise = torch.rand(BATCH, (16 // 4) ** 2)
+    noise = torch.rand(BATCH, grid * grid)
+    return model, x, noise
 
+
+def run(model, x, noise):
     out = model(pixel_values=x, noise=noise)
     out.loss.backward()
     patches = model.patchify(x)
@@ -67,7 +97,6 @@ def main():
     with torch.no_grad():
         enc = model.vit(pixel_values=x, noise=noise).last_hidden_state
     len_keep = int(noise.shape[1] * (1 - CONFIG["mask_ratio"]))
-
     io = {
         "pixel_values": x, "noise": noise,
         "loss": out.loss.detach().reshape(1), "loss_no_norm_pix": loss_raw.detach().reshape(1),
@@ -76,23 +105,42 @@ def main():
         "encoder_last_hidden_state": enc, "patchified": patches,
     }
     for name, p in model.named_parameters():
-        if p.grad is not None:
+        if p.requires_grad:
             io[f"grad.{name}"] = p.grad.detach()
+    return {k: v.contiguous() for k, v in io.items()}
+
+
+def verify(paths):
+    """Reload both files into a fresh model and recompute: the fixtures must reproduce themselves."""
+    weights, io = load_file(paths[0]), load_file(paths[1])
+    model = ViTMAEForPreTraining(ViTMAEConfig(**CONFIG)).float().eval()
+    model.load_state_dict(weights, strict=True)
+    for name, dim in [("vit.embeddings.position_embeddings", 32), ("decoder.decoder_pos_embed", 24)]:
+        assert np.allclose(weights[name][0].double().numpy(), official_sincos(dim, 4), atol=1e-6), name
+    again = run(model, io["pixel_values"], io["noise"])
+    assert abs(again["loss"].item() - io["loss"].item()) <= 1e-6, (again["loss"], io["loss"])
+    for k, v in io.items():
+        assert torch.allclose(again[k].double(), v.double(), atol=1e-6), k
+    for label, tensors in [("weights", weights), ("io", io)]:
+        print(f"{label}: {len(tensors)} tensors")
+        for k, v in tensors.items():
+            print(f"  {k} {list(v.shape)} {str(v.dtype).removeprefix('torch.')}")
+    print(f"loss {io['loss'].item():.8f}  raw-pixel loss {io['loss_no_norm_pix'].item():.8f}")
+    print("sizes:", ", ".join(f"{p.name} {p.stat().st_size} B" for p in paths), f"total {sum(p.stat().st_size for p in paths)} B")
+
+
+def main():
+    model, x, noise = build()
+    io = run(model, x, noise)
     OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, OUT / "mae_tiny_weights.safetensors")
-    save_file({k: v.contiguous() for k, v in io.items()}, OUT / "mae_tiny_io.safetensors")
-    meta = dict(CONFIG, batch=BATCH, seed=0, torch=torch.__version__, transformers=transformers.__version__,
-                tensors={
-                    "pixel_values": "[B,3,16,16] model input", "noise": "[B,16] masking noise passed as noise=",
-                    "loss": "HF loss (norm_pix_loss=True)", "loss_no_norm_pix": "masked MSE on raw patch pixels, same logits",
-                    "logits": "[B,16,48] decoder predictions", "mask": "[B,16] 1 = removed",
-                    "ids_restore": "[B,16]", "ids_keep": "[B,4] argsort(noise)[:, :len_keep]",
-                    "encoder_last_hidden_state": "[B,5,32] model.vit output, cls first",
-                    "patchified": "[B,16,48] model.patchify(pixel_values)",
-                    "grad.<name>": "d loss / d parameter, HF names",
-                })
-    (OUT / "mae_tiny_config.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"loss {out.loss.item():.6f}  raw-pixel loss {loss_raw.item():.6f}  torch {torch.__version__}  transformers {transformers.__version__}")
+    paths = [OUT / "mae_tiny_weights.safetensors", OUT / "mae_tiny_io.safetensors", OUT / "mae_tiny_config.json"]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, paths[0])
+    save_file(io, paths[1])
+    meta = dict(CONFIG, batch=BATCH, seed=SEED, torch=torch.__version__, transformers=transformers.__version__,
+                tensors=DESCRIPTIONS)
+    paths[2].write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"torch {torch.__version__}  transformers {transformers.__version__}")
+    verify(paths)
 
 
 if __name__ == "__main__":
