@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
-use super::vit::{Block, LayerNorm, Linear, PatchEmbed, patchify, pos_embed_tensor, token, unpatchify};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, embed_with_cls, gather_tokens, patchify, pos_embed_tensor, token, unpatchify};
 use crate::masking::Mask;
 
 /// Architecture of a masked autoencoder.
@@ -183,12 +183,6 @@ pub struct MaeOutput {
     pub pred: Tensor<3>,
 }
 
-/// `x: [B, N, D]`, `ids: [B, K] -> [B, K, D]` (rows of x picked per sample).
-fn gather_tokens(x: Tensor<3>, ids: burn::tensor::Tensor<2, burn::tensor::Int>) -> Tensor<3> {
-    let d = x.dims()[2];
-    x.gather(1, ids.unsqueeze_dim::<3>(2).repeat_dim(2, d))
-}
-
 impl MaskedAutoencoder {
     /// Patch side in pixels.
     pub fn patch_size(&self) -> usize {
@@ -203,13 +197,8 @@ impl MaskedAutoencoder {
     /// `imgs: [B, C, H, W] -> [B, 1 + K, D]`: embeds all patches, keeps the visible ones, prepends
     /// the cls token and runs the encoder (no mask tokens enter the encoder).
     pub fn forward_encoder(&self, imgs: Tensor<4>, mask: &Mask) -> Tensor<3> {
-        let device = imgs.device();
-        let b = imgs.dims()[0];
-        let n = self.pos_embed.dims()[1];
-        let x = self.patch_embed.forward(imgs) + self.pos_embed.clone().slice([0..1, 1..n]);
-        let x = gather_tokens(x, mask.ids_keep_tensor(&device));
-        let cls = (self.cls_token.val() + self.pos_embed.clone().slice([0..1, 0..1])).repeat_dim(0, b);
-        let mut x = Tensor::cat(vec![cls, x], 1);
+        let keep = mask.ids_keep_tensor(&imgs.device());
+        let mut x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, Some(keep));
         for block in &self.blocks {
             x = block.forward(x);
         }

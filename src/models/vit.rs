@@ -6,10 +6,10 @@
 //! (burn's layout), i.e. transposed with respect to PyTorch.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::init::{InitRng, normal, param, xavier_uniform};
-use crate::ops::attention::attention;
+use crate::ops::attention::{attention, attention_with_bias};
 use crate::ops::gelu::gelu;
 
 /// LayerNorm epsilon used by MAE / timm ViTs.
@@ -89,7 +89,23 @@ impl Attention {
 
     /// `x: [B, N, D] -> [B, N, D]`: `softmax(q kᵀ / √hd) v` per head, then the output projection.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.proj.forward(attention(self.qkv.forward(x), self.num_heads))
+        self.forward_with_bias(x, None)
+    }
+
+    /// As [`Attention::forward`], with an optional additive score bias `[1 or B, H, N, N]`
+    /// (relative position bias, window mask); without one the fused kernel runs.
+    pub fn forward_with_bias(&self, x: Tensor<3>, bias: Option<Tensor<4>>) -> Tensor<3> {
+        let qkv = self.qkv.forward(x);
+        let out = match bias {
+            None => attention(qkv, self.num_heads),
+            Some(bias) => attention_with_bias(qkv, self.num_heads, bias),
+        };
+        self.proj.forward(out)
+    }
+
+    /// Attention heads.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
     }
 }
 
@@ -142,9 +158,38 @@ impl Block {
 
     /// `x: [B, N, D] -> [B, N, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        self.forward_with(x, &BlockExtras::default())
     }
+
+    /// The block with the training-time and model-specific extras of [`BlockExtras`].
+    pub fn forward_with(&self, x: Tensor<3>, extras: &BlockExtras) -> Tensor<3> {
+        let residual = |branch: Tensor<3>, k: usize| match &extras.drop_path {
+            Some(scales) => branch * scales[k].clone(),
+            None => branch,
+        };
+        let a = self.attn.forward_with_bias(self.norm1.forward(x.clone()), extras.attn_bias.clone());
+        let x = x + residual(a, 0);
+        let m = self.mlp.forward(self.norm2.forward(x.clone()));
+        x.clone() + residual(m, 1)
+    }
+}
+
+/// What a [`Block`] may take besides its input.
+#[derive(Debug, Clone, Default)]
+pub struct BlockExtras {
+    /// Additive attention score bias `[1 or B, H, N, N]` (relative position bias).
+    pub attn_bias: Option<Tensor<4>>,
+    /// Stochastic depth: per-sample scales `[B, 1, 1]` of the attention and MLP residual branches
+    /// (0 for a dropped sample, `1 / keep_prob` for a kept one); see [`drop_path_scales`].
+    pub drop_path: Option<[Tensor<3>; 2]>,
+}
+
+/// Per-sample residual scales for stochastic depth ("drop path", timm's `DropPath`): each of the
+/// `batch` samples keeps the branch with probability `1 - rate`, scaled by `1 / (1 - rate)`.
+pub fn drop_path_scales(rate: f64, batch: usize, rng: &mut impl rand::Rng, device: &Device) -> Tensor<3> {
+    let keep = 1.0 - rate;
+    let v: Vec<f32> = (0..batch).map(|_| if rng.r#gen::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+    Tensor::from_data(TensorData::new(v, [batch, 1, 1]), device)
 }
 
 /// `imgs: [B, C, H, W] -> [B, L, p*p*C]`, patches in row-major order, pixels ordered (row, col,
@@ -181,6 +226,32 @@ impl PatchEmbed {
     pub fn forward(&self, imgs: Tensor<4>) -> Tensor<3> {
         self.proj.forward(patchify(imgs, self.patch_size))
     }
+}
+
+/// The token sequence entering a ViT encoder, `[B, 1 + K, D]`: patch embeddings plus position
+/// embeddings, only the patches `keep: [B, K]` when given (MAE's visible patches), with the cls token
+/// (plus its position embedding) first. `pos_embed: [1, 1 + L, D]` has the cls slot first.
+pub fn embed_with_cls(
+    patch_embed: &PatchEmbed,
+    cls_token: &Param<Tensor<3>>,
+    pos_embed: &Tensor<3>,
+    imgs: Tensor<4>,
+    keep: Option<Tensor<2, Int>>,
+) -> Tensor<3> {
+    let b = imgs.dims()[0];
+    let n = pos_embed.dims()[1];
+    let mut x = patch_embed.forward(imgs) + pos_embed.clone().slice([0..1, 1..n]);
+    if let Some(ids) = keep {
+        x = gather_tokens(x, ids);
+    }
+    let cls = (cls_token.val() + pos_embed.clone().slice([0..1, 0..1])).repeat_dim(0, b);
+    Tensor::cat(vec![cls, x], 1)
+}
+
+/// `x: [B, N, D]`, `ids: [B, K] -> [B, K, D]`: rows of `x` picked per sample.
+pub fn gather_tokens(x: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<3> {
+    let d = x.dims()[2];
+    x.gather(1, ids.unsqueeze_dim::<3>(2).repeat_dim(2, d))
 }
 
 /// Fixed 2-D sin-cos position embeddings `[(cls + h*w) * dim]` for an `h x w` grid, with a zero row

@@ -255,6 +255,17 @@ pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
 
 /// The same computation with burn's generic tensor ops (any backend).
 pub fn generic_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    scores_attention(qkv, heads, None)
+}
+
+/// Self-attention with an additive bias on the scores, `softmax(q kᵀ / √hd + bias) v`, on burn's
+/// generic ops: `bias: [1 or B, H, N, N]` carries a relative position bias (BEiT, Swin) and/or a
+/// shifted-window mask (Swin, large negative values where attention is not allowed).
+pub fn attention_with_bias(qkv: Tensor<3>, heads: usize, bias: Tensor<4>) -> Tensor<3> {
+    scores_attention(qkv, heads, Some(bias))
+}
+
+fn scores_attention(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> Tensor<3> {
     let [b, n, d3] = qkv.dims();
     let (d, h) = (d3 / 3, heads);
     let hd = d / h;
@@ -263,8 +274,11 @@ pub fn generic_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     let q = qkv.clone().slice([0..1]).reshape([b, h, n, hd]);
     let k = qkv.clone().slice([1..2]).reshape([b, h, n, hd]);
     let v = qkv.slice([2..3]).reshape([b, h, n, hd]);
-    let attn = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)), 3);
-    attn.matmul(v).swap_dims(1, 2).reshape([b, n, d])
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5));
+    if let Some(bias) = bias {
+        scores = scores + bias;
+    }
+    burn::tensor::activation::softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, d])
 }
 
 #[cfg(test)]
