@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod io;
 pub mod masking;
 pub mod models;

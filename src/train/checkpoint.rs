@@ -13,6 +13,9 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bytes, Device};
 use serde::{Deserialize, Serialize};
 
+use burn::module::Module;
+
+use crate::models::classifier::{Pool, VitClassifier};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 
 const MAGIC: &[u8; 8] = b"MIMCKPT1";
@@ -34,19 +37,33 @@ pub struct CheckpointHeader {
     pub epoch: u64,
     /// Base seed; with `iteration` it determines every random draw still to come.
     pub seed: u64,
+    /// Set for a classifier (fine-tuning) checkpoint: the head on top of the `model` encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierSpec>,
+}
+
+/// The classification head of a fine-tuning checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClassifierSpec {
+    /// Outputs of the head.
+    pub num_classes: usize,
+    /// Token pooling.
+    pub pool: Pool,
+    /// Best test top-1 accuracy so far (percent) and its epoch.
+    pub best: Option<(f64, u64)>,
 }
 
 /// Everything needed to continue a run.
-pub struct Checkpoint {
+pub struct Checkpoint<M = MaskedAutoencoder> {
     /// Header.
     pub header: CheckpointHeader,
     /// Model weights.
-    pub model: MaskedAutoencoder,
+    pub model: M,
     /// Optimizer state bytes (burnpack), if saved.
     pub optimizer: Option<Bytes>,
 }
 
-fn model_bytes(model: &MaskedAutoencoder) -> Result<Vec<u8>> {
+fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
     let mut store = BurnpackStore::from_bytes(None);
     model.save_into(&mut store).map_err(|e| anyhow::anyhow!("cannot serialise the model: {e}"))?;
     Ok(store.get_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the model: {e}"))?.to_vec())
@@ -69,7 +86,7 @@ pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {
 }
 
 /// Saves model, optimizer and header to `path` atomically.
-pub fn save(path: &Path, header: &CheckpointHeader, model: &MaskedAutoencoder, optim: Option<&ModuleOptimizer>) -> Result<()> {
+pub fn save<M: Module>(path: &Path, header: &CheckpointHeader, model: &M, optim: Option<&ModuleOptimizer>) -> Result<()> {
     let head = serde_json::to_vec(header)?;
     let model = model_bytes(model)?;
     let opt = match optim {
@@ -109,17 +126,37 @@ fn load_parts(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Vec<u8>)> {
     Ok((header, s.next().unwrap(), s.next().unwrap()))
 }
 
-/// Loads a checkpoint onto `device`.
+/// Loads a pretraining (masked autoencoder) checkpoint onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let (header, model_bytes, opt) = load_parts(path)?;
-    let mut model = header.model.init(0, device)?;
-    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(model_bytes)));
+    ensure!(
+        header.classifier.is_none(),
+        "'{}' is a fine-tuned classifier checkpoint, not a pretraining one: pass the checkpoint written by `mim pretrain`",
+        path.display()
+    );
+    let model = fill(header.model.init(0, device)?, model_bytes, path)?;
+    Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
+}
+
+/// Loads a classifier (fine-tuning) checkpoint onto `device`.
+pub fn load_classifier(path: &Path, device: &Device) -> Result<Checkpoint<VitClassifier>> {
+    let (header, model_bytes, opt) = load_parts(path)?;
+    let Some(spec) = header.classifier.clone() else {
+        bail!("'{}' is a pretraining checkpoint, not a classifier: fine-tune it first with `mim finetune`", path.display());
+    };
+    let empty = VitClassifier::from_scratch(&header.model, spec.num_classes, spec.pool, 0, device)?;
+    let model = fill(empty, model_bytes, path)?;
+    Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
+}
+
+/// Overwrites the parameters of `model` with the serialised ones.
+fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
     let result = model
         .load_from(&mut store)
         .map_err(|e| anyhow::anyhow!("checkpoint '{}' does not fit its own model config: {e}", path.display()))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         bail!("checkpoint '{}' is inconsistent: missing {:?}, errors {:?}", path.display(), result.missing, result.errors);
     }
-    let optimizer = (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt));
-    Ok(Checkpoint { header, model, optimizer })
+    Ok(model)
 }

@@ -1,7 +1,10 @@
-//! AdamW with the MAE parameter groups, and the learning-rate schedule.
+//! Optimizers with the papers' recipes: AdamW with the MAE parameter groups, layer-wise
+//! learning-rate decay for fine-tuning, LARS for linear probing, and the learning-rate schedule.
 
 use burn::module::ParamGroup;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
+use burn::optim::{AdamWConfig, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
+use burn::tensor::{Device, Tensor};
 
 /// Parameters that get no weight decay: biases, LayerNorm weights, cls / mask tokens (position
 /// embeddings are fixed constants and not parameters at all).
@@ -23,6 +26,108 @@ pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
         .with_weight_decay(weight_decay as f32)
         .init()
         .with_group(no_weight_decay_group(), base.with_weight_decay(0.0).build(), None)
+}
+
+/// Layer-wise learning-rate decay (BEiT, MAE fine-tuning): a parameter of layer `i` of `n + 1`
+/// layers learns at `lr x decay^(n + 1 - i)`, so the head and last block move most and the
+/// embedding least.
+#[derive(Clone)]
+pub struct LayerDecay {
+    groups: Vec<(ParamGroup, f64)>,
+}
+
+impl LayerDecay {
+    /// Groups the parameter `paths` by `layer_of(path)` (in `0..=num_layers`).
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>, num_layers: usize, decay: f64, layer_of: impl Fn(&str) -> usize) -> Self {
+        let mut by_layer: Vec<Vec<String>> = vec![Vec::new(); num_layers + 1];
+        for p in paths {
+            by_layer[layer_of(p).min(num_layers)].push(p.to_string());
+        }
+        let groups = by_layer
+            .into_iter()
+            .enumerate()
+            .filter(|(_, paths)| !paths.is_empty())
+            .map(|(i, paths)| (ParamGroup::from_paths(paths), decay.powi((num_layers - i) as i32)))
+            .collect();
+        Self { groups }
+    }
+
+    /// The learning rate of every parameter when the schedule says `lr`.
+    pub fn lr(&self, lr: f64) -> ModuleLearningRate {
+        let mut policy = ModuleLrScheduler::new(lr);
+        for (group, scale) in &self.groups {
+            policy = policy.with_group(group.clone(), lr * scale);
+        }
+        policy.step()
+    }
+
+    /// The multiplier of the parameter at `path`.
+    pub fn scale(&self, path: &str) -> f64 {
+        let id = burn::module::ParamId::new();
+        self.groups.iter().rev().find(|(g, _)| g.matches(&id, Some(path))).map_or(1.0, |(_, s)| *s)
+    }
+}
+
+/// LARS (You et al. 2017) as MAE's linear probing uses it (`util/lars.py`): SGD with momentum whose
+/// update of each weight matrix is rescaled by `trust x |w| / |g + wd w|`; vectors (biases, norms)
+/// take plain momentum SGD.
+#[derive(Clone, Debug)]
+pub struct Lars {
+    /// Weight decay on matrices.
+    pub weight_decay: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Trust coefficient (0.001 as MAE).
+    pub trust_coefficient: f64,
+}
+
+/// Momentum buffer of [`Lars`].
+#[derive(Clone)]
+pub struct LarsState<const D: usize> {
+    /// Velocity.
+    pub velocity: Tensor<D>,
+}
+
+// Written by hand: burn's `#[derive(RecordState)]` only expands inside burn-optim itself.
+impl<const D: usize> RecordState for LarsState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(prefix, "velocity", self.velocity.clone().into_data());
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        Some(Self { velocity: Tensor::from_data(src.take_tensor(prefix, "velocity")?, device) })
+    }
+}
+
+impl Optimizer for Lars {
+    type State<const D: usize> = LarsState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let mut update = grad;
+        if D > 1 {
+            update = update + tensor.clone().mul_scalar(self.weight_decay);
+            let p_norm = tensor.clone().powi_scalar(2).sum().sqrt().into_scalar::<f32>() as f64;
+            let u_norm = update.clone().powi_scalar(2).sum().sqrt().into_scalar::<f32>() as f64;
+            if p_norm > 0.0 && u_norm > 0.0 {
+                update = update.mul_scalar(self.trust_coefficient * p_norm / u_norm);
+            }
+        }
+        let velocity = match state {
+            Some(s) => s.velocity.mul_scalar(self.momentum) + update,
+            None => update,
+        };
+        (tensor - velocity.clone().mul_scalar(lr), Some(LarsState { velocity }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        LarsState { velocity: state.velocity.to_device(device) }
+    }
 }
 
 /// Per-iteration linear warmup then half-cycle cosine, as MAE's `lr_sched.adjust_learning_rate`.
@@ -63,6 +168,22 @@ mod tests {
         assert!((s.at(2.0) - 1.0).abs() < 1e-12);
         assert!((s.at(6.0) - 0.55).abs() < 1e-12);
         assert!((s.at(10.0) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn layer_decay_scales_by_depth_from_the_head() {
+        let paths = ["cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.norm1.bias", "head.weight"];
+        let layer_of = |p: &str| match p {
+            "cls_token" | "patch_embed.proj.weight" => 0,
+            "blocks.0.attn.qkv.weight" => 1,
+            "blocks.1.norm1.bias" => 2,
+            _ => 3,
+        };
+        let d = LayerDecay::new(paths, 3, 0.5, layer_of);
+        assert_eq!(d.scale("cls_token"), 0.125);
+        assert_eq!(d.scale("blocks.0.attn.qkv.weight"), 0.25);
+        assert_eq!(d.scale("blocks.1.norm1.bias"), 0.5);
+        assert_eq!(d.scale("head.weight"), 1.0);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
 use crate::masking::{Mask, check_ratio, uniform_noise};
+use crate::eval::extract;
+use crate::eval::knn::{KnnConfig, knn_accuracy};
+use crate::models::classifier::{Pool, VitClassifier};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 
 /// Random stream id of the masking noise (kept apart from augmentation and shuffling).
@@ -63,6 +66,11 @@ pub struct PretrainConfig {
     pub device: String,
     /// Batches the loader prepares ahead of the training step.
     pub prefetch: usize,
+    /// Every this many epochs, k-NN accuracy of the encoder's features on the test split
+    /// (a monitor; 0 = never). Results go to `knn.jsonl` in the output folder.
+    pub eval_every: usize,
+    /// Training images in the k-NN memory bank of the monitor.
+    pub knn_images: usize,
 }
 
 impl Default for PretrainConfig {
@@ -87,6 +95,8 @@ impl Default for PretrainConfig {
             max_images: None,
             device: "cpu".into(),
             prefetch: 4,
+            eval_every: 0,
+            knn_images: 10_000,
         }
     }
 }
@@ -208,6 +218,19 @@ fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
 pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read metrics '{}'", path.display()))?;
     text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+}
+
+/// k-NN accuracy (cls-token features, k = 20) of the encoder on the test split, with the first
+/// `cfg.knn_images` training images as the memory bank.
+fn knn_monitor(model: &MaskedAutoencoder, train: &Dataset, cfg: &PretrainConfig, side: usize) -> Result<(f64, f64)> {
+    let device = crate::runtime::device(&cfg.device)?;
+    let encoder = VitClassifier::from_mae(model.valid(), 1, Pool::Cls, 0.0, 0);
+    let mut bank = train.clone();
+    bank.truncate(cfg.knn_images);
+    let test = Dataset::open(&cfg.data, Split::Test).context("the k-NN monitor (--eval-every) needs a test split")?;
+    let f_train = extract(Some(&encoder), &bank, side, 256, &device, &mut |_| {})?;
+    let f_test = extract(Some(&encoder), &test, side, 256, &device, &mut |_| {})?;
+    knn_accuracy(&f_train, &f_test, train.classes.len(), KnnConfig::default(), &device)
 }
 
 /// Pretrains a masked autoencoder; with `resume`, continues the run saved in that checkpoint on
@@ -345,9 +368,18 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
                 optimizer_steps,
                 epoch: epoch + 1,
                 seed: cfg.seed,
+                classifier: None,
             };
             checkpoint::save(&ckpt_path, &header, &model, Some(&optim))?;
             reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt_path.display()));
+        }
+        if cfg.eval_every > 0 && (epoch + 1) % cfg.eval_every as u64 == 0 {
+            let t0 = Instant::now();
+            let (top1, top5) = knn_monitor(&model, &ds, cfg, model_cfg.img_size)?;
+            let line = serde_json::json!({"epoch": epoch + 1, "iteration": it, "top1": top1, "top5": top5, "seconds": t0.elapsed().as_secs_f64()});
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out.join("knn.jsonl"))?;
+            writeln!(f, "{line}")?;
+            reporter.message(&format!("epoch {}: {}-NN test top-1 {top1:.2}% top-5 {top5:.2}% ({:.0} s)", epoch + 1, KnnConfig::default().k, t0.elapsed().as_secs_f64()));
         }
     }
     reporter.finish();

@@ -17,8 +17,10 @@ use mim::models::mae::MaskedAutoencoder;
 use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{checkpoint, pretrain};
 
+mod evaluate;
+
 #[derive(Parser)]
-#[command(name = "mim", version, about = "Masked image modeling (MAE) for vision transformers, on burn")]
+#[command(name = "mim", version, about = "Masked image modeling (MAE) for vision transformers, on burn: pretrain, evaluate, picture")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +44,15 @@ enum Command {
     /// Throughput of pretraining and encoder inference on the PyTorch peer's workloads, optionally
     /// side by side with the peer measured in the same run.
     Bench(BenchArgs),
+    /// Fine-tune a pretrained encoder with a classification head (or train it from scratch, the
+    /// baseline); --trainable-blocks K for partial fine-tuning.
+    Finetune(evaluate::FinetuneArgs),
+    /// Linear probe on frozen, cached features (BatchNorm without affine + linear head, LARS).
+    Linprobe(evaluate::LinprobeArgs),
+    /// Weighted k-nearest-neighbour accuracy on frozen features.
+    Knn(evaluate::KnnArgs),
+    /// Write the features of a dataset split to a safetensors file.
+    Embed(evaluate::EmbedArgs),
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -118,6 +129,12 @@ struct PretrainArgs {
     /// cpu, or cuda:N in a CUDA build.
     #[arg(long)]
     device: Option<String>,
+    /// k-NN accuracy on the test split every N epochs (0 = off), written to knn.jsonl.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Training images in the k-NN monitor's memory bank.
+    #[arg(long)]
+    knn_images: Option<usize>,
 }
 
 impl PretrainArgs {
@@ -129,7 +146,7 @@ impl PretrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
         }
-        set!(data, out, model, mask_ratio, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device);
+        set!(data, out, model, mask_ratio, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
         if self.img_size.is_some() {
             c.img_size = self.img_size;
         }
@@ -515,6 +532,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Reconstruct(a) => run_reconstruct(&a).map(|_| ()),
         Command::Bench(a) => run_bench(&a),
+        Command::Finetune(a) => evaluate::run_finetune(&a),
+        Command::Linprobe(a) => evaluate::run_linprobe(&a),
+        Command::Knn(a) => evaluate::run_knn(&a),
+        Command::Embed(a) => evaluate::run_embed(&a),
         Command::Export { checkpoint: ck, out } => {
             let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
             mim::io::export_weights(&c.model, &c.header.model, &out)?;

@@ -1,0 +1,345 @@
+//! The evaluation commands: `finetune`, `linprobe`, `knn`, `embed`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail, ensure};
+use clap::Args;
+
+use mim::data::{Dataset, Split};
+use mim::eval::finetune::{FinetuneConfig, finetune, last_checkpoint};
+use mim::eval::knn::{KnnConfig, knn_accuracy};
+use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
+use mim::eval::{Backbone, Features, extract};
+use mim::models::classifier::Pool;
+
+use crate::Bar;
+
+/// Where features come from, shared by linprobe, knn and embed.
+#[derive(Args, Clone)]
+pub struct BackboneArgs {
+    /// Pretraining checkpoint whose encoder gives the features.
+    #[arg(long, conflicts_with_all = ["random_init", "pixels"])]
+    checkpoint: Option<PathBuf>,
+    /// Baseline: a randomly initialised encoder of --model.
+    #[arg(long, conflicts_with = "pixels")]
+    random_init: bool,
+    /// Baseline: the normalised pixels themselves.
+    #[arg(long)]
+    pixels: bool,
+    /// Preset of the --random-init encoder.
+    #[arg(long, default_value = "mae_tiny_28")]
+    model: String,
+    /// Token pooling: cls (MAE's linear-probing default) or avg.
+    #[arg(long, default_value = "cls")]
+    pool: Pool,
+    /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder (train and test splits).
+    #[arg(long, default_value = "data/fashion-mnist-subset")]
+    data: PathBuf,
+    /// Use only the first N training images.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Seed (random-init encoder, probe head, shuffling).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass when extracting features.
+    #[arg(long, default_value_t = 256)]
+    feature_batch: usize,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl BackboneArgs {
+    fn backbone(&self) -> Result<Backbone> {
+        Ok(match (&self.checkpoint, self.random_init, self.pixels) {
+            (Some(p), false, false) => Backbone::Checkpoint(p.clone()),
+            (None, true, false) => Backbone::RandomInit { model: self.model.clone(), seed: self.seed },
+            (None, false, true) => Backbone::Pixels,
+            _ => bail!("say where features come from: --checkpoint FILE, --random-init (with --model), or --pixels"),
+        })
+    }
+
+    /// Features of the train and test splits, with the number of classes.
+    fn features(&self, splits: &[Split]) -> Result<(Vec<Features>, usize)> {
+        let backbone = self.backbone()?;
+        let device = mim::runtime::device(&self.device)?;
+        let mut out = Vec::new();
+        let mut classes = 0;
+        for &split in splits {
+            let mut ds = Dataset::open(&self.data, split)?;
+            if split == Split::Train {
+                if let Some(n) = self.max_images {
+                    ds.truncate(n);
+                }
+            }
+            classes = ds.classes.len();
+            let encoder = backbone.encoder(ds.channels, self.pool, &device)?;
+            let side = match &encoder {
+                Some((_, cfg)) => cfg.img_size,
+                None => ds.image(0)?.width,
+            };
+            let t0 = Instant::now();
+            let n = ds.len();
+            let f = extract(encoder.as_ref().map(|(e, _)| e), &ds, side, self.feature_batch, &device, &mut |done| {
+                if done == n || done % (self.feature_batch * 20) == 0 {
+                    eprint!("\r{} features of {split:?}: {done}/{n}", backbone.describe());
+                }
+            })?;
+            eprintln!(" ({} wide, {:.1} s)", f.dim, t0.elapsed().as_secs_f64());
+            out.push(f);
+        }
+        Ok((out, classes))
+    }
+}
+
+/// `mim finetune` flags (over an optional TOML config).
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// TOML file with any FinetuneConfig fields (see configs/).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Pretraining checkpoint whose encoder is fine-tuned.
+    #[arg(long, conflicts_with = "from_scratch")]
+    checkpoint: Option<PathBuf>,
+    /// Train --model from random initialisation with the same recipe (the baseline).
+    #[arg(long)]
+    from_scratch: bool,
+    /// Continue the run saved in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Preset for --from-scratch.
+    #[arg(long)]
+    model: Option<String>,
+    /// Dataset (train and test splits).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Token pooling: avg (default, MAE) or cls.
+    #[arg(long)]
+    pool: Option<Pool>,
+    /// Train only the last K blocks (partial fine-tuning).
+    #[arg(long)]
+    trainable_blocks: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Gradient accumulation steps.
+    #[arg(long)]
+    accum_iter: Option<usize>,
+    /// Learning rate per 256 images.
+    #[arg(long)]
+    base_lr: Option<f64>,
+    /// Absolute learning rate (overrides --base-lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Final learning rate.
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Warmup epochs.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Layer-wise lr decay (1 = off).
+    #[arg(long)]
+    layer_decay: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Drop path rate.
+    #[arg(long)]
+    drop_path: Option<f64>,
+    /// Label smoothing.
+    #[arg(long)]
+    smoothing: Option<f64>,
+    /// Mixup alpha (0 = off).
+    #[arg(long)]
+    mixup: Option<f64>,
+    /// CutMix alpha (0 = off).
+    #[arg(long)]
+    cutmix: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl FinetuneArgs {
+    fn config(&self) -> Result<FinetuneConfig> {
+        let mut c = match &self.config {
+            Some(p) => FinetuneConfig::from_toml_file(p)?,
+            None => FinetuneConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        set!(model, data, out, pool, epochs, batch_size, accum_iter, base_lr, min_lr, warmup_epochs, layer_decay, weight_decay, drop_path, smoothing, mixup, cutmix, seed, device);
+        if self.lr.is_some() {
+            c.lr = self.lr;
+        }
+        if self.checkpoint.is_some() {
+            c.checkpoint = self.checkpoint.clone();
+        }
+        if self.from_scratch {
+            c.checkpoint = None;
+        }
+        if self.trainable_blocks.is_some() {
+            c.trainable_blocks = self.trainable_blocks;
+        }
+        if self.max_images.is_some() {
+            c.max_images = self.max_images;
+        }
+        ensure!(
+            c.checkpoint.is_some() || self.from_scratch || self.resume,
+            "say what to fine-tune: --checkpoint FILE (a `mim pretrain` checkpoint) or --from-scratch (the baseline)"
+        );
+        Ok(c)
+    }
+}
+
+/// Runs `mim finetune`.
+pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
+    let cfg = a.config()?;
+    let resume = a.resume.then(|| last_checkpoint(&cfg.out));
+    if let Some(r) = &resume {
+        ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+    }
+    let t0 = Instant::now();
+    let s = finetune(&cfg, resume.as_deref(), &mut Bar::default())?;
+    eprintln!(
+        "done in {:.1} s: best test top-1 {:.2}% at epoch {} | checkpoints {} (last), {} (best) | per-epoch results {}",
+        t0.elapsed().as_secs_f64(),
+        s.best.0,
+        s.best.1,
+        s.checkpoints.0.display(),
+        s.checkpoints.1.display(),
+        mim::eval::finetune::results_path(&cfg.out).display()
+    );
+    Ok(())
+}
+
+/// `mim linprobe` flags.
+#[derive(Args)]
+pub struct LinprobeArgs {
+    #[command(flatten)]
+    backbone: BackboneArgs,
+    /// Epochs over the cached features.
+    #[arg(long, default_value_t = 90)]
+    epochs: usize,
+    /// Vectors per step (capped at the training set size).
+    #[arg(long, default_value_t = 16384)]
+    batch_size: usize,
+    /// Learning rate per 256 vectors.
+    #[arg(long, default_value_t = 0.1)]
+    base_lr: f64,
+    /// lars (MAE) or sgd.
+    #[arg(long, default_value = "lars", value_parser = ["lars", "sgd"])]
+    optimizer: String,
+    /// Weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Warmup epochs.
+    #[arg(long, default_value_t = 10.0)]
+    warmup_epochs: f64,
+    /// Append the result as a JSON line to this file.
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+/// Runs `mim linprobe`.
+pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
+    let cfg = LinprobeConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        base_lr: a.base_lr,
+        weight_decay: a.weight_decay,
+        warmup_epochs: a.warmup_epochs,
+        optimizer: if a.optimizer == "sgd" { ProbeOptimizer::Sgd } else { ProbeOptimizer::Lars },
+        seed: a.backbone.seed,
+    };
+    let device = mim::runtime::device(&a.backbone.device)?;
+    let every = (a.epochs / 10).max(1);
+    let history = linear_probe(&f[0], &f[1], classes, &cfg, &device, &mut |e| {
+        if e.epoch % every == 0 || e.epoch == a.epochs {
+            eprintln!("epoch {:>3}: loss {:.4}  test top-1 {:.2}%  top-5 {:.2}%", e.epoch, e.loss, e.top1, e.top5);
+        }
+    })?;
+    let last = history.last().expect("at least one epoch");
+    let what = a.backbone.backbone()?.describe();
+    println!("linear probe of {what}: test top-1 {:.2}%, top-5 {:.2}% ({:.1} s)", last.top1, last.top5, t0.elapsed().as_secs_f64());
+    write_result(&a.results, serde_json::json!({"protocol": "linprobe", "backbone": what, "pool": a.backbone.pool,
+        "top1": last.top1, "top5": last.top5, "epochs": a.epochs, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}))
+}
+
+/// `mim knn` flags.
+#[derive(Args)]
+pub struct KnnArgs {
+    #[command(flatten)]
+    backbone: BackboneArgs,
+    /// Neighbours that vote.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// Temperature of the vote weights.
+    #[arg(long, default_value_t = 0.07)]
+    temperature: f64,
+    /// Append the result as a JSON line to this file.
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+/// Runs `mim knn`.
+pub fn run_knn(a: &KnnArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
+    let device = mim::runtime::device(&a.backbone.device)?;
+    let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, KnnConfig { k: a.k, temperature: a.temperature }, &device)?;
+    let what = a.backbone.backbone()?.describe();
+    println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.elapsed().as_secs_f64());
+    write_result(&a.results, serde_json::json!({"protocol": "knn", "k": a.k, "backbone": what, "pool": a.backbone.pool,
+        "top1": top1, "top5": top5, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}))
+}
+
+/// `mim embed` flags.
+#[derive(Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    backbone: BackboneArgs,
+    /// Split to embed.
+    #[arg(long, default_value = "test", value_parser = ["train", "test"])]
+    split: String,
+    /// Output .safetensors file (`features` [N, D], `labels` [N]).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Runs `mim embed`.
+pub fn run_embed(a: &EmbedArgs) -> Result<()> {
+    let split = if a.split == "train" { Split::Train } else { Split::Test };
+    let (f, _) = a.backbone.features(&[split])?;
+    f[0].save(&a.out)?;
+    eprintln!("wrote {} ({} x {})", a.out.display(), f[0].len(), f[0].dim);
+    Ok(())
+}
+
+fn write_result(path: &Option<PathBuf>, value: serde_json::Value) -> Result<()> {
+    if let Some(p) = path {
+        use std::io::Write;
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        writeln!(f, "{value}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Evaluation protocols of the MAE and BEiT papers: end-to-end and partial fine-tuning
+//! ([`finetune`]), linear probing on frozen features ([`linprobe`]), and k-nearest-neighbour
+//! accuracy ([`knn`]), all on features produced here from a pretraining checkpoint, a randomly
+//! initialised encoder (the baseline) or raw pixels (the floor).
+
+pub mod finetune;
+pub mod knn;
+pub mod linprobe;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::Dataset;
+use crate::data::augment::Transform;
+use crate::data::loader::{Batch, load_batch};
+use crate::io::TensorMap;
+use crate::models::classifier::{Pool, VitClassifier};
+use crate::models::mae::MaeConfig;
+use crate::train::checkpoint;
+
+/// Where features come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backbone {
+    /// The encoder of a `mim pretrain` checkpoint.
+    Checkpoint(PathBuf),
+    /// A freshly initialised encoder of a preset (what pretraining has to beat).
+    RandomInit {
+        /// Preset name ([`MaeConfig::PRESETS`]).
+        model: String,
+        /// Initialisation seed.
+        seed: u64,
+    },
+    /// The normalised pixels themselves.
+    Pixels,
+}
+
+impl Backbone {
+    /// A short name for tables and file names.
+    pub fn describe(&self) -> String {
+        match self {
+            Backbone::Checkpoint(p) => format!("checkpoint {}", p.display()),
+            Backbone::RandomInit { model, seed } => format!("random-init {model} (seed {seed})"),
+            Backbone::Pixels => "raw pixels".into(),
+        }
+    }
+
+    /// The encoder (with a zero-size-irrelevant head) on `device`, or `None` for pixels, and the
+    /// input side it expects. `channels` is the dataset's.
+    pub fn encoder(&self, channels: usize, pool: Pool, device: &Device) -> Result<Option<(VitClassifier, MaeConfig)>> {
+        let (mae, cfg) = match self {
+            Backbone::Pixels => return Ok(None),
+            Backbone::Checkpoint(path) => {
+                let ck = checkpoint::load(path, device)?;
+                (ck.model, ck.header.model)
+            }
+            Backbone::RandomInit { model, seed } => {
+                let mut cfg = MaeConfig::preset(model)?;
+                cfg.in_chans = channels;
+                (cfg.init(*seed, device)?, cfg)
+            }
+        };
+        ensure!(
+            cfg.in_chans == channels,
+            "the encoder takes {}-channel images but the dataset has {channels} channels: use data like the pretraining data",
+            cfg.in_chans
+        );
+        Ok(Some((VitClassifier::from_mae(mae, 1, pool, 0.0, 0), cfg)))
+    }
+}
+
+/// Feature vectors of a dataset, with labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// Feature width D.
+    pub dim: usize,
+    /// `[N * D]`
+    pub values: Vec<f32>,
+    /// `[N]`
+    pub labels: Vec<u32>,
+}
+
+impl Features {
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// `[N, D]` on `device`.
+    pub fn tensor(&self, device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(self.values.clone(), [self.len(), self.dim]), device)
+    }
+
+    /// Writes `features: [N, D]` (f32) and `labels: [N]` (stored as f32) to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut map = TensorMap::new();
+        map.insert("features".into(), (vec![self.len(), self.dim], self.values.clone()));
+        map.insert("labels".into(), (vec![self.len()], self.labels.iter().map(|&l| l as f32).collect()));
+        let bytes = crate::io::safetensors_bytes(&map)?;
+        checkpoint::write_atomic(path, &[&bytes])
+    }
+
+    /// Reads a file written by [`Features::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let map = crate::io::read_safetensors(path)?;
+        let bad = || format!("'{}' is not a features file: write one with `mim embed`", path.display());
+        let (shape, values) = map.get("features").with_context(bad)?.clone();
+        let (_, labels) = map.get("labels").with_context(bad)?;
+        ensure!(shape.len() == 2 && labels.len() == shape[0], bad());
+        Ok(Self { dim: shape[1], values, labels: labels.iter().map(|&l| l as u32).collect() })
+    }
+}
+
+/// Every image of `ds` in order, resized to `side` (no augmentation), `batch` at a time.
+pub fn for_each_batch(ds: &Dataset, side: usize, batch: usize, mut f: impl FnMut(Batch) -> Result<()>) -> Result<()> {
+    let transform = Transform::Resize { size: side };
+    let all: Vec<usize> = (0..ds.len()).collect();
+    for chunk in all.chunks(batch.max(1)) {
+        f(load_batch(ds, &transform, chunk, 0, 0)?)?;
+    }
+    Ok(())
+}
+
+/// Features of every image of `ds` (resized to `side`): the pooled encoder output, or the
+/// flattened normalised pixels when `encoder` is `None`. `progress` gets the images done so far.
+pub fn extract(
+    encoder: Option<&VitClassifier>,
+    ds: &Dataset,
+    side: usize,
+    batch: usize,
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Features> {
+    let mut values = Vec::new();
+    let mut dim = 0;
+    for_each_batch(ds, side, batch, |b| {
+        let f = match encoder {
+            Some(enc) => enc.forward_features(b.tensor(device), None, 0),
+            None => Tensor::from_data(TensorData::new(b.images.clone(), [b.len(), b.images.len() / b.len()]), device),
+        };
+        dim = f.dims()[1];
+        values.extend(host(f));
+        progress(values.len() / dim);
+        Ok(())
+    })?;
+    Ok(Features { dim, values, labels: ds.labels.clone() })
+}
+
+/// Top-1 and top-5 test accuracy (percent) of a classifier on every image of `ds`.
+pub fn evaluate(model: &VitClassifier, ds: &Dataset, side: usize, batch: usize, device: &Device) -> Result<(f64, f64)> {
+    let mut scores = Vec::new();
+    let mut classes = 0;
+    for_each_batch(ds, side, batch, |b| {
+        let logits = model.forward(b.tensor(device));
+        classes = logits.dims()[1];
+        scores.extend(host(logits));
+        Ok(())
+    })?;
+    Ok(topk_accuracy(&scores, classes, &ds.labels))
+}
+
+/// The values of an f32 tensor on the host.
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("converted to f32")
+}
+
+/// Top-1 and top-5 accuracy (percent) of `scores: [N * C]` against `labels`.
+pub fn topk_accuracy(scores: &[f32], classes: usize, labels: &[u32]) -> (f64, f64) {
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for (row, &label) in scores.chunks(classes).zip(labels) {
+        let target = row[label as usize];
+        let better = row.iter().enumerate().filter(|&(c, &s)| s > target || (s == target && c < label as usize)).count();
+        top1 += (better == 0) as usize;
+        top5 += (better < 5) as usize;
+    }
+    let n = labels.len().max(1) as f64;
+    (100.0 * top1 as f64 / n, 100.0 * top5 as f64 / n)
+}
+
+/// Cross-entropy against soft targets `[B, C]` (one-hot, label-smoothed or mixed): the batch mean
+/// of `-Σ_c t_c log softmax(logits)_c`, as timm's `SoftTargetCrossEntropy`.
+pub fn soft_cross_entropy(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+    (burn::tensor::activation::log_softmax(logits, 1) * targets).sum_dim(1).mean().neg()
+}
+
+/// Host targets `[B * C]` for `labels` with label smoothing: `1 - s + s / C` on the label, `s / C`
+/// elsewhere (timm's convention).
+pub fn smoothed_targets(labels: &[u32], classes: usize, smoothing: f64) -> Vec<f32> {
+    let off = (smoothing / classes as f64) as f32;
+    let on = (1.0 - smoothing) as f32 + off;
+    let mut t = vec![off; labels.len() * classes];
+    for (i, &l) in labels.iter().enumerate() {
+        t[i * classes + l as usize] = on;
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topk_counts_ties_against_the_label() {
+        let scores = [0.1, 0.9, 0.0, /**/ 0.5, 0.5, 0.0, /**/ 0.2, 0.3, 0.5];
+        let (t1, t5) = topk_accuracy(&scores, 3, &[1, 1, 0]);
+        assert!((t1 - 100.0 / 3.0).abs() < 1e-9, "{t1}");
+        assert_eq!(t5, 100.0);
+    }
+}

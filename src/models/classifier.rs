@@ -1,0 +1,191 @@
+//! ViT image classifier for the evaluation protocols (MAE's `models_vit.py`): the encoder of a
+//! pretrained masked autoencoder (or a fresh one) on every patch, pooled, normalised, and a linear
+//! head. Global average pooling of the patch tokens followed by a fresh `fc_norm` is MAE's
+//! fine-tuning default; cls-token pooling after the encoder's own norm is the option (and MAE's
+//! linear-probing default).
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::init::{InitRng, normal, param};
+use super::mae::MaskedAutoencoder;
+use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, drop_path_scales, embed_with_cls};
+
+/// How the token sequence becomes one feature vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Mean of the patch tokens, then a fresh LayerNorm (`fc_norm`); MAE's fine-tuning default.
+    #[default]
+    Avg,
+    /// The cls token after the encoder's final norm.
+    Cls,
+}
+
+impl std::str::FromStr for Pool {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "avg" => Ok(Pool::Avg),
+            "cls" => Ok(Pool::Cls),
+            other => anyhow::bail!("unknown pooling '{other}': use avg (mean of patch tokens) or cls"),
+        }
+    }
+}
+
+/// A ViT encoder with a classification head.
+#[derive(Module, Debug)]
+pub struct VitClassifier {
+    /// Patch embedding.
+    pub patch_embed: PatchEmbed,
+    /// `[1, 1, D]`
+    pub cls_token: Param<Tensor<3>>,
+    /// Fixed sin-cos `[1, 1 + L, D]` (a constant).
+    pub pos_embed: Tensor<3>,
+    /// Encoder blocks.
+    pub blocks: Vec<Block>,
+    /// The norm before the head: the encoder's final norm for [`Pool::Cls`], a fresh `fc_norm`
+    /// for [`Pool::Avg`] (as the official fine-tuning code, which drops the pretrained norm).
+    pub norm: LayerNorm,
+    /// `[D, classes]`
+    pub head: Linear,
+    global_pool: bool,
+}
+
+impl VitClassifier {
+    /// The encoder of `mae` with a new head of `num_classes` outputs. The head weight is
+    /// N(0, `head_std`), bias zero (MAE uses timm's `trunc_normal_` with std 2e-5 for fine-tuning,
+    /// 0.01 for linear probing; its bounds of ±2 never bind at these scales).
+    pub fn from_mae(mae: MaskedAutoencoder, num_classes: usize, pool: Pool, head_std: f32, seed: u64) -> Self {
+        let device = mae.cls_token.val().device();
+        let dim = mae.cls_token.val().dims()[2];
+        let mut rng = InitRng::seed_from_u64(seed ^ 0x4845_4144);
+        let head = Linear {
+            weight: param(normal(&mut rng, dim * num_classes, head_std), [dim, num_classes], &device),
+            bias: param(vec![0.0; num_classes], [num_classes], &device),
+        };
+        let norm = match pool {
+            Pool::Avg => LayerNorm::new(dim, &device),
+            Pool::Cls => mae.norm,
+        };
+        Self {
+            patch_embed: mae.patch_embed,
+            cls_token: mae.cls_token,
+            pos_embed: mae.pos_embed,
+            blocks: mae.blocks,
+            norm,
+            head,
+            global_pool: pool == Pool::Avg,
+        }
+    }
+
+    /// Pooling in use.
+    pub fn pool(&self) -> Pool {
+        if self.global_pool { Pool::Avg } else { Pool::Cls }
+    }
+
+    /// Number of encoder blocks.
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// `imgs: [B, C, H, W] -> [B, D]`: pooled, normalised features. `drop_path` is the stochastic
+    /// depth rate of the last block (linearly increasing from 0 over the blocks, as timm), drawn
+    /// from `rng`; the first `frozen_blocks` blocks (and the embedding) get no gradient (partial
+    /// fine-tuning).
+    pub fn forward_features(&self, imgs: Tensor<4>, drop_path: Option<(f64, &mut InitRng)>, frozen_blocks: usize) -> Tensor<2> {
+        let b = imgs.dims()[0];
+        let device = imgs.device();
+        let mut x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, None);
+        if frozen_blocks > 0 {
+            x = x.detach();
+        }
+        let depth = self.blocks.len();
+        let mut drop_path = drop_path;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let rate = drop_path.as_ref().map_or(0.0, |(r, _)| r * i as f64 / (depth - 1).max(1) as f64);
+            let extras = match drop_path.as_mut() {
+                Some((_, rng)) if rate > 0.0 && i >= frozen_blocks => BlockExtras {
+                    drop_path: Some([drop_path_scales(rate, b, *rng, &device), drop_path_scales(rate, b, *rng, &device)]),
+                    ..Default::default()
+                },
+                _ => BlockExtras::default(),
+            };
+            x = block.forward_with(x, &extras);
+            if i + 1 == frozen_blocks {
+                x = x.detach();
+            }
+        }
+        let [_, n, d] = x.dims();
+        if self.global_pool {
+            self.norm.forward(x.slice([0..b, 1..n]).mean_dim(1).reshape([b, d]))
+        } else {
+            self.norm.forward(x.slice([0..b, 0..1]).reshape([b, d]))
+        }
+    }
+
+    /// `imgs: [B, C, H, W] -> [B, classes]` logits (inference: no drop path).
+    pub fn forward(&self, imgs: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.forward_features(imgs, None, 0))
+    }
+
+    /// The layer index of a parameter for layer-wise lr decay, as the official `get_layer_id_for_vit`:
+    /// embeddings and cls token 0, block `i` is `i + 1`, everything after the blocks `depth + 1`.
+    pub fn layer_id(path: &str, depth: usize) -> usize {
+        if path.starts_with("cls_token") || path.starts_with("pos_embed") || path.starts_with("patch_embed") {
+            0
+        } else if let Some(rest) = path.strip_prefix("blocks.") {
+            rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1)
+        } else {
+            depth + 1
+        }
+    }
+
+    /// A fresh classifier of the architecture of `mae_cfg` (the from-scratch baseline).
+    pub fn from_scratch(mae_cfg: &super::mae::MaeConfig, num_classes: usize, pool: Pool, seed: u64, device: &Device) -> anyhow::Result<Self> {
+        Ok(Self::from_mae(mae_cfg.init(seed, device)?, num_classes, pool, 2e-5, seed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::mae::MaeConfig;
+
+    #[test]
+    fn layer_ids_follow_the_official_rule() {
+        assert_eq!(VitClassifier::layer_id("cls_token", 6), 0);
+        assert_eq!(VitClassifier::layer_id("patch_embed.proj.weight", 6), 0);
+        assert_eq!(VitClassifier::layer_id("blocks.0.attn.qkv.weight", 6), 1);
+        assert_eq!(VitClassifier::layer_id("blocks.5.mlp.fc2.bias", 6), 6);
+        assert_eq!(VitClassifier::layer_id("norm.weight", 6), 7);
+        assert_eq!(VitClassifier::layer_id("head.weight", 6), 7);
+    }
+
+    #[test]
+    fn cls_features_are_the_mae_encoder_on_every_patch() {
+        let device = Device::flex();
+        let cfg = MaeConfig::preset("mae_micro").unwrap();
+        let mae = cfg.init(3, &device).unwrap();
+        let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let latent = mae.forward_encoder(imgs.clone(), &crate::masking::Mask::keep_all(2, cfg.num_patches()));
+        let cls = latent.slice([0..2, 0..1]).reshape([2, cfg.embed_dim]);
+        let features = VitClassifier::from_mae(mae, 10, Pool::Cls, 0.01, 0).forward_features(imgs, None, 0);
+        let diff = (features - cls).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-6, "classifier encoder differs from the MAE encoder by {diff}");
+    }
+
+    #[test]
+    fn classifier_uses_every_patch_and_freezing_stops_gradients() {
+        let device = Device::flex().autodiff();
+        let cfg = MaeConfig::preset("mae_micro").unwrap();
+        let model = VitClassifier::from_scratch(&cfg, 10, Pool::Avg, 0, &device).unwrap();
+        let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        assert_eq!(model.forward(imgs.clone()).dims(), [2, 10]);
+        let grads = model.head.forward(model.forward_features(imgs, None, 1)).sum().backward();
+        assert!(model.blocks[0].attn.qkv.weight.grad(&grads).is_none(), "a frozen block must get no gradient");
+        assert!(model.blocks[1].attn.qkv.weight.grad(&grads).is_some(), "a trainable block must get a gradient");
+    }
+}

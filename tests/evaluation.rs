@@ -1,0 +1,110 @@
+//! Evaluation protocols end to end through the CLI: pretraining with the k-NN monitor, fine-tuning
+//! from it, exact resume of fine-tuning, linear probe and k-NN baselines, and their errors.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_clean_error, mim, subset};
+use mim::eval::finetune::{last_checkpoint, read_results, results_path};
+
+fn finetune_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "finetune", "--from-scratch", "--model", "mae_micro", "--data", data, "--out", out, "--max-images", "512", "--batch-size",
+        "64", "--epochs", "3", "--lr", "1e-3", "--warmup-epochs", "0.5", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.1",
+        "--seed", "5",
+    ]
+}
+
+#[test]
+fn finetune_resume_after_kill_matches_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let data = data.to_str().unwrap();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+
+    let out = mim(&finetune_args(data, full.to_str().unwrap()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = read_results(&results_path(&full)).unwrap();
+    assert_eq!(reference.len(), 3);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mim")).args(finetune_args(data, cut.to_str().unwrap())).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !last_checkpoint(&cut).exists() {
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut resumed = finetune_args(data, cut.to_str().unwrap());
+    resumed.push("--resume");
+    let out = mim(&resumed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = read_results(&results_path(&cut)).unwrap();
+    assert_eq!(after.len(), 3, "one result per epoch after resume");
+    for (a, b) in reference.iter().zip(&after) {
+        assert_eq!((a.epoch, a.train_loss, a.top1, a.top5), (b.epoch, b.train_loss, b.top1, b.top5), "epoch {} differs after resume", a.epoch);
+    }
+}
+
+#[test]
+fn pretrain_monitor_then_finetune_the_pretrained_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let data = data.to_str().unwrap();
+    let pre = tmp.path().join("pre");
+    let out = mim(&[
+        "pretrain", "--model", "mae_micro", "--data", data, "--out", pre.to_str().unwrap(), "--max-images", "512", "--batch-size", "64",
+        "--epochs", "1", "--lr", "1e-3", "--eval-every", "1", "--knn-images", "1000",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let knn = std::fs::read_to_string(pre.join("knn.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(knn.lines().next().unwrap()).unwrap();
+    assert!(line["top1"].as_f64().unwrap() > 20.0, "k-NN of a (barely) trained encoder should beat chance (10%): {line}");
+
+    let ck = pre.join("checkpoint.mim");
+    let ft = tmp.path().join("ft");
+    let out = mim(&[
+        "finetune", "--checkpoint", ck.to_str().unwrap(), "--data", data, "--out", ft.to_str().unwrap(), "--max-images", "512",
+        "--batch-size", "64", "--epochs", "1", "--trainable-blocks", "1",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = read_results(&results_path(&ft)).unwrap();
+    assert_eq!(results.len(), 1);
+    assert!(results[0].top1 > 10.0 && results[0].top5 >= results[0].top1);
+
+    // A classifier checkpoint is not a pretraining checkpoint.
+    let out = mim(&["knn", "--checkpoint", ft.join("best.mim").to_str().unwrap(), "--data", data]);
+    assert_clean_error(&out, "fine-tuned classifier checkpoint");
+}
+
+fn top1(stdout: &[u8]) -> f64 {
+    let s = String::from_utf8_lossy(stdout);
+    let at = s.find("top-1 ").unwrap_or_else(|| panic!("no accuracy in: {s}")) + 6;
+    s[at..].split('%').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn pixel_baselines_are_far_above_chance() {
+    let data = subset();
+    let data = data.to_str().unwrap();
+    let out = mim(&["knn", "--pixels", "--data", data]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(top1(&out.stdout) > 75.0, "k-NN on Fashion-MNIST pixels reaches ~80%: {}", String::from_utf8_lossy(&out.stdout));
+    let out = mim(&["linprobe", "--pixels", "--data", data]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(top1(&out.stdout) > 75.0, "a linear probe on pixels reaches ~80%: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn evaluation_commands_reject_bad_input_clearly() {
+    let data = subset();
+    let data = data.to_str().unwrap();
+    assert_clean_error(&mim(&["finetune", "--data", data]), "--from-scratch");
+    assert_clean_error(&mim(&["knn", "--data", data]), "--pixels");
+    assert_clean_error(&mim(&["linprobe", "--checkpoint", "/nonexistent.mim", "--data", data]), "/nonexistent.mim");
+    assert_clean_error(&mim(&["finetune", "--from-scratch", "--layer-decay", "1.5", "--data", data]), "--layer-decay");
+}
