@@ -1,5 +1,6 @@
-//! Models: the shared ViT building blocks and the masked autoencoder built from them.
+//! Models: the shared ViT building blocks, the masked autoencoder and BEiT built from them.
 
+pub mod beit;
 pub mod init;
 pub mod mae;
 pub mod vit;
