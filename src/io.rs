@@ -4,7 +4,8 @@
 //! Export writes them in PyTorch layout (linear weights `[out, in]`, the patch embedding as a
 //! `[D, C, p, p]` convolution, plus the fixed position embeddings), so the official code can load
 //! the file. Import reads that layout, or Hugging Face `ViTMAEForPreTraining` checkpoints (separate
-//! q/k/v, `vit.encoder.layer.N...` names), converted to safetensors.
+//! q/k/v, `vit.encoder.layer.N...` names), converted to safetensors. BEiT weights load from the
+//! official microsoft/unilm (or timm) names with [`load_beit_weights`].
 
 use std::collections::BTreeMap;
 use std::path::Path;

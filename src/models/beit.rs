@@ -326,6 +326,48 @@ mod tests {
     }
 
     #[test]
+    fn init_is_the_official_one() {
+        let cfg = BeitConfig { depth: 3, ..BeitConfig::preset("beit_tiny_32").unwrap() };
+        let params = crate::io::parameters(&cfg.init(0, &Device::flex()).unwrap());
+        let max_abs = |k: &str| params[k].1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for layer in 1..=3 {
+            let bound = 0.02 / (2.0 * layer as f32).sqrt();
+            for k in ["attn.proj.weight", "mlp.fc2.weight"] {
+                let m = max_abs(&format!("blocks.{}.{k}", layer - 1));
+                assert!(m <= bound * 1.0001 && m > bound * 0.9, "{k} of layer {layer}: {m} vs bound {bound}");
+            }
+            assert!(params[&format!("blocks.{}.gamma_2", layer - 1)].1.iter().all(|&g| g == 0.1));
+            assert_eq!(max_abs(&format!("blocks.{}.attn.qkv.bias", layer - 1)), 0.0);
+        }
+        for k in ["blocks.0.attn.qkv.weight", "lm_head.weight", "patch_embed.proj.weight", "cls_token", "mask_token"] {
+            assert!(max_abs(k) <= 0.02 && max_abs(k) > 0.019, "{k}");
+        }
+        assert_eq!(max_abs("rel_pos_bias.relative_position_bias_table"), 0.0);
+        assert_eq!(params["rel_pos_bias.relative_position_bias_table"].0, vec![15 * 15 + 3, 3]);
+        assert!(!params.keys().any(|k| k.starts_with("pos_embed") || k.starts_with("block_rel_pos_bias")));
+    }
+
+    #[test]
+    fn a_training_step_runs_on_block_masks_with_a_variable_count() {
+        use rand::SeedableRng;
+        let cfg = BeitConfig { depth: 2, embed_dim: 48, ..BeitConfig::preset("beit_tiny_32").unwrap() };
+        let device = Device::flex().autodiff();
+        let model = cfg.init(1, &device).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let strategy = crate::masking::MaskStrategy::Block(crate::masking::BlockMasking { min_num_patches: 4, ..crate::masking::BlockMasking::beit(24) });
+        let mask = strategy.sample((8, 8), 3, &mut rng).unwrap();
+        let imgs = Tensor::<4>::random([3, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+        let ids = Tensor::<2, Int>::random([3, 64], burn::tensor::Distribution::Uniform(0.0, 512.0), &device);
+        let logits = model.forward(imgs, &mask);
+        assert_eq!(logits.dims(), [mask.count(), 512]);
+        let loss = BeitForMaskedImageModeling::forward_loss(logits, BeitForMaskedImageModeling::masked_targets(ids, &mask));
+        let l = loss.clone().into_scalar::<f32>();
+        assert!((l - 512f32.ln()).abs() < 0.5, "initial loss {l} is near ln(vocab)");
+        let grads = crate::io::gradients(&model, &loss.backward());
+        assert!(grads.contains_key("mask_token") && grads.contains_key("blocks.1.gamma_1"));
+    }
+
+    #[test]
     fn presets_validate_and_bad_configs_say_what_to_change() {
         for name in BeitConfig::PRESETS {
             BeitConfig::preset(name).unwrap().validate().unwrap();
