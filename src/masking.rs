@@ -592,6 +592,17 @@ mod tests {
     }
 
     #[test]
+    fn strategies_round_trip_through_json() {
+        let sim = SimMimMasking { mask_patch_size: 32, model_patch_size: 4, mask_ratio: 0.6 };
+        for s in [MaskStrategy::Random { ratio: 0.75 }, MaskStrategy::Block(BlockMasking::beit(75)), MaskStrategy::Grid, MaskStrategy::SimMim(sim)] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<MaskStrategy>(&json).unwrap(), s, "{json}");
+        }
+        let json = r#"{"kind": "block", "num_masking_patches": 75, "min_num_patches": 16, "max_num_patches": null, "min_aspect": 0.3, "max_aspect": null}"#;
+        assert_eq!(serde_json::from_str::<MaskStrategy>(json).unwrap(), MaskStrategy::Block(BlockMasking::beit(75)));
+    }
+
+    #[test]
     fn bad_strategies_are_rejected_with_a_hint() {
         let e = |s: MaskStrategy, g| s.sample(g, 1, &mut rng()).unwrap_err().to_string();
         assert!(e(MaskStrategy::Block(BlockMasking::beit(300)), (14, 14)).contains("choose between 1 and 195"));
