@@ -4,7 +4,8 @@
 //! Export writes them in PyTorch layout (linear weights `[out, in]`, the patch embedding as a
 //! `[D, C, p, p]` convolution, plus the fixed position embeddings), so the official code can load
 //! the file. Import reads that layout, or Hugging Face `ViTMAEForPreTraining` checkpoints (separate
-//! q/k/v, `vit.encoder.layer.N...` names), converted to safetensors.
+//! q/k/v, `vit.encoder.layer.N...` names), converted to safetensors. BEiT weights load from the
+//! official microsoft/unilm (or timm) names with [`load_beit_weights`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Gradients, Tensor};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling, relative_position_index};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 use crate::models::vit::sincos_pos_embed_2d;
 
@@ -118,9 +120,8 @@ fn transpose(shape: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
 }
 
 /// Patch-embedding weight between burn `[p*p*C, D]` (pixels in (row, col, channel) order) and the
-/// PyTorch convolution `[D, C, p, p]`.
-fn convert_patch_weight(cfg: &MaeConfig, v: &[f32], to_conv: bool) -> Vec<f32> {
-    let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+/// PyTorch convolution `[D, C, p, p]`, for patch side `p`, `c` channels and width `d`.
+fn convert_patch_weight((p, c, d): (usize, usize, usize), v: &[f32], to_conv: bool) -> Vec<f32> {
     let mut out = vec![0.0; v.len()];
     for o in 0..d {
         for ch in 0..c {
@@ -141,7 +142,7 @@ pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
     let mut out = TensorMap::new();
     for (k, (s, v)) in burn {
         let t = if k == "patch_embed.proj.weight" {
-            (vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size], convert_patch_weight(cfg, v, true))
+            (vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size], convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, true))
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
         } else {
@@ -166,7 +167,7 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
         let t = if k == "patch_embed.proj.weight" {
             let want = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
             ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
-            (vec![cfg.patch_dim(), cfg.embed_dim], convert_patch_weight(cfg, v, false))
+            (vec![cfg.patch_dim(), cfg.embed_dim], convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, false))
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
         } else {
@@ -283,7 +284,12 @@ pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> R
             ensure!(max < 1e-4, "'{key}' in '{}' is not the 2-D sin-cos embedding mim uses (max difference {max})", path.display());
         }
     }
-    let burn_map = from_pytorch_layout(cfg, &official)?;
+    load_burn_map(model, &from_pytorch_layout(cfg, &official)?, path)
+}
+
+/// Loads `burn_map` (burn names and layout) into `model`: every parameter must be present, with
+/// its shape, and nothing else; `path` names the source in errors.
+fn load_burn_map<M: Module>(model: M, burn_map: &TensorMap, path: &Path) -> Result<M> {
     let expected = parameters(&model);
     let missing: Vec<&String> = expected.keys().filter(|k| !burn_map.contains_key(*k)).collect();
     let unused: Vec<&String> = burn_map.keys().filter(|k| !expected.contains_key(*k)).collect();
@@ -292,15 +298,67 @@ pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> R
         "'{}' does not match the model: missing {missing:?}, unexpected {unused:?}; check the model preset / config",
         path.display()
     );
-    for (k, (s, _)) in &burn_map {
+    for (k, (s, _)) in burn_map {
         let want = &expected[k].0;
         ensure!(s == want, "'{k}' in '{}' has shape {s:?}, the model needs {want:?}: the weights are for another configuration", path.display());
     }
-    let mut store = SafetensorsStore::from_bytes(Some(safetensors_bytes(&burn_map)?));
+    let mut store = SafetensorsStore::from_bytes(Some(safetensors_bytes(burn_map)?));
     let mut model = model;
     let res = model.load_from(&mut store).map_err(|e| anyhow::anyhow!("cannot load '{}': {e}", path.display()))?;
     ensure!(res.errors.is_empty(), "cannot load '{}': {:?}", path.display(), res.errors);
     Ok(model)
+}
+
+/// Official BEiT state-dict keys in PyTorch layout (microsoft/unilm `beit/modeling_pretrain.py`
+/// `VisionTransformerForMaskedImageModeling`; timm's `beit.py` uses the same names) -> mim's BEiT
+/// in burn layout. Each block's `attn.q_bias` and `attn.v_bias` become the shared block's full
+/// `attn.qkv.bias` with a zero key part; per-block `blocks.N.attn.relative_position_bias_table`
+/// become `block_rel_pos_bias.N.relative_position_bias_table`; relative position index buffers are
+/// checked against mim's and dropped.
+pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorMap> {
+    let (p, c, d, g) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.grid());
+    let index: Vec<f32> = relative_position_index((g, g)).into_iter().map(|i| i as f32).collect();
+    let mut out = TensorMap::new();
+    let mut q_v: BTreeMap<String, [Option<Vec<f32>>; 2]> = BTreeMap::new();
+    for (k, (s, v)) in torch {
+        if k.ends_with("relative_position_index") {
+            ensure!(v == &index, "'{k}' is not the relative position index of a {g}x{g} patch grid: the weights are for another image or patch size");
+            continue;
+        }
+        if let Some((prefix, which)) = k.split_once(".attn.").filter(|(_, w)| *w == "q_bias" || *w == "v_bias") {
+            q_v.entry(prefix.to_string()).or_default()[(which == "v_bias") as usize] = Some(v.clone());
+            continue;
+        }
+        let name = match k.strip_prefix("blocks.").and_then(|r| r.strip_suffix(".attn.relative_position_bias_table")) {
+            Some(i) => format!("block_rel_pos_bias.{i}.relative_position_bias_table"),
+            None => k.clone(),
+        };
+        let t = if k == "patch_embed.proj.weight" {
+            let want = [d, c, p, p];
+            ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
+            (vec![p * p * c, d], convert_patch_weight((p, c, d), v, false))
+        } else if s.len() == 2 && k.ends_with(".weight") {
+            transpose(s, v)
+        } else {
+            (s.clone(), v.clone())
+        };
+        out.insert(name, t);
+    }
+    for (prefix, parts) in q_v {
+        let [Some(q), Some(v)] = parts else { bail!("'{prefix}.attn' has only one of q_bias / v_bias") };
+        // BEiT has no key bias. A key bias b adds q·b to every score of a query row, and softmax is
+        // invariant to a per-row shift, so zeros reproduce the model exactly and the key part's
+        // gradient is mathematically zero (rounding noise in practice); it never changes the output.
+        let k = vec![0.0; q.len()];
+        out.insert(format!("{prefix}.attn.qkv.bias"), (vec![3 * q.len()], [q, k, v].concat()));
+    }
+    Ok(out)
+}
+
+/// Loads a BEiT masked-image-modeling model from a safetensors file in official naming (see
+/// [`beit_from_official`]); every parameter must be present and of the right shape.
+pub fn load_beit_weights(model: BeitForMaskedImageModeling, cfg: &BeitConfig, path: &Path) -> Result<BeitForMaskedImageModeling> {
+    load_burn_map(model, &beit_from_official(cfg, &read_safetensors(path)?)?, path)
 }
 
 /// Writes the model's weights as safetensors in official MAE naming and PyTorch layout.

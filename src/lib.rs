@@ -1,13 +1,13 @@
 //! # mim: masked image modeling on burn
 //!
 //! Self-supervised pretraining of vision transformers by masked image modeling, faithful to the
-//! papers: MAE (He et al. 2021) today. Modules by concept:
+//! papers: MAE (He et al. 2021) and BEiT (Bao et al. 2021). Modules by concept:
 //!
 //! - [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader
-//! - [`masking`]: patch masks (MAE random masking by argsort of noise)
-//! - [`models`]: the shared ViT blocks and the masked autoencoder
+//! - [`masking`]: patch masks (MAE random masking, BEiT block-wise, grid, SimMIM)
+//! - [`models`]: the shared ViT blocks, the masked autoencoder and BEiT
 //! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
-//! - [`viz`]: reconstruction grids and loss curves
+//! - [`viz`]: reconstruction grids, mask pictures and loss curves
 //! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)
 //! - [`bench`]: throughput, FLOP/s and memory against the PyTorch peer
 //!

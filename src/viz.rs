@@ -1,4 +1,4 @@
-//! Pictures: MAE reconstruction grids (the paper's figure 2 layout) and loss curves.
+//! Pictures: MAE reconstruction grids (the paper's figure 2 layout), mask samples and loss curves.
 
 use std::path::Path;
 
@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use burn::tensor::Tensor;
 use image::{Rgb, RgbImage};
 
-use crate::masking::Mask;
+use crate::masking::{BoolMask, Mask};
 use crate::models::mae::MaskedAutoencoder;
 
 /// Side of the grey used for removed patches in the "masked" panel.
@@ -76,6 +76,33 @@ pub fn grid_image(rows: &[ReconstructionRow], c: usize, h: usize, w: usize, scal
                 }
             }
         }
+    }
+    img
+}
+
+/// Draws sample masks: one row per [`BoolMask`] (e.g. one per masking strategy), one panel per
+/// image, each patch a `cell x cell` square, masked patches dark and visible ones light, with a
+/// 1-pixel line between patches and a 4-pixel white gutter between panels.
+pub fn mask_grid_image(rows: &[&BoolMask], cell: usize) -> RgbImage {
+    let gap = 4;
+    let panel = |g: (usize, usize)| (g.1 * (cell + 1) + 1, g.0 * (cell + 1) + 1);
+    let width = rows.iter().map(|m| m.batch * (panel(m.grid).0 + gap)).max().unwrap_or(0) + gap;
+    let height = rows.iter().map(|m| panel(m.grid).1 + gap).sum::<usize>() + gap;
+    let mut img = RgbImage::from_pixel(width as u32, height as u32, Rgb([255, 255, 255]));
+    let mut y0 = gap;
+    for m in rows {
+        let (pw, ph) = panel(m.grid);
+        for b in 0..m.batch {
+            let x0 = gap + b * (pw + gap);
+            for y in 0..ph {
+                for x in 0..pw {
+                    let on_line = x % (cell + 1) == 0 || y % (cell + 1) == 0;
+                    let v = if on_line { 160 } else if m.row(b)[(y / (cell + 1)) * m.grid.1 + x / (cell + 1)] { 40 } else { 235 };
+                    img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb([v; 3]));
+                }
+            }
+        }
+        y0 += ph + gap;
     }
     img
 }

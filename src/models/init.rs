@@ -23,11 +23,25 @@ pub fn xavier_uniform(rng: &mut InitRng, fan_in: usize, fan_out: usize) -> Vec<f
 
 /// Normal values with standard deviation `std` (Box-Muller; the official code uses N(0, 0.02) for tokens).
 pub fn normal(rng: &mut InitRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n).map(|_| standard_normal(rng) as f32 * std).collect()
+}
+
+fn standard_normal(rng: &mut InitRng) -> f64 {
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.r#gen();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Normal values with standard deviation `std` truncated to `[-bound, bound]` by rejection, as
+/// timm's `trunc_normal_(std=std, a=-bound, b=bound)` (BEiT pretraining truncates at one std).
+pub fn trunc_normal(rng: &mut InitRng, n: usize, std: f32, bound: f32) -> Vec<f32> {
+    let k = (bound / std) as f64;
     (0..n)
-        .map(|_| {
-            let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-            let u2: f64 = rng.r#gen();
-            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
+        .map(|_| loop {
+            let z = standard_normal(rng);
+            if z.abs() <= k {
+                break z as f32 * std;
+            }
         })
         .collect()
 }

@@ -8,7 +8,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::init::{InitRng, normal, param, xavier_uniform};
+use super::init::{InitRng, normal, param, trunc_normal, xavier_uniform};
 use crate::ops::attention::{attention, attention_with_bias};
 use crate::ops::gelu::gelu;
 
@@ -24,13 +24,33 @@ pub struct Linear {
     pub bias: Param<Tensor<1>>,
 }
 
+/// How linear (and patch-embedding) weights are drawn; biases always start at zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WeightInit {
+    /// Xavier uniform (the official MAE `_init_weights`).
+    XavierUniform,
+    /// N(0, std²) truncated to `[-bound, bound]` (BEiT pretraining: std 0.02, bound 0.02).
+    TruncNormal {
+        /// Standard deviation.
+        std: f32,
+        /// Truncation bound.
+        bound: f32,
+    },
+}
+
 impl Linear {
     /// Xavier-uniform weight, zero bias (the official MAE `_init_weights`).
     pub fn new(d_in: usize, d_out: usize, rng: &mut InitRng, device: &Device) -> Self {
-        Self {
-            weight: param(xavier_uniform(rng, d_in, d_out), [d_in, d_out], device),
-            bias: param(vec![0.0; d_out], [d_out], device),
-        }
+        Self::with_init(d_in, d_out, WeightInit::XavierUniform, rng, device)
+    }
+
+    /// Weight drawn by `init`, zero bias.
+    pub fn with_init(d_in: usize, d_out: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
+        let w = match init {
+            WeightInit::XavierUniform => xavier_uniform(rng, d_in, d_out),
+            WeightInit::TruncNormal { std, bound } => trunc_normal(rng, d_in * d_out, std, bound),
+        };
+        Self { weight: param(w, [d_in, d_out], device), bias: param(vec![0.0; d_out], [d_out], device) }
     }
 
     /// `x: [..., in] -> [..., out]`.
@@ -84,7 +104,13 @@ pub struct Attention {
 impl Attention {
     /// Attention of width `dim` with `num_heads` heads (`dim` divisible by `num_heads`).
     pub fn new(dim: usize, num_heads: usize, rng: &mut InitRng, device: &Device) -> Self {
-        Self { qkv: Linear::new(dim, 3 * dim, rng, device), proj: Linear::new(dim, dim, rng, device), num_heads }
+        Self::with_init(dim, num_heads, WeightInit::XavierUniform, rng, device)
+    }
+
+    /// As [`Attention::new`] with weights drawn by `init`.
+    pub fn with_init(dim: usize, num_heads: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
+        let qkv = Linear::with_init(dim, 3 * dim, init, rng, device);
+        Self { qkv, proj: Linear::with_init(dim, dim, init, rng, device), num_heads }
     }
 
     /// `x: [B, N, D] -> [B, N, D]`: `softmax(q kᵀ / √hd) v` per head, then the output projection.
@@ -121,7 +147,13 @@ pub struct Mlp {
 impl Mlp {
     /// MLP `dim -> hidden -> dim`.
     pub fn new(dim: usize, hidden: usize, rng: &mut InitRng, device: &Device) -> Self {
-        Self { fc1: Linear::new(dim, hidden, rng, device), fc2: Linear::new(hidden, dim, rng, device) }
+        Self::with_init(dim, hidden, WeightInit::XavierUniform, rng, device)
+    }
+
+    /// As [`Mlp::new`] with weights drawn by `init`.
+    pub fn with_init(dim: usize, hidden: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
+        let fc1 = Linear::with_init(dim, hidden, init, rng, device);
+        Self { fc1, fc2: Linear::with_init(hidden, dim, init, rng, device) }
     }
 
     /// `x: [B, N, D] -> [B, N, D]` (exact, erf-based GELU as PyTorch's default).
@@ -130,7 +162,8 @@ impl Mlp {
     }
 }
 
-/// Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+/// Pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`; with layer scale
+/// (CaiT / BEiT) the branches are scaled per channel: `x + gamma_1 * attn(..)`, `x + gamma_2 * mlp(..)`.
 ///
 /// The one block implementation used by every encoder and decoder in mim.
 #[derive(Module, Debug)]
@@ -143,17 +176,36 @@ pub struct Block {
     pub norm2: LayerNorm,
     /// Feed-forward network.
     pub mlp: Mlp,
+    /// Layer scale of the attention branch `[d]` (BEiT); `None` in MAE and plain ViTs.
+    pub gamma_1: Option<Param<Tensor<1>>>,
+    /// Layer scale of the MLP branch `[d]`.
+    pub gamma_2: Option<Param<Tensor<1>>>,
 }
 
 impl Block {
     /// A block of width `dim`, `num_heads` heads and MLP hidden width `dim * mlp_ratio`.
     pub fn new(dim: usize, num_heads: usize, mlp_ratio: f64, rng: &mut InitRng, device: &Device) -> Self {
+        Self::with_init(dim, num_heads, mlp_ratio, WeightInit::XavierUniform, rng, device)
+    }
+
+    /// As [`Block::new`] with linear weights drawn by `init`.
+    pub fn with_init(dim: usize, num_heads: usize, mlp_ratio: f64, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
         Self {
             norm1: LayerNorm::new(dim, device),
-            attn: Attention::new(dim, num_heads, rng, device),
+            attn: Attention::with_init(dim, num_heads, init, rng, device),
             norm2: LayerNorm::new(dim, device),
-            mlp: Mlp::new(dim, (dim as f64 * mlp_ratio) as usize, rng, device),
+            mlp: Mlp::with_init(dim, (dim as f64 * mlp_ratio) as usize, init, rng, device),
+            gamma_1: None,
+            gamma_2: None,
         }
+    }
+
+    /// Adds layer scale: both branch scales start at `init_value` in every channel (BEiT: 0.1 for
+    /// base, 1e-5 for large).
+    pub fn with_layer_scale(self, init_value: f32, device: &Device) -> Self {
+        let d = self.norm1.weight.dims()[0];
+        let gamma = || Some(param(vec![init_value; d], [d], device));
+        Self { gamma_1: gamma(), gamma_2: gamma(), ..self }
     }
 
     /// `x: [B, N, D] -> [B, N, D]`.
@@ -163,9 +215,15 @@ impl Block {
 
     /// The block with the training-time and model-specific extras of [`BlockExtras`].
     pub fn forward_with(&self, x: Tensor<3>, extras: &BlockExtras) -> Tensor<3> {
-        let residual = |branch: Tensor<3>, k: usize| match &extras.drop_path {
-            Some(scales) => branch * scales[k].clone(),
-            None => branch,
+        let residual = |branch: Tensor<3>, k: usize| {
+            let branch = match [&self.gamma_1, &self.gamma_2][k] {
+                Some(gamma) => branch * gamma.val().unsqueeze::<3>(),
+                None => branch,
+            };
+            match &extras.drop_path {
+                Some(scales) => branch * scales[k].clone(),
+                None => branch,
+            }
         };
         let a = self.attn.forward_with_bias(self.norm1.forward(x.clone()), extras.attn_bias.clone());
         let x = x + residual(a, 0);
@@ -219,7 +277,12 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     /// Initialised like the official code: xavier-uniform on the flattened convolution weight.
     pub fn new(patch_size: usize, in_chans: usize, dim: usize, rng: &mut InitRng, device: &Device) -> Self {
-        Self { proj: Linear::new(patch_size * patch_size * in_chans, dim, rng, device), patch_size }
+        Self::with_init(patch_size, in_chans, dim, WeightInit::XavierUniform, rng, device)
+    }
+
+    /// As [`PatchEmbed::new`] with the weight drawn by `init`.
+    pub fn with_init(patch_size: usize, in_chans: usize, dim: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
+        Self { proj: Linear::with_init(patch_size * patch_size * in_chans, dim, init, rng, device), patch_size }
     }
 
     /// `imgs: [B, C, H, W] -> [B, L, D]`.
