@@ -2,7 +2,7 @@
 //! backend and thread count (the official MAE initialisation: xavier-uniform linears, N(0, 0.02)
 //! tokens, LayerNorm ones/zeros).
 
-use burn::module::Param;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -30,4 +30,37 @@ pub fn normal(rng: &mut InitRng, n: usize, std: f32) -> Vec<f32> {
             ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
         })
         .collect()
+}
+
+/// timm's `trunc_normal_(std=std)`: N(0, std) redrawn outside the absolute bounds [-2, 2] (timm's
+/// defaults, which for std 0.02 almost never truncate).
+pub fn trunc_normal(rng: &mut InitRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| loop {
+            let v = normal(rng, 1, std)[0];
+            if v.abs() <= 2.0 {
+                break v;
+            }
+        })
+        .collect()
+}
+
+/// Redraws every matrix parameter (rank 2: linear weights, relative position tables) of `module`
+/// from trunc N(0, 0.02), in visiting order: timm's `_init_weights` for Swin-style models. Vectors
+/// (biases, norms) keep their constructor values.
+pub fn trunc_normal_matrices<M: Module>(module: M, rng: &mut InitRng) -> M {
+    struct Redraw<'a>(&'a mut InitRng);
+    impl ModuleMapper for Redraw<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if D != 2 {
+                return param;
+            }
+            param.map(|t| {
+                let shape = t.dims();
+                let values = trunc_normal(self.0, shape.iter().product(), 0.02);
+                Tensor::from_data(TensorData::new(values, shape), &t.device())
+            })
+        }
+    }
+    module.map(&mut Redraw(rng))
 }
