@@ -5,7 +5,7 @@
 //!
 //! - [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader
 //! - [`masking`]: patch masks (MAE random masking by argsort of noise)
-//! - [`models`]: the shared ViT blocks and the masked autoencoder
+//! - [`models`]: the shared ViT blocks, the masked autoencoder, the Swin Transformer and SimMIM
 //! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
 //! - [`viz`]: reconstruction grids and loss curves
 //! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)
