@@ -167,6 +167,8 @@ fn relative_position_index_and_shift_masks_match_timm() {
     assert!(!c.io.contains_key("attn_mask.2"));
     let cfg = config();
     assert_eq!((0..3).map(|i| (cfg.stage_window(i), cfg.stage_shift(i))).collect::<Vec<_>>(), [(4, 2), (4, 2), (4, 0)]);
+    let built: Vec<_> = c.swin().layers.iter().map(|s| (s.resolution(), s.window(), s.shift())).collect();
+    assert_eq!(built, [(16, 4, 2), (8, 4, 2), (4, 4, 0)]);
 }
 
 #[test]
@@ -208,6 +210,15 @@ fn stochastic_depth_applies_only_with_an_rng() {
     let mut rng = <mim::models::init::InitRng as rand::SeedableRng>::seed_from_u64(1);
     let train = last(model.forward_stages_from(x, Some(&mut rng)));
     assert!(max_diff(&train, &eval) > 1e-3, "drop path changed nothing");
+}
+
+#[test]
+fn imagenet_presets_have_timms_parameter_counts() {
+    // sum(p.numel() for p in timm.create_model(name).parameters()), timm 1.0.31
+    for (name, timm) in [("swin_tiny_patch4_window7_224", 28_288_354), ("swin_small_patch4_window7_224", 49_606_258)] {
+        let model = SwinConfig::preset(name).unwrap().init(0, &Device::flex()).unwrap();
+        assert_eq!(burn::module::Module::num_params(&model), timm, "{name}");
+    }
 }
 
 #[test]

@@ -32,7 +32,6 @@ pub struct SimMim {
     /// The official 1x1 convolution `[num_features, stride^2 * C]`, applied per feature position.
     pub decoder: Linear,
     encoder_stride: usize,
-    patch_size: usize,
     in_chans: usize,
 }
 
@@ -57,7 +56,6 @@ impl SimMim {
             mask_token: token(cfg.embed_dim, &mut rng, device),
             decoder: Linear::new(cfg.num_features(), stride * stride * cfg.in_chans, &mut rng, device),
             encoder_stride: stride,
-            patch_size: cfg.patch_size,
             in_chans: cfg.in_chans,
         };
         // The encoder is already initialised; redraw only the decoder's weight.
@@ -71,6 +69,7 @@ impl SimMim {
     pub fn forward_encoder(&self, imgs: Tensor<4>, mask: Tensor<2>, rng: Option<&mut dyn RngCore>) -> Tensor<4> {
         let x = self.encoder.embed(imgs);
         let [b, h, w, _] = x.dims();
+        assert_eq!(mask.dims(), [b, h * w], "SimMIM mask must be [batch, patches] = [{b}, {}]", h * w);
         let m = mask.reshape([b, h, w, 1]);
         let token = self.mask_token.val().unsqueeze_dim::<4>(0);
         let x = x * (m.clone().neg() + 1.0) + token * m;
@@ -90,7 +89,7 @@ impl SimMim {
     /// pixels `[B, 1, H, W]`: the mean absolute error per masked pixel and channel.
     pub fn forward_loss(&self, imgs: Tensor<4>, rec: Tensor<4>, mask: Tensor<2>) -> Tensor<1> {
         let [b, _, hh, ww] = imgs.dims();
-        let p = self.patch_size;
+        let p = self.encoder.patch_embed.patch_size();
         let pixels = upsample_mask(mask.reshape([b, hh / p, ww / p]), p).unsqueeze_dim::<4>(1);
         let l1 = (imgs - rec).abs() * pixels.clone();
         l1.sum() / (pixels.sum() + LOSS_EPS) / self.in_chans as f64

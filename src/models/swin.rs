@@ -260,7 +260,7 @@ pub fn relative_position_index(w: usize) -> Vec<i64> {
 }
 
 /// The shifted-window attention mask `[nW * w*w * w*w]` for an `r x r` map rolled by `-shift`: 0 where
-/// query and key come from the same image region, [`MASKED_SCORE`] where the cyclic shift brought
+/// query and key come from the same image region, -100 where the cyclic shift brought
 /// together pixels from opposite borders (timm's `get_attn_mask`).
 pub fn shifted_window_mask(r: usize, w: usize, shift: usize) -> Vec<f32> {
     // Regions along one axis of the rolled map: [0, r - w), [r - w, r - shift), [r - shift, r).
