@@ -284,28 +284,27 @@ pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> R
             ensure!(max < 1e-4, "'{key}' in '{}' is not the 2-D sin-cos embedding mim uses (max difference {max})", path.display());
         }
     }
-    load_burn_map(model, &from_pytorch_layout(cfg, &official)?, path)
+    load_tensor_map(model, &from_pytorch_layout(cfg, &official)?, &path.display().to_string())
 }
 
-/// Loads `burn_map` (burn names and layout) into `model`: every parameter must be present, with
-/// its shape, and nothing else; `path` names the source in errors.
-fn load_burn_map<M: Module>(model: M, burn_map: &TensorMap, path: &Path) -> Result<M> {
+/// Loads `burn_map` (burn layout, keys = parameter paths) into `model`: every parameter must be present
+/// with the right shape, and nothing else; `source` names the origin in errors.
+pub fn load_tensor_map<M: Module>(model: M, burn_map: &TensorMap, source: &str) -> Result<M> {
     let expected = parameters(&model);
     let missing: Vec<&String> = expected.keys().filter(|k| !burn_map.contains_key(*k)).collect();
     let unused: Vec<&String> = burn_map.keys().filter(|k| !expected.contains_key(*k)).collect();
     ensure!(
         missing.is_empty() && unused.is_empty(),
-        "'{}' does not match the model: missing {missing:?}, unexpected {unused:?}; check the model preset / config",
-        path.display()
+        "'{source}' does not match the model: missing {missing:?}, unexpected {unused:?}; check the model preset / config"
     );
     for (k, (s, _)) in burn_map {
         let want = &expected[k].0;
-        ensure!(s == want, "'{k}' in '{}' has shape {s:?}, the model needs {want:?}: the weights are for another configuration", path.display());
+        ensure!(s == want, "'{k}' in '{source}' has shape {s:?}, the model needs {want:?}: the weights are for another configuration");
     }
     let mut store = SafetensorsStore::from_bytes(Some(safetensors_bytes(burn_map)?));
     let mut model = model;
-    let res = model.load_from(&mut store).map_err(|e| anyhow::anyhow!("cannot load '{}': {e}", path.display()))?;
-    ensure!(res.errors.is_empty(), "cannot load '{}': {:?}", path.display(), res.errors);
+    let res = model.load_from(&mut store).map_err(|e| anyhow::anyhow!("cannot load '{source}': {e}"))?;
+    ensure!(res.errors.is_empty(), "cannot load '{source}': {:?}", res.errors);
     Ok(model)
 }
 
@@ -355,10 +354,31 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
     Ok(out)
 }
 
+/// PyTorch layout -> burn layout for models whose keys already match (timm Swin, SimMIM): every 2-D
+/// `*.weight` is transposed to `[in, out]`, every 4-D `*.weight` (a convolution `[D, C, p, p]` whose
+/// stride equals its kernel: patch embeddings, 1x1 decoders) becomes the `[p*p*C, D]` linear map on
+/// [`crate::models::vit::patchify`]'d input; everything else is copied.
+pub fn pytorch_to_burn_layout(torch: &TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (k, (s, v)) in torch {
+        let t = match s.len() {
+            2 if k.ends_with(".weight") => transpose(s, v),
+            4 if k.ends_with(".weight") => {
+                let (d, c, p) = (s[0], s[1], s[2]);
+                ensure!(s[3] == p, "'{k}' is a {}x{} convolution; only square kernels map to patch embeddings", s[2], s[3]);
+                (vec![p * p * c, d], convert_patch_weight((p, c, d), v, false))
+            }
+            _ => (s.clone(), v.clone()),
+        };
+        out.insert(k.clone(), t);
+    }
+    Ok(out)
+}
+
 /// Loads a BEiT masked-image-modeling model from a safetensors file in official naming (see
 /// [`beit_from_official`]); every parameter must be present and of the right shape.
 pub fn load_beit_weights(model: BeitForMaskedImageModeling, cfg: &BeitConfig, path: &Path) -> Result<BeitForMaskedImageModeling> {
-    load_burn_map(model, &beit_from_official(cfg, &read_safetensors(path)?)?, path)
+    load_tensor_map(model, &beit_from_official(cfg, &read_safetensors(path)?)?, &path.display().to_string())
 }
 
 /// Writes the model's weights as safetensors in official MAE naming and PyTorch layout.

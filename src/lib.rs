@@ -5,7 +5,7 @@
 //!
 //! - [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader
 //! - [`masking`]: patch masks (MAE random masking, BEiT block-wise, grid, SimMIM)
-//! - [`models`]: the shared ViT blocks, the masked autoencoder and BEiT
+//! - [`models`]: the shared ViT blocks, the masked autoencoder, BEiT, the Swin Transformer and SimMIM, the evaluation classifier
 //! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
 //! - [`viz`]: reconstruction grids, mask pictures and loss curves
 //! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)

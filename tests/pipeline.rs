@@ -115,8 +115,13 @@ fn shipped_configs_parse() {
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        let cfg = PretrainConfig::from_toml_file(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
-        cfg.validate().unwrap();
+        let name = p.file_name().unwrap().to_string_lossy();
+        let checked = if name.starts_with("finetune") {
+            mim::eval::finetune::FinetuneConfig::from_toml_file(&p).and_then(|c| c.validate())
+        } else {
+            PretrainConfig::from_toml_file(&p).and_then(|c| c.validate())
+        };
+        checked.unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         n += 1;
     }
     assert!(n > 0);

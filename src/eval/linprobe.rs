@@ -106,7 +106,7 @@ pub fn linear_probe(
 
     let ad = device.clone().autodiff();
     let mut rng = InitRng::seed_from_u64(cfg.seed);
-    let mut head = Linear { weight: param(normal(&mut rng, d * classes, 0.01), [d, classes], &ad), bias: param(vec![0.0; classes], [classes], &ad) };
+    let mut head = Linear { weight: param(normal(&mut rng, d * classes, 0.01), [d, classes], &ad), bias: Some(param(vec![0.0; classes], [classes], &ad)) };
     let mut optim: ModuleOptimizer = match cfg.optimizer {
         ProbeOptimizer::Lars => Lars { weight_decay: cfg.weight_decay, momentum: 0.9, trust_coefficient: 0.001 }.into(),
         ProbeOptimizer::Sgd => SgdConfig::new()

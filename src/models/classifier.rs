@@ -64,7 +64,7 @@ impl VitClassifier {
         let mut rng = InitRng::seed_from_u64(seed ^ 0x4845_4144);
         let head = Linear {
             weight: param(normal(&mut rng, dim * num_classes, head_std), [dim, num_classes], &device),
-            bias: param(vec![0.0; num_classes], [num_classes], &device),
+            bias: Some(param(vec![0.0; num_classes], [num_classes], &device)),
         };
         let norm = match pool {
             Pool::Avg => LayerNorm::new(dim, &device),

@@ -2,7 +2,7 @@
 //! backend and thread count (the official MAE initialisation: xavier-uniform linears, N(0, 0.02)
 //! tokens, LayerNorm ones/zeros).
 
-use burn::module::Param;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -44,4 +44,25 @@ pub fn trunc_normal(rng: &mut InitRng, n: usize, std: f32, bound: f32) -> Vec<f3
             }
         })
         .collect()
+}
+
+/// Redraws every matrix parameter (rank 2: linear weights, relative position tables) of `module`
+/// from trunc N(0, 0.02), in visiting order: timm's `_init_weights` for Swin-style models. Vectors
+/// (biases, norms) keep their constructor values.
+pub fn trunc_normal_matrices<M: Module>(module: M, rng: &mut InitRng) -> M {
+    struct Redraw<'a>(&'a mut InitRng);
+    impl ModuleMapper for Redraw<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if D != 2 {
+                return param;
+            }
+            param.map(|t| {
+                let shape = t.dims();
+                // timm's default bounds are the absolute [-2, 2], which never bind at std 0.02.
+                let values = trunc_normal(self.0, shape.iter().product(), 0.02, 2.0);
+                Tensor::from_data(TensorData::new(values, shape), &t.device())
+            })
+        }
+    }
+    module.map(&mut Redraw(rng))
 }

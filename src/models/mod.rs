@@ -1,8 +1,10 @@
-//! Models: the shared ViT building blocks, the masked autoencoder and BEiT built from them, and
-//! the classifier used by the evaluation protocols.
+//! Models: the shared ViT building blocks and what is built from them: the masked autoencoder,
+//! BEiT, the Swin Transformer and SimMIM, and the classifier used by the evaluation protocols.
 
 pub mod beit;
 pub mod classifier;
 pub mod init;
 pub mod mae;
+pub mod simmim;
+pub mod swin;
 pub mod vit;

@@ -20,8 +20,8 @@ pub const LN_EPS: f64 = 1e-6;
 pub struct Linear {
     /// `[in, out]`
     pub weight: Param<Tensor<2>>,
-    /// `[out]`
-    pub bias: Param<Tensor<1>>,
+    /// `[out]`; absent in bias-free projections (Swin's patch-merging `reduction`).
+    pub bias: Option<Param<Tensor<1>>>,
 }
 
 /// How linear (and patch-embedding) weights are drawn; biases always start at zero.
@@ -50,7 +50,12 @@ impl Linear {
             WeightInit::XavierUniform => xavier_uniform(rng, d_in, d_out),
             WeightInit::TruncNormal { std, bound } => trunc_normal(rng, d_in * d_out, std, bound),
         };
-        Self { weight: param(w, [d_in, d_out], device), bias: param(vec![0.0; d_out], [d_out], device) }
+        Self { weight: param(w, [d_in, d_out], device), bias: Some(param(vec![0.0; d_out], [d_out], device)) }
+    }
+
+    /// As [`Linear::new`], without a bias: `y = x W`.
+    pub fn without_bias(d_in: usize, d_out: usize, rng: &mut InitRng, device: &Device) -> Self {
+        Self { bias: None, ..Self::new(d_in, d_out, rng, device) }
     }
 
     /// `x: [..., in] -> [..., out]`.
@@ -63,7 +68,10 @@ impl Linear {
         let rows = dims[..D - 1].iter().product::<usize>();
         let w = self.weight.val();
         let d_out = w.dims()[1];
-        let y = x.reshape([rows, d_in]).matmul(w) + self.bias.val().unsqueeze_dim(0);
+        let mut y = x.reshape([rows, d_in]).matmul(w);
+        if let Some(bias) = &self.bias {
+            y = y + bias.val().unsqueeze_dim(0);
+        }
         let mut out = dims;
         out[D - 1] = d_out;
         y.reshape(out)
@@ -77,17 +85,23 @@ pub struct LayerNorm {
     pub weight: Param<Tensor<1>>,
     /// Shift `[d]`.
     pub bias: Param<Tensor<1>>,
+    eps: f64,
 }
 
 impl LayerNorm {
-    /// Ones / zeros, as PyTorch.
+    /// Ones / zeros, as PyTorch; epsilon [`LN_EPS`].
     pub fn new(d: usize, device: &Device) -> Self {
-        Self { weight: param(vec![1.0; d], [d], device), bias: param(vec![0.0; d], [d], device) }
+        Self::with_eps(d, LN_EPS, device)
     }
 
-    /// `x: [..., d]`, epsilon [`LN_EPS`].
+    /// As [`LayerNorm::new`] with another epsilon (Swin uses PyTorch's default 1e-5).
+    pub fn with_eps(d: usize, eps: f64, device: &Device) -> Self {
+        Self { weight: param(vec![1.0; d], [d], device), bias: param(vec![0.0; d], [d], device), eps }
+    }
+
+    /// `x: [..., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), LN_EPS)
+        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
     }
 }
 
@@ -98,6 +112,10 @@ pub struct Attention {
     pub qkv: Linear,
     /// Output projection `[d, d]`.
     pub proj: Linear,
+    /// Learned relative position bias table `[entries, H]` of models that keep one per block (Swin):
+    /// stored here so checkpoint keys match (`blocks.N.attn.relative_position_bias_table`); the model
+    /// turns it into the score bias passed through [`BlockExtras`], since its indexing is model-specific.
+    pub relative_position_bias_table: Option<Param<Tensor<2>>>,
     num_heads: usize,
 }
 
@@ -110,7 +128,7 @@ impl Attention {
     /// As [`Attention::new`] with weights drawn by `init`.
     pub fn with_init(dim: usize, num_heads: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
         let qkv = Linear::with_init(dim, 3 * dim, init, rng, device);
-        Self { qkv, proj: Linear::with_init(dim, dim, init, rng, device), num_heads }
+        Self { qkv, proj: Linear::with_init(dim, dim, init, rng, device), relative_position_bias_table: None, num_heads }
     }
 
     /// `x: [B, N, D] -> [B, N, D]`: `softmax(q kᵀ / √hd) v` per head, then the output projection.
@@ -271,6 +289,8 @@ pub fn unpatchify(x: Tensor<3>, p: usize, grid: (usize, usize), c: usize) -> Ten
 pub struct PatchEmbed {
     /// `[p*p*C, D]`
     pub proj: Linear,
+    /// Norm of each embedded patch, in models that have one (Swin).
+    pub norm: Option<LayerNorm>,
     patch_size: usize,
 }
 
@@ -282,12 +302,26 @@ impl PatchEmbed {
 
     /// As [`PatchEmbed::new`] with the weight drawn by `init`.
     pub fn with_init(patch_size: usize, in_chans: usize, dim: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
-        Self { proj: Linear::with_init(patch_size * patch_size * in_chans, dim, init, rng, device), patch_size }
+        Self { proj: Linear::with_init(patch_size * patch_size * in_chans, dim, init, rng, device), norm: None, patch_size }
+    }
+
+    /// The embedding followed by `norm` (Swin's `patch_norm`).
+    pub fn with_norm(self, norm: LayerNorm) -> Self {
+        Self { norm: Some(norm), ..self }
+    }
+
+    /// Patch side in pixels.
+    pub fn patch_size(&self) -> usize {
+        self.patch_size
     }
 
     /// `imgs: [B, C, H, W] -> [B, L, D]`.
     pub fn forward(&self, imgs: Tensor<4>) -> Tensor<3> {
-        self.proj.forward(patchify(imgs, self.patch_size))
+        let x = self.proj.forward(patchify(imgs, self.patch_size));
+        match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
     }
 }
 
