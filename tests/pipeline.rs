@@ -5,12 +5,12 @@ mod common;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
-use common::{mim, subset};
+use common::{assert_clean_error, mim, subset};
 use mim::io::{export_weights, load_weights, parameters};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
 use mim::train::optim::{adamw, is_no_weight_decay};
-use mim::train::pretrain::{PretrainConfig, Silent, pretrain};
+use mim::train::pretrain::{PretrainConfig, Silent, pretrain, read_metrics};
 
 fn micro() -> MaeConfig {
     MaeConfig::preset("mae_micro").unwrap()
@@ -49,7 +49,7 @@ fn same_seed_gives_the_same_run() {
         let cfg = PretrainConfig {
             data: subset(),
             out: tmp.path().join(name),
-            model: "mae_micro".into(),
+            model: Some("mae_micro".into()),
             max_images: Some(256),
             batch_size: 64,
             epochs: 1,
@@ -146,4 +146,28 @@ fn reconstruct_from_hugging_face_weights() {
     assert_eq!(grid.width(), 4 * 64 + 10, "16 px model input at scale 4");
     let out = mim(&["reconstruct", "--weights", fx.join("mae_tiny_weights.safetensors").to_str().unwrap(), "--images", img.to_str().unwrap()]);
     common::assert_clean_error(&out, "--hf-config");
+}
+
+#[test]
+fn simmim_pretrains_a_swin_with_the_knn_monitor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let out_dir = tmp.path().join("simmim");
+    let out = mim(&[
+        "pretrain", "--method", "simmim", "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--max-images", "256",
+        "--batch-size", "32", "--epochs", "2", "--lr", "1e-3", "--eval-every", "2", "--knn-images", "500",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = read_metrics(&out_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(m.len(), 16);
+    let first: f64 = m[..4].iter().map(|s| s.loss).sum::<f64>();
+    let last: f64 = m[12..].iter().map(|s| s.loss).sum::<f64>();
+    assert!(last < first, "SimMIM's L1 loss should fall: {first} -> {last}");
+    assert!(out_dir.join("knn.jsonl").exists());
+    // An MAE-only command says what the checkpoint holds.
+    let ck = out_dir.join("checkpoint.mim");
+    assert_clean_error(&mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0", "--out", tmp.path().to_str().unwrap()]), "Swin");
+    // A Swin preset is required.
+    let bad = mim(&["pretrain", "--method", "simmim", "--model", "mae_tiny_28", "--data", data.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    assert_clean_error(&bad, "Swin");
 }

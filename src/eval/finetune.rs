@@ -25,6 +25,7 @@ use crate::data::{Dataset, Split};
 use crate::models::classifier::{Pool, VitClassifier};
 use crate::models::mae::MaeConfig;
 use crate::train::checkpoint::{self, CheckpointHeader, ClassifierSpec};
+use crate::train::methods::ModelConfig;
 use crate::train::optim::{CosineSchedule, LayerDecay, adamw};
 use crate::train::pretrain::{Reporter, StepMetrics};
 
@@ -269,7 +270,7 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
                 None => adamw(cfg.weight_decay),
             };
             let best = ck.header.classifier.as_ref().and_then(|c| c.best).unwrap_or((0.0, 0));
-            (ck.header.model, ck.model, optim, best, ck.header.epoch)
+            (ck.header.model.mae()?.clone(), ck.model, optim, best, ck.header.epoch)
         }
         None => {
             if last_checkpoint(&cfg.out).exists() {
@@ -278,7 +279,7 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
             let (mae, mcfg) = match &cfg.checkpoint {
                 Some(path) => {
                     let ck = checkpoint::load(path, &ad)?;
-                    (ck.model, ck.header.model)
+                    (ck.model, ck.header.model.mae()?.clone())
                 }
                 None => {
                     let mut m = MaeConfig::preset(&cfg.model)?;
@@ -376,7 +377,7 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
         }
         let header = CheckpointHeader {
             mim_version: env!("CARGO_PKG_VERSION").into(),
-            model: model_cfg.clone(),
+            model: ModelConfig::Mae(model_cfg.clone()),
             train: serde_json::to_value(cfg)?,
             iteration: it,
             optimizer_steps: it / cfg.accum_iter as u64,

@@ -53,7 +53,7 @@ impl Backbone {
             Backbone::Pixels => return Ok(None),
             Backbone::Checkpoint(path) => {
                 let ck = checkpoint::load(path, device)?;
-                (ck.model, ck.header.model)
+                (ck.model, ck.header.model.mae()?.clone())
             }
             Backbone::RandomInit { model, seed } => {
                 let mut cfg = MaeConfig::preset(model)?;
@@ -130,7 +130,7 @@ pub fn for_each_batch(ds: &Dataset, side: usize, batch: usize, mut f: impl FnMut
 /// Features of every image of `ds` (resized to `side`): the pooled encoder output, or the
 /// flattened normalised pixels when `encoder` is `None`. `progress` gets the images done so far.
 pub fn extract(
-    encoder: Option<&VitClassifier>,
+    encoder: Option<&dyn Fn(Tensor<4>) -> Tensor<2>>,
     ds: &Dataset,
     side: usize,
     batch: usize,
@@ -141,7 +141,7 @@ pub fn extract(
     let mut dim = 0;
     for_each_batch(ds, side, batch, |b| {
         let f = match encoder {
-            Some(enc) => enc.forward_features(b.tensor(device), None, 0),
+            Some(encode) => encode(b.tensor(device)),
             None => Tensor::from_data(TensorData::new(b.images.clone(), [b.len(), b.images.len() / b.len()]), device),
         };
         dim = f.dims()[1];

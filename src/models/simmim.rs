@@ -63,6 +63,11 @@ impl SimMim {
         Ok(SimMim { decoder, ..model })
     }
 
+    /// Pixels per final feature position (the side of SimMIM's default mask squares).
+    pub fn encoder_stride(&self) -> usize {
+        self.encoder_stride
+    }
+
     /// `imgs: [B, C, H, W]`, `mask: [B, L]` (1 = masked) `-> [B, h, w, D]`: patch embeddings with
     /// masked ones blended to the mask token (`w * token + (1 - w) * x`), the Swin stages, the final
     /// norm. With `rng`, stochastic depth is applied (training).

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use burn::module::Module;
 
 use crate::models::classifier::{Pool, VitClassifier};
-use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use super::methods::{MimModel, ModelConfig};
+use crate::models::mae::MaskedAutoencoder;
 
 const MAGIC: &[u8; 8] = b"MIMCKPT1";
 
@@ -25,8 +26,8 @@ const MAGIC: &[u8; 8] = b"MIMCKPT1";
 pub struct CheckpointHeader {
     /// mim version that wrote it.
     pub mim_version: String,
-    /// Model architecture.
-    pub model: MaeConfig,
+    /// Model architecture (the encoder's, for a classifier).
+    pub model: ModelConfig,
     /// Training configuration (as JSON, so older files stay readable).
     pub train: serde_json::Value,
     /// Training batches consumed so far (the loop resumes at this batch).
@@ -126,16 +127,22 @@ fn load_parts(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Vec<u8>)> {
     Ok((header, s.next().unwrap(), s.next().unwrap()))
 }
 
-/// Loads a pretraining (masked autoencoder) checkpoint onto `device`.
-pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+/// Loads a pretraining checkpoint onto `device`, building the empty model with `build` (e.g.
+/// [`MimModel::build`]).
+pub fn load_model<M: Module>(path: &Path, device: &Device, build: impl FnOnce(&ModelConfig, u64, &Device) -> Result<M>) -> Result<Checkpoint<M>> {
     let (header, model_bytes, opt) = load_parts(path)?;
     ensure!(
         header.classifier.is_none(),
         "'{}' is a fine-tuned classifier checkpoint, not a pretraining one: pass the checkpoint written by `mim pretrain`",
         path.display()
     );
-    let model = fill(header.model.init(0, device)?, model_bytes, path)?;
+    let model = fill(build(&header.model, 0, device)?, model_bytes, path)?;
     Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
+}
+
+/// Loads a masked-autoencoder pretraining checkpoint onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    load_model(path, device, MaskedAutoencoder::build).with_context(|| format!("cannot use '{}' as an MAE checkpoint", path.display()))
 }
 
 /// Loads a classifier (fine-tuning) checkpoint onto `device`.
@@ -144,7 +151,7 @@ pub fn load_classifier(path: &Path, device: &Device) -> Result<Checkpoint<VitCla
     let Some(spec) = header.classifier.clone() else {
         bail!("'{}' is a pretraining checkpoint, not a classifier: fine-tune it first with `mim finetune`", path.display());
     };
-    let empty = VitClassifier::from_scratch(&header.model, spec.num_classes, spec.pool, 0, device)?;
+    let empty = VitClassifier::from_scratch(header.model.mae()?, spec.num_classes, spec.pool, 0, device)?;
     let model = fill(empty, model_bytes, path)?;
     Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, CheckpointHeader};
@@ -15,11 +15,13 @@ use super::optim::{CosineSchedule, adamw};
 use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
-use crate::masking::{Mask, check_ratio, uniform_noise};
+use super::methods::{MaskSettings, Method, MimModel, ModelConfig};
+use crate::masking::{MaskStrategy, check_ratio};
 use crate::eval::extract;
 use crate::eval::knn::{KnnConfig, knn_accuracy};
-use crate::models::classifier::{Pool, VitClassifier};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::models::simmim::SimMim;
+use crate::models::swin::SwinConfig;
 
 /// Random stream id of the masking noise (kept apart from augmentation and shuffling).
 const MASK_STREAM: u64 = 0x4D41534B;
@@ -32,12 +34,18 @@ pub struct PretrainConfig {
     pub data: PathBuf,
     /// Output folder: checkpoint, metrics, loss curve, exported weights.
     pub out: PathBuf,
-    /// Model preset ([`MaeConfig::PRESETS`]).
-    pub model: String,
+    /// Pretraining method.
+    pub method: Method,
+    /// Model preset ([`MaeConfig::PRESETS`] for MAE, [`SwinConfig::PRESETS`] for SimMIM); default:
+    /// the method's small preset.
+    pub model: Option<String>,
     /// Input side in pixels (default: the preset's).
     pub img_size: Option<usize>,
-    /// Fraction of patches removed.
+    /// Fraction of patches removed (SimMIM: of mask squares; its paper uses 0.6).
     pub mask_ratio: f64,
+    /// Another masking strategy than the method's own (TOML `[mask]` table with `kind = "block"`,
+    /// `"grid"`, `"random"` or `"sim_mim"`; MAE keeps exactly `mask_ratio` of patches removed).
+    pub mask: Option<MaskStrategy>,
     /// Per-patch normalised pixel targets.
     pub norm_pix_loss: bool,
     /// Passes over the data.
@@ -78,9 +86,11 @@ impl Default for PretrainConfig {
         Self {
             data: PathBuf::from("data/fashion-mnist-subset"),
             out: PathBuf::from("runs/mae"),
-            model: "mae_tiny_28".into(),
+            method: Method::Mae,
+            model: None,
             img_size: None,
             mask_ratio: 0.75,
+            mask: None,
             norm_pix_loss: true,
             epochs: 10,
             batch_size: 256,
@@ -123,16 +133,39 @@ impl PretrainConfig {
         self.warmup_epochs.unwrap_or((self.epochs as f64 * 0.05).min(40.0))
     }
 
+    /// The preset this configuration trains.
+    pub fn model_name(&self) -> &str {
+        self.model.as_deref().unwrap_or(self.method.default_model())
+    }
+
     /// The model this configuration trains on data with `channels` channels.
-    pub fn model_config(&self, channels: usize) -> Result<MaeConfig> {
-        let mut m = MaeConfig::preset(&self.model)?;
-        m.in_chans = channels;
-        m.norm_pix_loss = self.norm_pix_loss;
-        if let Some(s) = self.img_size {
-            m.img_size = s;
+    pub fn model_config(&self, channels: usize) -> Result<ModelConfig> {
+        let name = self.model_name();
+        let cfg = match self.method {
+            Method::Mae => {
+                let mut m = MaeConfig::preset(name)?;
+                m.in_chans = channels;
+                m.norm_pix_loss = self.norm_pix_loss;
+                if let Some(s) = self.img_size {
+                    m.img_size = s;
+                }
+                m.validate()?;
+                ModelConfig::Mae(m)
+            }
+            Method::Simmim => {
+                let mut m = SwinConfig::preset(name).map_err(|e| anyhow::anyhow!("{e} (--method simmim trains a Swin Transformer)"))?;
+                m.in_chans = channels;
+                if let Some(s) = self.img_size {
+                    m.img_size = s;
+                }
+                m.validate()?;
+                ModelConfig::Swin(m)
+            }
+        };
+        if let Some(strategy) = &self.mask {
+            strategy.validate((cfg.grid(), cfg.grid()))?;
         }
-        m.validate()?;
-        Ok(m)
+        Ok(cfg)
     }
 
     /// Checks values are usable, naming the flag to change.
@@ -187,8 +220,6 @@ pub struct Summary {
     pub steps: Vec<StepMetrics>,
     /// The final checkpoint.
     pub checkpoint: PathBuf,
-    /// The trained model (on the inference backend).
-    pub model: MaskedAutoencoder,
 }
 
 /// File names inside the output folder.
@@ -220,22 +251,30 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
     text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
 }
 
-/// k-NN accuracy (cls-token features, k = 20) of the encoder on the test split, with the first
+/// k-NN accuracy (k = 20) of the encoder's features on the test split, with the first
 /// `cfg.knn_images` training images as the memory bank.
-fn knn_monitor(model: &MaskedAutoencoder, train: &Dataset, cfg: &PretrainConfig, side: usize) -> Result<(f64, f64)> {
+fn knn_monitor<M: MimModel>(model: &M, train: &Dataset, cfg: &PretrainConfig, side: usize) -> Result<(f64, f64)> {
     let device = crate::runtime::device(&cfg.device)?;
-    let encoder = VitClassifier::from_mae(model.valid(), 1, Pool::Cls, 0.0, 0);
+    let model = model.valid();
+    let encode = |imgs: Tensor<4>| model.features(imgs);
     let mut bank = train.clone();
     bank.truncate(cfg.knn_images);
     let test = Dataset::open(&cfg.data, Split::Test).context("the k-NN monitor (--eval-every) needs a test split")?;
-    let f_train = extract(Some(&encoder), &bank, side, 256, &device, &mut |_| {})?;
-    let f_test = extract(Some(&encoder), &test, side, 256, &device, &mut |_| {})?;
+    let f_train = extract(Some(&encode), &bank, side, 256, &device, &mut |_| {})?;
+    let f_test = extract(Some(&encode), &test, side, 256, &device, &mut |_| {})?;
     knn_accuracy(&f_train, &f_test, train.classes.len(), KnnConfig::default(), &device)
 }
 
-/// Pretrains a masked autoencoder; with `resume`, continues the run saved in that checkpoint on
+/// Pretrains with `cfg.method`; with `resume`, continues the run saved in that checkpoint on
 /// exactly the trajectory an uninterrupted run would have followed.
 pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Summary> {
+    match cfg.method {
+        Method::Mae => run::<MaskedAutoencoder>(cfg, resume, reporter),
+        Method::Simmim => run::<SimMim>(cfg, resume, reporter),
+    }
+}
+
+fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Summary> {
     cfg.validate()?;
     let device = crate::runtime::device(&cfg.device)?.autodiff();
     let mut ds = Dataset::open(&cfg.data, Split::Train)?;
@@ -253,7 +292,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
     let ckpt_path = checkpoint_path(&cfg.out);
     let (mut model, mut optim, mut it) = match resume {
         Some(path) => {
-            let ck = checkpoint::load(path, &device)?;
+            let ck = checkpoint::load_model(path, &device, M::build)?;
             if ck.header.model != model_cfg {
                 bail!(
                     "checkpoint '{}' holds a different model ({:?}) from the one this configuration builds ({:?}): \
@@ -280,7 +319,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
                     cfg.out.display()
                 );
             }
-            (model_cfg.init(cfg.seed, &device)?, adamw(cfg.weight_decay), 0)
+            (M::build(&model_cfg, cfg.seed, &device)?, adamw(cfg.weight_decay), 0)
         }
     };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
@@ -291,14 +330,18 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
     let ds = Arc::new(ds);
     let total = (cfg.epochs * spe) as u64;
     let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup(), epochs: cfg.epochs as f64 };
-    let transform = Transform::mae_pretrain(model_cfg.img_size);
+    let side = model_cfg.img_size();
+    let transform = Transform::mae_pretrain(side);
+    let masking = MaskSettings { ratio: cfg.mask_ratio, strategy: cfg.mask.clone(), grid: (model_cfg.grid(), model_cfg.grid()) };
     let about = format!(
-        "{} | {} ({} patches of {}px, mask {}) | batch {} x accum {} | peak lr {:.2e} | {} epochs x {} iterations",
+        "{} | {:?} {} ({} patches of {}px, mask {}{}) | batch {} x accum {} | peak lr {:.2e} | {} epochs x {} iterations",
         ds.name,
-        cfg.model,
-        model_cfg.num_patches(),
-        model_cfg.patch_size,
+        cfg.method,
+        cfg.model_name(),
+        model_cfg.grid() * model_cfg.grid(),
+        model_cfg.patch_size(),
         cfg.mask_ratio,
+        cfg.mask.as_ref().map_or(String::new(), |m| format!(", {}", serde_json::to_string(m).unwrap_or_default())),
         cfg.batch_size,
         cfg.accum_iter,
         sched.lr,
@@ -322,10 +365,8 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
         for (k, batch) in loader.enumerate() {
             let batch = batch?;
             let b = batch.len();
-            let noise = uniform_noise(&mut rng_for(&[cfg.seed, it, MASK_STREAM]), b, model_cfg.num_patches());
-            let mask = Mask::from_noise(&noise, b, cfg.mask_ratio)?;
-            let out = model.forward(batch.tensor(&device), &mask);
-            let loss = out.loss.clone().into_scalar::<f32>() as f64;
+            let loss_t = model.batch_loss(batch.tensor(&device), &masking, &mut rng_for(&[cfg.seed, it, MASK_STREAM]))?;
+            let loss = loss_t.clone().into_scalar::<f32>() as f64;
             if !loss.is_finite() {
                 bail!(
                     "the loss is {loss} at iteration {it}: training diverged; lower --base-lr or lengthen --warmup-epochs \
@@ -333,7 +374,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
                     ckpt_path.display()
                 );
             }
-            let grads = GradientsParams::from_grads((out.loss / cfg.accum_iter as f64).backward(), &model);
+            let grads = GradientsParams::from_grads((loss_t / cfg.accum_iter as f64).backward(), &model);
             accum.accumulate(&model, grads);
             pending += 1;
             let in_epoch = first + k;
@@ -375,7 +416,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
         }
         if cfg.eval_every > 0 && (epoch + 1) % cfg.eval_every as u64 == 0 {
             let t0 = Instant::now();
-            let (top1, top5) = knn_monitor(&model, &ds, cfg, model_cfg.img_size)?;
+            let (top1, top5) = knn_monitor(&model, &ds, cfg, side)?;
             let line = serde_json::json!({"epoch": epoch + 1, "iteration": it, "top1": top1, "top5": top5, "seconds": t0.elapsed().as_secs_f64()});
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out.join("knn.jsonl"))?;
             writeln!(f, "{line}")?;
@@ -383,5 +424,5 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
         }
     }
     reporter.finish();
-    Ok(Summary { steps, checkpoint: ckpt_path, model: model.valid() })
+    Ok(Summary { steps, checkpoint: ckpt_path })
 }

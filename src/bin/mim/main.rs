@@ -37,7 +37,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         epochs: usize,
     },
-    /// Pretrain a masked autoencoder (config from --config TOML, flags override it).
+    /// Pretrain by masked image modeling: MAE or SimMIM (config from --config TOML, flags override it).
     Pretrain(PretrainArgs),
     /// Pictures of original | masked | reconstruction | reconstruction + visible, from a checkpoint.
     Reconstruct(ReconstructArgs),
@@ -81,7 +81,11 @@ struct PretrainArgs {
     /// Output folder.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Model preset (mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...).
+    /// Method: mae (default) or simmim (a Swin Transformer).
+    #[arg(long)]
+    method: Option<mim::train::methods::Method>,
+    /// Model preset (MAE: mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...; SimMIM:
+    /// swin_tiny_28, swin_tiny_32, swin_tiny_patch4_window7_224, ...).
     #[arg(long)]
     model: Option<String>,
     /// Input side in pixels.
@@ -144,9 +148,9 @@ impl PretrainArgs {
             None => PretrainConfig::default(),
         };
         macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
         }
-        set!(data, out, model, mask_ratio, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
+        set!(data, out, method, model, mask_ratio, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
         if self.img_size.is_some() {
             c.img_size = self.img_size;
         }
@@ -378,17 +382,21 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     let losses: Vec<(f64, f64)> = metrics.iter().map(|m| (m.iteration as f64, m.loss)).collect();
     let curve = cfg.out.join("loss.png");
     mim::viz::loss_curve(&curve, &losses, 20)?;
-    let header = checkpoint::read_header(&summary.checkpoint)?;
-    let weights = cfg.out.join("weights.safetensors");
-    mim::io::export_weights(&summary.model, &header.model, &weights)?;
+    // Weights in official MAE naming for other tools (the checkpoint serves mim itself).
+    let mut weights = String::new();
+    if cfg.method == mim::train::methods::Method::Mae {
+        let path = cfg.out.join("weights.safetensors");
+        let ck = checkpoint::load(&summary.checkpoint, &burn::tensor::Device::flex())?;
+        mim::io::export_weights(&ck.model, ck.header.model.mae()?, &path)?;
+        weights = format!(", weights {}", path.display());
+    }
     let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>() / summary.steps.len().clamp(1, 20) as f64;
     eprintln!(
-        "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}, weights {}",
+        "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}{weights}",
         t0.elapsed().as_secs_f64(),
         summary.checkpoint.display(),
         metrics_path(&cfg.out).display(),
         curve.display(),
-        weights.display()
     );
     Ok(())
 }
@@ -409,7 +417,7 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
         (Some(path), _) => {
             let ck = checkpoint::load(path, &device)?;
             let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            (ck.model, ck.header.model, Some(train.data))
+            (ck.model, ck.header.model.mae()?.clone(), Some(train.data))
         }
         (None, Some(weights)) => {
             let cfg = match (&a.hf_config, &a.model) {
@@ -538,7 +546,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed(a) => evaluate::run_embed(&a),
         Command::Export { checkpoint: ck, out } => {
             let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
-            mim::io::export_weights(&c.model, &c.header.model, &out)?;
+            mim::io::export_weights(&c.model, c.header.model.mae()?, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
