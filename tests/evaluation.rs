@@ -108,3 +108,30 @@ fn evaluation_commands_reject_bad_input_clearly() {
     assert_clean_error(&mim(&["linprobe", "--checkpoint", "/nonexistent.mim", "--data", data]), "/nonexistent.mim");
     assert_clean_error(&mim(&["finetune", "--from-scratch", "--layer-decay", "1.5", "--data", data]), "--layer-decay");
 }
+
+#[test]
+fn simmim_encoder_finetunes_as_a_swin_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let data = data.to_str().unwrap();
+    let pre = tmp.path().join("pre");
+    let out = mim(&[
+        "pretrain", "--method", "simmim", "--data", data, "--out", pre.to_str().unwrap(), "--max-images", "256", "--batch-size", "32",
+        "--epochs", "1", "--lr", "1e-3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ck = pre.join("checkpoint.mim");
+    let ft = tmp.path().join("ft");
+    let out = mim(&[
+        "finetune", "--checkpoint", ck.to_str().unwrap(), "--data", data, "--out", ft.to_str().unwrap(), "--max-images", "256",
+        "--batch-size", "32", "--epochs", "1", "--lr", "1e-3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = read_results(&results_path(&ft)).unwrap();
+    assert!(results[0].top1 > 10.0, "a Swin fine-tuned from SimMIM should beat chance: {:?}", results[0]);
+    let out = mim(&[
+        "finetune", "--checkpoint", ck.to_str().unwrap(), "--data", data, "--out", tmp.path().join("p").to_str().unwrap(),
+        "--trainable-blocks", "1",
+    ]);
+    assert_clean_error(&out, "ViT encoders");
+}

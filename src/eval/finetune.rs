@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,10 @@ use super::{evaluate, smoothed_targets, soft_cross_entropy};
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
-use crate::models::classifier::{Pool, VitClassifier};
+use crate::models::classifier::{Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
+use crate::models::simmim::SimMim;
+use crate::models::swin::{SwinConfig, SwinTransformer};
+use crate::train::methods::MimModel;
 use crate::models::mae::MaeConfig;
 use crate::train::checkpoint::{self, CheckpointHeader, ClassifierSpec};
 use crate::train::methods::ModelConfig;
@@ -243,9 +245,79 @@ fn keep_results_up_to(path: &Path, epoch: u64) -> Result<()> {
     checkpoint::write_atomic(path, &[kept.as_bytes()])
 }
 
+/// How a classifier family starts a run and comes back from a checkpoint.
+trait Recipe: Classifier {
+    /// The classifier to fine-tune (from `cfg.checkpoint`, or fresh), with its encoder architecture.
+    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)>;
+    /// An empty classifier to load a fine-tuning checkpoint into.
+    fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self>;
+}
+
+impl Recipe for VitClassifier {
+    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
+        let (mae, mcfg) = match &cfg.checkpoint {
+            Some(path) => {
+                let ck = checkpoint::load(path, device)?;
+                (ck.model, ck.header.model.mae()?.clone())
+            }
+            None => {
+                let mut m = MaeConfig::preset(&cfg.model)?;
+                m.in_chans = channels;
+                (m.init(cfg.seed, device)?, m)
+            }
+        };
+        let model = VitClassifier::from_mae(mae, classes, cfg.pool, 2e-5, cfg.seed).with_drop_path(cfg.drop_path);
+        Ok((ModelConfig::Mae(mcfg), model))
+    }
+
+    fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
+        Ok(VitClassifier::from_scratch(model.mae()?, spec.num_classes, spec.pool, 0, device)?.with_drop_path(cfg.drop_path))
+    }
+}
+
+impl Recipe for SwinTransformer {
+    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
+        match &cfg.checkpoint {
+            Some(path) => {
+                let ck = checkpoint::load_model(path, device, SimMim::build)?;
+                let ModelConfig::Swin(scfg) = ck.header.model.clone() else { unreachable!("SimMim::build accepts only Swin configs") };
+                let model = swin_from_simmim(ck.model, &scfg, classes, cfg.drop_path, cfg.seed)?;
+                Ok((ModelConfig::Swin(scfg), model))
+            }
+            None => {
+                let mut scfg = SwinConfig::preset(&cfg.model)?;
+                scfg.in_chans = channels;
+                let model = swin_from_scratch(&scfg, classes, cfg.drop_path, cfg.seed, device)?;
+                Ok((ModelConfig::Swin(scfg), model))
+            }
+        }
+    }
+
+    fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
+        match model {
+            ModelConfig::Swin(scfg) => swin_from_scratch(scfg, spec.num_classes, cfg.drop_path, 0, device),
+            other => bail!("a fine-tuning checkpoint of a {} encoder cannot resume as a Swin classifier", other.kind()),
+        }
+    }
+}
+
 /// Fine-tunes (or trains from scratch); with `resume`, continues the run saved in that
-/// checkpoint from the end of its last completed epoch.
+/// checkpoint from the end of its last completed epoch. The encoder family (ViT from MAE, Swin
+/// from SimMIM) follows the checkpoint, or the preset name when training from scratch.
 pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
+    let family = match resume.or(cfg.checkpoint.as_deref()) {
+        Some(path) => checkpoint::read_header(path)?.model.kind(),
+        None if cfg.model.starts_with("swin") => "Swin",
+        None => "MAE",
+    };
+    match family {
+        "MAE" => run::<VitClassifier>(cfg, resume, reporter),
+        "Swin" => run::<SwinTransformer>(cfg, resume, reporter),
+        other => bail!("fine-tuning {other} encoders is not supported yet: fine-tune an MAE (ViT) or SimMIM (Swin) checkpoint"),
+    }
+}
+
+fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
     cfg.validate()?;
     let device = crate::runtime::device(&cfg.device)?;
     let ad = device.clone().autodiff();
@@ -260,7 +332,7 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
 
     let (model_cfg, mut model, mut optim, mut best, start_epoch) = match resume {
         Some(path) => {
-            let ck = checkpoint::load_classifier(path, &ad)?;
+            let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, cfg, &ad))?;
             let saved: FinetuneConfig = serde_json::from_value(ck.header.train.clone())?;
             if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.checkpoint != cfg.checkpoint {
                 bail!("'{}' was fine-tuned with another seed, batch size or pretrained checkpoint: resume with the same settings", path.display());
@@ -270,49 +342,33 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
                 None => adamw(cfg.weight_decay),
             };
             let best = ck.header.classifier.as_ref().and_then(|c| c.best).unwrap_or((0.0, 0));
-            (ck.header.model.mae()?.clone(), ck.model, optim, best, ck.header.epoch)
+            (ck.header.model, ck.model, optim, best, ck.header.epoch)
         }
         None => {
             if last_checkpoint(&cfg.out).exists() {
                 bail!("'{}' already holds a run: pass --resume to continue it, or choose another --out (nothing was overwritten)", cfg.out.display());
             }
-            let (mae, mcfg) = match &cfg.checkpoint {
-                Some(path) => {
-                    let ck = checkpoint::load(path, &ad)?;
-                    (ck.model, ck.header.model.mae()?.clone())
-                }
-                None => {
-                    let mut m = MaeConfig::preset(&cfg.model)?;
-                    m.in_chans = train.channels;
-                    (m.init(cfg.seed, &ad)?, m)
-                }
-            };
-            ensure!(
-                mcfg.in_chans == train.channels,
-                "the encoder takes {}-channel images but '{}' has {}: fine-tune on data like the pretraining data",
-                mcfg.in_chans,
-                cfg.data.display(),
-                train.channels
-            );
-            (mcfg, VitClassifier::from_mae(mae, classes, cfg.pool, 2e-5, cfg.seed), adamw(cfg.weight_decay), (0.0, 0), 0)
+            let (mcfg, model) = C::start(cfg, classes, train.channels, &ad)?;
+            (mcfg, model, adamw(cfg.weight_decay), (0.0, 0), 0)
         }
     };
     let depth = model.depth();
     let frozen = match cfg.trainable_blocks {
         Some(k) => {
             ensure!(k <= depth, "--trainable-blocks {k} exceeds the encoder's {depth} blocks");
+            ensure!(model.supports_freezing(), "--trainable-blocks (partial fine-tuning) works on ViT encoders; this is a {} encoder", model_cfg.kind());
             depth - k
         }
         None => 0,
     };
     let paths = crate::io::parameters(&model);
-    let decay = LayerDecay::new(paths.keys().map(String::as_str), depth + 1, cfg.layer_decay, |p| VitClassifier::layer_id(p, depth));
+    let decay = LayerDecay::new(paths.keys().map(String::as_str), depth + 1, cfg.layer_decay, |p| model.layer_id(p));
 
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     keep_results_up_to(&results_path(&cfg.out), start_epoch)?;
     let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out))?;
     let train = Arc::new(train);
-    let side = model_cfg.img_size;
+    let side = model_cfg.img_size();
     let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true };
     let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup_epochs, epochs: cfg.epochs as f64 };
     let source = cfg.checkpoint.as_ref().map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
@@ -344,9 +400,7 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
             let b = batch.len();
             let targets = mix_batch(&mut batch, classes, cfg, &mut rng_for(&[cfg.seed, it, MIX_STREAM]));
             let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, classes]), &ad);
-            let mut drop_rng = rng_for(&[cfg.seed, it, DROP_STREAM]);
-            let dp = (cfg.drop_path > 0.0).then_some((cfg.drop_path, &mut drop_rng));
-            let logits = model.head.forward(model.forward_features(batch.tensor(&ad), dp, frozen));
+            let logits = model.forward_train(batch.tensor(&ad), &mut rng_for(&[cfg.seed, it, DROP_STREAM]), frozen);
             let loss = soft_cross_entropy(logits, targets);
             let value = loss.clone().into_scalar::<f32>() as f64;
             ensure!(value.is_finite(), "the loss is {value} at iteration {it}: training diverged; lower --base-lr or raise --warmup-epochs");
@@ -377,13 +431,13 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
         }
         let header = CheckpointHeader {
             mim_version: env!("CARGO_PKG_VERSION").into(),
-            model: ModelConfig::Mae(model_cfg.clone()),
+            model: model_cfg.clone(),
             train: serde_json::to_value(cfg)?,
             iteration: it,
             optimizer_steps: it / cfg.accum_iter as u64,
             epoch: epoch + 1,
             seed: cfg.seed,
-            classifier: Some(ClassifierSpec { num_classes: classes, pool: model.pool(), best: Some(best) }),
+            classifier: Some(ClassifierSpec { num_classes: classes, pool: cfg.pool, best: Some(best) }),
         };
         checkpoint::save(&last_checkpoint(&cfg.out), &header, &model, Some(&optim))?;
         if improved {

@@ -16,7 +16,7 @@ use crate::data::Dataset;
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, load_batch};
 use crate::io::TensorMap;
-use crate::models::classifier::{Pool, VitClassifier};
+use crate::models::classifier::{Classifier, Pool, VitClassifier};
 use crate::models::mae::MaeConfig;
 use crate::train::checkpoint;
 
@@ -153,11 +153,11 @@ pub fn extract(
 }
 
 /// Top-1 and top-5 test accuracy (percent) of a classifier on every image of `ds`.
-pub fn evaluate(model: &VitClassifier, ds: &Dataset, side: usize, batch: usize, device: &Device) -> Result<(f64, f64)> {
+pub fn evaluate<C: Classifier>(model: &C, ds: &Dataset, side: usize, batch: usize, device: &Device) -> Result<(f64, f64)> {
     let mut scores = Vec::new();
     let mut classes = 0;
     for_each_batch(ds, side, batch, |b| {
-        let logits = model.forward(b.tensor(device));
+        let logits = model.logits(b.tensor(device));
         classes = logits.dims()[1];
         scores.extend(host(logits));
         Ok(())

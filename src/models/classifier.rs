@@ -1,16 +1,23 @@
-//! ViT image classifier for the evaluation protocols (MAE's `models_vit.py`): the encoder of a
-//! pretrained masked autoencoder (or a fresh one) on every patch, pooled, normalised, and a linear
-//! head. Global average pooling of the patch tokens followed by a fresh `fc_norm` is MAE's
-//! fine-tuning default; cls-token pooling after the encoder's own norm is the option (and MAE's
-//! linear-probing default).
+//! Image classifiers for the evaluation protocols, behind one [`Classifier`] trait the fine-tuning
+//! loop trains:
+//!
+//! - [`VitClassifier`] (MAE's `models_vit.py`): the encoder of a pretrained masked autoencoder (or
+//!   a fresh one) on every patch, pooled, normalised, and a linear head. Global average pooling of
+//!   the patch tokens followed by a fresh `fc_norm` is MAE's fine-tuning default; cls-token pooling
+//!   after the encoder's own norm is the option (and MAE's linear-probing default).
+//! - [`SwinTransformer`] with its head (SimMIM's fine-tuning), from a SimMIM encoder or fresh.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use anyhow::{Result, ensure};
+
 use super::init::{InitRng, normal, param};
 use super::mae::MaskedAutoencoder;
+use super::simmim::SimMim;
+use super::swin::{ClassifierHead, SwinConfig, SwinTransformer};
 use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, drop_path_scales, embed_with_cls};
 
 /// How the token sequence becomes one feature vector.
@@ -52,6 +59,7 @@ pub struct VitClassifier {
     /// `[D, classes]`
     pub head: Linear,
     global_pool: bool,
+    drop_path: f64,
 }
 
 impl VitClassifier {
@@ -78,7 +86,13 @@ impl VitClassifier {
             norm,
             head,
             global_pool: pool == Pool::Avg,
+            drop_path: 0.0,
         }
+    }
+
+    /// The classifier with stochastic depth `rate` at the last block in training.
+    pub fn with_drop_path(self, rate: f64) -> Self {
+        Self { drop_path: rate, ..self }
     }
 
     /// Pooling in use.
@@ -146,6 +160,99 @@ impl VitClassifier {
     /// A fresh classifier of the architecture of `mae_cfg` (the from-scratch baseline).
     pub fn from_scratch(mae_cfg: &super::mae::MaeConfig, num_classes: usize, pool: Pool, seed: u64, device: &Device) -> anyhow::Result<Self> {
         Ok(Self::from_mae(mae_cfg.init(seed, device)?, num_classes, pool, 2e-5, seed))
+    }
+}
+
+/// What the fine-tuning loop needs of a classifier.
+pub trait Classifier: Module + Sized {
+    /// Logits `[B, classes]` in training mode: stochastic depth drawn from `rng`, the first
+    /// `frozen_blocks` blocks (and the embedding) without gradient.
+    fn forward_train(&self, imgs: Tensor<4>, rng: &mut InitRng, frozen_blocks: usize) -> Tensor<2>;
+    /// Logits `[B, classes]` at inference.
+    fn logits(&self, imgs: Tensor<4>) -> Tensor<2>;
+    /// Transformer blocks in all.
+    fn depth(&self) -> usize;
+    /// Layer of the parameter at `path` for layer-wise lr decay: 0 for the embedding, `1..=depth`
+    /// for the blocks in order, `depth + 1` for what follows them.
+    fn layer_id(&self, path: &str) -> usize;
+    /// Whether blocks can be frozen (partial fine-tuning).
+    fn supports_freezing(&self) -> bool;
+}
+
+impl Classifier for VitClassifier {
+    fn forward_train(&self, imgs: Tensor<4>, rng: &mut InitRng, frozen_blocks: usize) -> Tensor<2> {
+        let dp = (self.drop_path > 0.0).then_some((self.drop_path, rng));
+        self.head.forward(self.forward_features(imgs, dp, frozen_blocks))
+    }
+    fn logits(&self, imgs: Tensor<4>) -> Tensor<2> {
+        self.forward(imgs)
+    }
+    fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+    fn layer_id(&self, path: &str) -> usize {
+        Self::layer_id(path, self.blocks.len())
+    }
+    fn supports_freezing(&self) -> bool {
+        true
+    }
+}
+
+/// A Swin classifier from the encoder of a SimMIM model: a fresh `SwinConfig` with `num_classes`
+/// outputs and stochastic depth `drop_path` (baked into the stages), the pretrained encoder weights
+/// copied in, a new head.
+pub fn swin_from_simmim(simmim: SimMim, cfg: &SwinConfig, num_classes: usize, drop_path: f64, seed: u64) -> Result<SwinTransformer> {
+    let device = simmim.mask_token.val().device();
+    let fresh = swin_from_scratch(cfg, num_classes, drop_path, seed, &device)?;
+    let mut weights = crate::io::parameters(&simmim.encoder);
+    weights.extend(crate::io::parameters(&fresh).into_iter().filter(|(k, _)| k.starts_with("head.")));
+    crate::io::load_tensor_map(fresh, &weights, "the SimMIM encoder")
+}
+
+/// A fresh Swin classifier of architecture `cfg` with `num_classes` outputs.
+pub fn swin_from_scratch(cfg: &SwinConfig, num_classes: usize, drop_path: f64, seed: u64, device: &Device) -> Result<SwinTransformer> {
+    ensure!(num_classes > 0, "a classifier needs at least one class");
+    let mut model = SwinConfig { num_classes, drop_path_rate: drop_path, ..cfg.clone() }.init(seed, device)?;
+    // As the official fine-tuning: a small head so the pretrained features start unperturbed.
+    let mut rng = InitRng::seed_from_u64(seed ^ 0x4845_4144);
+    let d = cfg.num_features();
+    model.head = Some(ClassifierHead {
+        fc: Linear { weight: param(normal(&mut rng, d * num_classes, 2e-5), [d, num_classes], device), bias: Some(param(vec![0.0; num_classes], [num_classes], device)) },
+    });
+    Ok(model)
+}
+
+impl Classifier for SwinTransformer {
+    fn forward_train(&self, imgs: Tensor<4>, rng: &mut InitRng, _frozen_blocks: usize) -> Tensor<2> {
+        let last = self.forward_stages_from(self.embed(imgs), Some(rng)).pop().expect("at least one stage");
+        self.forward_head(self.norm.forward(last))
+    }
+    fn logits(&self, imgs: Tensor<4>) -> Tensor<2> {
+        self.forward(imgs)
+    }
+    fn depth(&self) -> usize {
+        self.layers.iter().map(|s| s.blocks.len()).sum()
+    }
+    /// SimMIM's `get_swin_layer` with timm's layout (patch merging at the start of stage `i`
+    /// belongs with the blocks before it).
+    fn layer_id(&self, path: &str) -> usize {
+        let before = |i: usize| self.layers[..i.min(self.layers.len())].iter().map(|s| s.blocks.len()).sum::<usize>();
+        if path.starts_with("patch_embed") {
+            return 0;
+        }
+        let mut parts = path.split('.');
+        if parts.next() == Some("layers") {
+            if let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok()) {
+                return match (parts.next(), parts.next().and_then(|j| j.parse::<usize>().ok())) {
+                    (Some("blocks"), Some(j)) => before(i) + j + 1,
+                    _ => before(i),
+                };
+            }
+        }
+        self.depth() + 1
+    }
+    fn supports_freezing(&self) -> bool {
+        false
     }
 }
 

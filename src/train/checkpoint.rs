@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use burn::module::Module;
 
-use crate::models::classifier::{Pool, VitClassifier};
+use crate::models::classifier::Pool;
 use super::methods::{MimModel, ModelConfig};
 use crate::models::mae::MaskedAutoencoder;
 
@@ -145,14 +145,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     load_model(path, device, MaskedAutoencoder::build).with_context(|| format!("cannot use '{}' as an MAE checkpoint", path.display()))
 }
 
-/// Loads a classifier (fine-tuning) checkpoint onto `device`.
-pub fn load_classifier(path: &Path, device: &Device) -> Result<Checkpoint<VitClassifier>> {
+/// Loads a classifier (fine-tuning) checkpoint, building the empty classifier with `build`.
+pub fn load_classifier<C: Module>(
+    path: &Path,
+    build: impl FnOnce(&ModelConfig, &ClassifierSpec) -> Result<C>,
+) -> Result<Checkpoint<C>> {
     let (header, model_bytes, opt) = load_parts(path)?;
     let Some(spec) = header.classifier.clone() else {
         bail!("'{}' is a pretraining checkpoint, not a classifier: fine-tune it first with `mim finetune`", path.display());
     };
-    let empty = VitClassifier::from_scratch(header.model.mae()?, spec.num_classes, spec.pool, 0, device)?;
-    let model = fill(empty, model_bytes, path)?;
+    let model = fill(build(&header.model, &spec)?, model_bytes, path)?;
     Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
 }
 
