@@ -1,8 +1,9 @@
-//! Models: the shared ViT building blocks, the masked autoencoder and BEiT built from them, and
-//! the classifier used by the evaluation protocols.
+//! Models: the shared ViT building blocks, the masked autoencoder and BEiT built from them, the
+//! classifier used by the evaluation protocols, and the discrete visual tokenizers whose ids BEiT predicts.
 
 pub mod beit;
 pub mod classifier;
 pub mod init;
 pub mod mae;
+pub mod tokenizer;
 pub mod vit;
