@@ -244,6 +244,11 @@ impl VqTokenizer {
         self.grid
     }
 
+    /// Pixels per token side.
+    pub fn patch_size(&self) -> usize {
+        self.patch_size
+    }
+
     fn check_input(&self, imgs: &Tensor<4>) -> Result<()> {
         let [_, c, h, w] = imgs.dims();
         let side = self.grid * self.patch_size;

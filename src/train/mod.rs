@@ -5,5 +5,6 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod pretrain;
+pub mod tokenizer;
 
 pub use pretrain::{PretrainConfig, Reporter, StepMetrics, pretrain};
