@@ -3,6 +3,7 @@
 
 pub mod beit;
 pub mod classifier;
+pub mod dalle;
 pub mod init;
 pub mod mae;
 pub mod tokenizer;
