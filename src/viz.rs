@@ -1,4 +1,5 @@
-//! Pictures: MAE reconstruction grids (the paper's figure 2 layout), mask samples and loss curves.
+//! Pictures: MAE reconstruction grids (the paper's figure 2 layout), side-by-side panels (tokenizer
+//! reconstructions), mask samples and loss curves.
 
 use std::path::Path;
 
@@ -56,28 +57,56 @@ pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean
 /// Draws rows of `original | masked | reconstruction | reconstruction + visible`, each panel
 /// scaled up `scale` times, with a 2-pixel white gutter.
 pub fn grid_image(rows: &[ReconstructionRow], c: usize, h: usize, w: usize, scale: usize) -> RgbImage {
-    let gap = 2;
-    let (pw, ph) = (w * scale, h * scale);
-    let mut img = RgbImage::from_pixel((4 * pw + 5 * gap) as u32, (rows.len() * (ph + gap) + gap) as u32, Rgb([255, 255, 255]));
-    let px = |v: &[f32], k: usize, y: usize, x: usize| (v[(k.min(c - 1) * h + y) * w + x] * 255.0).round() as u8;
+    let mut img = panel_canvas(4, rows.len(), h, w, scale);
     for (r, row) in rows.iter().enumerate() {
-        for panel in 0..4 {
-            let (x0, y0) = (gap + panel * (pw + gap), gap + r * (ph + gap));
-            for y in 0..ph {
-                for x in 0..pw {
-                    let (sy, sx) = (y / scale, x / scale);
-                    let rgb = match panel {
-                        1 if row.removed[sy * w + sx] => [MASK_GREY; 3],
-                        0 | 1 => [0, 1, 2].map(|k| px(&row.original, k, sy, sx)),
-                        2 => [0, 1, 2].map(|k| px(&row.reconstruction, k, sy, sx)),
-                        _ => [0, 1, 2].map(|k| px(&row.pasted, k, sy, sx)),
-                    };
-                    img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb(rgb));
-                }
-            }
+        draw_panel(&mut img, r, 0, h, w, scale, |y, x| channels(&row.original, c, h, w, y, x));
+        draw_panel(&mut img, r, 1, h, w, scale, |y, x| {
+            if row.removed[y * w + x] { [MASK_GREY; 3] } else { channels(&row.original, c, h, w, y, x) }
+        });
+        draw_panel(&mut img, r, 2, h, w, scale, |y, x| channels(&row.reconstruction, c, h, w, y, x));
+        draw_panel(&mut img, r, 3, h, w, scale, |y, x| channels(&row.pasted, c, h, w, y, x));
+    }
+    img
+}
+
+/// Draws rows of images side by side (e.g. a tokenizer's `original | reconstruction`), each image
+/// `[C * H * W]` in `[0, 1]`, scaled up `scale` times, with a 2-pixel white gutter.
+pub fn panels_image(rows: &[Vec<Vec<f32>>], c: usize, h: usize, w: usize, scale: usize) -> RgbImage {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut img = panel_canvas(cols, rows.len(), h, w, scale);
+    for (r, row) in rows.iter().enumerate() {
+        for (p, v) in row.iter().enumerate() {
+            draw_panel(&mut img, r, p, h, w, scale, |y, x| channels(v, c, h, w, y, x));
         }
     }
     img
+}
+
+/// Undoes the per-channel normalisation of `[C * H * W]` values and clamps them to `[0, 1]`.
+pub fn denormalize(values: &[f32], mean: &[f32], std: &[f32]) -> Vec<f32> {
+    let per = values.len() / mean.len();
+    values.iter().enumerate().map(|(i, &v)| (v * std[i / per] + mean[i / per]).clamp(0.0, 1.0)).collect()
+}
+
+const GUTTER: usize = 2;
+
+fn panel_canvas(cols: usize, rows: usize, h: usize, w: usize, scale: usize) -> RgbImage {
+    let (pw, ph) = (w * scale, h * scale);
+    RgbImage::from_pixel((cols * (pw + GUTTER) + GUTTER) as u32, (rows * (ph + GUTTER) + GUTTER) as u32, Rgb([255, 255, 255]))
+}
+
+/// RGB of pixel `(y, x)` of a `[C * H * W]` image in `[0, 1]` (grey repeated when C = 1).
+fn channels(v: &[f32], c: usize, h: usize, w: usize, y: usize, x: usize) -> [u8; 3] {
+    [0, 1, 2].map(|k| (v[(k.min(c - 1) * h + y) * w + x] * 255.0).round() as u8)
+}
+
+fn draw_panel(img: &mut RgbImage, row: usize, col: usize, h: usize, w: usize, scale: usize, pixel: impl Fn(usize, usize) -> [u8; 3]) {
+    let (x0, y0) = (GUTTER + col * (w * scale + GUTTER), GUTTER + row * (h * scale + GUTTER));
+    for y in 0..h * scale {
+        for x in 0..w * scale {
+            img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb(pixel(y / scale, x / scale)));
+        }
+    }
 }
 
 /// Draws sample masks: one row per [`BoolMask`] (e.g. one per masking strategy), one panel per

@@ -1,7 +1,8 @@
 //! Checkpoints: one file holding the model, the optimizer state and a JSON header (configs,
 //! progress, seed), written atomically so a crash never leaves a half-written checkpoint.
 //!
-//! Layout: `MIMCKPT1`, then three length-prefixed (u64 LE) sections: header JSON, model
+//! Layout: an 8-byte magic naming the [`Kind`] (`MIMCKPT1` for pretraining and fine-tuning,
+//! `MIMTOKN1` for tokenizers), then three length-prefixed (u64 LE) sections: header JSON, model
 //! (burnpack, which keeps parameter ids so the optimizer state re-attaches), optimizer (burnpack).
 
 use std::io::Write;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::optim::ModuleOptimizer;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Bytes, Device};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use burn::module::Module;
@@ -19,7 +21,33 @@ use crate::models::classifier::Pool;
 use super::methods::{MimModel, ModelConfig};
 use crate::models::mae::MaskedAutoencoder;
 
-const MAGIC: &[u8; 8] = b"MIMCKPT1";
+/// What a checkpoint file holds, told apart by its first 8 bytes so that passing one kind where
+/// the other is expected gives an error naming both instead of a confusing weight mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A masked autoencoder being pretrained, or a classifier being fine-tuned (header [`CheckpointHeader`]).
+    Model,
+    /// A visual tokenizer ([`crate::train::tokenizer`]).
+    Tokenizer,
+}
+
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::Model, Kind::Tokenizer];
+
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            Kind::Model => b"MIMCKPT1",
+            Kind::Tokenizer => b"MIMTOKN1",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Model => "a model checkpoint written by `mim pretrain` or `mim finetune`",
+            Kind::Tokenizer => "a tokenizer checkpoint written by `mim tokenizer train`",
+        }
+    }
+}
 
 /// What a checkpoint says about itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +116,11 @@ pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {
 
 /// Saves model, optimizer and header to `path` atomically.
 pub fn save<M: Module>(path: &Path, header: &CheckpointHeader, model: &M, optim: Option<&ModuleOptimizer>) -> Result<()> {
+    save_kind(path, Kind::Model, header, model, optim)
+}
+
+/// Saves a checkpoint of `kind` with any serialisable header, atomically.
+pub fn save_kind<M: Module>(path: &Path, kind: Kind, header: &impl Serialize, model: &M, optim: Option<&ModuleOptimizer>) -> Result<()> {
     let head = serde_json::to_vec(header)?;
     let model = model_bytes(model)?;
     let opt = match optim {
@@ -95,12 +128,15 @@ pub fn save<M: Module>(path: &Path, header: &CheckpointHeader, model: &M, optim:
         None => Vec::new(),
     };
     let lens: Vec<[u8; 8]> = [&head, &model, &opt].iter().map(|s| (s.len() as u64).to_le_bytes()).collect();
-    write_atomic(path, &[MAGIC, &lens[0], &head, &lens[1], &model, &lens[2], &opt])
+    write_atomic(path, &[kind.magic(), &lens[0], &head, &lens[1], &model, &lens[2], &opt])
 }
 
-fn sections(bytes: &[u8], path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bad = || format!("'{}' is not a mim checkpoint or is truncated: pass a .mim file written by `mim pretrain`", path.display());
-    ensure!(bytes.len() >= 8 && &bytes[..8] == MAGIC, bad());
+fn sections(bytes: &[u8], path: &Path, kind: Kind) -> Result<Vec<Vec<u8>>> {
+    let bad = || format!("'{}' is not a mim checkpoint or is truncated: pass {}", path.display(), kind.describe());
+    if let Some(other) = Kind::ALL.iter().find(|k| **k != kind && bytes.starts_with(k.magic())) {
+        bail!("'{}' is {}, not {}", path.display(), other.describe(), kind.describe());
+    }
+    ensure!(bytes.len() >= 8 && &bytes[..8] == kind.magic(), bad());
     let mut at = 8;
     let mut out = Vec::new();
     for _ in 0..3 {
@@ -120,9 +156,15 @@ pub fn read_header(path: &Path) -> Result<CheckpointHeader> {
 }
 
 fn load_parts(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Vec<u8>)> {
+    load_kind(path, Kind::Model)
+}
+
+/// Reads a checkpoint of `kind`: its header, model bytes (for [`fill`]) and optimizer bytes
+/// (empty when none was saved).
+pub fn load_kind<H: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(H, Vec<u8>, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint '{}'", path.display()))?;
-    let mut s = sections(&bytes, path)?.into_iter();
-    let header: CheckpointHeader = serde_json::from_slice(&s.next().unwrap())
+    let mut s = sections(&bytes, path, kind)?.into_iter();
+    let header: H = serde_json::from_slice(&s.next().unwrap())
         .with_context(|| format!("checkpoint '{}' has an unreadable header", path.display()))?;
     Ok((header, s.next().unwrap(), s.next().unwrap()))
 }
@@ -142,7 +184,7 @@ pub fn load_model<M: Module>(path: &Path, device: &Device, build: impl FnOnce(&M
 
 /// Loads a masked-autoencoder pretraining checkpoint onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-    load_model(path, device, MaskedAutoencoder::build).with_context(|| format!("cannot use '{}' as an MAE checkpoint", path.display()))
+    load_model(path, device, MaskedAutoencoder::build)
 }
 
 /// Loads a classifier (fine-tuning) checkpoint, building the empty classifier with `build`.
@@ -159,7 +201,7 @@ pub fn load_classifier<C: Module>(
 }
 
 /// Overwrites the parameters of `model` with the serialised ones.
-fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
+pub fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
     let result = model
         .load_from(&mut store)

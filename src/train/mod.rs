@@ -7,5 +7,6 @@ pub mod checkpoint;
 pub mod methods;
 pub mod optim;
 pub mod pretrain;
+pub mod tokenizer;
 
 pub use pretrain::{PretrainConfig, Reporter, StepMetrics, pretrain};

@@ -232,7 +232,7 @@ pub fn metrics_path(out: &Path) -> PathBuf {
 }
 
 /// Keeps the metrics of iterations up to `iteration` (a resumed run rewrites what came after).
-fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }

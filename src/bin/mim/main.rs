@@ -18,6 +18,7 @@ use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_pat
 use mim::train::{checkpoint, pretrain};
 
 mod evaluate;
+mod tokenizer;
 
 #[derive(Parser)]
 #[command(name = "mim", version, about = "Masked image modeling (MAE) for vision transformers, on burn: pretrain, evaluate, picture")]
@@ -53,6 +54,9 @@ enum Command {
     Knn(evaluate::KnnArgs),
     /// Write the features of a dataset split to a safetensors file.
     Embed(evaluate::EmbedArgs),
+    /// Train a discrete visual tokenizer (VQ-VAE) whose ids are BEiT's targets, or show one's
+    /// reconstructions and codebook use.
+    Tokenizer(tokenizer::TokenizerArgs),
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -544,6 +548,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Linprobe(a) => evaluate::run_linprobe(&a),
         Command::Knn(a) => evaluate::run_knn(&a),
         Command::Embed(a) => evaluate::run_embed(&a),
+        Command::Tokenizer(a) => tokenizer::run_tokenizer(&a),
         Command::Export { checkpoint: ck, out } => {
             let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
             mim::io::export_weights(&c.model, c.header.model.mae()?, &out)?;

@@ -1,0 +1,198 @@
+//! The `tokenizer` commands: `tokenizer train` (a VQ-VAE whose token ids are BEiT's targets) and
+//! `tokenizer show` (reconstructions through the tokens and codebook use).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use mim::data::{Dataset, Split};
+use mim::train::tokenizer::{
+    TokenizerTrainConfig, evaluate_tokenizer, load_tokenizer, reconstruction_picture, tokenizer_checkpoint_path, tokenizer_metrics_path,
+    train_tokenizer,
+};
+
+use crate::Bar;
+
+/// `mim tokenizer ...`
+#[derive(Args)]
+pub struct TokenizerArgs {
+    #[command(subcommand)]
+    command: TokenizerCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a VQ-VAE tokenizer (EMA codebook) with one token per BEiT patch.
+    Train(TrainArgs),
+    /// Picture of original | reconstruction from tokens, and codebook statistics, from a checkpoint.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// TOML file with any TokenizerTrainConfig fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run saved in --out on the same trajectory.
+    #[arg(long)]
+    resume: bool,
+    /// Continue from this checkpoint instead of the one in --out.
+    #[arg(long)]
+    resume_from: Option<PathBuf>,
+    /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tokenizer preset (vq_tiny_28, vq_tiny_32).
+    #[arg(long)]
+    model: Option<String>,
+    /// Input side in pixels.
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Codebook size (the BEiT model's vocab_size).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Final learning rate.
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Warmup epochs.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Checkpoint every N epochs.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long)]
+    device: Option<String>,
+    /// Batches over which codebook usage is measured.
+    #[arg(long)]
+    usage_window: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TokenizerTrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => TokenizerTrainConfig::from_toml_file(p)?,
+            None => TokenizerTrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
+        }
+        set!(data, out, model, epochs, batch_size, lr, min_lr, warmup_epochs, weight_decay, seed, checkpoint_every, device, usage_window);
+        macro_rules! set_opt {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
+        }
+        set_opt!(img_size, vocab_size, max_images);
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// Checkpoint written by `mim tokenizer train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset (default: the one the tokenizer was trained on).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Dataset split.
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
+    /// Dataset indices of the pictured images, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4,5,6,7")]
+    indices: Vec<usize>,
+    /// Images over which codebook statistics are computed.
+    #[arg(long, default_value_t = 10_000)]
+    max_images: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Output folder.
+    #[arg(long, default_value = "runs/tokenizer-show")]
+    out: PathBuf,
+}
+
+/// Runs `mim tokenizer ...`.
+pub fn run_tokenizer(a: &TokenizerArgs) -> Result<()> {
+    match &a.command {
+        TokenizerCommand::Train(t) => run_train(t),
+        TokenizerCommand::Show(s) => run_show(s),
+    }
+}
+
+fn run_train(a: &TrainArgs) -> Result<()> {
+    let cfg = a.config()?;
+    let resume = a.resume_from.clone().or(a.resume.then(|| tokenizer_checkpoint_path(&cfg.out)));
+    if let Some(r) = resume.as_ref().filter(|r| !r.exists()) {
+        bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+    }
+    let t0 = Instant::now();
+    let summary = train_tokenizer(&cfg, resume.as_deref(), &mut Bar::default())?;
+    let last = summary.steps.last().map_or(String::new(), |m| {
+        format!(
+            "; last step: loss {:.4}, recon {:.4}, perplexity {:.1}, codebook usage {:.1}%",
+            m.step.loss,
+            m.recon_loss,
+            m.perplexity,
+            100.0 * m.codebook_usage
+        )
+    });
+    eprintln!(
+        "done in {:.1} s: checkpoint {}, metrics {}, picture {}{last}",
+        t0.elapsed().as_secs_f64(),
+        summary.checkpoint.display(),
+        tokenizer_metrics_path(&cfg.out).display(),
+        summary.picture.display()
+    );
+    Ok(())
+}
+
+fn run_show(a: &ShowArgs) -> Result<()> {
+    let ck = load_tokenizer(&a.checkpoint, &burn::tensor::Device::flex())?;
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => serde_json::from_value::<TokenizerTrainConfig>(ck.header.train.clone())?.data,
+    };
+    let ds = Dataset::open(&data, a.split)?;
+    if let Some(&bad) = a.indices.iter().find(|&&i| i >= ds.len()) {
+        bail!("index {bad} is out of range: the {:?} split of '{}' has {} images", a.split, data.display(), ds.len());
+    }
+    let picture = a.out.join("tokenizer_reconstructions.png");
+    reconstruction_picture(&ck.model, &ds, &a.indices, &picture)?;
+    let report = evaluate_tokenizer(&ck.model, &ds, a.max_images, a.batch_size)?;
+    println!("{}", serde_json::to_string(&report)?);
+    eprintln!(
+        "{} images: reconstruction MSE {:.4} (normalised pixels), perplexity {:.1}, {} of {} codes used ({:.1}%) | picture {} \
+         (columns: original, reconstruction from tokens)",
+        report.images,
+        report.recon_mse,
+        report.perplexity,
+        report.codes_used,
+        report.vocab_size,
+        100.0 * report.codes_used as f64 / report.vocab_size as f64,
+        picture.display()
+    );
+    Ok(())
+}
