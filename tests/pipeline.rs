@@ -164,10 +164,49 @@ fn simmim_pretrains_a_swin_with_the_knn_monitor() {
     let last: f64 = m[12..].iter().map(|s| s.loss).sum::<f64>();
     assert!(last < first, "SimMIM's L1 loss should fall: {first} -> {last}");
     assert!(out_dir.join("knn.jsonl").exists());
-    // An MAE-only command says what the checkpoint holds.
     let ck = out_dir.join("checkpoint.mim");
+    let device = Device::flex();
+    let trained = mim::train::checkpoint::load_model(&ck, &device, <mim::models::simmim::SimMim as mim::train::methods::MimModel>::build).unwrap();
+    let before = parameters(&<mim::models::simmim::SimMim as mim::train::methods::MimModel>::build(&trained.header.model, 0, &device).unwrap());
+    let after = parameters(&trained.model);
+    for (name, (_, v)) in &before {
+        assert_ne!(&after[name].1, v, "{name} did not change in training");
+    }
+    // An MAE-only command says what the checkpoint holds.
     assert_clean_error(&mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0", "--out", tmp.path().to_str().unwrap()]), "Swin");
     // A Swin preset is required.
     let bad = mim(&["pretrain", "--method", "simmim", "--model", "mae_tiny_28", "--data", data.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
     assert_clean_error(&bad, "Swin");
+}
+
+#[test]
+fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let data = data.to_str().unwrap();
+    let tok = tmp.path().join("tok");
+    let out = mim(&["tokenizer", "train", "--data", data, "--out", tok.to_str().unwrap(), "--epochs", "1", "--max-images", "512"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = tmp.path().join("beit");
+    let tok_ck = tok.join("tokenizer.mim");
+    let args = ["pretrain", "--method", "beit", "--tokenizer", tok_ck.to_str().unwrap(), "--data", data, "--out", run.to_str().unwrap(),
+        "--max-images", "128", "--batch-size", "32", "--epochs", "2", "--lr", "1e-3", "--seed", "3"];
+    let out = mim(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(m.len(), 8);
+    assert!(m[7].loss < m[0].loss, "cross-entropy on visual tokens should fall: {} -> {}", m[0].loss, m[7].loss);
+
+    let device = Device::flex();
+    let ck = mim::train::checkpoint::load_model(&run.join("checkpoint.mim"), &device, <mim::models::beit::BeitForMaskedImageModeling as mim::train::methods::MimModel>::build).unwrap();
+    let mim::train::methods::ModelConfig::Beit(cfg) = &ck.header.model else { panic!("a BEiT checkpoint") };
+    let before = parameters(&cfg.init(3, &device).unwrap());
+    let after = parameters(&ck.model);
+    for (name, (_, v)) in &before {
+        assert_ne!(&after[name].1, v, "{name} did not change in training");
+    }
+    // Without a tokenizer BEiT has no targets.
+    let mut no_tok: Vec<&str> = args.to_vec();
+    no_tok.drain(3..5);
+    assert_clean_error(&mim(&no_tok), "--tokenizer");
 }

@@ -141,8 +141,14 @@ impl BeitConfig {
                     b = b.with_layer_scale(self.layer_scale_init_value as f32, device);
                 }
                 let s = (2.0 * layer as f64).sqrt();
-                b.attn.proj.weight = b.attn.proj.weight.map(|t| t / s);
-                b.mlp.fc2.weight = b.mlp.fc2.weight.map(|t| t / s);
+                // A fresh leaf: on an autodiff device the division would otherwise leave the weight
+                // as the output of a recorded op, whose tape the first backward pass consumes.
+                let rescale = |t: Tensor<2>| {
+                    let trainable = t.is_require_grad();
+                    (t / s).detach().set_require_grad(trainable)
+                };
+                b.attn.proj.weight = b.attn.proj.weight.map(rescale);
+                b.mlp.fc2.weight = b.mlp.fc2.weight.map(rescale);
                 b
             })
             .collect();

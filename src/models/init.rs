@@ -60,7 +60,8 @@ pub fn trunc_normal_matrices<M: Module>(module: M, rng: &mut InitRng) -> M {
                 let shape = t.dims();
                 // timm's default bounds are the absolute [-2, 2], which never bind at std 0.02.
                 let values = trunc_normal(self.0, shape.iter().product(), 0.02, 2.0);
-                Tensor::from_data(TensorData::new(values, shape), &t.device())
+                let trainable = t.is_require_grad();
+                Tensor::from_data(TensorData::new(values, shape), &t.device()).set_require_grad(trainable)
             })
         }
     }

@@ -3,6 +3,8 @@
 //!
 //! - MAE: random masking by argsort of noise (or any [`MaskStrategy`] made MAE-ready), pixel
 //!   regression on removed patches ([`MaskedAutoencoder`]).
+//! - BEiT: block-wise masking, a [MASK] embedding at the encoder input, cross-entropy against the
+//!   visual tokenizer's ids at masked patches ([`BeitForMaskedImageModeling`]).
 //! - SimMIM: coarse random masking of large squares, a mask token at the Swin input, L1 on masked
 //!   pixels ([`SimMim`]).
 
@@ -12,8 +14,10 @@ use burn::tensor::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::masking::{Mask, MaskStrategy, SimMimMasking, len_keep, uniform_noise};
-use crate::models::beit::BeitConfig;
+use crate::data::loader::Batch;
+use crate::masking::{BlockMasking, BoolMask, Mask, MaskStrategy, SimMimMasking, len_keep, uniform_noise};
+use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
+use crate::models::tokenizer::VqTokenizer;
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
@@ -25,6 +29,8 @@ pub enum Method {
     /// Masked autoencoder (He et al.): ViT encoder on visible patches, light decoder, pixel loss.
     #[default]
     Mae,
+    /// BEiT (Bao et al.): block-wise masking, [MASK] embedding, visual-token prediction.
+    Beit,
     /// SimMIM (Xie et al.) on a Swin Transformer: mask token at the input, L1 on masked pixels.
     Simmim,
 }
@@ -34,7 +40,17 @@ impl Method {
     pub fn default_model(self) -> &'static str {
         match self {
             Method::Mae => "mae_tiny_28",
+            Method::Beit => "beit_tiny_28",
             Method::Simmim => "swin_tiny_28",
+        }
+    }
+
+    /// The mask ratio of the method's paper.
+    pub fn default_mask_ratio(self) -> f64 {
+        match self {
+            Method::Mae => 0.75,
+            Method::Beit => 0.4,
+            Method::Simmim => 0.6,
         }
     }
 }
@@ -101,23 +117,26 @@ pub trait MimModel: Module + Sized {
     /// A freshly initialised model of architecture `cfg` (an error if `cfg` is another family).
     fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self>;
 
-    /// The loss of one batch `imgs: [B, C, H, W]`; masks (and stochastic depth) are drawn from `rng`.
-    fn batch_loss(&self, imgs: Tensor<4>, masking: &MaskSettings, rng: &mut ChaCha8Rng) -> Result<Tensor<1>>;
+    /// The loss of one batch (`batch.tensor(device)` is the input); masks (and stochastic depth) are
+    /// drawn from `rng`.
+    fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>>;
 
     /// Encoder features `[B, D]` of unmasked images, for the k-NN monitor (MAE: the cls token after
     /// the final norm; Swin: the pooled final feature map).
     fn features(&self, imgs: Tensor<4>) -> Tensor<2>;
 }
 
-/// How a method masks a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MaskSettings {
+/// What a method needs besides the batch: how to mask it, and BEiT's tokenizer.
+#[derive(Debug, Clone)]
+pub struct StepContext {
     /// Fraction of patches masked (MAE's ratio; the default SimMIM ratio).
     pub ratio: f64,
     /// Another strategy than the method's own (MAE ablations: block, grid).
     pub strategy: Option<MaskStrategy>,
     /// Patch grid `(rows, cols)`.
     pub grid: (usize, usize),
+    /// BEiT's visual tokenizer (frozen).
+    pub tokenizer: Option<VqTokenizer>,
 }
 
 impl MimModel for MaskedAutoencoder {
@@ -125,7 +144,8 @@ impl MimModel for MaskedAutoencoder {
         cfg.mae()?.init(seed, device)
     }
 
-    fn batch_loss(&self, imgs: Tensor<4>, masking: &MaskSettings, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+    fn batch_loss(&self, batch: &Batch, device: &Device, masking: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+        let imgs = batch.tensor(device);
         let b = imgs.dims()[0];
         let l = masking.grid.0 * masking.grid.1;
         let mask = match &masking.strategy {
@@ -144,6 +164,41 @@ impl MimModel for MaskedAutoencoder {
     }
 }
 
+impl MimModel for BeitForMaskedImageModeling {
+    fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        match cfg {
+            ModelConfig::Beit(c) => c.init(seed, device),
+            other => bail!("BEiT pretraining needs a beit_* --model, not a {} model", other.kind()),
+        }
+    }
+
+    /// Block-wise masking of `ratio x L` patches (BEiT's 75 of 196 at 224 is 0.38), cross-entropy
+    /// at the masked patches against the tokenizer's ids of the same (augmented) image.
+    fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+        let imgs = batch.tensor(device);
+        let b = imgs.dims()[0];
+        let l = ctx.grid.0 * ctx.grid.1;
+        let Some(tokenizer) = &ctx.tokenizer else { bail!("BEiT pretraining needs a tokenizer: pass --tokenizer FILE") };
+        // The tokenizer is frozen: it runs outside autodiff, on the images of the same batch.
+        let tokenizer_device = tokenizer.codebook.val().device();
+        let ids = tokenizer.encode_ids(batch.tensor(&tokenizer_device))?.to_device(device);
+        let strategy = ctx.strategy.clone().unwrap_or_else(|| MaskStrategy::Block(BlockMasking::beit((ctx.ratio * l as f64).round() as usize)));
+        let mask = strategy.sample(ctx.grid, b, rng)?;
+        let logits = self.forward(imgs, &mask);
+        Ok(Self::forward_loss(logits, Self::masked_targets(ids, &mask)))
+    }
+
+    /// Mean of the patch tokens after the final norm (BEiT's linear-probing features).
+    fn features(&self, imgs: Tensor<4>) -> Tensor<2> {
+        let b = imgs.dims()[0];
+        let (h, w) = self.grid();
+        let none = BoolMask::new(vec![false; b * h * w], b, (h, w)).expect("a mask of the model's own grid");
+        let x = self.forward_features(imgs, &none);
+        let [_, n, d] = x.dims();
+        x.slice([0..b, 1..n]).mean_dim(1).reshape([b, d])
+    }
+}
+
 impl MimModel for SimMim {
     fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         match cfg {
@@ -152,7 +207,8 @@ impl MimModel for SimMim {
         }
     }
 
-    fn batch_loss(&self, imgs: Tensor<4>, masking: &MaskSettings, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+    fn batch_loss(&self, batch: &Batch, device: &Device, masking: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+        let imgs = batch.tensor(device);
         let b = imgs.dims()[0];
         let strategy = masking.strategy.clone().unwrap_or_else(|| simmim_default(self, masking.ratio));
         let mask = strategy.sample(masking.grid, b, rng)?;

@@ -15,10 +15,12 @@ use super::optim::{CosineSchedule, adamw};
 use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
-use super::methods::{MaskSettings, Method, MimModel, ModelConfig};
+use super::methods::{Method, MimModel, ModelConfig, StepContext};
+use super::tokenizer::load_tokenizer;
 use crate::masking::{MaskStrategy, check_ratio};
 use crate::eval::extract;
 use crate::eval::knn::{KnnConfig, knn_accuracy};
+use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
@@ -41,8 +43,9 @@ pub struct PretrainConfig {
     pub model: Option<String>,
     /// Input side in pixels (default: the preset's).
     pub img_size: Option<usize>,
-    /// Fraction of patches removed (SimMIM: of mask squares; its paper uses 0.6).
-    pub mask_ratio: f64,
+    /// Fraction of patches masked (default: the method's paper, MAE 0.75, BEiT 0.4, SimMIM 0.6 of
+    /// mask squares).
+    pub mask_ratio: Option<f64>,
     /// Another masking strategy than the method's own (TOML `[mask]` table with `kind = "block"`,
     /// `"grid"`, `"random"` or `"sim_mim"`; MAE keeps exactly `mask_ratio` of patches removed).
     pub mask: Option<MaskStrategy>,
@@ -72,6 +75,8 @@ pub struct PretrainConfig {
     pub max_images: Option<usize>,
     /// `cpu`, or `cuda:N` in a CUDA build.
     pub device: String,
+    /// BEiT: the visual tokenizer checkpoint (`mim tokenizer train`) whose ids are the targets.
+    pub tokenizer: Option<PathBuf>,
     /// Batches the loader prepares ahead of the training step.
     pub prefetch: usize,
     /// Every this many epochs, k-NN accuracy of the encoder's features on the test split
@@ -89,8 +94,9 @@ impl Default for PretrainConfig {
             method: Method::Mae,
             model: None,
             img_size: None,
-            mask_ratio: 0.75,
+            mask_ratio: None,
             mask: None,
+            tokenizer: None,
             norm_pix_loss: true,
             epochs: 10,
             batch_size: 256,
@@ -133,6 +139,11 @@ impl PretrainConfig {
         self.warmup_epochs.unwrap_or((self.epochs as f64 * 0.05).min(40.0))
     }
 
+    /// The mask ratio in effect.
+    pub fn ratio(&self) -> f64 {
+        self.mask_ratio.unwrap_or(self.method.default_mask_ratio())
+    }
+
     /// The preset this configuration trains.
     pub fn model_name(&self) -> &str {
         self.model.as_deref().unwrap_or(self.method.default_model())
@@ -152,6 +163,15 @@ impl PretrainConfig {
                 m.validate()?;
                 ModelConfig::Mae(m)
             }
+            Method::Beit => {
+                let mut m = BeitConfig::preset(name).map_err(|e| anyhow::anyhow!("{e} (--method beit trains a BEiT)"))?;
+                m.in_chans = channels;
+                if let Some(s) = self.img_size {
+                    m.img_size = s;
+                }
+                m.validate()?;
+                ModelConfig::Beit(m)
+            }
             Method::Simmim => {
                 let mut m = SwinConfig::preset(name).map_err(|e| anyhow::anyhow!("{e} (--method simmim trains a Swin Transformer)"))?;
                 m.in_chans = channels;
@@ -170,7 +190,15 @@ impl PretrainConfig {
 
     /// Checks values are usable, naming the flag to change.
     pub fn validate(&self) -> Result<()> {
-        check_ratio(self.mask_ratio)?;
+        check_ratio(self.ratio())?;
+        ensure!(
+            self.method == Method::Beit || self.tokenizer.is_none(),
+            "--tokenizer is for --method beit only"
+        );
+        ensure!(
+            self.method != Method::Beit || self.tokenizer.is_some(),
+            "BEiT predicts visual tokens: pass --tokenizer FILE (train one with `mim tokenizer train`)"
+        );
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
@@ -270,6 +298,7 @@ fn knn_monitor<M: MimModel>(model: &M, train: &Dataset, cfg: &PretrainConfig, si
 pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Summary> {
     match cfg.method {
         Method::Mae => run::<MaskedAutoencoder>(cfg, resume, reporter),
+        Method::Beit => run::<BeitForMaskedImageModeling>(cfg, resume, reporter),
         Method::Simmim => run::<SimMim>(cfg, resume, reporter),
     }
 }
@@ -332,7 +361,17 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup(), epochs: cfg.epochs as f64 };
     let side = model_cfg.img_size();
     let transform = Transform::mae_pretrain(side);
-    let masking = MaskSettings { ratio: cfg.mask_ratio, strategy: cfg.mask.clone(), grid: (model_cfg.grid(), model_cfg.grid()) };
+    let tokenizer = match &cfg.tokenizer {
+        Some(path) => {
+            let t = load_tokenizer(path, &crate::runtime::device(&cfg.device)?)?;
+            if let ModelConfig::Beit(b) = &model_cfg {
+                t.header.model.check_matches(b)?;
+            }
+            Some(t.model)
+        }
+        None => None,
+    };
+    let masking = StepContext { ratio: cfg.ratio(), strategy: cfg.mask.clone(), grid: (model_cfg.grid(), model_cfg.grid()), tokenizer };
     let about = format!(
         "{} | {:?} {} ({} patches of {}px, mask {}{}) | batch {} x accum {} | peak lr {:.2e} | {} epochs x {} iterations",
         ds.name,
@@ -340,7 +379,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         cfg.model_name(),
         model_cfg.grid() * model_cfg.grid(),
         model_cfg.patch_size(),
-        cfg.mask_ratio,
+        cfg.ratio(),
         cfg.mask.as_ref().map_or(String::new(), |m| format!(", {}", serde_json::to_string(m).unwrap_or_default())),
         cfg.batch_size,
         cfg.accum_iter,
@@ -365,7 +404,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         for (k, batch) in loader.enumerate() {
             let batch = batch?;
             let b = batch.len();
-            let loss_t = model.batch_loss(batch.tensor(&device), &masking, &mut rng_for(&[cfg.seed, it, MASK_STREAM]))?;
+            let loss_t = model.batch_loss(&batch, &device, &masking, &mut rng_for(&[cfg.seed, it, MASK_STREAM]))?;
             let loss = loss_t.clone().into_scalar::<f32>() as f64;
             if !loss.is_finite() {
                 bail!(

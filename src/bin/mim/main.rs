@@ -85,7 +85,7 @@ struct PretrainArgs {
     /// Output folder.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Method: mae (default) or simmim (a Swin Transformer).
+    /// Method: mae (default), beit (needs --tokenizer) or simmim (a Swin Transformer).
     #[arg(long)]
     method: Option<mim::train::methods::Method>,
     /// Model preset (MAE: mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...; SimMIM:
@@ -137,6 +137,9 @@ struct PretrainArgs {
     /// cpu, or cuda:N in a CUDA build.
     #[arg(long)]
     device: Option<String>,
+    /// BEiT: visual tokenizer checkpoint written by `mim tokenizer train`.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// k-NN accuracy on the test split every N epochs (0 = off), written to knn.jsonl.
     #[arg(long)]
     eval_every: Option<usize>,
@@ -154,7 +157,7 @@ impl PretrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
         }
-        set!(data, out, method, model, mask_ratio, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
+        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
         if self.img_size.is_some() {
             c.img_size = self.img_size;
         }
