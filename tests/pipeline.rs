@@ -205,6 +205,15 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
     for (name, (_, v)) in &before {
         assert_ne!(&after[name].1, v, "{name} did not change in training");
     }
+    // The pretrained encoder fine-tunes as a classifier (here: its last 2 blocks).
+    let ft = tmp.path().join("ft");
+    let out = mim(&[
+        "finetune", "--checkpoint", run.join("checkpoint.mim").to_str().unwrap(), "--data", data, "--out", ft.to_str().unwrap(),
+        "--max-images", "128", "--batch-size", "32", "--epochs", "1", "--lr", "1e-3", "--trainable-blocks", "2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = mim::eval::finetune::read_results(&mim::eval::finetune::results_path(&ft)).unwrap();
+    assert!(r[0].top5 > 50.0, "{:?}", r[0]);
     // Without a tokenizer BEiT has no targets.
     let mut no_tok: Vec<&str> = args.to_vec();
     no_tok.drain(3..5);

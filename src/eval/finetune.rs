@@ -21,7 +21,8 @@ use super::{evaluate, smoothed_targets, soft_cross_entropy};
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
-use crate::models::classifier::{Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
+use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
+use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
 use crate::train::methods::MimModel;
@@ -275,6 +276,31 @@ impl Recipe for VitClassifier {
     }
 }
 
+impl Recipe for BeitClassifier {
+    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
+        let (encoder, bcfg) = match &cfg.checkpoint {
+            Some(path) => {
+                let ck = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?;
+                let ModelConfig::Beit(b) = ck.header.model.clone() else { unreachable!("BEiT's build accepts only BEiT configs") };
+                (ck.model, b)
+            }
+            None => {
+                let mut b = BeitConfig::preset(&cfg.model)?;
+                b.in_chans = channels;
+                (b.init(cfg.seed, device)?, b)
+            }
+        };
+        Ok((ModelConfig::Beit(bcfg), BeitClassifier::new(encoder, classes, cfg.drop_path, cfg.seed)))
+    }
+
+    fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
+        match model {
+            ModelConfig::Beit(b) => Ok(BeitClassifier::new(b.init(0, device)?, spec.num_classes, cfg.drop_path, 0)),
+            other => bail!("a fine-tuning checkpoint of a {} encoder cannot resume as a BEiT classifier", other.kind()),
+        }
+    }
+}
+
 impl Recipe for SwinTransformer {
     fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
         match &cfg.checkpoint {
@@ -303,17 +329,18 @@ impl Recipe for SwinTransformer {
 
 /// Fine-tunes (or trains from scratch); with `resume`, continues the run saved in that
 /// checkpoint from the end of its last completed epoch. The encoder family (ViT from MAE, Swin
-/// from SimMIM) follows the checkpoint, or the preset name when training from scratch.
+/// from SimMIM, BEiT) follows the checkpoint, or the preset name when training from scratch.
 pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
     let family = match resume.or(cfg.checkpoint.as_deref()) {
         Some(path) => checkpoint::read_header(path)?.model.kind(),
         None if cfg.model.starts_with("swin") => "Swin",
+        None if cfg.model.starts_with("beit") => "BEiT",
         None => "MAE",
     };
     match family {
         "MAE" => run::<VitClassifier>(cfg, resume, reporter),
         "Swin" => run::<SwinTransformer>(cfg, resume, reporter),
-        other => bail!("fine-tuning {other} encoders is not supported yet: fine-tune an MAE (ViT) or SimMIM (Swin) checkpoint"),
+        _ => run::<BeitClassifier>(cfg, resume, reporter),
     }
 }
 

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::{InitRng, param, trunc_normal};
-use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, WeightInit};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, WeightInit, run_blocks};
 use crate::masking::BoolMask;
 
 /// Architecture of a BEiT for masked image modeling.
@@ -262,7 +262,6 @@ impl BeitForMaskedImageModeling {
     ///
     /// Panics if `mask` is not one row per image over this model's patch grid.
     pub fn forward_features(&self, imgs: Tensor<4>, mask: &BoolMask) -> Tensor<3> {
-        let device = imgs.device();
         let b = imgs.dims()[0];
         assert!(
             mask.batch == b && mask.grid == self.grid,
@@ -271,23 +270,34 @@ impl BeitForMaskedImageModeling {
             mask.grid,
             self.grid
         );
-        let x = self.patch_embed.forward(imgs);
-        let w = mask.weights_tensor(&device);
-        let x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w;
+        self.norm.forward(self.encode(imgs, Some(mask), None, 0))
+    }
+
+    /// The token sequence `[B, 1 + L, D]` after the blocks, before the final norm: masked patches
+    /// (if any) replaced by the mask token; stochastic depth at rate `drop_path.0` for the last
+    /// block (linear from 0) drawn from `drop_path.1`; the first `frozen_blocks` blocks and the
+    /// embedding without gradient. Fine-tuning pools this (BEiT's mean pooling + `fc_norm`).
+    pub fn encode(&self, imgs: Tensor<4>, mask: Option<&BoolMask>, drop_path: Option<(f64, &mut InitRng)>, frozen_blocks: usize) -> Tensor<3> {
+        let device = imgs.device();
+        let b = imgs.dims()[0];
+        let mut x = self.patch_embed.forward(imgs);
+        if let Some(mask) = mask {
+            let w = mask.weights_tensor(&device);
+            x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w;
+        }
         let mut x = Tensor::cat(vec![self.cls_token.val().repeat_dim(0, b), x], 1);
         if let Some(pos) = &self.pos_embed {
             x = x + pos.val();
         }
         let shared = self.rel_pos_bias.as_ref().map(RelativePositionBias::forward);
-        for (i, block) in self.blocks.iter().enumerate() {
+        let attn_bias = |i: usize| {
             let own = self.block_rel_pos_bias.get(i).map(RelativePositionBias::forward);
-            let attn_bias = match (own, shared.clone()) {
+            match (own, shared.clone()) {
                 (Some(a), Some(s)) => Some(a + s),
                 (a, s) => a.or(s),
-            };
-            x = block.forward_with(x, &BlockExtras { attn_bias, drop_path: None });
-        }
-        self.norm.forward(x)
+            }
+        };
+        run_blocks(&self.blocks, x, drop_path, frozen_blocks, attn_bias)
     }
 
     /// Logits `[M, vocab]` of the M masked patches of the batch, in row-major (image, patch) order

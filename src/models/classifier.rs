@@ -5,6 +5,7 @@
 //!   a fresh one) on every patch, pooled, normalised, and a linear head. Global average pooling of
 //!   the patch tokens followed by a fresh `fc_norm` is MAE's fine-tuning default; cls-token pooling
 //!   after the encoder's own norm is the option (and MAE's linear-probing default).
+//! - [`BeitClassifier`]: BEiT's encoder, mean-pooled patch tokens, `fc_norm`, a linear head.
 //! - [`SwinTransformer`] with its head (SimMIM's fine-tuning), from a SimMIM encoder or fresh.
 
 use burn::module::{Module, Param};
@@ -15,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use anyhow::{Result, ensure};
 
 use super::init::{InitRng, normal, param};
+use super::beit::BeitForMaskedImageModeling;
 use super::mae::MaskedAutoencoder;
 use super::simmim::SimMim;
 use super::swin::{ClassifierHead, SwinConfig, SwinTransformer};
-use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, drop_path_scales, embed_with_cls};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, embed_with_cls, run_blocks};
 
 /// How the token sequence becomes one feature vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -111,27 +113,8 @@ impl VitClassifier {
     /// fine-tuning).
     pub fn forward_features(&self, imgs: Tensor<4>, drop_path: Option<(f64, &mut InitRng)>, frozen_blocks: usize) -> Tensor<2> {
         let b = imgs.dims()[0];
-        let device = imgs.device();
-        let mut x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, None);
-        if frozen_blocks > 0 {
-            x = x.detach();
-        }
-        let depth = self.blocks.len();
-        let mut drop_path = drop_path;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let rate = drop_path.as_ref().map_or(0.0, |(r, _)| r * i as f64 / (depth - 1).max(1) as f64);
-            let extras = match drop_path.as_mut() {
-                Some((_, rng)) if rate > 0.0 && i >= frozen_blocks => BlockExtras {
-                    drop_path: Some([drop_path_scales(rate, b, *rng, &device), drop_path_scales(rate, b, *rng, &device)]),
-                    ..Default::default()
-                },
-                _ => BlockExtras::default(),
-            };
-            x = block.forward_with(x, &extras);
-            if i + 1 == frozen_blocks {
-                x = x.detach();
-            }
-        }
+        let x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, None);
+        let x = run_blocks(&self.blocks, x, drop_path, frozen_blocks, |_| None);
         let [_, n, d] = x.dims();
         if self.global_pool {
             self.norm.forward(x.slice([0..b, 1..n]).mean_dim(1).reshape([b, d]))
@@ -192,6 +175,61 @@ impl Classifier for VitClassifier {
     }
     fn layer_id(&self, path: &str) -> usize {
         Self::layer_id(path, self.blocks.len())
+    }
+    fn supports_freezing(&self) -> bool {
+        true
+    }
+}
+
+/// BEiT's fine-tuning model: the pretrained BEiT encoder on every patch (no masking), mean of the
+/// patch tokens, a fresh `fc_norm`, a linear head (the official `use_mean_pooling`). The MIM head
+/// of the pretrained model stays unused. The relative position bias stays shared across blocks
+/// (the official fine-tuning copies it into every block first; both start from the same values).
+#[derive(Module, Debug)]
+pub struct BeitClassifier {
+    /// The pretrained encoder.
+    pub encoder: BeitForMaskedImageModeling,
+    /// Norm of the pooled features.
+    pub fc_norm: LayerNorm,
+    /// `[D, classes]`
+    pub head: Linear,
+    drop_path: f64,
+}
+
+impl BeitClassifier {
+    /// A classifier with `num_classes` outputs on `encoder`, stochastic depth `drop_path`.
+    pub fn new(encoder: BeitForMaskedImageModeling, num_classes: usize, drop_path: f64, seed: u64) -> Self {
+        let device = encoder.cls_token.val().device();
+        let d = encoder.cls_token.val().dims()[2];
+        let mut rng = InitRng::seed_from_u64(seed ^ 0x4845_4144);
+        let head = Linear {
+            weight: param(normal(&mut rng, d * num_classes, 2e-5), [d, num_classes], &device),
+            bias: Some(param(vec![0.0; num_classes], [num_classes], &device)),
+        };
+        Self { encoder, fc_norm: LayerNorm::new(d, &device), head, drop_path }
+    }
+
+    fn head_of(&self, x: Tensor<3>) -> Tensor<2> {
+        let [b, n, d] = x.dims();
+        self.head.forward(self.fc_norm.forward(x.slice([0..b, 1..n]).mean_dim(1).reshape([b, d])))
+    }
+}
+
+impl Classifier for BeitClassifier {
+    fn forward_train(&self, imgs: Tensor<4>, rng: &mut InitRng, frozen_blocks: usize) -> Tensor<2> {
+        let dp = (self.drop_path > 0.0).then_some((self.drop_path, rng));
+        self.head_of(self.encoder.encode(imgs, None, dp, frozen_blocks))
+    }
+    fn logits(&self, imgs: Tensor<4>) -> Tensor<2> {
+        self.head_of(self.encoder.encode(imgs, None, None, 0))
+    }
+    fn depth(&self) -> usize {
+        self.encoder.blocks.len()
+    }
+    /// BEiT's `get_num_layer_for_vit`: tokens and patch embedding 0, block `i` is `i + 1`, the
+    /// relative position bias and everything after the blocks `depth + 1`.
+    fn layer_id(&self, path: &str) -> usize {
+        VitClassifier::layer_id(path.strip_prefix("encoder.").unwrap_or(path), self.encoder.blocks.len())
     }
     fn supports_freezing(&self) -> bool {
         true

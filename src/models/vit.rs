@@ -268,6 +268,37 @@ pub fn drop_path_scales(rate: f64, batch: usize, rng: &mut impl rand::Rng, devic
     Tensor::from_data(TensorData::new(v, [batch, 1, 1]), device)
 }
 
+/// Runs `blocks` over the tokens `x: [B, N, D]` as fine-tuning and pretraining need them: block `i`
+/// gets the score bias `attn_bias(i)`; with `drop_path = (rate, rng)`, stochastic depth rising
+/// linearly from 0 at the first block to `rate` at the last (timm's schedule); the input and the
+/// first `frozen` blocks are cut from the gradient (partial fine-tuning).
+pub fn run_blocks(
+    blocks: &[Block],
+    mut x: Tensor<3>,
+    mut drop_path: Option<(f64, &mut crate::models::init::InitRng)>,
+    frozen: usize,
+    attn_bias: impl Fn(usize) -> Option<Tensor<4>>,
+) -> Tensor<3> {
+    let [b, _, _] = x.dims();
+    let device = x.device();
+    if frozen > 0 {
+        x = x.detach();
+    }
+    let depth = blocks.len();
+    for (i, block) in blocks.iter().enumerate() {
+        let rate = drop_path.as_ref().map_or(0.0, |(r, _)| r * i as f64 / (depth - 1).max(1) as f64);
+        let scales = match drop_path.as_mut() {
+            Some((_, rng)) if rate > 0.0 && i >= frozen => Some([drop_path_scales(rate, b, *rng, &device), drop_path_scales(rate, b, *rng, &device)]),
+            _ => None,
+        };
+        x = block.forward_with(x, &BlockExtras { attn_bias: attn_bias(i), drop_path: scales });
+        if i + 1 == frozen {
+            x = x.detach();
+        }
+    }
+    x
+}
+
 /// `imgs: [B, C, H, W] -> [B, L, p*p*C]`, patches in row-major order, pixels ordered (row, col,
 /// channel) inside a patch, exactly as the official `patchify`.
 pub fn patchify(imgs: Tensor<4>, p: usize) -> Tensor<3> {
