@@ -29,17 +29,24 @@ pub struct ReconstructionRow {
 /// Runs the model on `imgs: [B, C, H, W]` (normalised with `mean`/`std`) under `mask` and returns
 /// the panels of each image, un-normalised to `[0, 1]`.
 pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean: &[f32], std: &[f32]) -> Vec<ReconstructionRow> {
+    let pred = model.predict_pixels(imgs.clone(), mask);
+    let removed: Vec<bool> = mask.mask.iter().map(|&m| m > 0.5).collect();
+    reconstruction_rows(imgs, pred, &removed, model.patch_size(), mean, std)
+}
+
+/// The panels of each image from inputs and predictions `[B, C, H, W]` (both normalised with
+/// `mean`/`std`) and the removed patches `[B * L]` of a `p`-pixel patch grid.
+pub fn reconstruction_rows(imgs: Tensor<4>, pred: Tensor<4>, removed: &[bool], p: usize, mean: &[f32], std: &[f32]) -> Vec<ReconstructionRow> {
     let [b, c, h, w] = imgs.dims();
-    let p = model.patch_size();
-    let pred: Vec<f32> = model.predict_pixels(imgs.clone(), mask).into_data().try_to_vec::<f32>().expect("f32 prediction");
+    let pred: Vec<f32> = pred.into_data().try_to_vec::<f32>().expect("f32 prediction");
     let orig: Vec<f32> = imgs.into_data().try_to_vec::<f32>().expect("f32 images");
     let gw = w / p;
+    let l = (h / p) * gw;
     let per = c * h * w;
     let denorm = |v: f32, k: usize| (v * std[k] + mean[k]).clamp(0.0, 1.0);
     (0..b)
         .map(|i| {
-            let removed: Vec<bool> =
-                (0..h * w).map(|px| mask.mask[i * mask.num_patches + (px / w / p) * gw + (px % w) / p] > 0.5).collect();
+            let removed: Vec<bool> = (0..h * w).map(|px| removed[i * l + (px / w / p) * gw + (px % w) / p]).collect();
             let (mut o, mut r, mut s) = (vec![0.0; per], vec![0.0; per], vec![0.0; per]);
             for k in 0..c {
                 for px in 0..h * w {

@@ -172,8 +172,13 @@ fn simmim_pretrains_a_swin_with_the_knn_monitor() {
     for (name, (_, v)) in &before {
         assert_ne!(&after[name].1, v, "{name} did not change in training");
     }
+    // Reconstruction pictures of SimMIM.
+    let pics = tmp.path().join("pics");
+    let out = mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0,1", "--out", pics.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(pics.join("reconstructions.png").exists());
     // An MAE-only command says what the checkpoint holds.
-    assert_clean_error(&mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0", "--out", tmp.path().to_str().unwrap()]), "Swin");
+    assert_clean_error(&mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", tmp.path().join("w.safetensors").to_str().unwrap()]), "Swin");
     // A Swin preset is required.
     let bad = mim(&["pretrain", "--method", "simmim", "--model", "mae_tiny_28", "--data", data.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
     assert_clean_error(&bad, "Swin");

@@ -110,6 +110,20 @@ impl ModelConfig {
     pub fn grid(&self) -> usize {
         self.img_size() / self.patch_size()
     }
+
+    /// Patches per image.
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Image channels.
+    pub fn in_chans(&self) -> usize {
+        match self {
+            ModelConfig::Mae(c) => c.in_chans,
+            ModelConfig::Beit(c) => c.in_chans,
+            ModelConfig::Swin(c) => c.in_chans,
+        }
+    }
 }
 
 /// What `mim pretrain` needs of a model.

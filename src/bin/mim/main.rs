@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mim::data::augment::Transform;
 use mim::data::loader::{load_batch, rng_for};
 use mim::data::{Dataset, Image, Split};
-use mim::masking::{Mask, uniform_noise};
+use mim::masking::{Mask, MaskStrategy, SimMimMasking, uniform_noise};
+use mim::models::simmim::SimMim;
+use mim::train::methods::{MimModel, ModelConfig};
 use mim::models::mae::MaskedAutoencoder;
 use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{checkpoint, pretrain};
@@ -40,7 +42,8 @@ enum Command {
     },
     /// Pretrain by masked image modeling: MAE or SimMIM (config from --config TOML, flags override it).
     Pretrain(PretrainArgs),
-    /// Pictures of original | masked | reconstruction | reconstruction + visible, from a checkpoint.
+    /// Pictures of original | masked | reconstruction | reconstruction + visible, from an MAE or
+    /// SimMIM checkpoint (or MAE weights).
     Reconstruct(ReconstructArgs),
     /// Throughput of pretraining and encoder inference on the PyTorch peer's workloads, optionally
     /// side by side with the peer measured in the same run.
@@ -200,9 +203,9 @@ struct ReconstructArgs {
     /// Image files instead of dataset indices (resized to the model's input).
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
-    /// Fraction of patches removed.
-    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
-    mask_ratio: f64,
+    /// Fraction of patches removed (default: 0.75 for MAE, 0.6 of mask squares for SimMIM).
+    #[arg(long, allow_negative_numbers = true)]
+    mask_ratio: Option<f64>,
     /// Seed of the random mask.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -418,13 +421,24 @@ fn mask_from_image(path: &Path, grid: usize, batch: usize) -> Result<Mask> {
     Mask::from_visible(&visible, batch, grid * grid).with_context(|| format!("mask image '{}'", path.display()))
 }
 
+/// A model that predicts the pixels of masked patches.
+enum Reconstructor {
+    Mae(MaskedAutoencoder),
+    SimMim(SimMim),
+}
+
 fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
     let device = burn::tensor::Device::flex();
-    let (model, cfg, trained_on): (MaskedAutoencoder, _, _) = match (&a.checkpoint, &a.weights) {
+    let (model, cfg, trained_on): (Reconstructor, _, _) = match (&a.checkpoint, &a.weights) {
+        (Some(path), _) if checkpoint::read_header(path)?.model.kind() == "Swin" => {
+            let ck = checkpoint::load_model(path, &device, <SimMim as MimModel>::build)?;
+            let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
+            (Reconstructor::SimMim(ck.model), ck.header.model, Some(train.data))
+        }
         (Some(path), _) => {
             let ck = checkpoint::load(path, &device)?;
             let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            (ck.model, ck.header.model.mae()?.clone(), Some(train.data))
+            (Reconstructor::Mae(ck.model), ck.header.model.clone(), Some(train.data))
         }
         (None, Some(weights)) => {
             let cfg = match (&a.hf_config, &a.model) {
@@ -435,11 +449,11 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
                 (None, Some(preset)) => mim::models::mae::MaeConfig::preset(preset)?,
                 (None, None) => bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture"),
             };
-            (mim::io::load_weights(cfg.init(0, &device)?, &cfg, weights)?, cfg, None)
+            (Reconstructor::Mae(mim::io::load_weights(cfg.init(0, &device)?, &cfg, weights)?), ModelConfig::Mae(cfg), None)
         }
         (None, None) => bail!("pass --checkpoint or --weights"),
     };
-    let transform = Transform::Resize { size: cfg.img_size };
+    let transform = Transform::Resize { size: cfg.img_size() };
     let data_path = match (a.data.clone(), trained_on) {
         (Some(d), _) | (None, Some(d)) => d,
         (None, None) if a.images.is_empty() => bail!("pass --data (or --images) to say which images to reconstruct"),
@@ -456,15 +470,15 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
         (b, names, ds.mean.clone(), ds.std.clone())
     } else {
         // Files: normalise with the training data's statistics when available.
-        let (mean, std) = ds.map(|d| (d.mean, d.std)).unwrap_or((vec![0.5; cfg.in_chans], vec![0.25; cfg.in_chans]));
-        let per = cfg.in_chans * cfg.img_size * cfg.img_size;
+        let (mean, std) = ds.map(|d| (d.mean, d.std)).unwrap_or((vec![0.5; cfg.in_chans()], vec![0.25; cfg.in_chans()]));
+        let per = cfg.in_chans() * cfg.img_size() * cfg.img_size();
         let mut images = vec![0.0; a.images.len() * per];
         for (k, p) in a.images.iter().enumerate() {
-            let img: Image = mim::data::folder::decode(p, cfg.in_chans)?;
+            let img: Image = mim::data::folder::decode(p, cfg.in_chans())?;
             transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut images[k * per..(k + 1) * per]);
         }
         let n = a.images.len();
-        let b = mim::data::loader::Batch { images, labels: vec![0; n], indices: (0..n).collect(), channels: cfg.in_chans, side: cfg.img_size };
+        let b = mim::data::loader::Batch { images, labels: vec![0; n], indices: (0..n).collect(), channels: cfg.in_chans(), side: cfg.img_size() };
         (b, a.images.iter().map(|p| p.display().to_string()).collect(), mean, std)
     };
     let n = batch.len();
@@ -474,10 +488,29 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
     } else if !a.visible.is_empty() {
         Mask::from_visible(&a.visible, n, l)?
     } else {
-        Mask::from_noise(&uniform_noise(&mut rng_for(&[a.seed, 0x4D41534B]), n, l), n, a.mask_ratio)?
+        let mut rng = rng_for(&[a.seed, 0x4D41534B]);
+        match &model {
+            Reconstructor::Mae(_) => Mask::from_noise(&uniform_noise(&mut rng, n, l), n, a.mask_ratio.unwrap_or(0.75))?,
+            Reconstructor::SimMim(m) => {
+                let squares = SimMimMasking { mask_patch_size: m.encoder_stride(), model_patch_size: cfg.patch_size(), mask_ratio: a.mask_ratio.unwrap_or(0.6) };
+                let masked = MaskStrategy::SimMim(squares).sample((cfg.grid(), cfg.grid()), n, &mut rng)?;
+                // Every image has the same number of masked squares, so this keeps the mask as drawn.
+                let keep = l - masked.row(0).iter().filter(|&&m| m).count();
+                masked.to_mae_mask(keep, &mut rng)?
+            }
+        }
     };
-    let rows = mim::viz::reconstruct(&model, batch.tensor(&device), &mask, &mean, &std);
-    let (c, s) = (cfg.in_chans, cfg.img_size);
+    let imgs = batch.tensor(&device);
+    let rows = match &model {
+        Reconstructor::Mae(m) => mim::viz::reconstruct(m, imgs, &mask, &mean, &std),
+        Reconstructor::SimMim(m) => {
+            let weights = mask.mask_tensor(&device);
+            let pred = m.forward(imgs.clone(), weights).reconstruction;
+            let removed: Vec<bool> = mask.mask.iter().map(|&v| v > 0.5).collect();
+            mim::viz::reconstruction_rows(imgs, pred, &removed, cfg.patch_size(), &mean, &std)
+        }
+    };
+    let (c, s) = (cfg.in_chans(), cfg.img_size());
     for (k, row) in rows.iter().enumerate() {
         let path = a.out.join(format!("reconstruction_{k:02}.png"));
         mim::viz::save_png(&mim::viz::grid_image(std::slice::from_ref(row), c, s, s, a.scale), &path)?;
@@ -535,7 +568,7 @@ fn run(cli: Cli) -> Result<()> {
                 split: Split::Test,
                 indices: (0..8).collect(),
                 images: vec![],
-                mask_ratio: 0.75,
+                mask_ratio: Some(0.75),
                 seed: 0,
                 visible: vec![],
                 mask_image: None,
