@@ -9,6 +9,7 @@
 //! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
 //! - [`viz`]: reconstruction grids, mask pictures and loss curves
 //! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)
+//! - [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
 //! - [`bench`]: throughput, FLOP/s and memory against the PyTorch peer
 //!
 //! ```no_run
@@ -18,6 +19,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod ablate;
 pub mod bench;
 pub mod data;
 pub mod eval;

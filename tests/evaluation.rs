@@ -135,3 +135,21 @@ fn simmim_encoder_finetunes_as_a_swin_classifier() {
     ]);
     assert_clean_error(&out, "ViT encoders");
 }
+
+#[test]
+fn ablation_sweeps_write_a_table_beside_the_paper_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let out = tmp.path().join("target");
+    let args = ["ablate", "target", "--quick", "--model", "mae_micro", "--max-images", "256", "--batch-size", "64", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let first = mim(&args);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("| pixel (w/ norm) |") && table.contains("| 85.4 | 73.9 |"), "{table}");
+    assert!(out.join("plot.png").exists());
+    // A rerun finds every setting done and rebuilds the same table without training.
+    let again = mim(&args);
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8_lossy(&again.stderr).matches("done earlier, skipped").count(), 2);
+    assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap(), table);
+}

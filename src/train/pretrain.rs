@@ -51,6 +51,12 @@ pub struct PretrainConfig {
     pub mask: Option<MaskStrategy>,
     /// Per-patch normalised pixel targets.
     pub norm_pix_loss: bool,
+    /// MAE decoder blocks (default: the preset's).
+    pub decoder_depth: Option<usize>,
+    /// MAE decoder width (default: the preset's); its heads become width / 32.
+    pub decoder_embed_dim: Option<usize>,
+    /// Pretraining augmentation.
+    pub augmentation: Augmentation,
     /// Passes over the data.
     pub epochs: usize,
     /// Images per forward/backward.
@@ -97,6 +103,9 @@ impl Default for PretrainConfig {
             mask_ratio: None,
             mask: None,
             tokenizer: None,
+            decoder_depth: None,
+            decoder_embed_dim: None,
+            augmentation: Augmentation::RandomResizedCrop,
             norm_pix_loss: true,
             epochs: 10,
             batch_size: 256,
@@ -160,6 +169,13 @@ impl PretrainConfig {
                 if let Some(s) = self.img_size {
                     m.img_size = s;
                 }
+                if let Some(d) = self.decoder_depth {
+                    m.decoder_depth = d;
+                }
+                if let Some(w) = self.decoder_embed_dim {
+                    m.decoder_embed_dim = w;
+                    m.decoder_num_heads = (w / 32).max(1);
+                }
                 m.validate()?;
                 ModelConfig::Mae(m)
             }
@@ -205,6 +221,30 @@ impl PretrainConfig {
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
         ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
         Ok(())
+    }
+}
+
+/// Pretraining augmentation (MAE Table 1e; colour jitter is not implemented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Augmentation {
+    /// The whole image, resized.
+    None,
+    /// A fixed-size crop (64% of the area, square) at a random place, plus flip.
+    FixedCrop,
+    /// Random resized crop, scale 0.2-1.0, plus flip (MAE's default).
+    #[default]
+    RandomResizedCrop,
+}
+
+impl Augmentation {
+    /// The transform to `side` pixels.
+    pub fn transform(self, side: usize) -> Transform {
+        match self {
+            Augmentation::None => Transform::Resize { size: side },
+            Augmentation::FixedCrop => Transform::RandomResizedCrop { size: side, scale: (0.64, 0.64), ratio: (1.0, 1.0), hflip: true },
+            Augmentation::RandomResizedCrop => Transform::mae_pretrain(side),
+        }
     }
 }
 
@@ -360,7 +400,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     let total = (cfg.epochs * spe) as u64;
     let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup(), epochs: cfg.epochs as f64 };
     let side = model_cfg.img_size();
-    let transform = Transform::mae_pretrain(side);
+    let transform = cfg.augmentation.transform(side);
     let tokenizer = match &cfg.tokenizer {
         Some(path) => {
             let t = load_tokenizer(path, &crate::runtime::device(&cfg.device)?)?;

@@ -19,6 +19,7 @@ use mim::models::mae::MaskedAutoencoder;
 use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{checkpoint, pretrain};
 
+mod ablate;
 mod evaluate;
 mod tokenizer;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Train a discrete visual tokenizer (VQ-VAE) whose ids are BEiT's targets, or show one's
     /// reconstructions and codebook use.
     Tokenizer(tokenizer::TokenizerArgs),
+    /// Run one of the MAE paper's ablations (pretrain + linear probe + fine-tune per setting),
+    /// with a table beside the paper's numbers and a plot; reruns resume the sweep.
+    Ablate(ablate::AblateArgs),
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -581,6 +585,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reconstruct(a) => run_reconstruct(&a).map(|_| ()),
         Command::Bench(a) => run_bench(&a),
         Command::Finetune(a) => evaluate::run_finetune(&a),
+        Command::Ablate(a) => ablate::run_ablate(&a),
         Command::Linprobe(a) => evaluate::run_linprobe(&a),
         Command::Knn(a) => evaluate::run_knn(&a),
         Command::Embed(a) => evaluate::run_embed(&a),
