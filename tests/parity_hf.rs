@@ -2,6 +2,9 @@
 //! HF-named weights load through mim's loader, and masking, encoder output, predictions, loss and
 //! every parameter gradient match PyTorch on fixed weights, pixels and noise.
 
+mod common;
+
+use common::{assert_gradients_close, max_diff};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -42,11 +45,6 @@ impl Case {
         let noise = &self.io["noise"];
         Mask::from_noise(&noise.1, noise.0[0], 0.75).unwrap()
     }
-}
-
-fn max_diff(ours: &[f32], theirs: &[f32]) -> f32 {
-    assert_eq!(ours.len(), theirs.len(), "length");
-    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -104,30 +102,7 @@ fn gradients_of_every_parameter_match_hf() {
 
     let hf: TensorMap = c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
     let theirs = from_pytorch_layout(&c.cfg, &hf_to_official(&hf).unwrap()).unwrap();
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "same parameters have gradients");
-    let (mut worst, mut worst_rel) = ((0.0f32, String::new()), (0.0f32, String::new()));
-    for (name, (shape, g)) in &theirs {
-        assert_eq!(&ours[name].0, shape, "{name} shape");
-        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(scale > 1e-7, "{name}: the reference gradient is zero, the comparison would prove nothing");
-        let d = max_diff(&ours[name].1, g);
-        if d > worst.0 {
-            worst = (d, name.clone());
-        }
-        if d / scale > worst_rel.0 {
-            worst_rel = (d / scale, name.clone());
-        }
-    }
-    eprintln!(
-        "{} gradients: worst max |mim - torch| = {:.2e} ({}), worst relative to the tensor's largest entry = {:.2e} ({})",
-        theirs.len(),
-        worst.0,
-        worst.1,
-        worst_rel.0,
-        worst_rel.1
-    );
-    assert!(worst.0 <= TOL, "gradient of {} differs by {}", worst.1, worst.0);
-    assert!(worst_rel.0 <= 1e-3, "gradient of {} differs by {} relative", worst_rel.1, worst_rel.0);
+    assert_gradients_close("MAE", &ours, &theirs, TOL);
 }
 
 #[test]

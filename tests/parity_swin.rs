@@ -4,6 +4,9 @@
 //! gradient match PyTorch on fixed weights, pixels and masks. Also the building blocks (window
 //! partition, relative position index, shifted-window mask) and size validation.
 
+mod common;
+
+use common::{assert_gradients_close, max_diff};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
@@ -64,44 +67,10 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
-fn max_diff(ours: &[f32], theirs: &[f32]) -> f32 {
-    assert_eq!(ours.len(), theirs.len(), "length");
-    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
-}
-
 fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
     let d = max_diff(ours, theirs);
     eprintln!("{what}: max |mim - torch| = {d:.2e}");
     assert!(d <= TOL, "{what}: max difference {d} > {TOL}");
-}
-
-/// Every reference gradient (PyTorch names, converted to burn layout) against ours: absolute and
-/// relative to the tensor's largest entry.
-fn assert_gradients_close(ours: &TensorMap, theirs: &TensorMap) {
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "same parameters have gradients");
-    let (mut worst, mut worst_rel) = ((0.0f32, String::new()), (0.0f32, String::new()));
-    for (name, (shape, g)) in theirs {
-        assert_eq!(&ours[name].0, shape, "{name} shape");
-        let scale = g.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(scale > 1e-7, "{name}: the reference gradient is zero, the comparison would prove nothing");
-        let d = max_diff(&ours[name].1, g);
-        if d > worst.0 {
-            worst = (d, name.clone());
-        }
-        if d / scale > worst_rel.0 {
-            worst_rel = (d / scale, name.clone());
-        }
-    }
-    eprintln!(
-        "{} gradients: worst max |mim - torch| = {:.2e} ({}), worst relative to the tensor's largest entry = {:.2e} ({})",
-        theirs.len(),
-        worst.0,
-        worst.1,
-        worst_rel.0,
-        worst_rel.1
-    );
-    assert!(worst.0 <= TOL, "gradient of {} differs by {}", worst.1, worst.0);
-    assert!(worst_rel.0 <= 1e-3, "gradient of {} differs by {} relative", worst_rel.1, worst_rel.0);
 }
 
 fn reference_grads(io: &TensorMap, prefix: &str) -> TensorMap {
@@ -132,7 +101,7 @@ fn classifier_gradients_match_timm() {
     let loss = (model.forward(c.tensor::<4>("pixel_values")) * c.tensor::<2>("logit_weights")).sum();
     assert_close("classifier loss", &values(loss.clone()), &c.io["cls_loss"].1);
     let ours = gradients(&model, &loss.backward());
-    assert_gradients_close(&ours, &timm_to_burn(&reference_grads(&c.io, "grad.")).unwrap());
+    assert_gradients_close("Swin", &ours, &timm_to_burn(&reference_grads(&c.io, "grad.")).unwrap(), TOL);
 }
 
 #[test]
@@ -145,7 +114,7 @@ fn simmim_loss_reconstruction_and_gradients_match_official() {
     assert_close("SimMIM reconstruction", &values(out.reconstruction), &c.io["simmim_reconstruction"].1);
     assert_close("SimMIM loss", &values(out.loss.clone()), &c.io["simmim_loss"].1);
     let ours = gradients(&model, &out.loss.backward());
-    assert_gradients_close(&ours, &official_to_burn(&reference_grads(&c.io, "simmim_grad.")).unwrap());
+    assert_gradients_close("SimMIM", &ours, &official_to_burn(&reference_grads(&c.io, "simmim_grad.")).unwrap(), TOL);
 }
 
 #[test]
