@@ -194,9 +194,8 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         }
         let test = Dataset::open(&s.pretrain.data, Split::Test)?;
         let (encoder, mcfg) = Backbone::Checkpoint(summary.checkpoint.clone()).encoder(train.channels, Pool::Cls, &device)?.expect("an encoder");
-        let encode = |imgs| encoder.forward_features(imgs, None, 0);
-        let f_train = extract(Some(&encode), &train, mcfg.img_size, 256, &device, &mut |_| {})?;
-        let f_test = extract(Some(&encode), &test, mcfg.img_size, 256, &device, &mut |_| {})?;
+        let f_train = extract(Some(encoder.as_ref()), &train, mcfg.img_size(), 256, &device, &mut |_| {})?;
+        let f_test = extract(Some(encoder.as_ref()), &test, mcfg.img_size(), 256, &device, &mut |_| {})?;
         let probe = linear_probe(&f_train, &f_test, train.classes.len(), &cfg.probe, &device, &mut |_| {})?;
         let linear = probe.last().map_or(0.0, |e| e.top1);
 

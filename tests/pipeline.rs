@@ -172,6 +172,9 @@ fn simmim_pretrains_a_swin_with_the_knn_monitor() {
     for (name, (_, v)) in &before {
         assert_ne!(&after[name].1, v, "{name} did not change in training");
     }
+    // Frozen Swin features (pooled last stage) feed k-NN.
+    let out = mim(&["knn", "--checkpoint", ck.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-images", "500"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Reconstruction pictures of SimMIM.
     let pics = tmp.path().join("pics");
     let out = mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0,1", "--out", pics.to_str().unwrap()]);
@@ -219,6 +222,9 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = mim::eval::finetune::read_results(&mim::eval::finetune::results_path(&ft)).unwrap();
     assert!(r[0].top5 > 50.0, "{:?}", r[0]);
+    // Frozen BEiT features (mean of patch tokens) feed the linear probe.
+    let out = mim(&["linprobe", "--checkpoint", run.join("checkpoint.mim").to_str().unwrap(), "--data", data, "--max-images", "500", "--epochs", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Without a tokenizer BEiT has no targets.
     let mut no_tok: Vec<&str> = args.to_vec();
     no_tok.drain(3..5);

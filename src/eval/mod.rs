@@ -17,7 +17,10 @@ use crate::data::augment::Transform;
 use crate::data::loader::{Batch, load_batch};
 use crate::io::TensorMap;
 use crate::models::classifier::{Classifier, Pool, VitClassifier};
+use crate::models::beit::BeitForMaskedImageModeling;
 use crate::models::mae::MaeConfig;
+use crate::models::simmim::SimMim;
+use crate::train::methods::{MimModel, ModelConfig};
 use crate::train::checkpoint;
 
 /// Where features come from.
@@ -46,29 +49,44 @@ impl Backbone {
         }
     }
 
-    /// The encoder (with a zero-size-irrelevant head) on `device`, or `None` for pixels, and the
-    /// input side it expects. `channels` is the dataset's.
-    pub fn encoder(&self, channels: usize, pool: Pool, device: &Device) -> Result<Option<(VitClassifier, MaeConfig)>> {
-        let (mae, cfg) = match self {
+    /// The feature map `[B, C, H, W] -> [B, D]` of this backbone on `device` and the input side
+    /// it expects, or `None` for pixels. MAE encoders pool by `pool`; BEiT encoders average their
+    /// patch tokens, Swin (SimMIM) encoders their last feature map. `channels` is the dataset's.
+    pub fn encoder(&self, channels: usize, pool: Pool, device: &Device) -> Result<Option<(Encoder, ModelConfig)>> {
+        let vit = |mae| -> Encoder {
+            let clf = VitClassifier::from_mae(mae, 1, pool, 0.0, 0);
+            Box::new(move |imgs| clf.forward_features(imgs, None, 0))
+        };
+        let (encode, cfg): (Encoder, ModelConfig) = match self {
             Backbone::Pixels => return Ok(None),
-            Backbone::Checkpoint(path) => {
-                let ck = checkpoint::load(path, device)?;
-                (ck.model, ck.header.model.mae()?.clone())
-            }
+            Backbone::Checkpoint(path) => match checkpoint::read_header(path)?.model {
+                ModelConfig::Mae(cfg) => (vit(checkpoint::load(path, device)?.model), ModelConfig::Mae(cfg)),
+                cfg @ ModelConfig::Beit(_) => {
+                    let m = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?.model;
+                    (Box::new(move |imgs| m.features(imgs)), cfg)
+                }
+                cfg @ ModelConfig::Swin(_) => {
+                    let m = checkpoint::load_model(path, device, SimMim::build)?.model;
+                    (Box::new(move |imgs| m.features(imgs)), cfg)
+                }
+            },
             Backbone::RandomInit { model, seed } => {
                 let mut cfg = MaeConfig::preset(model)?;
                 cfg.in_chans = channels;
-                (cfg.init(*seed, device)?, cfg)
+                (vit(cfg.init(*seed, device)?), ModelConfig::Mae(cfg))
             }
         };
         ensure!(
-            cfg.in_chans == channels,
+            cfg.in_chans() == channels,
             "the encoder takes {}-channel images but the dataset has {channels} channels: use data like the pretraining data",
-            cfg.in_chans
+            cfg.in_chans()
         );
-        Ok(Some((VitClassifier::from_mae(mae, 1, pool, 0.0, 0), cfg)))
+        Ok(Some((encode, cfg)))
     }
 }
+
+/// A frozen encoder as a function from images `[B, C, H, W]` to features `[B, D]`.
+pub type Encoder = Box<dyn Fn(Tensor<4>) -> Tensor<2>>;
 
 /// Feature vectors of a dataset, with labels.
 #[derive(Debug, Clone, PartialEq)]

@@ -76,14 +76,12 @@ impl BackboneArgs {
             classes = ds.classes.len();
             let encoder = backbone.encoder(ds.channels, self.pool, &device)?;
             let side = match &encoder {
-                Some((_, cfg)) => cfg.img_size,
+                Some((_, cfg)) => cfg.img_size(),
                 None => ds.image(0)?.width,
             };
             let t0 = Instant::now();
             let n = ds.len();
-            let encode = |imgs| encoder.as_ref().expect("an encoder").0.forward_features(imgs, None, 0);
-            let encode: Option<&dyn Fn(_) -> _> = if encoder.is_some() { Some(&encode) } else { None };
-            let f = extract(encode, &ds, side, self.feature_batch, &device, &mut |done| {
+            let f = extract(encoder.as_ref().map(|(e, _)| e.as_ref()), &ds, side, self.feature_batch, &device, &mut |done| {
                 if done == n || done % (self.feature_batch * 20) == 0 {
                     eprint!("\r{} features of {split:?}: {done}/{n}", backbone.describe());
                 }
