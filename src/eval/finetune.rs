@@ -388,6 +388,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
         }
         None => 0,
     };
+    model = model.freeze_first(frozen);
     let paths = crate::io::parameters(&model);
     let decay = LayerDecay::new(paths.keys().map(String::as_str), depth + 1, cfg.layer_decay, |p| model.layer_id(p));
 

@@ -160,6 +160,15 @@ pub trait Classifier: Module + Sized {
     fn layer_id(&self, path: &str) -> usize;
     /// Whether blocks can be frozen (partial fine-tuning).
     fn supports_freezing(&self) -> bool;
+    /// The embedding and the first `blocks` blocks stop requiring gradients, so their operations
+    /// are not even recorded (cutting the graph alone would leave an unconsumed tape behind every
+    /// step).
+    fn freeze_first(self, blocks: usize) -> Self;
+}
+
+/// Stops `blocks` from requiring gradients.
+fn freeze_blocks(blocks: Vec<Block>, n: usize) -> Vec<Block> {
+    blocks.into_iter().enumerate().map(|(i, b)| if i < n { b.no_grad() } else { b }).collect()
 }
 
 impl Classifier for VitClassifier {
@@ -178,6 +187,17 @@ impl Classifier for VitClassifier {
     }
     fn supports_freezing(&self) -> bool {
         true
+    }
+    fn freeze_first(self, blocks: usize) -> Self {
+        if blocks == 0 {
+            return self;
+        }
+        Self {
+            patch_embed: self.patch_embed.no_grad(),
+            cls_token: self.cls_token.set_require_grad(false),
+            blocks: freeze_blocks(self.blocks, blocks),
+            ..self
+        }
     }
 }
 
@@ -233,6 +253,21 @@ impl Classifier for BeitClassifier {
     }
     fn supports_freezing(&self) -> bool {
         true
+    }
+    /// Also freezes the shared relative position bias, which the frozen blocks use too.
+    fn freeze_first(self, blocks: usize) -> Self {
+        if blocks == 0 {
+            return self;
+        }
+        let mut e = self.encoder;
+        e.patch_embed = e.patch_embed.no_grad();
+        e.cls_token = e.cls_token.set_require_grad(false);
+        e.mask_token = e.mask_token.set_require_grad(false);
+        e.pos_embed = e.pos_embed.map(|p| p.set_require_grad(false));
+        e.rel_pos_bias = e.rel_pos_bias.map(|r| r.no_grad());
+        e.blocks = freeze_blocks(e.blocks, blocks);
+        e.block_rel_pos_bias = e.block_rel_pos_bias.into_iter().enumerate().map(|(i, r)| if i < blocks { r.no_grad() } else { r }).collect();
+        Self { encoder: e, ..self }
     }
 }
 
@@ -292,6 +327,9 @@ impl Classifier for SwinTransformer {
     fn supports_freezing(&self) -> bool {
         false
     }
+    fn freeze_first(self, _blocks: usize) -> Self {
+        self
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +367,9 @@ mod tests {
         let model = VitClassifier::from_scratch(&cfg, 10, Pool::Avg, 0, &device).unwrap();
         let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(model.forward(imgs.clone()).dims(), [2, 10]);
+        let model = model.freeze_first(1);
+        assert!(!model.blocks[0].attn.qkv.weight.val().is_require_grad() && !model.patch_embed.proj.weight.val().is_require_grad());
+        assert!(model.blocks[1].attn.qkv.weight.val().is_require_grad() && model.head.weight.val().is_require_grad());
         let grads = model.head.forward(model.forward_features(imgs, None, 1)).sum().backward();
         assert!(model.blocks[0].attn.qkv.weight.grad(&grads).is_none(), "a frozen block must get no gradient");
         assert!(model.blocks[1].attn.qkv.weight.grad(&grads).is_some(), "a trainable block must get a gradient");
