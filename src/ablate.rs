@@ -161,8 +161,7 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(path)?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+    crate::io::read_jsonl(path, "ablation results")
 }
 
 /// Runs (or resumes) a study and writes its table and plot; returns the rows in setting order.

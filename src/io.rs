@@ -386,3 +386,15 @@ pub fn export_weights(model: &MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -
     let bytes = safetensors_bytes(&to_pytorch_layout(cfg, &parameters(model)))?;
     crate::train::checkpoint::write_atomic(path, &[&bytes])
 }
+
+/// Reads a TOML configuration file into `T` (whose unknown keys are errors when `T` denies them).
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config '{}'", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config '{}' is not valid", path.display()))
+}
+
+/// Reads a JSON-lines file (metrics, results) written by mim; `what` names it in errors.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
+    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+}

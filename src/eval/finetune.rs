@@ -125,8 +125,7 @@ impl Default for FinetuneConfig {
 impl FinetuneConfig {
     /// Reads a TOML file; unknown keys are errors.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config '{}'", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config '{}' is not valid", path.display()))
+        crate::io::read_toml(path)
     }
 
     /// Peak learning rate: `lr`, or `base_lr x batch x accum / 256`.
@@ -233,8 +232,7 @@ pub fn results_path(out: &Path) -> PathBuf {
 
 /// Reads the per-epoch results of a run.
 pub fn read_results(path: &Path) -> Result<Vec<EpochResult>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read results '{}'", path.display()))?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+    crate::io::read_jsonl(path, "results")
 }
 
 /// Drops results of epochs after `epoch` (a resumed run redoes them).

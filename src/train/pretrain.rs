@@ -129,8 +129,7 @@ impl Default for PretrainConfig {
 impl PretrainConfig {
     /// Reads a TOML file; unknown keys are errors (a typo should not silently fall back to a default).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config '{}'", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config '{}' is not valid", path.display()))
+        crate::io::read_toml(path)
     }
 
     /// Images per optimizer update.
@@ -315,8 +314,7 @@ pub(crate) fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
 
 /// Reads a metrics file written by [`pretrain`].
 pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read metrics '{}'", path.display()))?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+    crate::io::read_jsonl(path, "metrics")
 }
 
 /// k-NN accuracy (k = 20) of the encoder's features on the test split, with the first

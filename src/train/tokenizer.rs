@@ -92,8 +92,7 @@ impl Default for TokenizerTrainConfig {
 impl TokenizerTrainConfig {
     /// Reads a TOML file; unknown keys are errors.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config '{}'", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config '{}' is not valid", path.display()))
+        crate::io::read_toml(path)
     }
 
     /// The tokenizer this configuration trains on data with `channels` channels.
@@ -186,8 +185,7 @@ pub fn tokenizer_metrics_path(out: &Path) -> PathBuf {
 
 /// Reads a metrics file written by [`train_tokenizer`].
 pub fn read_tokenizer_metrics(path: &Path) -> Result<Vec<TokenizerMetrics>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read metrics '{}'", path.display()))?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+    crate::io::read_jsonl(path, "metrics")
 }
 
 /// What a finished run produced.
