@@ -16,6 +16,7 @@ use crate::eval::linprobe::{LinprobeConfig, linear_probe};
 use crate::eval::{Backbone, extract};
 use crate::masking::{BlockMasking, MaskStrategy};
 use crate::models::classifier::Pool;
+use crate::train::methods::ModelConfig;
 use crate::train::pretrain::{Augmentation, PretrainConfig, Reporter, Silent, pretrain};
 
 /// A study of MAE Table 1 / figure 5.
@@ -28,6 +29,8 @@ pub enum Study {
     DecoderDepth,
     /// Table 1b: decoder width.
     DecoderWidth,
+    /// Table 1c: mask token in the encoder or not (accuracy, encoder FLOPs, wall-clock).
+    MaskToken,
     /// Table 1d: reconstruction target (pixels with / without per-patch normalisation).
     Target,
     /// Table 1e: data augmentation.
@@ -60,6 +63,12 @@ pub struct Row {
     pub pretrain_loss: f64,
     /// Wall-clock seconds of pretraining, probing and fine-tuning.
     pub seconds: f64,
+    /// Wall-clock seconds of the pretraining alone.
+    #[serde(default)]
+    pub pretrain_seconds: f64,
+    /// Encoder forward GFLOPs per image (matmuls, as `mim bench` counts them; 0 where not counted).
+    #[serde(default)]
+    pub encoder_gflops: f64,
 }
 
 /// Budgets of a sweep.
@@ -114,17 +123,23 @@ impl Study {
                 let widths: &[usize] = if quick { &[32, 64, 128] } else { &[32, 64, 128, 192, 256] };
                 widths.iter().map(|&w| with(format!("width {w}"), &|p| p.decoder_embed_dim = Some(w), None)).collect()
             }
+            Study::MaskToken => vec![
+                with("encoder w/ [M]".into(), &|p| p.encoder_mask_token = true, Some((84.2, 59.6))),
+                with("encoder w/o [M]".into(), &|p| p.encoder_mask_token = false, Some((84.9, 73.5))),
+            ],
             Study::Target => vec![
                 with("pixel (w/o norm)".into(), &|p| p.norm_pix_loss = false, Some((84.9, 73.5))),
                 with("pixel (w/ norm)".into(), &|p| p.norm_pix_loss = true, Some((85.4, 73.9))),
             ],
             Study::Augmentation => vec![
-                with("none".into(), &|p| p.augmentation = Augmentation::None, Some((84.0, 65.7))),
-                with("crop, fixed size".into(), &|p| p.augmentation = Augmentation::FixedCrop, Some((84.7, 73.1))),
-                with("crop, rand size".into(), &|p| p.augmentation = Augmentation::RandomResizedCrop, Some((84.9, 73.5))),
+                with("none".into(), &|p| p.augmentation = Some(Augmentation::None), Some((84.0, 65.7))),
+                with("crop, fixed size".into(), &|p| p.augmentation = Some(Augmentation::FixedCrop), Some((84.7, 73.1))),
+                with("crop, rand size".into(), &|p| p.augmentation = Some(Augmentation::RandomResizedCrop), Some((84.9, 73.5))),
+                with("crop + color jit".into(), &|p| p.augmentation = Some(Augmentation::RandomResizedCropColorJitter), Some((84.3, 71.9))),
             ],
             Study::MaskSampling => {
-                let l = 49.0;
+                // Block counts from the model's own patch grid (the default preset's when unset).
+                let l = base.model_config(1).map_or(49, |m| m.num_patches()) as f64;
                 vec![
                     with("random 75%".into(), &|p| p.mask_ratio = Some(0.75), Some((84.9, 73.5))),
                     with(
@@ -183,6 +198,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         // A setting interrupted mid-pretraining continues its own run.
         let resume = ckpt.exists().then_some(ckpt.as_path());
         let summary = pretrain(&s.pretrain, resume, &mut Silent)?;
+        let pretrain_seconds = t0.elapsed().as_secs_f64();
         let tail: Vec<f64> = summary.steps.iter().rev().take(20).map(|m| m.loss).collect();
         let pretrain_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
 
@@ -207,7 +223,15 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         } else {
             finetune(&ft, ft_resume.exists().then_some(ft_resume.as_path()), &mut Silent)?.best.0
         };
-        let row = Row { label: s.label.clone(), finetune: finetune_top1, linear, pretrain_loss, seconds: t0.elapsed().as_secs_f64() };
+        let row = Row {
+            label: s.label.clone(),
+            finetune: finetune_top1,
+            linear,
+            pretrain_loss,
+            seconds: t0.elapsed().as_secs_f64(),
+            pretrain_seconds,
+            encoder_gflops: encoder_gflops(&s.pretrain, &mcfg),
+        };
         reporter.message(&format!("{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)", row.label, row.finetune, row.linear, row.seconds));
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&results)?;
         writeln!(f, "{}", serde_json::to_string(&row)?)?;
@@ -226,15 +250,28 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
     Ok(ordered)
 }
 
+/// Encoder forward GFLOPs per image of an MAE setting (0 for other methods): the encoder runs on
+/// the kept patches, or on all of them with the mask token in the encoder.
+fn encoder_gflops(p: &PretrainConfig, model: &ModelConfig) -> f64 {
+    let ModelConfig::Mae(m) = model else { return 0.0 };
+    let l = m.num_patches();
+    let tokens = if m.encoder_mask_token { l } else { crate::masking::len_keep(l, p.ratio()) };
+    crate::bench::analytic_flops(m, tokens).encoder / 1e9
+}
+
 /// The markdown table of a study: our numbers beside the paper's ViT-L numbers (MAE Table 1).
 pub fn table(study: Study, settings: &[Setting], rows: &[Row]) -> String {
     let mut t = format!(
-        "### {study:?}\n\n| setting | fine-tune top-1 (ours) | linear top-1 (ours) | pretrain loss | time (s) | paper ViT-L fine-tune | paper ViT-L linear |\n|---|---|---|---|---|---|---|\n"
+        "### {study:?}\n\n| setting | fine-tune top-1 (ours) | linear top-1 (ours) | pretrain loss | encoder GFLOPs/img | pretrain time (s) | total time (s) | paper ViT-L fine-tune | paper ViT-L linear |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         let paper = settings.iter().find(|s| s.label == r.label).and_then(|s| s.paper);
         let (pf, pl) = paper.map_or(("-".to_string(), "-".to_string()), |(f, l)| (format!("{f}"), format!("{l}")));
-        t += &format!("| {} | {:.2} | {:.2} | {:.4} | {:.0} | {pf} | {pl} |\n", r.label, r.finetune, r.linear, r.pretrain_loss, r.seconds);
+        let gflops = if r.encoder_gflops > 0.0 { format!("{:.3}", r.encoder_gflops) } else { "-".into() };
+        t += &format!(
+            "| {} | {:.2} | {:.2} | {:.4} | {gflops} | {:.0} | {:.0} | {pf} | {pl} |\n",
+            r.label, r.finetune, r.linear, r.pretrain_loss, r.pretrain_seconds, r.seconds
+        );
     }
     t
 }
@@ -246,7 +283,7 @@ mod tests {
     #[test]
     fn settings_of_a_study_differ_and_write_to_their_own_folders() {
         let base = PretrainConfig::default();
-        for study in [Study::MaskRatio, Study::DecoderDepth, Study::DecoderWidth, Study::Target, Study::Augmentation, Study::MaskSampling] {
+        for study in [Study::MaskRatio, Study::DecoderDepth, Study::DecoderWidth, Study::MaskToken, Study::Target, Study::Augmentation, Study::MaskSampling] {
             for quick in [true, false] {
                 let s = study.settings(&base, quick);
                 assert!(s.len() >= 2, "{study:?}");

@@ -133,7 +133,8 @@ pub fn bench_workload(w: &Workload, mask_ratio: f64, warmup: usize, iters: usize
     } else {
         Mask::from_noise(&uniform_noise(&mut rng_for(&[1]), b, l), b, mask_ratio)?
     };
-    let flops = analytic_flops(cfg, mask.len_keep);
+    // The "encoder w/ [M]" variant runs its encoder on every patch.
+    let flops = analytic_flops(cfg, if cfg.encoder_mask_token { l } else { mask.len_keep });
 
     let ad = device.clone().autodiff();
     let mut model = Some(cfg.init(0, &ad)?);
@@ -163,6 +164,59 @@ pub fn bench_workload(w: &Workload, mask_ratio: f64, warmup: usize, iters: usize
         peak_mib: peak_memory_mib(),
         train_times,
     })
+}
+
+/// One row of MAE Table 2 measured on this machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeedupRow {
+    /// Model preset.
+    pub model: String,
+    /// Whether removed patches entered the encoder as mask tokens.
+    pub encoder_mask_token: bool,
+    /// Decoder blocks.
+    pub decoder_depth: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Median training step (forward + backward + AdamW), seconds.
+    pub step_s: f64,
+    /// Every timed step, seconds.
+    pub step_times: Vec<f64>,
+    /// Speed-up over the "encoder w/ [M]" row of the same model (1 for that row).
+    pub speedup: f64,
+    /// The paper's speed-up for this row (ViT-L and ViT-H only).
+    pub paper: Option<f64>,
+}
+
+/// MAE Table 2 for one model: the training step at mask ratio 0.75 with the mask token in the
+/// encoder (the baseline), then without it with the preset's decoder and with a 1-block decoder.
+pub fn table2(name: &str, model: &MaeConfig, batch: usize, warmup: usize, iters: usize, device: &Device) -> Result<Vec<SpeedupRow>> {
+    // The paper's speed-ups (Table 2, decoder depth 8 and 1; no ViT-B row).
+    let paper = |depth: usize| match (model.embed_dim, depth) {
+        (1024, 8) => Some(2.8),
+        (1024, 1) => Some(3.7),
+        (1280, 8) => Some(3.5),
+        (1280, 1) => Some(4.1),
+        _ => None,
+    };
+    let variants = [(true, model.decoder_depth), (false, model.decoder_depth), (false, 1)];
+    let mut rows: Vec<SpeedupRow> = Vec::new();
+    for (encoder_mask_token, decoder_depth) in variants {
+        let w = Workload { name: "table2", model: MaeConfig { encoder_mask_token, decoder_depth, ..model.clone() }, batch };
+        let r = bench_workload(&w, 0.75, warmup, iters, device)?;
+        let step_s = batch as f64 / r.train_img_s;
+        let base = rows.first().map_or(step_s, |b| b.step_s);
+        rows.push(SpeedupRow {
+            model: name.to_string(),
+            encoder_mask_token,
+            decoder_depth,
+            batch,
+            step_s,
+            step_times: r.train_times,
+            speedup: base / step_s,
+            paper: if encoder_mask_token { None } else { paper(decoder_depth) },
+        });
+    }
+    Ok(rows)
 }
 
 /// fp32 `n x n x n` matmul GFLOP/s on `device` (median of `iters`): the machine's practical peak.

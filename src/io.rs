@@ -259,6 +259,7 @@ pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
         decoder_num_heads: get("decoder_num_attention_heads")?,
         mlp_ratio: inter as f64 / hidden as f64,
         norm_pix_loss: json.get("norm_pix_loss").and_then(|v| v.as_bool()).unwrap_or(false),
+        encoder_mask_token: false,
     };
     cfg.validate()?;
     Ok(cfg)

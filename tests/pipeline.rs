@@ -5,7 +5,7 @@ mod common;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
-use common::{assert_clean_error, mim, subset};
+use common::{assert_clean_error, max_diff, mim, subset};
 use mim::io::{export_weights, load_weights, parameters};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
@@ -14,6 +14,37 @@ use mim::train::pretrain::{PretrainConfig, Silent, pretrain, read_metrics};
 
 fn micro() -> MaeConfig {
     MaeConfig::preset("mae_micro").unwrap()
+}
+
+#[test]
+fn removed_patches_never_reach_the_prediction_with_or_without_the_encoder_mask_token() {
+    use mim::models::vit::{patchify, unpatchify};
+    let device = Device::flex().autodiff();
+    let mask = Mask::from_noise(&(0..98).map(|i| (i * 37 % 98) as f32).collect::<Vec<_>>(), 2, 0.75).unwrap();
+    let imgs = Tensor::<4>::random([2, 1, 28, 28], Distribution::Default, &device);
+    // The same images with other pixels in every removed patch.
+    let m = mask.mask_tensor(&device).unsqueeze_dim::<3>(2);
+    let noise = Tensor::<3>::random([2, 49, 16], Distribution::Default, &device);
+    let vec = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let other = unpatchify(patchify(imgs.clone(), 4) * (m.clone().neg() + 1.0) + noise * m, 4, (7, 7), 1);
+    assert!(max_diff(&vec(other.clone()), &vec(imgs.clone())) > 0.1);
+    for encoder_mask_token in [false, true] {
+        let model = MaeConfig { encoder_mask_token, ..micro() }.init(0, &device).unwrap();
+        let latent = model.forward_encoder(imgs.clone(), &mask);
+        // w/o [M] the encoder sees the 12 visible patches + cls; w/ [M] all 49 + cls.
+        assert_eq!(latent.dims()[1], if encoder_mask_token { 50 } else { 13 });
+        let pred = |x: &Tensor<4>| {
+            let p = model.forward_decoder(model.forward_encoder(x.clone(), &mask), &mask);
+            p.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+        };
+        assert!(max_diff(&pred(&imgs), &pred(&other)) < 1e-6, "encoder_mask_token {encoder_mask_token}: removed pixels leaked");
+        let loss = model.forward(imgs.clone(), &mask).loss;
+        let grads = loss.backward();
+        if let Some(token) = &model.encoder_mask_token {
+            let g = token.grad(&grads).expect("the encoder's mask token is trained");
+            assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
+        }
+    }
 }
 
 #[test]

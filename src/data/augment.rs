@@ -1,9 +1,10 @@
 //! Image transforms to normalised `[C, S, S]` floats: MAE's pretraining augmentation (random
-//! resized crop, scale 0.2-1.0, ratio 3/4-4/3, then horizontal flip) and a plain resize for
-//! evaluation and pictures. Resampling is bilinear with half-pixel centres (the official code
+//! resized crop, scale 0.2-1.0, ratio 3/4-4/3, then horizontal flip), BEiT's (the same plus
+//! torchvision's colour jitter) and a plain resize for evaluation and pictures. Resampling is bilinear with half-pixel centres (the official code
 //! uses bicubic; on 28-32 px images the difference is below the augmentation's own noise).
 
 use rand::Rng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::Image;
@@ -21,6 +22,11 @@ pub enum Transform {
         ratio: (f64, f64),
         /// Flip left-right with probability 0.5.
         hflip: bool,
+        /// Colour jitter strength `s` (0 = off): brightness, contrast and saturation factors drawn
+        /// from `[1 - s, 1 + s]` and applied in random order, as torchvision's
+        /// `ColorJitter(s, s, s)` (BEiT's `--color_jitter 0.4`; saturation does nothing to grey images).
+        #[serde(default)]
+        color_jitter: f32,
     },
     /// Resize the whole image to `size x size`.
     Resize {
@@ -32,7 +38,12 @@ pub enum Transform {
 impl Transform {
     /// MAE's pretraining augmentation at `size` pixels.
     pub fn mae_pretrain(size: usize) -> Self {
-        Transform::RandomResizedCrop { size, scale: (0.2, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true }
+        Transform::RandomResizedCrop { size, scale: (0.2, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 }
+    }
+
+    /// BEiT's pretraining augmentation at `size` pixels: MAE's plus colour jitter 0.4.
+    pub fn beit_pretrain(size: usize) -> Self {
+        Transform::RandomResizedCrop { size, scale: (0.2, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.4 }
     }
 
     /// Output side in pixels.
@@ -45,13 +56,48 @@ impl Transform {
     /// Writes the transformed, normalised image into `out: [C * size * size]`.
     pub fn apply(&self, img: &Image, mean: &[f32], std: &[f32], rng: &mut impl Rng, out: &mut [f32]) {
         let (w, h) = (img.width as f64, img.height as f64);
-        let (crop, flip) = match self {
-            Transform::RandomResizedCrop { scale, ratio, hflip, .. } => {
-                (crop_params(w, h, *scale, *ratio, rng), *hflip && rng.gen_bool(0.5))
+        let (crop, flip, jitter) = match self {
+            Transform::RandomResizedCrop { scale, ratio, hflip, color_jitter, .. } => {
+                (crop_params(w, h, *scale, *ratio, rng), *hflip && rng.gen_bool(0.5), *color_jitter)
             }
-            Transform::Resize { .. } => ((0.0, 0.0, w, h), false),
+            Transform::Resize { .. } => ((0.0, 0.0, w, h), false, 0.0),
         };
-        resize_bilinear(img, crop, self.size(), flip, mean, std, out);
+        let size = self.size();
+        resize_bilinear(img, crop, size, flip, out);
+        if jitter > 0.0 {
+            color_jitter(&mut out[..img.channels * size * size], img.channels, jitter, rng);
+        }
+        for (k, plane) in out.chunks_mut(size * size).take(img.channels).enumerate() {
+            plane.iter_mut().for_each(|v| *v = (*v - mean[k]) / std[k]);
+        }
+    }
+}
+
+/// torchvision's `ColorJitter(s, s, s, 0)` on a planar `[C, H*W]` image in [0, 1]: the three
+/// adjustments in a random order, each a blend clamped to [0, 1] (brightness with black, contrast
+/// with the mean grey level, saturation with the pixel's own grey).
+fn color_jitter(img: &mut [f32], channels: usize, s: f32, rng: &mut impl Rng) {
+    let mut order = [0usize, 1, 2];
+    order.shuffle(rng);
+    let factors: Vec<f32> = (0..3).map(|_| rng.gen_range((1.0 - s).max(0.0)..=1.0 + s)).collect();
+    let n = img.len() / channels;
+    // ITU-R 601-2 luma, as torchvision's rgb_to_grayscale; a grey image is its own grey.
+    let grey = |img: &[f32], i: usize| if channels == 3 { 0.299 * img[i] + 0.587 * img[n + i] + 0.114 * img[2 * n + i] } else { img[i] };
+    let blend = |v: &mut f32, f: f32, other: f32| *v = (f * *v + (1.0 - f) * other).clamp(0.0, 1.0);
+    for op in order {
+        let f = factors[op];
+        match op {
+            0 => img.iter_mut().for_each(|v| blend(v, f, 0.0)),
+            1 => {
+                let mean = (0..n).map(|i| grey(img, i)).sum::<f32>() / n as f32;
+                img.iter_mut().for_each(|v| blend(v, f, mean));
+            }
+            _ if channels == 3 => {
+                let g: Vec<f32> = (0..n).map(|i| grey(img, i)).collect();
+                img.iter_mut().enumerate().for_each(|(j, v)| blend(v, f, g[j % n]));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -82,8 +128,8 @@ fn crop_params(w: f64, h: f64, scale: (f64, f64), ratio: (f64, f64), rng: &mut i
     (((w - cw) / 2.0).floor(), ((h - ch) / 2.0).floor(), cw, ch)
 }
 
-/// Bilinear resample of the crop `(x0, y0, cw, ch)` to `size x size`, normalised, planar output.
-fn resize_bilinear(img: &Image, crop: (f64, f64, f64, f64), size: usize, flip: bool, mean: &[f32], std: &[f32], out: &mut [f32]) {
+/// Bilinear resample of the crop `(x0, y0, cw, ch)` to `size x size`, planar output in [0, 1].
+fn resize_bilinear(img: &Image, crop: (f64, f64, f64, f64), size: usize, flip: bool, out: &mut [f32]) {
     let (x0, y0, cw, ch) = crop;
     let c = img.channels;
     let px = |x: usize, y: usize, k: usize| img.pixels[(y * img.width + x) * c + k] as f32;
@@ -102,8 +148,7 @@ fn resize_bilinear(img: &Image, crop: (f64, f64, f64, f64), size: usize, flip: b
             for k in 0..c {
                 let top = px(xa, ya, k) * (1.0 - fx) + px(xb, ya, k) * fx;
                 let bottom = px(xa, yb, k) * (1.0 - fx) + px(xb, yb, k) * fx;
-                let v = (top * (1.0 - fy) + bottom * fy) / 255.0;
-                out[(k * size + oy) * size + ox] = (v - mean[k]) / std[k];
+                out[(k * size + oy) * size + ox] = (top * (1.0 - fy) + bottom * fy) / 255.0;
             }
         }
     }
@@ -145,5 +190,41 @@ mod tests {
             assert!(x0 >= 0.0 && y0 >= 0.0 && x0 + w <= 28.0 && y0 + h <= 28.0);
             assert!(w * h >= 0.2 * 784.0 * 0.9, "crop area {} too small", w * h);
         }
+    }
+
+    #[test]
+    fn color_jitter_matches_torchvision_blends() {
+        // One factor per operation, checked against torchvision's formulas written out.
+        let rgb = vec![0.2, 0.9, 0.5, 0.1, 0.4, 0.6, 0.3, 0.8, 0.7, 0.05, 1.0, 0.0];
+        let (n, s) = (4, 0.4);
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut got = rgb.clone();
+            color_jitter(&mut got, 3, s, &mut rng);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut order = [0usize, 1, 2];
+            order.shuffle(&mut rng);
+            let f: Vec<f32> = (0..3).map(|_| rng.gen_range(0.6f32..=1.4)).collect();
+            assert!(f.iter().all(|f| (0.6..=1.4).contains(f)));
+            let mut want = rgb.clone();
+            for op in order {
+                let grey: Vec<f32> = (0..n).map(|i| 0.299 * want[i] + 0.587 * want[n + i] + 0.114 * want[2 * n + i]).collect();
+                let mean = grey.iter().sum::<f32>() / n as f32;
+                for (j, v) in want.iter_mut().enumerate() {
+                    let other = [0.0, mean, grey[j % n]][op];
+                    *v = (f[op] * *v + (1.0 - f[op]) * other).clamp(0.0, 1.0);
+                }
+            }
+            assert_eq!(got, want);
+        }
+        // Grey images: brightness and contrast only, values stay in [0, 1] and change.
+        let t = Transform::beit_pretrain(4);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (mut a, mut b) = (vec![0.0; 16], vec![0.0; 16]);
+        t.apply(&ramp(), &[0.0], &[1.0], &mut rng, &mut a);
+        let plain = Transform::RandomResizedCrop { size: 4, scale: (0.2, 1.0), ratio: (0.75, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
+        plain.apply(&ramp(), &[0.0], &[1.0], &mut rand_chacha::ChaCha8Rng::seed_from_u64(1), &mut b);
+        assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert_ne!(a, b);
     }
 }

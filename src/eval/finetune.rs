@@ -395,7 +395,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out))?;
     let train = Arc::new(train);
     let side = model_cfg.img_size();
-    let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true };
+    let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
     let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup_epochs, epochs: cfg.epochs as f64 };
     let source = cfg.checkpoint.as_ref().map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
     let about = format!(

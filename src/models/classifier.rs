@@ -20,7 +20,7 @@ use super::beit::BeitForMaskedImageModeling;
 use super::mae::MaskedAutoencoder;
 use super::simmim::SimMim;
 use super::swin::{ClassifierHead, SwinConfig, SwinTransformer};
-use super::vit::{Block, LayerNorm, Linear, PatchEmbed, embed_with_cls, run_blocks};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, run_blocks};
 
 /// How the token sequence becomes one feature vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -113,7 +113,7 @@ impl VitClassifier {
     /// fine-tuning).
     pub fn forward_features(&self, imgs: Tensor<4>, drop_path: Option<(f64, &mut InitRng)>, frozen_blocks: usize) -> Tensor<2> {
         let b = imgs.dims()[0];
-        let x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, None);
+        let x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, PatchTokens::All);
         let x = run_blocks(&self.blocks, x, drop_path, frozen_blocks, |_| None);
         let [_, n, d] = x.dims();
         if self.global_pool {

@@ -2,6 +2,10 @@
 //! the encoder sees only the visible patches; a light decoder appends one shared mask token per
 //! removed patch, unshuffles, adds its own position embeddings and predicts patch pixels; the loss
 //! is the MSE on removed patches only, against per-patch normalised pixels by default.
+//!
+//! `encoder_mask_token` builds the paper's Table 1c / Table 2 counterpart instead: every patch
+//! enters the encoder, removed ones replaced by a learned mask token, and the decoder reads the
+//! encoder's full, ordered sequence (3.3x the encoder FLOPs at 75% masking).
 
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
@@ -10,7 +14,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
-use super::vit::{Block, LayerNorm, Linear, PatchEmbed, embed_with_cls, gather_tokens, patchify, pos_embed_tensor, token, unpatchify};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, gather_tokens, patchify, pos_embed_tensor, token, unpatchify};
 use crate::masking::Mask;
 
 /// Architecture of a masked autoencoder.
@@ -39,6 +43,10 @@ pub struct MaeConfig {
     pub mlp_ratio: f64,
     /// Normalise each target patch by its own mean and variance (the paper's default).
     pub norm_pix_loss: bool,
+    /// The ablation "encoder w/ [M]" (MAE Table 1c): removed patches enter the encoder as a
+    /// learned mask token instead of being dropped.
+    #[serde(default)]
+    pub encoder_mask_token: bool,
 }
 
 impl MaeConfig {
@@ -62,6 +70,7 @@ impl MaeConfig {
             decoder_num_heads: 16,
             mlp_ratio: 4.0,
             norm_pix_loss: true,
+            encoder_mask_token: false,
         };
         let small = |img, chans, dim, depth, heads, ddim, ddepth, dheads| MaeConfig {
             img_size: img,
@@ -75,6 +84,7 @@ impl MaeConfig {
             decoder_num_heads: dheads,
             mlp_ratio: 4.0,
             norm_pix_loss: true,
+            encoder_mask_token: false,
         };
         Ok(match name {
             "mae_vit_base_patch16" => paper(224, 16, 768, 12, 12),
@@ -130,6 +140,7 @@ impl MaeConfig {
         Ok(MaskedAutoencoder {
             patch_embed: PatchEmbed::new(self.patch_size, self.in_chans, self.embed_dim, &mut rng, device),
             cls_token: token(self.embed_dim, &mut rng, device),
+            encoder_mask_token: self.encoder_mask_token.then(|| token(self.embed_dim, &mut rng, device)),
             pos_embed: pos_embed_tensor(self.embed_dim, g, true, device),
             blocks: blocks(self.depth, self.embed_dim, self.num_heads, &mut rng),
             norm: LayerNorm::new(self.embed_dim, device),
@@ -152,6 +163,8 @@ pub struct MaskedAutoencoder {
     pub patch_embed: PatchEmbed,
     /// `[1, 1, D]`
     pub cls_token: Param<Tensor<3>>,
+    /// `[1, 1, D]`, only in the "encoder w/ [M]" ablation.
+    pub encoder_mask_token: Option<Param<Tensor<3>>>,
     /// Fixed sin-cos `[1, 1 + L, D]` (a constant: not trained, not saved).
     pub pos_embed: Tensor<3>,
     /// Encoder blocks.
@@ -195,10 +208,15 @@ impl MaskedAutoencoder {
     }
 
     /// `imgs: [B, C, H, W] -> [B, 1 + K, D]`: embeds all patches, keeps the visible ones, prepends
-    /// the cls token and runs the encoder (no mask tokens enter the encoder).
+    /// the cls token and runs the encoder (no mask tokens enter the encoder). In the "encoder w/ [M]"
+    /// ablation every patch is kept, removed ones as the mask token: `[B, 1 + L, D]`.
     pub fn forward_encoder(&self, imgs: Tensor<4>, mask: &Mask) -> Tensor<3> {
-        let keep = mask.ids_keep_tensor(&imgs.device());
-        let mut x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, Some(keep));
+        let device = imgs.device();
+        let tokens = match &self.encoder_mask_token {
+            None => PatchTokens::Keep(mask.ids_keep_tensor(&device)),
+            Some(token) => PatchTokens::Replace { weights: mask.mask_tensor(&device).unsqueeze_dim(2), token: token.val() },
+        };
+        let mut x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, tokens);
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -207,18 +225,24 @@ impl MaskedAutoencoder {
 
     /// `latent: [B, 1 + K, D] -> [B, L, p*p*C]`: appends mask tokens, unshuffles with
     /// `ids_restore`, adds decoder position embeddings, runs the decoder, drops the cls token.
+    /// (With the encoder's mask token the latent is already the full sequence in patch order.)
     pub fn forward_decoder(&self, latent: Tensor<3>, mask: &Mask) -> Tensor<3> {
         let device = latent.device();
         let x = self.decoder_embed.forward(latent);
         let [b, n_vis, _] = x.dims();
         let l = mask.num_patches;
-        let mut x_ = x.clone().slice([0..b, 1..n_vis]);
-        if mask.removes_any() {
-            let mask_tokens = self.mask_token.val().repeat_dim(0, b).repeat_dim(1, l + 1 - n_vis);
-            x_ = Tensor::cat(vec![x_, mask_tokens], 1);
-        }
-        let x_ = gather_tokens(x_, mask.ids_restore_tensor(&device));
-        let mut x = Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1) + self.decoder_pos_embed.clone();
+        let x = if self.encoder_mask_token.is_some() {
+            x
+        } else {
+            let mut x_ = x.clone().slice([0..b, 1..n_vis]);
+            if mask.removes_any() {
+                let mask_tokens = self.mask_token.val().repeat_dim(0, b).repeat_dim(1, l + 1 - n_vis);
+                x_ = Tensor::cat(vec![x_, mask_tokens], 1);
+            }
+            let x_ = gather_tokens(x_, mask.ids_restore_tensor(&device));
+            Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1)
+        };
+        let mut x = x + self.decoder_pos_embed.clone();
         for block in &self.decoder_blocks {
             x = block.forward(x);
         }

@@ -356,22 +356,36 @@ impl PatchEmbed {
     }
 }
 
-/// The token sequence entering a ViT encoder, `[B, 1 + K, D]`: patch embeddings plus position
-/// embeddings, only the patches `keep: [B, K]` when given (MAE's visible patches), with the cls token
-/// (plus its position embedding) first. `pos_embed: [1, 1 + L, D]` has the cls slot first.
-pub fn embed_with_cls(
-    patch_embed: &PatchEmbed,
-    cls_token: &Param<Tensor<3>>,
-    pos_embed: &Tensor<3>,
-    imgs: Tensor<4>,
-    keep: Option<Tensor<2, Int>>,
-) -> Tensor<3> {
+/// Which patches enter a ViT encoder, and as what.
+#[derive(Debug, Clone)]
+pub enum PatchTokens {
+    /// Every patch.
+    All,
+    /// Only the patches `[B, K]` (MAE's visible patches; the others never enter the encoder).
+    Keep(Tensor<2, Int>),
+    /// Every patch, those with weight 1 in `weights: [B, L, 1]` replaced by the shared learned
+    /// `token: [1, 1, D]` before position embeddings are added (BEiT's [MASK], MAE's "encoder w/ [M]").
+    Replace {
+        /// 1 where the patch is masked, 0 elsewhere.
+        weights: Tensor<3>,
+        /// The mask token.
+        token: Tensor<3>,
+    },
+}
+
+/// The token sequence entering a ViT encoder, `[B, 1 + K, D]`: patch embeddings chosen by `tokens`
+/// plus position embeddings, with the cls token (plus its position embedding) first.
+/// `pos_embed: [1, 1 + L, D]` has the cls slot first.
+pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, pos_embed: &Tensor<3>, imgs: Tensor<4>, tokens: PatchTokens) -> Tensor<3> {
     let b = imgs.dims()[0];
     let n = pos_embed.dims()[1];
-    let mut x = patch_embed.forward(imgs) + pos_embed.clone().slice([0..1, 1..n]);
-    if let Some(ids) = keep {
-        x = gather_tokens(x, ids);
-    }
+    let patch_pos = pos_embed.clone().slice([0..1, 1..n]);
+    let x = patch_embed.forward(imgs);
+    let x = match tokens {
+        PatchTokens::All => x + patch_pos,
+        PatchTokens::Keep(ids) => gather_tokens(x + patch_pos, ids),
+        PatchTokens::Replace { weights, token } => x * (weights.clone().neg() + 1.0) + token * weights + patch_pos,
+    };
     let cls = (cls_token.val() + pos_embed.clone().slice([0..1, 0..1])).repeat_dim(0, b);
     Tensor::cat(vec![cls, x], 1)
 }

@@ -45,6 +45,15 @@ impl Method {
         }
     }
 
+    /// The pretraining augmentation of the method's paper.
+    pub fn default_augmentation(self) -> crate::train::pretrain::Augmentation {
+        use crate::train::pretrain::Augmentation;
+        match self {
+            Method::Beit => Augmentation::RandomResizedCropColorJitter,
+            Method::Mae | Method::Simmim => Augmentation::RandomResizedCrop,
+        }
+    }
+
     /// The mask ratio of the method's paper.
     pub fn default_mask_ratio(self) -> f64 {
         match self {

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 /// Parameters that get no weight decay: biases, LayerNorm weights, cls / mask tokens (position
 /// embeddings are fixed constants and not parameters at all).
 pub fn no_weight_decay_group() -> ParamGroup {
-    ParamGroup::from_any_regexes(vec![r"\.bias$", r"norm\d*\.weight$", r"(^|\.)(cls_token|mask_token)$"])
+    ParamGroup::from_any_regexes(vec![r"\.bias$", r"norm\d*\.weight$", r"(^|\.)(cls_token|mask_token|encoder_mask_token)$"])
         .expect("static regexes are valid")
 }
 
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn decay_exclusions_follow_the_recipe() {
-        for p in ["blocks.0.attn.qkv.bias", "blocks.3.norm1.weight", "decoder_norm.weight", "norm.weight", "cls_token", "mask_token"] {
+        for p in ["blocks.0.attn.qkv.bias", "blocks.3.norm1.weight", "decoder_norm.weight", "norm.weight", "cls_token", "mask_token", "encoder_mask_token"] {
             assert!(is_no_weight_decay(p), "{p} should not be decayed");
         }
         for p in ["blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "decoder_pred.weight", "blocks.1.mlp.fc2.weight"] {

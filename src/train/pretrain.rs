@@ -51,12 +51,16 @@ pub struct PretrainConfig {
     pub mask: Option<MaskStrategy>,
     /// Per-patch normalised pixel targets.
     pub norm_pix_loss: bool,
+    /// MAE ablation "encoder w/ [M]" (Table 1c): removed patches enter the encoder as a learned
+    /// mask token instead of being dropped.
+    pub encoder_mask_token: bool,
     /// MAE decoder blocks (default: the preset's).
     pub decoder_depth: Option<usize>,
     /// MAE decoder width (default: the preset's); its heads become width / 32.
     pub decoder_embed_dim: Option<usize>,
-    /// Pretraining augmentation.
-    pub augmentation: Augmentation,
+    /// Pretraining augmentation (default: the method's paper, colour jitter for BEiT, random
+    /// resized crop + flip otherwise).
+    pub augmentation: Option<Augmentation>,
     /// Passes over the data.
     pub epochs: usize,
     /// Images per forward/backward.
@@ -103,9 +107,10 @@ impl Default for PretrainConfig {
             mask_ratio: None,
             mask: None,
             tokenizer: None,
+            encoder_mask_token: false,
             decoder_depth: None,
             decoder_embed_dim: None,
-            augmentation: Augmentation::RandomResizedCrop,
+            augmentation: None,
             norm_pix_loss: true,
             epochs: 10,
             batch_size: 256,
@@ -165,6 +170,7 @@ impl PretrainConfig {
                 let mut m = MaeConfig::preset(name)?;
                 m.in_chans = channels;
                 m.norm_pix_loss = self.norm_pix_loss;
+                m.encoder_mask_token = self.encoder_mask_token;
                 if let Some(s) = self.img_size {
                     m.img_size = s;
                 }
@@ -214,6 +220,10 @@ impl PretrainConfig {
             self.method != Method::Beit || self.tokenizer.is_some(),
             "BEiT predicts visual tokens: pass --tokenizer FILE (train one with `mim tokenizer train`)"
         );
+        ensure!(
+            self.method == Method::Mae || !self.encoder_mask_token,
+            "encoder_mask_token is an MAE ablation: BEiT and SimMIM always put their mask token in the encoder"
+        );
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
@@ -223,7 +233,7 @@ impl PretrainConfig {
     }
 }
 
-/// Pretraining augmentation (MAE Table 1e; colour jitter is not implemented).
+/// Pretraining augmentation (MAE Table 1e).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Augmentation {
@@ -231,9 +241,11 @@ pub enum Augmentation {
     None,
     /// A fixed-size crop (64% of the area, square) at a random place, plus flip.
     FixedCrop,
-    /// Random resized crop, scale 0.2-1.0, plus flip (MAE's default).
+    /// Random resized crop, scale 0.2-1.0, plus flip (MAE's and SimMIM's default).
     #[default]
     RandomResizedCrop,
+    /// Random resized crop, flip and colour jitter 0.4 (BEiT's default).
+    RandomResizedCropColorJitter,
 }
 
 impl Augmentation {
@@ -241,7 +253,8 @@ impl Augmentation {
     pub fn transform(self, side: usize) -> Transform {
         match self {
             Augmentation::None => Transform::Resize { size: side },
-            Augmentation::FixedCrop => Transform::RandomResizedCrop { size: side, scale: (0.64, 0.64), ratio: (1.0, 1.0), hflip: true },
+            Augmentation::FixedCrop => Transform::RandomResizedCrop { size: side, scale: (0.64, 0.64), ratio: (1.0, 1.0), hflip: true, color_jitter: 0.0 },
+            Augmentation::RandomResizedCropColorJitter => Transform::beit_pretrain(side),
             Augmentation::RandomResizedCrop => Transform::mae_pretrain(side),
         }
     }
@@ -398,7 +411,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     let total = (cfg.epochs * spe) as u64;
     let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup(), epochs: cfg.epochs as f64 };
     let side = model_cfg.img_size();
-    let transform = cfg.augmentation.transform(side);
+    let transform = cfg.augmentation.unwrap_or(cfg.method.default_augmentation()).transform(side);
     let tokenizer = match &cfg.tokenizer {
         Some(path) => {
             let t = load_tokenizer(path, &crate::runtime::device(&cfg.device)?)?;

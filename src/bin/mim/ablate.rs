@@ -16,7 +16,8 @@ use crate::Bar;
 /// `mim ablate` flags.
 #[derive(Args)]
 pub struct AblateArgs {
-    /// mask-ratio (figure 5), decoder-depth, decoder-width, target, augmentation, mask-sampling (Table 1).
+    /// mask-ratio (figure 5), decoder-depth, decoder-width, mask-token, target, augmentation,
+    /// mask-sampling (Table 1).
     study: Study,
     /// Minutes, not hours: fewer settings, 2,000 images, 2 pretraining epochs, 1 fine-tuning epoch.
     #[arg(long)]

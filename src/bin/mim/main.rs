@@ -108,6 +108,9 @@ struct PretrainArgs {
     /// Per-patch normalised pixel targets (true/false).
     #[arg(long)]
     norm_pix_loss: Option<bool>,
+    /// Pretraining augmentation (default: the method's; BEiT adds colour jitter).
+    #[arg(long, value_enum)]
+    augmentation: Option<mim::train::pretrain::Augmentation>,
     #[arg(long)]
     /// Epochs.
     epochs: Option<usize>,
@@ -164,7 +167,7 @@ impl PretrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
         }
-        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
+        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, augmentation, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
         if self.img_size.is_some() {
             c.img_size = self.img_size;
         }
@@ -228,7 +231,11 @@ struct ReconstructArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct BenchArgs {
+    /// A paper table instead of the throughput benchmark.
+    #[command(subcommand)]
+    table: Option<BenchTable>,
     /// Workloads (the peer's config names).
     #[arg(long, value_delimiter = ',', default_value = "fmnist-tiny,vit-tiny-32,vit-base-224")]
     workloads: Vec<String>,
@@ -255,8 +262,71 @@ struct BenchArgs {
     out: PathBuf,
 }
 
+#[derive(Subcommand)]
+enum BenchTable {
+    /// MAE Table 2: training-step speed-up of the encoder without mask tokens over the encoder
+    /// with them (mask ratio 0.75), with the preset's decoder and a 1-block one.
+    Speedup {
+        /// MAE presets.
+        #[arg(long, value_delimiter = ',', default_value = "mae_tiny_28,mae_vit_base_patch16,mae_vit_large_patch16")]
+        models: Vec<String>,
+        /// Images per step, one per model (default: 256 for 28-32 px presets, 8 for ViT-B, 4 for ViT-L/H).
+        #[arg(long, value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed steps (median reported).
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Append every row as JSON lines here.
+        #[arg(long, default_value = "bench.jsonl")]
+        out: PathBuf,
+    },
+}
+
+fn run_speedup(models: &[String], batch: &[usize], warmup: usize, iters: usize, out: &Path) -> Result<()> {
+    use std::io::Write;
+    let device = burn::tensor::Device::flex();
+    anyhow::ensure!(
+        batch.is_empty() || batch.len() == models.len(),
+        "--batch has {} values for {} models: give one per model, or none for the defaults",
+        batch.len(),
+        models.len()
+    );
+    eprintln!("MAE Table 2 on this machine: mask ratio 0.75, warmup {warmup}, median of {iters} steps");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+    println!("| model | encoder | decoder depth | batch | step (s) | speed-up | paper |\n|---|---|---|---|---|---|---|");
+    for (i, name) in models.iter().enumerate() {
+        let cfg = mim::models::mae::MaeConfig::preset(name)?;
+        let b = batch.get(i).copied().unwrap_or(match cfg.embed_dim {
+            d if d >= 1024 => 4,
+            d if d >= 768 => 8,
+            _ => 256,
+        });
+        for r in mim::bench::table2(name, &cfg, b, warmup, iters, &device)? {
+            println!(
+                "| {} | {} | {} | {} | {:.3} | {} | {} |",
+                r.model,
+                if r.encoder_mask_token { "w/ [M]" } else { "w/o [M]" },
+                r.decoder_depth,
+                r.batch,
+                r.step_s,
+                if r.encoder_mask_token { "-".to_string() } else { format!("{:.2}x", r.speedup) },
+                r.paper.map_or("-".to_string(), |p| format!("{p}x")),
+            );
+            writeln!(log, "{}", serde_json::to_string(&r)?)?;
+        }
+    }
+    eprintln!("(paper Table 2: ViT-L 2.8x with the 8-block decoder, 3.7x with 1 block; ViT-H 3.5x / 4.1x)");
+    Ok(())
+}
+
 fn run_bench(a: &BenchArgs) -> Result<()> {
     use mim::bench::*;
+    if let Some(BenchTable::Speedup { models, batch, warmup, iters, out }) = &a.table {
+        return run_speedup(models, batch, *warmup, *iters, out);
+    }
     let device = burn::tensor::Device::flex();
     let all = workloads();
     let chosen: Vec<&Workload> = a
