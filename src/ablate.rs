@@ -17,7 +17,7 @@ use crate::eval::{Backbone, extract};
 use crate::masking::{BlockMasking, MaskStrategy};
 use crate::models::classifier::Pool;
 use crate::train::methods::ModelConfig;
-use crate::train::pretrain::{Augmentation, PretrainConfig, Reporter, Silent, pretrain};
+use crate::train::pretrain::{Augmentation, PretrainConfig, Reporter, Silent, Target, pretrain};
 
 /// A study of MAE Table 1 / figure 5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -31,7 +31,8 @@ pub enum Study {
     DecoderWidth,
     /// Table 1c: mask token in the encoder or not (accuracy, encoder FLOPs, wall-clock).
     MaskToken,
-    /// Table 1d: reconstruction target (pixels with / without per-patch normalisation).
+    /// Table 1d: reconstruction target (pixels with / without per-patch normalisation, PCA
+    /// coefficients, and the tokenizer's ids when `--tokenizer` is given).
     Target,
     /// Table 1e: data augmentation.
     Augmentation,
@@ -96,6 +97,10 @@ impl Study {
         let with = |label: String, f: &dyn Fn(&mut PretrainConfig), paper: Option<(f64, f64)>| {
             let mut p = base.clone();
             f(&mut p);
+            // Only a token target uses the tokenizer given for the target study.
+            if p.target != Target::Tokens {
+                p.tokenizer = None;
+            }
             p.out = base.out.join(label.replace([' ', '%', '/'], "_"));
             Setting { label, pretrain: p, paper }
         };
@@ -127,10 +132,17 @@ impl Study {
                 with("encoder w/ [M]".into(), &|p| p.encoder_mask_token = true, Some((84.2, 59.6))),
                 with("encoder w/o [M]".into(), &|p| p.encoder_mask_token = false, Some((84.9, 73.5))),
             ],
-            Study::Target => vec![
-                with("pixel (w/o norm)".into(), &|p| p.norm_pix_loss = false, Some((84.9, 73.5))),
-                with("pixel (w/ norm)".into(), &|p| p.norm_pix_loss = true, Some((85.4, 73.9))),
-            ],
+            Study::Target => {
+                let mut rows = vec![
+                    with("pixel (w/o norm)".into(), &|p| p.norm_pix_loss = false, Some((84.9, 73.5))),
+                    with("pixel (w/ norm)".into(), &|p| p.norm_pix_loss = true, Some((85.4, 73.9))),
+                    with("PCA".into(), &|p| p.target = Target::Pca, Some((84.6, 72.3))),
+                ];
+                if base.tokenizer.is_some() {
+                    rows.push(with("dVAE token".into(), &|p| p.target = Target::Tokens, Some((85.3, 68.8))));
+                }
+                rows
+            }
             Study::Augmentation => vec![
                 with("none".into(), &|p| p.augmentation = Some(Augmentation::None), Some((84.0, 65.7))),
                 with("crop, fixed size".into(), &|p| p.augmentation = Some(Augmentation::FixedCrop), Some((84.7, 73.1))),

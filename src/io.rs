@@ -260,6 +260,7 @@ pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
         mlp_ratio: inter as f64 / hidden as f64,
         norm_pix_loss: json.get("norm_pix_loss").and_then(|v| v.as_bool()).unwrap_or(false),
         encoder_mask_token: false,
+        target: crate::models::mae::MaeTarget::Pixels,
     };
     cfg.validate()?;
     Ok(cfg)

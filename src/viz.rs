@@ -27,11 +27,11 @@ pub struct ReconstructionRow {
 }
 
 /// Runs the model on `imgs: [B, C, H, W]` (normalised with `mean`/`std`) under `mask` and returns
-/// the panels of each image, un-normalised to `[0, 1]`.
-pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean: &[f32], std: &[f32]) -> Vec<ReconstructionRow> {
-    let pred = model.predict_pixels(imgs.clone(), mask);
+/// the panels of each image, un-normalised to `[0, 1]` (an error for a token-target MAE).
+pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean: &[f32], std: &[f32]) -> anyhow::Result<Vec<ReconstructionRow>> {
+    let pred = model.predict_pixels(imgs.clone(), mask)?;
     let removed: Vec<bool> = mask.mask.iter().map(|&m| m > 0.5).collect();
-    reconstruction_rows(imgs, pred, &removed, model.patch_size(), mean, std)
+    Ok(reconstruction_rows(imgs, pred, &removed, model.patch_size(), mean, std))
 }
 
 /// The panels of each image from inputs and predictions `[B, C, H, W]` (both normalised with

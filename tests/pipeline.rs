@@ -112,6 +112,50 @@ fn exported_weights_load_back_exactly() {
 }
 
 #[test]
+fn pca_and_token_targets_pretrain_save_their_basis_and_refuse_what_they_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let d = data.to_str().unwrap();
+    let base = ["--data", d, "--model", "mae_micro", "--max-images", "256", "--batch-size", "64", "--epochs", "1"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["pretrain"];
+        args.extend(base);
+        args.extend(extra);
+        mim(&args)
+    };
+    // PCA: 8 of the 16 values of a 4x4 grey patch, a basis saved with the model.
+    let pca = tmp.path().join("pca");
+    let out = run(&["--target", "pca", "--out", pca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ck = mim::train::checkpoint::load(&pca.join("checkpoint.mim"), &Device::flex()).unwrap();
+    let basis = ck.model.pca.as_ref().expect("a PCA basis in the checkpoint");
+    assert_eq!(basis.components.dims(), [16, 8]);
+    let gram = basis.components.val().transpose().matmul(basis.components.val());
+    let eye = Tensor::<2>::eye(8, &Device::flex());
+    assert!((gram - eye).abs().max().into_scalar::<f32>() < 1e-4, "the basis is orthonormal");
+    let pics = tmp.path().join("pics");
+    let out = mim(&["reconstruct", "--checkpoint", pca.join("checkpoint.mim").to_str().unwrap(), "--indices", "0", "--out", pics.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Tokens: the ids of a (briefly trained) tokenizer with the MAE's patch grid.
+    let tok = tmp.path().join("tok");
+    let out = mim(&["tokenizer", "train", "--data", d, "--out", tok.to_str().unwrap(), "--max-images", "256", "--batch-size", "64", "--epochs", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokenizer = tok.join("tokenizer.mim");
+    let tokens = tmp.path().join("tokens");
+    assert_clean_error(&run(&["--target", "tokens", "--out", tokens.to_str().unwrap()]), "pass --tokenizer");
+    let out = run(&["--target", "tokens", "--tokenizer", tokenizer.to_str().unwrap(), "--out", tokens.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = read_metrics(&tokens.join("metrics.jsonl")).unwrap()[0].loss;
+    // Cross-entropy over the tokenizer's vocabulary starts near ln(vocab).
+    let vocab = mim::train::tokenizer::load_tokenizer(&tokenizer, &Device::flex()).unwrap().header.model.vocab_size as f64;
+    assert!((first - vocab.ln()).abs() < 1.0, "first loss {first} vs ln {vocab} = {}", vocab.ln());
+    let out = mim(&["reconstruct", "--checkpoint", tokens.join("checkpoint.mim").to_str().unwrap(), "--indices", "0", "--out", pics.to_str().unwrap()]);
+    assert_clean_error(&out, "predicts visual-token ids");
+    assert_clean_error(&run(&["--method", "simmim", "--target", "pca", "--out", tmp.path().join("x").to_str().unwrap()]), "MAE option");
+}
+
+#[test]
 fn pretrain_then_reconstruct_writes_the_figure() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");

@@ -6,10 +6,14 @@
 //! `encoder_mask_token` builds the paper's Table 1c / Table 2 counterpart instead: every patch
 //! enters the encoder, removed ones replaced by a learned mask token, and the decoder reads the
 //! encoder's full, ordered sequence (3.3x the encoder FLOPs at 75% masking).
+//!
+//! [`MaeTarget`] picks what the decoder predicts at removed patches (Table 1d): pixels (the
+//! default), the largest PCA coefficients of the patch, or the visual tokenizer's id of the patch.
 
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +51,29 @@ pub struct MaeConfig {
     /// learned mask token instead of being dropped.
     #[serde(default)]
     pub encoder_mask_token: bool,
+    /// What the decoder predicts at removed patches.
+    #[serde(default)]
+    pub target: MaeTarget,
+}
+
+/// The reconstruction target of an MAE (Table 1d).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MaeTarget {
+    /// Patch pixels (per-patch normalised when `norm_pix_loss`), mean squared error.
+    #[default]
+    Pixels,
+    /// The `components` largest PCA coefficients of the (normalised) patch, mean squared error.
+    /// The basis is fitted on training patches before pretraining and saved with the model.
+    Pca {
+        /// Coefficients predicted per patch (the paper: 96 of 768 dimensions).
+        components: usize,
+    },
+    /// The visual tokenizer's id of the patch (BEiT's target), cross-entropy.
+    Tokens {
+        /// The tokenizer's vocabulary.
+        vocab_size: usize,
+    },
 }
 
 impl MaeConfig {
@@ -71,6 +98,7 @@ impl MaeConfig {
             mlp_ratio: 4.0,
             norm_pix_loss: true,
             encoder_mask_token: false,
+            target: MaeTarget::Pixels,
         };
         let small = |img, chans, dim, depth, heads, ddim, ddepth, dheads| MaeConfig {
             img_size: img,
@@ -85,6 +113,7 @@ impl MaeConfig {
             mlp_ratio: 4.0,
             norm_pix_loss: true,
             encoder_mask_token: false,
+            target: MaeTarget::Pixels,
         };
         Ok(match name {
             "mae_vit_base_patch16" => paper(224, 16, 768, 12, 12),
@@ -112,6 +141,15 @@ impl MaeConfig {
         self.patch_size * self.patch_size * self.in_chans
     }
 
+    /// Values the decoder predicts per patch.
+    pub fn pred_dim(&self) -> usize {
+        match self.target {
+            MaeTarget::Pixels => self.patch_dim(),
+            MaeTarget::Pca { components } => components,
+            MaeTarget::Tokens { vocab_size } => vocab_size,
+        }
+    }
+
     /// Checks the sizes fit together, with an error that says what to change.
     pub fn validate(&self) -> Result<()> {
         ensure!(self.patch_size > 0 && self.img_size > 0, "image and patch sizes must be positive");
@@ -128,6 +166,16 @@ impl MaeConfig {
             ensure!(dim % 4 == 0, "{what} width {dim} must be a multiple of 4 for 2-D sin-cos position embeddings");
         }
         ensure!(self.in_chans > 0, "in_chans must be positive");
+        match self.target {
+            MaeTarget::Pixels => {}
+            MaeTarget::Pca { components } => ensure!(
+                (1..=self.patch_dim()).contains(&components),
+                "a PCA target needs 1 to {} components (the patch's {} values), not {components}",
+                self.patch_dim(),
+                self.patch_dim()
+            ),
+            MaeTarget::Tokens { vocab_size } => ensure!(vocab_size > 1, "a token target needs a vocabulary of at least 2 codes"),
+        }
         Ok(())
     }
 
@@ -149,7 +197,13 @@ impl MaeConfig {
             decoder_pos_embed: pos_embed_tensor(self.decoder_embed_dim, g, true, device),
             decoder_blocks: blocks(self.decoder_depth, self.decoder_embed_dim, self.decoder_num_heads, &mut rng),
             decoder_norm: LayerNorm::new(self.decoder_embed_dim, device),
-            decoder_pred: Linear::new(self.decoder_embed_dim, self.patch_dim(), &mut rng, device),
+            decoder_pred: Linear::new(self.decoder_embed_dim, self.pred_dim(), &mut rng, device),
+            pca: match self.target {
+                // A placeholder until `with_pca` sets the basis fitted on the data.
+                MaeTarget::Pca { components } => Some(PcaBasis::new(vec![0.0; self.patch_dim()], vec![0.0; self.patch_dim() * components], components, device)),
+                _ => None,
+            },
+            target: self.target,
             patch_size: self.patch_size,
             norm_pix_loss: self.norm_pix_loss,
         })
@@ -181,10 +235,115 @@ pub struct MaskedAutoencoder {
     pub decoder_blocks: Vec<Block>,
     /// Final decoder norm.
     pub decoder_norm: LayerNorm,
-    /// Decoder width -> patch pixels.
+    /// Decoder width -> patch pixels (or PCA coefficients, or token logits).
     pub decoder_pred: Linear,
+    /// The PCA basis of a PCA target (fitted on data, saved, never trained).
+    pub pca: Option<PcaBasis>,
+    #[module(skip)]
+    target: MaeTarget,
     patch_size: usize,
     norm_pix_loss: bool,
+}
+
+/// A PCA basis of patch space: `coefficients = (patch - mean) @ components`.
+#[derive(Module, Debug)]
+pub struct PcaBasis {
+    /// Mean patch `[1, P]`.
+    pub mean: Param<Tensor<2>>,
+    /// Principal directions as columns, largest variance first `[P, K]`.
+    pub components: Param<Tensor<2>>,
+}
+
+impl PcaBasis {
+    /// A basis from a mean `[P]` and row-major components `[P * K]`; it is data, not a weight, so
+    /// it requires no gradient.
+    pub fn new(mean: Vec<f32>, components: Vec<f32>, k: usize, device: &Device) -> Self {
+        let p = mean.len();
+        let fixed = |t: Tensor<2>| Param::from_tensor(t).set_require_grad(false);
+        PcaBasis {
+            mean: fixed(Tensor::<1>::from_floats(mean.as_slice(), device).reshape([1, p])),
+            components: fixed(Tensor::<1>::from_floats(components.as_slice(), device).reshape([p, k])),
+        }
+    }
+
+    /// Fits the `k` largest principal directions of `patches: [N, P]` (covariance in f64,
+    /// eigenvectors by cyclic Jacobi rotations).
+    pub fn fit(patches: Tensor<2>, k: usize) -> Result<Self> {
+        let [n, p] = patches.dims();
+        ensure!(n > 1 && (1..=p).contains(&k), "PCA of {n} patches of {p} values cannot give {k} components");
+        let device = patches.device();
+        let mean = patches.clone().mean_dim(0);
+        let centred = patches - mean.clone();
+        let cov: Vec<f32> = (centred.clone().transpose().matmul(centred) / (n as f64 - 1.0)).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (_, vectors) = symmetric_eigen(&cov.iter().map(|&v| v as f64).collect::<Vec<_>>(), p);
+        let components: Vec<f32> = (0..p).flat_map(|row| (0..k).map(move |c| (row, c))).map(|(row, c)| vectors[row * p + c] as f32).collect();
+        let mean: Vec<f32> = mean.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(Self::new(mean, components, k, &device))
+    }
+
+    /// `patches: [B, L, P] -> [B, L, K]`, outside autodiff (a target, not a prediction).
+    pub fn project(&self, patches: Tensor<3>) -> Tensor<3> {
+        let [b, l, p] = patches.dims();
+        let k = self.components.dims()[1];
+        let x = patches.reshape([b * l, p]) - self.mean.val().detach();
+        x.matmul(self.components.val().detach()).reshape([b, l, k])
+    }
+
+    /// `coefficients: [B, L, K] -> [B, L, P]`: the patches the coefficients stand for.
+    pub fn reconstruct(&self, coefficients: Tensor<3>) -> Tensor<3> {
+        let [b, l, k] = coefficients.dims();
+        let p = self.mean.dims()[1];
+        let x = coefficients.reshape([b * l, k]).matmul(self.components.val().detach().transpose()) + self.mean.val().detach();
+        x.reshape([b, l, p])
+    }
+}
+
+/// Eigen-decomposition of the symmetric `n x n` matrix `a` (row-major) by cyclic Jacobi rotations:
+/// eigenvalues in decreasing order and the matching unit eigenvectors as the columns of a
+/// row-major `n x n` matrix.
+pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut a = a.to_vec();
+    let mut v: Vec<f64> = (0..n * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect();
+    let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
+    for _sweep in 0..100 {
+        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        if off <= 1e-24 * scale {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = if theta >= 0.0 { 1.0 } else { -1.0 } / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                // A <- J^T A J, V <- V J with J the rotation in the (p, q) plane.
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| a[j * n + j].total_cmp(&a[i * n + i]));
+    let values = order.iter().map(|&i| a[i * n + i]).collect();
+    let vectors = (0..n).flat_map(|row| order.iter().map(move |&col| (row, col))).map(|(row, col)| v[row * n + col]).collect();
+    (values, vectors)
 }
 
 /// What a forward pass returns.
@@ -205,6 +364,36 @@ impl MaskedAutoencoder {
     /// Whether targets are per-patch normalised.
     pub fn norm_pix_loss(&self) -> bool {
         self.norm_pix_loss
+    }
+
+    /// Input side in pixels.
+    pub fn img_size(&self) -> usize {
+        let l = self.pos_embed.dims()[1] - 1;
+        (l as f64).sqrt().round() as usize * self.patch_size
+    }
+
+    /// What the decoder predicts.
+    pub fn target_kind(&self) -> MaeTarget {
+        self.target
+    }
+
+    /// Sets the PCA basis of a PCA-target model (fitted on training patches, see
+    /// [`Self::pixel_target`]); an error for other targets or another basis shape.
+    pub fn with_pca(mut self, basis: PcaBasis) -> Result<Self> {
+        let MaeTarget::Pca { components } = self.target else { anyhow::bail!("only a PCA-target MAE has a PCA basis") };
+        ensure!(
+            basis.components.dims() == [self.patch_dim(), components],
+            "the PCA basis {:?} does not fit patches of {} values and {components} components",
+            basis.components.dims(),
+            self.patch_dim()
+        );
+        self.pca = Some(basis);
+        Ok(self)
+    }
+
+    /// Values per flattened patch `p*p*C`.
+    fn patch_dim(&self) -> usize {
+        self.patch_embed.proj.weight.dims()[0]
     }
 
     /// `imgs: [B, C, H, W] -> [B, 1 + K, D]`: embeds all patches, keeps the visible ones, prepends
@@ -250,9 +439,9 @@ impl MaskedAutoencoder {
         x.slice([0..b, 1..l + 1])
     }
 
-    /// The regression target `[B, L, p*p*C]`: patch pixels, normalised per patch when
-    /// `norm_pix_loss` (unbiased variance, eps 1e-6, as the official code).
-    pub fn target(&self, imgs: Tensor<4>) -> Tensor<3> {
+    /// Patch pixels `[B, L, p*p*C]`, normalised per patch when `norm_pix_loss` (unbiased variance,
+    /// eps 1e-6, as the official code): the pixel target, and what a PCA target projects.
+    pub fn pixel_target(&self, imgs: Tensor<4>) -> Tensor<3> {
         let target = patchify(imgs, self.patch_size);
         if !self.norm_pix_loss {
             return target;
@@ -261,15 +450,28 @@ impl MaskedAutoencoder {
         (target - mean) / (var + 1e-6).sqrt()
     }
 
+    /// The regression target `[B, L, pred_dim]`: [`Self::pixel_target`], or its PCA coefficients.
+    /// (A token target has no regression target: see [`Self::forward_token_loss`].)
+    pub fn target(&self, imgs: Tensor<4>) -> Tensor<3> {
+        let pixels = self.pixel_target(imgs);
+        match &self.pca {
+            Some(basis) => basis.project(pixels),
+            None => pixels,
+        }
+    }
+
     /// Mean squared error over the removed patches only: `[1]`. With [`Mask::keep_all`] (nothing
     /// removed; used to measure the cost of a full encoder) the mean is over all patches.
     pub fn forward_loss(&self, imgs: Tensor<4>, pred: Tensor<3>, mask: &Mask) -> Tensor<1> {
         let per_patch = (pred - self.target(imgs.clone())).powi_scalar(2).mean_dim(2).squeeze_dim::<2>(2);
-        if !mask.removes_any() {
-            return per_patch.mean();
-        }
-        let m = mask.mask_tensor(&imgs.device());
-        (per_patch * m.clone()).sum() / m.sum()
+        masked_mean(per_patch, mask)
+    }
+
+    /// Cross-entropy of the decoder's logits `pred: [B, L, vocab]` against the visual tokenizer's
+    /// ids `token_ids: [B, L]`, over the removed patches only: `[1]` (the dVAE-token target).
+    pub fn forward_token_loss(&self, pred: Tensor<3>, token_ids: Tensor<2, Int>, mask: &Mask) -> Tensor<1> {
+        let per_patch = log_softmax(pred, 2).gather(2, token_ids.unsqueeze_dim(2)).squeeze_dim::<2>(2).neg();
+        masked_mean(per_patch, mask)
     }
 
     /// Encoder, decoder and loss for `imgs: [B, C, H, W]` under `mask`.
@@ -282,15 +484,80 @@ impl MaskedAutoencoder {
 
     /// Predicted images `[B, C, H, W]` in the input's (normalised) pixel space. With
     /// `norm_pix_loss` the per-patch predictions are un-normalised with the mean and variance of the
-    /// true patch, as the official visualisation does.
-    pub fn predict_pixels(&self, imgs: Tensor<4>, mask: &Mask) -> Tensor<4> {
+    /// true patch, as the official visualisation does; PCA coefficients are mapped back to patches.
+    /// An error for a token target (it predicts token ids, not pixels).
+    pub fn predict_pixels(&self, imgs: Tensor<4>, mask: &Mask) -> Result<Tensor<4>> {
+        ensure!(
+            !matches!(self.target, MaeTarget::Tokens { .. }),
+            "this MAE predicts visual-token ids, not pixels: it has no reconstruction to picture"
+        );
         let [_, c, h, w] = imgs.dims();
         let p = self.patch_size;
         let mut pred = self.forward_decoder(self.forward_encoder(imgs.clone(), mask), mask);
+        if let Some(basis) = &self.pca {
+            pred = basis.reconstruct(pred);
+        }
         if self.norm_pix_loss {
             let (var, mean) = patchify(imgs, p).var_mean(2);
             pred = pred * (var + 1e-6).sqrt() + mean;
         }
-        unpatchify(pred, p, (h / p, w / p), c)
+        Ok(unpatchify(pred, p, (h / p, w / p), c))
+    }
+}
+
+/// Mean of `per_patch: [B, L]` over the removed patches (over all with nothing removed).
+fn masked_mean(per_patch: Tensor<2>, mask: &Mask) -> Tensor<1> {
+    if !mask.removes_any() {
+        return per_patch.mean();
+    }
+    let m = mask.mask_tensor(&per_patch.device());
+    (per_patch * m.clone()).sum() / m.sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn jacobi_eigenvectors_rebuild_the_matrix_in_decreasing_order() {
+        let n = 7;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let b: Vec<f64> = (0..n * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        // A = B B^T: symmetric positive semi-definite.
+        let a: Vec<f64> = (0..n * n).map(|ij| (0..n).map(|k| b[(ij / n) * n + k] * b[(ij % n) * n + k]).sum()).collect();
+        let (values, v) = symmetric_eigen(&a, n);
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+        for i in 0..n {
+            for j in 0..n {
+                let rebuilt: f64 = (0..n).map(|k| v[i * n + k] * values[k] * v[j * n + k]).sum();
+                let gram: f64 = (0..n).map(|k| v[k * n + i] * v[k * n + j]).sum();
+                assert!((rebuilt - a[i * n + j]).abs() < 1e-10, "A[{i},{j}]");
+                assert!((gram - f64::from(u8::from(i == j))).abs() < 1e-10, "V^T V [{i},{j}]");
+            }
+        }
+    }
+
+    #[test]
+    fn pca_keeps_the_directions_of_largest_variance() {
+        let device = Device::flex();
+        // Points on a line along (1, 2, 2)/3 plus small noise in the other directions.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let pts: Vec<f32> = (0..500)
+            .flat_map(|_| {
+                let t: f32 = rng.gen_range(-3.0..3.0);
+                let e: [f32; 3] = [rng.gen_range(-0.01..0.01), rng.gen_range(-0.01..0.01), rng.gen_range(-0.01..0.01)];
+                [t / 3.0 + 0.5 + e[0], 2.0 * t / 3.0 + e[1], 2.0 * t / 3.0 - 1.0 + e[2]]
+            })
+            .collect();
+        let x = Tensor::<1>::from_floats(pts.as_slice(), &device).reshape([500, 3]);
+        let basis = PcaBasis::fit(x.clone(), 1).unwrap();
+        let dir: Vec<f32> = basis.components.val().into_data().try_to_vec::<f32>().unwrap();
+        let cos = (dir[0] + 2.0 * dir[1] + 2.0 * dir[2]).abs() / 3.0;
+        assert!(cos > 0.9999, "first component {dir:?}");
+        // Projecting and reconstructing loses only the small noise.
+        let x3 = x.reshape([1, 500, 3]);
+        let back = basis.reconstruct(basis.project(x3.clone()));
+        assert!((back - x3).abs().max().into_scalar::<f32>() < 0.03);
     }
 }

@@ -10,7 +10,7 @@
 
 use anyhow::{Result, bail};
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +18,8 @@ use crate::data::loader::Batch;
 use crate::masking::{BlockMasking, BoolMask, Mask, MaskStrategy, SimMimMasking, len_keep, uniform_noise};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::tokenizer::VqTokenizer;
-use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::data::Dataset;
+use crate::models::mae::{MaeConfig, MaeTarget, MaskedAutoencoder, PcaBasis};
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
 
@@ -144,6 +145,12 @@ pub trait MimModel: Module + Sized {
     /// drawn from `rng`.
     fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>>;
 
+    /// Fits what a fresh model takes from the data before training (MAE's PCA target basis);
+    /// nothing by default.
+    fn fit_to_data(self, _ds: &Dataset, _device: &Device) -> Result<Self> {
+        Ok(self)
+    }
+
     /// Encoder features `[B, D]` of unmasked images, for the k-NN monitor (MAE: the cls token after
     /// the final norm; Swin: the pooled final feature map).
     fn features(&self, imgs: Tensor<4>) -> Tensor<2>;
@@ -167,15 +174,39 @@ impl MimModel for MaskedAutoencoder {
         cfg.mae()?.init(seed, device)
     }
 
-    fn batch_loss(&self, batch: &Batch, device: &Device, masking: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+    fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
         let imgs = batch.tensor(device);
         let b = imgs.dims()[0];
-        let l = masking.grid.0 * masking.grid.1;
-        let mask = match &masking.strategy {
-            None => Mask::from_noise(&uniform_noise(rng, b, l), b, masking.ratio)?,
-            Some(s) => s.sample(masking.grid, b, rng)?.to_mae_mask(len_keep(l, masking.ratio), rng)?,
+        let l = ctx.grid.0 * ctx.grid.1;
+        let mask = match &ctx.strategy {
+            None => Mask::from_noise(&uniform_noise(rng, b, l), b, ctx.ratio)?,
+            Some(s) => s.sample(ctx.grid, b, rng)?.to_mae_mask(len_keep(l, ctx.ratio), rng)?,
         };
-        Ok(self.forward(imgs, &mask).loss)
+        match self.target_kind() {
+            MaeTarget::Tokens { .. } => {
+                let pred = self.forward_decoder(self.forward_encoder(imgs, &mask), &mask);
+                Ok(self.forward_token_loss(pred, token_ids(ctx, batch, device)?, &mask))
+            }
+            _ => Ok(self.forward(imgs, &mask).loss),
+        }
+    }
+
+    /// A PCA target's basis from the patches of the first [`PCA_IMAGES`] training images (resized,
+    /// normalised per patch as the targets are).
+    fn fit_to_data(self, ds: &Dataset, device: &Device) -> Result<Self> {
+        let MaeTarget::Pca { components } = self.target_kind() else { return Ok(self) };
+        let mut sample = ds.clone();
+        sample.truncate(PCA_IMAGES);
+        let side = self.img_size();
+        let mut patches = Vec::new();
+        crate::eval::for_each_batch(&sample, side, 256, |batch| {
+            let t = self.pixel_target(batch.tensor(device)).detach();
+            let [b, l, p] = t.dims();
+            patches.push(t.reshape([b * l, p]));
+            Ok(())
+        })?;
+        let basis = PcaBasis::fit(Tensor::cat(patches, 0), components)?;
+        self.with_pca(basis)
     }
 
     fn features(&self, imgs: Tensor<4>) -> Tensor<2> {
@@ -201,10 +232,7 @@ impl MimModel for BeitForMaskedImageModeling {
         let imgs = batch.tensor(device);
         let b = imgs.dims()[0];
         let l = ctx.grid.0 * ctx.grid.1;
-        let Some(tokenizer) = &ctx.tokenizer else { bail!("BEiT pretraining needs a tokenizer: pass --tokenizer FILE") };
-        // The tokenizer is frozen: it runs outside autodiff, on the images of the same batch.
-        let tokenizer_device = tokenizer.codebook.val().device();
-        let ids = tokenizer.encode_ids(batch.tensor(&tokenizer_device))?.to_device(device);
+        let ids = token_ids(ctx, batch, device)?;
         let strategy = ctx.strategy.clone().unwrap_or_else(|| MaskStrategy::Block(BlockMasking::beit((ctx.ratio * l as f64).round() as usize)));
         let mask = strategy.sample(ctx.grid, b, rng)?;
         let logits = self.forward(imgs, &mask);
@@ -243,6 +271,17 @@ impl MimModel for SimMim {
     fn features(&self, imgs: Tensor<4>) -> Tensor<2> {
         SwinTransformer::pool(self.encoder.forward_features(imgs))
     }
+}
+
+/// Images whose patches fit an MAE's PCA target basis.
+pub const PCA_IMAGES: usize = 2000;
+
+/// The visual tokenizer's ids `[B, L]` of the batch's images (the same augmented views the model
+/// sees). The tokenizer is frozen: it runs outside autodiff.
+fn token_ids(ctx: &StepContext, batch: &Batch, device: &Device) -> Result<Tensor<2, Int>> {
+    let Some(tokenizer) = &ctx.tokenizer else { bail!("token targets need a tokenizer: pass --tokenizer FILE (train one with `mim tokenizer train`)") };
+    let tokenizer_device = tokenizer.codebook.val().device();
+    Ok(tokenizer.encode_ids(batch.tensor(&tokenizer_device))?.to_device(device))
 }
 
 /// SimMIM's masking scaled to the model: squares as large as the encoder's total stride (32 px

@@ -21,7 +21,7 @@ use crate::masking::{MaskStrategy, check_ratio};
 use crate::eval::extract;
 use crate::eval::knn::{KnnConfig, knn_accuracy};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
-use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::models::mae::{MaeConfig, MaeTarget, MaskedAutoencoder};
 use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
 
@@ -51,6 +51,9 @@ pub struct PretrainConfig {
     pub mask: Option<MaskStrategy>,
     /// Per-patch normalised pixel targets.
     pub norm_pix_loss: bool,
+    /// MAE: what the decoder predicts at removed patches (pixels; the largest PCA coefficients of
+    /// the patch, basis fitted on the first 2,000 training images; or the ids of `--tokenizer`).
+    pub target: Target,
     /// MAE ablation "encoder w/ [M]" (Table 1c): removed patches enter the encoder as a learned
     /// mask token instead of being dropped.
     pub encoder_mask_token: bool,
@@ -108,6 +111,7 @@ impl Default for PretrainConfig {
             mask: None,
             tokenizer: None,
             encoder_mask_token: false,
+            target: Target::Pixels,
             decoder_depth: None,
             decoder_embed_dim: None,
             augmentation: None,
@@ -171,6 +175,28 @@ impl PretrainConfig {
                 m.in_chans = channels;
                 m.norm_pix_loss = self.norm_pix_loss;
                 m.encoder_mask_token = self.encoder_mask_token;
+                m.target = match self.target {
+                    Target::Pixels => MaeTarget::Pixels,
+                    // The paper keeps 96 of 768 dimensions; tiny patches keep at least 8.
+                    Target::Pca => MaeTarget::Pca { components: (m.patch_dim() / 8).max(8).min(m.patch_dim()) },
+                    Target::Tokens => {
+                        let path = self.tokenizer.as_ref().context(
+                            "--target tokens predicts a visual tokenizer's ids: pass --tokenizer FILE (train one with `mim tokenizer train`)",
+                        )?;
+                        let t = load_tokenizer(path, &crate::runtime::device(&self.device)?)?.header.model;
+                        let size = self.img_size.unwrap_or(m.img_size);
+                        ensure!(
+                            (t.img_size, t.patch_size, t.in_chans) == (size, m.patch_size, channels),
+                            "the tokenizer (image {}, patch {}, {} channels) does not give one token per patch of this MAE (image {size}, patch {}, \
+                             {channels} channels): train a tokenizer with the model's sizes",
+                            t.img_size,
+                            t.patch_size,
+                            t.in_chans,
+                            m.patch_size
+                        );
+                        MaeTarget::Tokens { vocab_size: t.vocab_size }
+                    }
+                };
                 if let Some(s) = self.img_size {
                     m.img_size = s;
                 }
@@ -213,8 +239,13 @@ impl PretrainConfig {
     pub fn validate(&self) -> Result<()> {
         check_ratio(self.ratio())?;
         ensure!(
-            self.method == Method::Beit || self.tokenizer.is_none(),
-            "--tokenizer is for --method beit only"
+            self.method == Method::Mae || self.target == Target::Pixels,
+            "--target {:?} is an MAE option: BEiT predicts tokens and SimMIM pixels by design",
+            self.target
+        );
+        ensure!(
+            self.method == Method::Beit || self.target == Target::Tokens || self.tokenizer.is_none(),
+            "--tokenizer is for --method beit (or an MAE with --target tokens)"
         );
         ensure!(
             self.method != Method::Beit || self.tokenizer.is_some(),
@@ -231,6 +262,19 @@ impl PretrainConfig {
         ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
         Ok(())
     }
+}
+
+/// MAE reconstruction target (Table 1d).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Patch pixels (normalised per patch with `norm_pix_loss`).
+    #[default]
+    Pixels,
+    /// The largest PCA coefficients of the patch.
+    Pca,
+    /// The visual tokenizer's id of the patch (cross-entropy), as BEiT's target.
+    Tokens,
 }
 
 /// Pretraining augmentation (MAE Table 1e).
@@ -399,7 +443,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
                     cfg.out.display()
                 );
             }
-            (M::build(&model_cfg, cfg.seed, &device)?, adamw(cfg.weight_decay), 0)
+            (M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?, adamw(cfg.weight_decay), 0)
         }
     };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;

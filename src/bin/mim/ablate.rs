@@ -49,6 +49,9 @@ pub struct AblateArgs {
     /// Seed of every run.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `target` study: a visual tokenizer (`mim tokenizer train`) adds the dVAE-token row.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 /// Runs `mim ablate`.
@@ -66,6 +69,7 @@ pub fn run_ablate(a: &AblateArgs) -> Result<()> {
         warmup_epochs: Some(if a.quick { 0.3 } else { 1.0 }),
         max_images,
         seed: a.seed,
+        tokenizer: a.tokenizer.clone(),
         ..PretrainConfig::default()
     };
     let finetune = FinetuneConfig {

@@ -108,6 +108,12 @@ struct PretrainArgs {
     /// Per-patch normalised pixel targets (true/false).
     #[arg(long)]
     norm_pix_loss: Option<bool>,
+    /// MAE: what the decoder predicts (pixels, pca, or tokens with --tokenizer).
+    #[arg(long, value_enum)]
+    target: Option<mim::train::pretrain::Target>,
+    /// MAE ablation (Table 1c): removed patches enter the encoder as a learned mask token.
+    #[arg(long)]
+    encoder_mask_token: bool,
     /// Pretraining augmentation (default: the method's; BEiT adds colour jitter).
     #[arg(long, value_enum)]
     augmentation: Option<mim::train::pretrain::Augmentation>,
@@ -167,10 +173,11 @@ impl PretrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
         }
-        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, augmentation, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
+        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, augmentation, target, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
         if self.img_size.is_some() {
             c.img_size = self.img_size;
         }
+        c.encoder_mask_token |= self.encoder_mask_token;
         if self.lr.is_some() {
             c.lr = self.lr;
         }
@@ -576,7 +583,7 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
     };
     let imgs = batch.tensor(&device);
     let rows = match &model {
-        Reconstructor::Mae(m) => mim::viz::reconstruct(m, imgs, &mask, &mean, &std),
+        Reconstructor::Mae(m) => mim::viz::reconstruct(m, imgs, &mask, &mean, &std)?,
         Reconstructor::SimMim(m) => {
             let weights = mask.mask_tensor(&device);
             let pred = m.forward(imgs.clone(), weights).reconstruction;
