@@ -381,7 +381,6 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let frozen = match cfg.trainable_blocks {
         Some(k) => {
             ensure!(k <= depth, "--trainable-blocks {k} exceeds the encoder's {depth} blocks");
-            ensure!(model.supports_freezing(), "--trainable-blocks (partial fine-tuning) works on ViT encoders; this is a {} encoder", model_cfg.kind());
             depth - k
         }
         None => 0,

@@ -158,8 +158,6 @@ pub trait Classifier: Module + Sized {
     /// Layer of the parameter at `path` for layer-wise lr decay: 0 for the embedding, `1..=depth`
     /// for the blocks in order, `depth + 1` for what follows them.
     fn layer_id(&self, path: &str) -> usize;
-    /// Whether blocks can be frozen (partial fine-tuning).
-    fn supports_freezing(&self) -> bool;
     /// The embedding and the first `blocks` blocks stop requiring gradients, so their operations
     /// are not even recorded (cutting the graph alone would leave an unconsumed tape behind every
     /// step).
@@ -184,9 +182,6 @@ impl Classifier for VitClassifier {
     }
     fn layer_id(&self, path: &str) -> usize {
         Self::layer_id(path, self.blocks.len())
-    }
-    fn supports_freezing(&self) -> bool {
-        true
     }
     fn freeze_first(self, blocks: usize) -> Self {
         if blocks == 0 {
@@ -250,9 +245,6 @@ impl Classifier for BeitClassifier {
     /// relative position bias and everything after the blocks `depth + 1`.
     fn layer_id(&self, path: &str) -> usize {
         VitClassifier::layer_id(path.strip_prefix("encoder.").unwrap_or(path), self.encoder.blocks.len())
-    }
-    fn supports_freezing(&self) -> bool {
-        true
     }
     /// Also freezes the shared relative position bias, which the frozen blocks use too.
     fn freeze_first(self, blocks: usize) -> Self {
@@ -324,10 +316,23 @@ impl Classifier for SwinTransformer {
         }
         self.depth() + 1
     }
-    fn supports_freezing(&self) -> bool {
-        false
-    }
-    fn freeze_first(self, _blocks: usize) -> Self {
+    /// Freezes every parameter whose layer id is at most `blocks` (the embedding, the first
+    /// `blocks` blocks across stages, and the patch merging of a stage whose preceding blocks are
+    /// all frozen), the same split as layer-wise lr decay.
+    fn freeze_first(mut self, blocks: usize) -> Self {
+        if blocks == 0 {
+            return self;
+        }
+        self.patch_embed = self.patch_embed.no_grad();
+        let mut before = 0;
+        for stage in &mut self.layers {
+            let n = stage.blocks.len();
+            if before <= blocks {
+                stage.downsample = stage.downsample.take().map(|d| d.no_grad());
+            }
+            stage.blocks = freeze_blocks(std::mem::take(&mut stage.blocks), blocks.saturating_sub(before));
+            before += n;
+        }
         self
     }
 }
@@ -336,6 +341,28 @@ impl Classifier for SwinTransformer {
 mod tests {
     use super::*;
     use crate::models::mae::MaeConfig;
+
+    #[test]
+    fn swin_partial_finetuning_trains_only_the_last_blocks() {
+        use crate::models::swin::SwinConfig;
+        use burn::optim::GradientsParams;
+        let device = Device::flex().autodiff();
+        let cfg = SwinConfig::preset("swin_tiny_28").unwrap();
+        let model = swin_from_scratch(&SwinConfig { in_chans: 1, ..cfg }, 10, 0.0, 0, &device).unwrap();
+        let depth = model.depth();
+        let frozen = depth - 1;
+        let model = model.freeze_first(frozen);
+        let before = crate::io::parameters(&model);
+        let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
+        let loss = model.forward_train(imgs, &mut InitRng::seed_from_u64(0), 0).powi_scalar(2).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = crate::train::optim::adamw(0.0).step(1e-2, model, grads);
+        let after = crate::io::parameters(&model);
+        for (path, (_, v)) in &before {
+            let trainable = model.layer_id(path) > frozen;
+            assert_eq!(&after[path].1 != v, trainable, "{path} (layer {}) should {}train", model.layer_id(path), if trainable { "" } else { "not " });
+        }
+    }
 
     #[test]
     fn layer_ids_follow_the_official_rule() {
