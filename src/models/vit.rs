@@ -101,7 +101,7 @@ impl LayerNorm {
 
     /// `x: [..., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        crate::ops::layer_norm::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 

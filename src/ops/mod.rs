@@ -41,6 +41,7 @@ pub fn exp(x: f32) -> f32 {
 
 pub mod attention;
 pub mod gelu;
+pub mod layer_norm;
 
 use burn::tensor::{DType, Device, Tensor};
 
