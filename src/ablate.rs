@@ -67,6 +67,9 @@ pub struct Row {
     /// Wall-clock seconds of the pretraining alone.
     #[serde(default)]
     pub pretrain_seconds: f64,
+    /// Median wall-clock seconds of one pretraining step (forward, backward, update).
+    #[serde(default)]
+    pub step_seconds: f64,
     /// Encoder forward GFLOPs per image (matmuls, as `mim bench` counts them; 0 where not counted).
     #[serde(default)]
     pub encoder_gflops: f64,
@@ -211,6 +214,9 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         let resume = ckpt.exists().then_some(ckpt.as_path());
         let summary = pretrain(&s.pretrain, resume, &mut Silent)?;
         let pretrain_seconds = t0.elapsed().as_secs_f64();
+        let mut steps: Vec<f64> = summary.steps.windows(2).map(|w| w[1].elapsed_s - w[0].elapsed_s).collect();
+        steps.sort_by(f64::total_cmp);
+        let step_seconds = steps.get(steps.len() / 2).copied().unwrap_or(0.0);
         let tail: Vec<f64> = summary.steps.iter().rev().take(20).map(|m| m.loss).collect();
         let pretrain_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
 
@@ -242,6 +248,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             pretrain_loss,
             seconds: t0.elapsed().as_secs_f64(),
             pretrain_seconds,
+            step_seconds,
             encoder_gflops: encoder_gflops(&s.pretrain, &mcfg),
         };
         reporter.message(&format!("{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)", row.label, row.finetune, row.linear, row.seconds));
@@ -274,14 +281,16 @@ fn encoder_gflops(p: &PretrainConfig, model: &ModelConfig) -> f64 {
 /// The markdown table of a study: our numbers beside the paper's ViT-L numbers (MAE Table 1).
 pub fn table(study: Study, settings: &[Setting], rows: &[Row]) -> String {
     let mut t = format!(
-        "### {study:?}\n\n| setting | fine-tune top-1 (ours) | linear top-1 (ours) | pretrain loss | encoder GFLOPs/img | pretrain time (s) | total time (s) | paper ViT-L fine-tune | paper ViT-L linear |\n|---|---|---|---|---|---|---|---|---|\n"
+        "### {study:?}\n\n| setting | fine-tune top-1 (ours) | linear top-1 (ours) | pretrain loss | encoder GFLOPs/img | s/step | pretrain time (s) | total time (s) | paper ViT-L fine-tune | paper ViT-L linear |\n|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
         let paper = settings.iter().find(|s| s.label == r.label).and_then(|s| s.paper);
         let (pf, pl) = paper.map_or(("-".to_string(), "-".to_string()), |(f, l)| (format!("{f}"), format!("{l}")));
-        let gflops = if r.encoder_gflops > 0.0 { format!("{:.3}", r.encoder_gflops) } else { "-".into() };
+        // Rows written before a column existed show "-".
+        let known = |v: f64, digits: usize| if v > 0.0 { format!("{v:.digits$}") } else { "-".into() };
+        let (gflops, step) = (known(r.encoder_gflops, 3), known(r.step_seconds, 3));
         t += &format!(
-            "| {} | {:.2} | {:.2} | {:.4} | {gflops} | {:.0} | {:.0} | {pf} | {pl} |\n",
+            "| {} | {:.2} | {:.2} | {:.4} | {gflops} | {step} | {:.0} | {:.0} | {pf} | {pl} |\n",
             r.label, r.finetune, r.linear, r.pretrain_loss, r.pretrain_seconds, r.seconds
         );
     }
