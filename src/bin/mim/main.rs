@@ -37,7 +37,7 @@ enum Command {
         /// Output folder.
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
-        /// Pretraining epochs over the 10,000 shipped images (about a minute each on 2 cores).
+        /// Pretraining epochs over the 10,000 shipped images (20-40 s each on 2 cores).
         #[arg(long, default_value_t = 3)]
         epochs: usize,
     },
