@@ -116,22 +116,29 @@ impl TokenizerConfig {
         Ok(())
     }
 
+    /// Checks that this tokenizer gives one token per patch of a `model` (named in the error) with
+    /// these image, patch and channel sizes.
+    pub fn check_patch_grid(&self, model: &str, img_size: usize, patch_size: usize, in_chans: usize) -> Result<()> {
+        ensure!(
+            (self.img_size, self.patch_size, self.in_chans) == (img_size, patch_size, in_chans),
+            "the tokenizer (image {}, patch {}, {} channels) does not give one token per patch of the {model} (image {img_size}, \
+             patch {patch_size}, {in_chans} channels): train a tokenizer with the model's settings",
+            self.img_size,
+            self.patch_size,
+            self.in_chans
+        );
+        Ok(())
+    }
+
     /// Checks that this tokenizer produces targets for `beit`: same image, patch grid, channels and vocabulary.
     pub fn check_matches(&self, beit: &BeitConfig) -> Result<()> {
-        let ours = (self.img_size, self.patch_size, self.in_chans, self.vocab_size);
-        let theirs = (beit.img_size, beit.patch_size, beit.in_chans, beit.vocab_size);
+        self.check_patch_grid("BEiT model", beit.img_size, beit.patch_size, beit.in_chans)?;
         ensure!(
-            ours == theirs,
-            "the tokenizer (image {}, patch {}, {} channels, {} codes) does not fit the BEiT model (image {}, patch {}, {} channels, \
-             vocab {}): train a tokenizer with the model's settings",
-            ours.0,
-            ours.1,
-            ours.2,
-            ours.3,
-            theirs.0,
-            theirs.1,
-            theirs.2,
-            theirs.3
+            self.vocab_size == beit.vocab_size,
+            "the tokenizer has {} codes but the BEiT model predicts {} visual tokens: train a tokenizer with --vocab-size {}",
+            self.vocab_size,
+            beit.vocab_size,
+            beit.vocab_size
         );
         Ok(())
     }

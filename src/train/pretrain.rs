@@ -16,7 +16,7 @@ use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
 use super::methods::{Method, MimModel, ModelConfig, StepContext};
-use super::tokenizer::load_tokenizer;
+use super::tokenizer::{load_tokenizer, read_tokenizer_header};
 use crate::masking::{MaskStrategy, check_ratio};
 use crate::eval::extract;
 use crate::eval::knn::{KnnConfig, knn_accuracy};
@@ -175,6 +175,9 @@ impl PretrainConfig {
                 m.in_chans = channels;
                 m.norm_pix_loss = self.norm_pix_loss;
                 m.encoder_mask_token = self.encoder_mask_token;
+                if let Some(s) = self.img_size {
+                    m.img_size = s;
+                }
                 m.target = match self.target {
                     Target::Pixels => MaeTarget::Pixels,
                     // The paper keeps 96 of 768 dimensions; tiny patches keep at least 8.
@@ -183,23 +186,11 @@ impl PretrainConfig {
                         let path = self.tokenizer.as_ref().context(
                             "--target tokens predicts a visual tokenizer's ids: pass --tokenizer FILE (train one with `mim tokenizer train`)",
                         )?;
-                        let t = load_tokenizer(path, &crate::runtime::device(&self.device)?)?.header.model;
-                        let size = self.img_size.unwrap_or(m.img_size);
-                        ensure!(
-                            (t.img_size, t.patch_size, t.in_chans) == (size, m.patch_size, channels),
-                            "the tokenizer (image {}, patch {}, {} channels) does not give one token per patch of this MAE (image {size}, patch {}, \
-                             {channels} channels): train a tokenizer with the model's sizes",
-                            t.img_size,
-                            t.patch_size,
-                            t.in_chans,
-                            m.patch_size
-                        );
+                        let t = read_tokenizer_header(path)?.model;
+                        t.check_patch_grid("MAE", m.img_size, m.patch_size, m.in_chans)?;
                         MaeTarget::Tokens { vocab_size: t.vocab_size }
                     }
                 };
-                if let Some(s) = self.img_size {
-                    m.img_size = s;
-                }
                 if let Some(d) = self.decoder_depth {
                     m.decoder_depth = d;
                 }

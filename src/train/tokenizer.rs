@@ -166,6 +166,11 @@ pub struct TokenizerCheckpoint {
     optimizer: Vec<u8>,
 }
 
+/// The header of a tokenizer checkpoint, without building the model.
+pub fn read_tokenizer_header(path: &Path) -> Result<TokenizerHeader> {
+    Ok(checkpoint::load_kind::<TokenizerHeader>(path, Kind::Tokenizer)?.0)
+}
+
 /// Loads a tokenizer checkpoint onto `device` (a pretraining checkpoint is refused with an error saying so).
 pub fn load_tokenizer(path: &Path, device: &Device) -> Result<TokenizerCheckpoint> {
     let (header, model, optimizer): (TokenizerHeader, _, _) = checkpoint::load_kind(path, Kind::Tokenizer)?;
