@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::{InitRng, param, trunc_normal};
-use super::vit::{Block, LayerNorm, Linear, PatchEmbed, WeightInit, run_blocks};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, WeightInit, run_blocks, with_mask_token};
 use crate::masking::BoolMask;
 
 /// Architecture of a BEiT for masked image modeling.
@@ -282,8 +282,7 @@ impl BeitForMaskedImageModeling {
         let b = imgs.dims()[0];
         let mut x = self.patch_embed.forward(imgs);
         if let Some(mask) = mask {
-            let w = mask.weights_tensor(&device);
-            x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w;
+            x = with_mask_token(x, mask.weights_tensor(&device), self.mask_token.val());
         }
         let mut x = Tensor::cat(vec![self.cls_token.val().repeat_dim(0, b), x], 1);
         if let Some(pos) = &self.pos_embed {

@@ -16,7 +16,7 @@ use rand::{RngCore, SeedableRng};
 
 use super::init::{InitRng, trunc_normal_matrices};
 use super::swin::{SwinConfig, SwinTransformer, timm_to_burn};
-use super::vit::{Linear, token};
+use super::vit::{Linear, token, with_mask_token};
 use crate::io::{TensorMap, load_tensor_map, read_safetensors};
 
 /// Added to the masked-pixel count in the loss's denominator, as the official code.
@@ -76,8 +76,7 @@ impl SimMim {
         let [b, h, w, _] = x.dims();
         assert_eq!(mask.dims(), [b, h * w], "SimMIM mask must be [batch, patches] = [{b}, {}]", h * w);
         let m = mask.reshape([b, h, w, 1]);
-        let token = self.mask_token.val().unsqueeze_dim::<4>(0);
-        let x = x * (m.clone().neg() + 1.0) + token * m;
+        let x = with_mask_token(x, m, self.mask_token.val().unsqueeze_dim::<4>(0));
         let last = self.encoder.forward_stages_from(x, rng).pop().expect("at least one stage");
         self.encoder.norm.forward(last)
     }

@@ -384,10 +384,16 @@ pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, po
     let x = match tokens {
         PatchTokens::All => x + patch_pos,
         PatchTokens::Keep(ids) => gather_tokens(x + patch_pos, ids),
-        PatchTokens::Replace { weights, token } => x * (weights.clone().neg() + 1.0) + token * weights + patch_pos,
+        PatchTokens::Replace { weights, token } => with_mask_token(x, weights, token) + patch_pos,
     };
     let cls = (cls_token.val() + pos_embed.clone().slice([0..1, 0..1])).repeat_dim(0, b);
     Tensor::cat(vec![cls, x], 1)
+}
+
+/// `x (1 - w) + token w`: the embeddings of masked positions (weight 1) replaced by a learned mask
+/// token, broadcast over them (BEiT's [MASK], SimMIM's mask token, MAE's "encoder w/ [M]").
+pub fn with_mask_token<const D: usize>(x: Tensor<D>, weights: Tensor<D>, token: Tensor<D>) -> Tensor<D> {
+    x * (weights.clone().neg() + 1.0) + token * weights
 }
 
 /// `x: [B, N, D]`, `ids: [B, K] -> [B, K, D]`: rows of `x` picked per sample.
