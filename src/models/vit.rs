@@ -68,10 +68,7 @@ impl Linear {
         let rows = dims[..D - 1].iter().product::<usize>();
         let w = self.weight.val();
         let d_out = w.dims()[1];
-        let mut y = x.reshape([rows, d_in]).matmul(w);
-        if let Some(bias) = &self.bias {
-            y = y + bias.val().unsqueeze_dim(0);
-        }
+        let y = crate::ops::linear::linear(x.reshape([rows, d_in]), w, self.bias.as_ref().map(|b| b.val()));
         let mut out = dims;
         out[D - 1] = d_out;
         y.reshape(out)

@@ -42,6 +42,7 @@ pub fn exp(x: f32) -> f32 {
 pub mod attention;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 
 use burn::tensor::{DType, Device, Tensor};
 
