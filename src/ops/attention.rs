@@ -16,7 +16,7 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp, on_flex_f32};
+use super::{contiguous_f32, exp, init_f32, on_flex_f32, zeroed};
 
 /// Sizes of one call: batch, tokens, heads, head width.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +78,8 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 multiversion! {
-    /// One (image, head) of the forward pass: probabilities `p: [N, N]`, output rows `o: [N, hd]`.
+    /// One (image, head) of the forward pass: probabilities `p: [N, N]`, output rows `o: [N, hd]`,
+    /// both zeroed.
     fn forward_task(qkv: &[f32], dm: Dims, task: usize, p: &mut [f32], o: &mut [f32]) {
         let Dims { n, h, hd, .. } = dm;
         let scale = (hd as f32).powf(-0.5);
@@ -87,7 +88,6 @@ multiversion! {
         for i in 0..n {
             let q = &qkv[dm.at(img, i, 0, head)..][..hd];
             let row = &mut p[i * n..(i + 1) * n];
-            row.fill(0.0);
             for (c, &qc) in q.iter().enumerate() {
                 axpy(row, qc * scale, &kt[c * n..(c + 1) * n]);
             }
@@ -111,19 +111,32 @@ multiversion! {
 fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let Dims { b, n, h, hd } = dm;
     let d = dm.d();
-    let mut probs = vec![0f32; b * h * n * n];
-    // Per (image, head): the head's output rows, gathered into [B, N, D] afterwards.
-    let mut heads_out = vec![0f32; b * h * n * hd];
-    probs.par_chunks_mut(n * n).zip(heads_out.par_chunks_mut(n * hd)).enumerate().for_each(|(task, (p, o))| forward_task(qkv, dm, task, p, o));
-    let mut out = vec![0f32; b * n * d];
-    out.par_chunks_mut(n * d).enumerate().for_each(|(img, oimg)| {
-        for head in 0..h {
-            let src = &heads_out[(img * h + head) * n * hd..][..n * hd];
-            for t in 0..n {
-                oimg[t * d + head * hd..][..hd].copy_from_slice(&src[t * hd..(t + 1) * hd]);
-            }
-        }
-    });
+    // Per (image, head): the probabilities and the head's output rows, gathered into [B, N, D]
+    // afterwards. Each task zeroes its own chunks (in parallel, hot in cache for the task).
+    let mut heads_out = Vec::new();
+    // SAFETY (both): the chunks cover the buffers; `zeroed` writes every value of a chunk before
+    // the task accumulates into it, and the gather copies every value of `out`.
+    let probs = unsafe {
+        init_f32(b * h * n * n, |probs| {
+            heads_out = init_f32(b * h * n * hd, |ho| {
+                probs.par_chunks_mut(n * n).zip(ho.par_chunks_mut(n * hd)).enumerate().for_each(|(task, (p, o))| forward_task(qkv, dm, task, zeroed(p), zeroed(o)))
+            })
+        })
+    };
+    let out = unsafe {
+        init_f32(b * n * d, |out| {
+            out.par_chunks_mut(n * d).enumerate().for_each(|(img, oimg)| {
+                for head in 0..h {
+                    let src = &heads_out[(img * h + head) * n * hd..][..n * hd];
+                    for t in 0..n {
+                        for (o, &v) in oimg[t * d + head * hd..][..hd].iter_mut().zip(&src[t * hd..(t + 1) * hd]) {
+                            o.write(v);
+                        }
+                    }
+                }
+            })
+        })
+    };
     (out, probs)
 }
 
@@ -172,10 +185,9 @@ multiversion! {
 fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f32> {
     let Dims { b, n, .. } = dm;
     let d = dm.d();
-    let mut dqkv = vec![0f32; b * n * 3 * d];
-    // One task per image: heads write disjoint column ranges of that image's rows.
-    dqkv.par_chunks_mut(n * 3 * d).enumerate().for_each(|(img, g)| backward_image(qkv, probs, dout, dm, img, g));
-    dqkv
+    // One task per image, zeroing its own rows: heads write disjoint column ranges of them.
+    // SAFETY: the chunks cover the buffer and `zeroed` writes every value of each.
+    unsafe { init_f32(b * n * 3 * d, |dqkv| dqkv.par_chunks_mut(n * 3 * d).enumerate().for_each(|(img, g)| backward_image(qkv, probs, dout, dm, img, zeroed(g)))) }
 }
 
 /// The backend operation: implemented for flex and for autodiff over flex.

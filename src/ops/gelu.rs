@@ -14,7 +14,9 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp, on_flex_f32};
+use std::mem::MaybeUninit;
+
+use super::{contiguous_f32, exp, init_f32, on_flex_f32};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -45,20 +47,20 @@ pub fn erf(x: f32) -> f32 {
 }
 
 multiversion! {
-    fn forward_chunk(x: &[f32], y: &mut [f32]) {
+    fn forward_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+            o.write(0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
         }
     }
 }
 
 multiversion! {
-    fn backward_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward_chunk(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
             // d/dx [x Φ(x)] = Φ(x) + x φ(x)
             let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
             let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
-            *o = g * (cdf + v * pdf);
+            o.write(g * (cdf + v * pdf));
         }
     }
 }
@@ -66,16 +68,18 @@ multiversion! {
 fn forward_kernel(x: FlexTensor) -> FlexTensor {
     let shape = x.shape();
     let xs = contiguous_f32(&x);
-    let mut y = vec![0f32; xs.len()];
-    y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(yc, xc)| forward_chunk(xc, yc));
+    // SAFETY: the chunks cover the buffer and forward_chunk writes each of its values.
+    let y = unsafe { init_f32(xs.len(), |y| y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(yc, xc)| forward_chunk(xc, yc))) };
     FlexTensor::from_data(TensorData::new(y, shape))
 }
 
 fn backward_kernel(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
     let shape = x.shape();
     let (xs, dys) = (contiguous_f32(&x), contiguous_f32(&dy));
-    let mut dx = vec![0f32; xs.len()];
-    dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(dys.par_chunks(CHUNK)).for_each(|((dc, xc), gc)| backward_chunk(xc, gc, dc));
+    // SAFETY: the chunks cover the buffer and backward_chunk writes each of its values.
+    let dx = unsafe {
+        init_f32(xs.len(), |dx| dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(dys.par_chunks(CHUNK)).for_each(|((dc, xc), gc)| backward_chunk(xc, gc, dc)))
+    };
     FlexTensor::from_data(TensorData::new(dx, shape))
 }
 

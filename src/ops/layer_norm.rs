@@ -16,7 +16,9 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, on_flex_f32};
+use std::mem::MaybeUninit;
+
+use super::{contiguous_f32, init_f32, on_flex_f32};
 
 /// Rows per rayon task (widths are 32 ... 1024).
 const ROWS_PER_TASK: usize = 64;
@@ -37,7 +39,7 @@ fn sum8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
 
 multiversion! {
     /// Normalises the rows of `x` (`d` wide) into `y`, writing each row's mean and 1/std.
-    fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]) {
+    fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], mean: &mut [f32], rstd: &mut [f32]) {
         let d = gamma.len();
         for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
             let mu = sum8(d, |j| xr[j]) / d as f32;
@@ -46,7 +48,7 @@ multiversion! {
             mean[r] = mu;
             rstd[r] = rs;
             for j in 0..d {
-                yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+                yr[j].write((xr[j] - mu) * rs * gamma[j] + beta[j]);
             }
         }
     }
@@ -54,7 +56,7 @@ multiversion! {
 
 multiversion! {
     /// Input gradient of the rows into `dx`; scale and shift gradients added into `dg`, `db`.
-    fn backward_rows(x: &[f32], gamma: &[f32], mean: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [f32], dg: &mut [f32], db: &mut [f32]) {
+    fn backward_rows(x: &[f32], gamma: &[f32], mean: &[f32], rstd: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], dg: &mut [f32], db: &mut [f32]) {
         let d = gamma.len();
         for (r, ((xr, dyr), dxr)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).enumerate() {
             let (mu, rs) = (mean[r], rstd[r]);
@@ -65,7 +67,7 @@ multiversion! {
                 let xh = (xr[j] - mu) * rs;
                 dg[j] += dyr[j] * xh;
                 db[j] += dyr[j];
-                dxr[j] = rs * (dyr[j] * gamma[j] - m1 - xh * m2);
+                dxr[j].write(rs * (dyr[j] * gamma[j] - m1 - xh * m2));
             }
         }
     }
@@ -107,12 +109,17 @@ impl LayerNormKernels for Flex {
         let d = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / d;
         let (xs, gs, bs) = (contiguous_f32(&x), contiguous_f32(&gamma), contiguous_f32(&beta));
-        let (mut y, mut mean, mut rstd) = (vec![0f32; rows * d], vec![0f32; rows], vec![0f32; rows]);
-        y.par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(mean.par_chunks_mut(ROWS_PER_TASK))
-            .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-            .zip(xs.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|(((yc, mc), rc), xc)| forward_rows(xc, &gs, &bs, eps, yc, mc, rc));
+        let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        // SAFETY: the chunks cover the buffer and forward_rows writes every value of its rows.
+        let y = unsafe {
+            init_f32(rows * d, |y| {
+                y.par_chunks_mut(d * ROWS_PER_TASK)
+                    .zip(mean.par_chunks_mut(ROWS_PER_TASK))
+                    .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+                    .zip(xs.par_chunks(d * ROWS_PER_TASK))
+                    .for_each(|(((yc, mc), rc), xc)| forward_rows(xc, &gs, &bs, eps, yc, mc, rc))
+            })
+        };
         (flex(y, shape), flex(mean, Shape::from(vec![rows])), flex(rstd, Shape::from(vec![rows])))
     }
 
@@ -121,17 +128,22 @@ impl LayerNormKernels for Flex {
         let d = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / d;
         let (xs, gs, ms, rs, dys) = (contiguous_f32(&x), contiguous_f32(&gamma), contiguous_f32(&mean), contiguous_f32(&rstd), contiguous_f32(&dy));
-        let mut dx = vec![0f32; rows * d];
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(d * ROWS_PER_TASK)
-            .enumerate()
-            .map(|(t, dxc)| {
-                let (r0, n) = (t * ROWS_PER_TASK, dxc.len() / d);
-                let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
-                backward_rows(&xs[r0 * d..(r0 + n) * d], &gs, &ms[r0..r0 + n], &rs[r0..r0 + n], &dys[r0 * d..(r0 + n) * d], dxc, &mut dg, &mut db);
-                (dg, db)
+        let mut partials: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+        // SAFETY: the chunks cover the buffer and backward_rows writes every value of its rows.
+        let dx = unsafe {
+            init_f32(rows * d, |dx| {
+                partials = dx
+                    .par_chunks_mut(d * ROWS_PER_TASK)
+                    .enumerate()
+                    .map(|(t, dxc)| {
+                        let (r0, n) = (t * ROWS_PER_TASK, dxc.len() / d);
+                        let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+                        backward_rows(&xs[r0 * d..(r0 + n) * d], &gs, &ms[r0..r0 + n], &rs[r0..r0 + n], &dys[r0 * d..(r0 + n) * d], dxc, &mut dg, &mut db);
+                        (dg, db)
+                    })
+                    .collect()
             })
-            .collect();
+        };
         let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
         for (pg, pb) in partials {
             dg.iter_mut().zip(pg).for_each(|(a, b)| *a += b);

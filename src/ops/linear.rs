@@ -9,8 +9,6 @@
 //! rows and accumulates `x W` into them; the backward writes `dy Wᵀ` and `xᵀ dy` directly and
 //! only computes the gradients autodiff asks for (no input gradient for images, say).
 
-use std::mem::MaybeUninit;
-
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -20,7 +18,7 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, on_flex_f32};
+use super::{contiguous_f32, init_f32, on_flex_f32};
 
 /// Below this many multiply-adds a product runs on the calling thread (burn-flex's threshold).
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
@@ -60,15 +58,6 @@ unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool
     }
 }
 
-/// A `len`-element buffer whose values `fill` writes entirely (the GEMM never reads them).
-fn written_by(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
-    let mut v = Vec::<f32>::with_capacity(len);
-    fill(v.as_mut_ptr());
-    // SAFETY: `fill` initialised all `len` values.
-    unsafe { v.set_len(len) };
-    v
-}
-
 fn flex(v: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, Shape::from(shape.to_vec())))
 }
@@ -82,18 +71,17 @@ fn dims2(t: &FlexTensor) -> (usize, usize) {
 fn forward_kernel(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let ((m, k), (_, n)) = (dims2(x), dims2(w));
     let (xs, ws, bs) = (contiguous_f32(x), contiguous_f32(w), contiguous_f32(b));
-    let mut y = Vec::<f32>::with_capacity(m * n);
-    y.spare_capacity_mut()[..m * n].par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
-        for row in rows.chunks_exact_mut(n) {
-            for (o, &v) in row.iter_mut().zip(bs.iter()) {
-                *o = MaybeUninit::new(v);
-            }
-        }
-    });
-    // SAFETY: every row was set to the bias above.
-    unsafe { y.set_len(m * n) };
-    // SAFETY: y is m x n; xs is m x k and ws k x n, row-major.
-    unsafe { gemm_f32(m, n, k, y.as_mut_ptr(), true, Operand::of(&xs, k), Operand::of(&ws, n)) };
+    // SAFETY: every row is set to the bias, then y (m x n) += xs (m x k) ws (k x n), row-major.
+    let y = unsafe {
+        init_f32(m * n, |y| {
+            y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+                for row in rows.chunks_exact_mut(n) {
+                    row.iter_mut().zip(bs.iter()).for_each(|(o, &v)| _ = o.write(v));
+                }
+            });
+            gemm_f32(m, n, k, y.as_mut_ptr().cast(), true, Operand::of(&xs, k), Operand::of(&ws, n));
+        })
+    };
     flex(y, [m, n])
 }
 
@@ -133,13 +121,13 @@ fn backward_kernel(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, wanted: Want
     let dys = contiguous_f32(dy);
     let dx = wanted.x.then(|| {
         let ws = contiguous_f32(w);
-        // SAFETY: dst is m x k, dy is m x n, Wᵀ is n x k.
-        flex(written_by(m * k, |dst| unsafe { gemm_f32(m, k, n, dst, false, Operand::of(&dys, n), Operand::of(&ws, n).t()) }), [m, k])
+        // SAFETY: the GEMM writes all of dst (m x k) from dy (m x n) and Wᵀ (n x k).
+        flex(unsafe { init_f32(m * k, |dst| gemm_f32(m, k, n, dst.as_mut_ptr().cast(), false, Operand::of(&dys, n), Operand::of(&ws, n).t())) }, [m, k])
     });
     let dw = wanted.w.then(|| {
         let xs = contiguous_f32(x);
-        // SAFETY: dst is k x n, xᵀ is k x m, dy is m x n.
-        flex(written_by(k * n, |dst| unsafe { gemm_f32(k, n, m, dst, false, Operand::of(&xs, k).t(), Operand::of(&dys, n)) }), [k, n])
+        // SAFETY: the GEMM writes all of dst (k x n) from xᵀ (k x m) and dy (m x n).
+        flex(unsafe { init_f32(k * n, |dst| gemm_f32(k, n, m, dst.as_mut_ptr().cast(), false, Operand::of(&xs, k).t(), Operand::of(&dys, n))) }, [k, n])
     });
     let db = wanted.b.then(|| FlexTensor::from_data(TensorData::new(column_sums(&dys, n), Shape::from(vec![n]))));
     [dx, dw, db]
