@@ -18,8 +18,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
-use super::vit::{Block, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, gather_tokens, patchify, pos_embed_tensor, token, unpatchify};
+use super::vit::{Block, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, patchify, pos_embed_tensor, token, unpatchify};
 use crate::masking::Mask;
+use crate::ops::gather::gather_rows;
 
 /// Architecture of a masked autoencoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,7 +429,7 @@ impl MaskedAutoencoder {
                 let mask_tokens = self.mask_token.val().repeat_dim(0, b).repeat_dim(1, l + 1 - n_vis);
                 x_ = Tensor::cat(vec![x_, mask_tokens], 1);
             }
-            let x_ = gather_tokens(x_, mask.ids_restore_tensor(&device));
+            let x_ = gather_rows(x_, mask.ids_restore_tensor(&device));
             Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1)
         };
         let mut x = x + self.decoder_pos_embed.clone();

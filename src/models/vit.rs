@@ -10,6 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::init::{InitRng, normal, param, trunc_normal, xavier_uniform};
 use crate::ops::attention::{attention, attention_with_bias};
+use crate::ops::gather::gather_rows;
 use crate::ops::gelu::gelu;
 
 /// LayerNorm epsilon used by MAE / timm ViTs.
@@ -380,7 +381,7 @@ pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, po
     let x = patch_embed.forward(imgs);
     let x = match tokens {
         PatchTokens::All => x + patch_pos,
-        PatchTokens::Keep(ids) => gather_tokens(x + patch_pos, ids),
+        PatchTokens::Keep(ids) => gather_rows(x + patch_pos, ids),
         PatchTokens::Replace { weights, token } => with_mask_token(x, weights, token) + patch_pos,
     };
     let cls = (cls_token.val() + pos_embed.clone().slice([0..1, 0..1])).repeat_dim(0, b);
@@ -391,12 +392,6 @@ pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, po
 /// token, broadcast over them (BEiT's [MASK], SimMIM's mask token, MAE's "encoder w/ [M]").
 pub fn with_mask_token<const D: usize>(x: Tensor<D>, weights: Tensor<D>, token: Tensor<D>) -> Tensor<D> {
     x * (weights.clone().neg() + 1.0) + token * weights
-}
-
-/// `x: [B, N, D]`, `ids: [B, K] -> [B, K, D]`: rows of `x` picked per sample.
-pub fn gather_tokens(x: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<3> {
-    let d = x.dims()[2];
-    x.gather(1, ids.unsqueeze_dim::<3>(2).repeat_dim(2, d))
 }
 
 /// Fixed 2-D sin-cos position embeddings `[(cls + h*w) * dim]` for an `h x w` grid, with a zero row

@@ -40,6 +40,7 @@ pub fn exp(x: f32) -> f32 {
 }
 
 pub mod attention;
+pub mod gather;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
