@@ -55,54 +55,111 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + (main..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
 }
 
-/// Part `part` (1 k, 2 v) of one head of one image as a contiguous `[hd, N]` matrix, so that a
-/// row of `q kᵀ` is a sum of N-wide vector updates instead of N short dot products.
+/// `a` folded by `f` from `init` in eight lanes, so that the loop vectorises (a serial f32 fold may
+/// not be reordered by the compiler).
 #[inline(always)]
-fn transposed(qkv: &[f32], dm: Dims, img: usize, part: usize, head: usize) -> Vec<f32> {
+fn lanes(a: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let main = a.len() / 8 * 8;
+    for i in (0..main).step_by(8) {
+        for l in 0..8 {
+            acc[l] = f(acc[l], a[i + l]);
+        }
+    }
+    let lanes = acc.into_iter().fold(init, &f);
+    a[main..].iter().fold(lanes, |x, &y| f(x, y))
+}
+
+/// Part `part` (1 k, 2 v) of one head of one image as a contiguous `[hd, np]` matrix, `np` = N
+/// rounded up to a multiple of 8 and zero-padded, so that a row of `q kᵀ` is a [`mat_rows`]
+/// product with whole vectors only.
+#[inline(always)]
+fn transposed(qkv: &[f32], dm: Dims, img: usize, part: usize, head: usize, np: usize) -> Vec<f32> {
     let (n, hd) = (dm.n, dm.hd);
-    let mut t = vec![0f32; hd * n];
+    let mut t = vec![0f32; hd * np];
     for j in 0..n {
         for (c, &v) in qkv[dm.at(img, j, part, head)..][..hd].iter().enumerate() {
-            t[c * n + j] = v;
+            t[c * np + j] = v;
         }
     }
     t
 }
 
-/// `y += a x`
+/// `out = Σ_r coeffs[r] rows[r * stride ..][..W]` with the W-wide sum held in registers.
 #[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yy, &xx) in y.iter_mut().zip(x) {
-        *yy += a * xx;
+fn block<const W: usize>(coeffs: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let mut acc = [0f32; W];
+    for (r, &c) in coeffs.iter().enumerate() {
+        let row: &[f32; W] = rows[r * stride..r * stride + W].try_into().unwrap();
+        for l in 0..W {
+            acc[l] += c * row[l];
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+/// `out = Σ_r coeffs[r] rows[r * stride ..][..out.len()]`: a row of a small matrix product, the one
+/// primitive of both passes. Widths that are multiples of 8 (head widths; token counts padded by
+/// [`transposed`]) run as register-blocked columns of up to 64; the short rows here (13 or 50
+/// tokens) made the former `y += a x` loops over memory the slowest part of the step.
+#[inline(always)]
+fn mat_rows(coeffs: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let w = out.len();
+    if w % 8 != 0 {
+        out.fill(0.0);
+        for (r, &c) in coeffs.iter().enumerate() {
+            for (o, &x) in out.iter_mut().zip(&rows[r * stride..][..w]) {
+                *o += c * x;
+            }
+        }
+        return;
+    }
+    for start in (0..w).step_by(64) {
+        let (rows, out) = (&rows[start..], &mut out[start..(start + 64).min(w)]);
+        match out.len() {
+            8 => block::<8>(coeffs, rows, stride, out),
+            16 => block::<16>(coeffs, rows, stride, out),
+            24 => block::<24>(coeffs, rows, stride, out),
+            32 => block::<32>(coeffs, rows, stride, out),
+            40 => block::<40>(coeffs, rows, stride, out),
+            48 => block::<48>(coeffs, rows, stride, out),
+            56 => block::<56>(coeffs, rows, stride, out),
+            _ => block::<64>(coeffs, rows, stride, out),
+        }
+    }
+}
+
+/// `t[j * rows + i] = m[i * cols + j]` for an `rows x cols` matrix `m`.
+#[inline(always)]
+fn transpose(m: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = m[i * cols + j];
+        }
     }
 }
 
 multiversion! {
-    /// One (image, head) of the forward pass: probabilities `p: [N, N]`, output rows `o: [N, hd]`,
-    /// both zeroed.
+    /// One (image, head) of the forward pass: probabilities `p: [N, N]`, output rows `o: [N, hd]`.
     fn forward_task(qkv: &[f32], dm: Dims, task: usize, p: &mut [f32], o: &mut [f32]) {
         let Dims { n, h, hd, .. } = dm;
+        let (np, d3) = (n.div_ceil(8) * 8, 3 * dm.d());
         let scale = (hd as f32).powf(-0.5);
         let (img, head) = (task / h, task % h);
-        let kt = transposed(qkv, dm, img, 1, head);
+        let kt = transposed(qkv, dm, img, 1, head, np);
+        let v = &qkv[dm.at(img, 0, 2, head)..];
+        let mut scores = vec![0f32; np];
         for i in 0..n {
-            let q = &qkv[dm.at(img, i, 0, head)..][..hd];
+            mat_rows(&qkv[dm.at(img, i, 0, head)..][..hd], &kt, np, &mut scores);
             let row = &mut p[i * n..(i + 1) * n];
-            for (c, &qc) in q.iter().enumerate() {
-                axpy(row, qc * scale, &kt[c * n..(c + 1) * n]);
+            let max = lanes(&scores[..n], f32::NEG_INFINITY, f32::max);
+            // exp in its own loop: with the running sum beside it the loop would not vectorise
+            for (pj, &s) in row.iter_mut().zip(&scores[..n]) {
+                *pj = exp((s - max) * scale);
             }
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0;
-            for s in row.iter_mut() {
-                *s = exp(*s - max);
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            let orow = &mut o[i * hd..(i + 1) * hd];
-            for (j, s) in row.iter_mut().enumerate() {
-                *s *= inv;
-                axpy(orow, *s, &qkv[dm.at(img, j, 2, head)..][..hd]);
-            }
+            let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+            row.iter_mut().for_each(|pj| *pj *= inv);
+            mat_rows(row, v, d3, &mut o[i * hd..(i + 1) * hd]);
         }
     }
 }
@@ -112,10 +169,11 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let Dims { b, n, h, hd } = dm;
     let d = dm.d();
     // Per (image, head): the probabilities and the head's output rows, gathered into [B, N, D]
-    // afterwards. Each task zeroes its own chunks (in parallel, hot in cache for the task).
+    // afterwards. The kernels write whole rows; the chunks are zeroed first only to hand them over
+    // as initialised values (in the parallel task, hot in cache).
     let mut heads_out = Vec::new();
-    // SAFETY (both): the chunks cover the buffers; `zeroed` writes every value of a chunk before
-    // the task accumulates into it, and the gather copies every value of `out`.
+    // SAFETY (both): the chunks cover the buffers; `zeroed` writes every value of a chunk, and
+    // the gather copies every value of `out`.
     let probs = unsafe {
         init_f32(b * h * n * n, |probs| {
             heads_out = init_f32(b * h * n * hd, |ho| {
@@ -141,41 +199,36 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
 }
 
 multiversion! {
-    /// The backward pass for one image: `g` is that image's `[N, 3D]` slice of the qkv gradient.
+    /// The backward pass for one image: `g` is that image's `[N, 3D]` slice of the qkv gradient
+    /// (every head writes all of its own columns).
     fn backward_image(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims, img: usize, g: &mut [f32]) {
         let Dims { n, h, hd, .. } = dm;
-        let d = dm.d();
+        let (d, np) = (dm.d(), n.div_ceil(8) * 8);
+        let d3 = 3 * d;
         let scale = (hd as f32).powf(-0.5);
-        let mut ds = vec![0f32; n * n];
+        let (mut ds, mut dst, mut pt, mut dp) = (vec![0f32; n * n], vec![0f32; n * n], vec![0f32; n * n], vec![0f32; np]);
         for head in 0..h {
             let p = &probs[(img * h + head) * n * n..][..n * n];
-            let go = |t: usize| &dout[(img * n + t) * d + head * hd..][..hd];
+            let go = &dout[img * n * d + head * hd..];
             let local = |t: usize, part: usize| (t * 3 + part) * d + head * hd;
-            let vt = transposed(qkv, dm, img, 2, head);
+            let vt = transposed(qkv, dm, img, 2, head, np);
             for i in 0..n {
-                // dP = dO V^T, then dS = P (dP - sum_j P dP)
-                let row = &mut ds[i * n..(i + 1) * n];
-                row.fill(0.0);
-                for (c, &gc) in go(i).iter().enumerate() {
-                    axpy(row, gc, &vt[c * n..(c + 1) * n]);
-                }
+                // dP = dO Vᵀ, then dS = P (dP - sum_j P dP) / √hd
+                mat_rows(&go[i * d..][..hd], &vt, np, &mut dp);
                 let pi = &p[i * n..(i + 1) * n];
-                let weighted = dot(pi, row);
-                for (s, &pij) in row.iter_mut().zip(pi) {
-                    *s = pij * (*s - weighted) * scale;
+                let weighted = dot(pi, &dp[..n]);
+                for ((s, &pij), &dpij) in ds[i * n..(i + 1) * n].iter_mut().zip(pi).zip(&dp[..n]) {
+                    *s = pij * (dpij - weighted) * scale;
                 }
             }
-            // dQ_i = sum_j dS_ij K_j ; dK_j = sum_i dS_ij Q_i ; dV_j = sum_i P_ij dO_i
+            transpose(&ds, n, n, &mut dst);
+            transpose(p, n, n, &mut pt);
+            // dQ = dS K ; dK = dSᵀ Q ; dV = Pᵀ dO
+            let (q, k) = (&qkv[dm.at(img, 0, 0, head)..], &qkv[dm.at(img, 0, 1, head)..]);
             for i in 0..n {
-                for j in 0..n {
-                    axpy(&mut g[local(i, 0)..][..hd], ds[i * n + j], &qkv[dm.at(img, j, 1, head)..][..hd]);
-                }
-            }
-            for j in 0..n {
-                for i in 0..n {
-                    axpy(&mut g[local(j, 1)..][..hd], ds[i * n + j], &qkv[dm.at(img, i, 0, head)..][..hd]);
-                    axpy(&mut g[local(j, 2)..][..hd], p[i * n + j], go(i));
-                }
+                mat_rows(&ds[i * n..(i + 1) * n], k, d3, &mut g[local(i, 0)..][..hd]);
+                mat_rows(&dst[i * n..(i + 1) * n], q, d3, &mut g[local(i, 1)..][..hd]);
+                mat_rows(&pt[i * n..(i + 1) * n], go, d, &mut g[local(i, 2)..][..hd]);
             }
         }
     }
