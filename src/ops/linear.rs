@@ -15,6 +15,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
+use std::mem::MaybeUninit;
+
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -43,12 +45,23 @@ impl Operand {
 }
 
 /// `dst[m, n] (+)= lhs[m, k] rhs[k, n]` into row-major `dst`, accumulating when `accumulate`
-/// (otherwise `dst` is only written, so it may be uninitialised).
+/// (otherwise `dst` is only written, so it may be uninitialised); on rayon's threads when the
+/// product is large enough.
 ///
 /// # Safety
 /// `dst` has room for `m * n` values; `lhs` and `rhs` address `m x k` and `k x n` matrices.
 unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, lhs: Operand, rhs: Operand) {
-    let parallelism = if m * n * k >= PARALLEL_THRESHOLD { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallel = m * n * k >= PARALLEL_THRESHOLD;
+    // SAFETY: the caller's contract.
+    unsafe { gemm_with(m, n, k, dst, accumulate, lhs, rhs, if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None }) }
+}
+
+/// [`gemm_f32`] with the parallelism given.
+///
+/// # Safety
+/// As [`gemm_f32`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, lhs: Operand, rhs: Operand, parallelism: gemm::Parallelism) {
     // SAFETY: the caller's contract; dst = 1 * dst + 1 * lhs rhs.
     unsafe {
         gemm::gemm(
@@ -104,6 +117,41 @@ fn column_sums(dy: &[f32], n: usize) -> Vec<f32> {
     sum
 }
 
+/// Row chunks of the weight gradient's reduction: a fixed count, so that the result does not
+/// depend on the number of threads.
+const WEIGHT_GRAD_CHUNKS: usize = 4;
+
+/// `xᵀ dy` (`[k, n]`) for `x: [m, k]`, `dy: [m, n]`. gemm parallelises a product over blocks of
+/// its output only, and this output (a few hundred square) has too few of them: it ran at about
+/// one thread's speed. The long reduction over the m rows is split into chunks instead, their
+/// partial products computed in parallel and added in a fixed order (1.3-1.6x faster on the MAE
+/// shapes).
+fn weight_gradient(xs: &[f32], dys: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let whole = |dst: &mut [MaybeUninit<f32>], r0: usize, r1: usize, par| {
+        // SAFETY: the GEMM writes all of dst (k x n) from xᵀ (k x rows) and dy (rows x n).
+        unsafe { gemm_with(k, n, r1 - r0, dst.as_mut_ptr().cast(), false, Operand::of(&xs[r0 * k..], k).t(), Operand::of(&dys[r0 * n..], n), par) }
+    };
+    if m * k * n < PARALLEL_THRESHOLD || m < WEIGHT_GRAD_CHUNKS * 64 {
+        let par = if m * k * n < PARALLEL_THRESHOLD { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
+        // SAFETY: `whole` writes every value.
+        return unsafe { init_f32(k * n, |dst| whole(dst, 0, m, par)) };
+    }
+    // More threads than chunks: each chunk's product also spreads over output blocks.
+    let inner = if rayon::current_num_threads() > WEIGHT_GRAD_CHUNKS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let rows = m.div_ceil(WEIGHT_GRAD_CHUNKS);
+    let partials: Vec<Vec<f32>> = (0..WEIGHT_GRAD_CHUNKS)
+        .into_par_iter()
+        // SAFETY: `whole` writes every value.
+        .map(|c| unsafe { init_f32(k * n, |dst| whole(dst, c * rows, ((c + 1) * rows).min(m), inner)) })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut sum = parts.next().expect("at least one chunk");
+    for p in parts {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
 /// Which gradients the backward pass computes.
 #[derive(Clone, Copy, Debug)]
 pub struct Wanted {
@@ -124,11 +172,7 @@ fn backward_kernel(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, wanted: Want
         // SAFETY: the GEMM writes all of dst (m x k) from dy (m x n) and Wᵀ (n x k).
         flex(unsafe { init_f32(m * k, |dst| gemm_f32(m, k, n, dst.as_mut_ptr().cast(), false, Operand::of(&dys, n), Operand::of(&ws, n).t())) }, [m, k])
     });
-    let dw = wanted.w.then(|| {
-        let xs = contiguous_f32(x);
-        // SAFETY: the GEMM writes all of dst (k x n) from xᵀ (k x m) and dy (m x n).
-        flex(unsafe { init_f32(k * n, |dst| gemm_f32(k, n, m, dst.as_mut_ptr().cast(), false, Operand::of(&xs, k).t(), Operand::of(&dys, n))) }, [k, n])
-    });
+    let dw = wanted.w.then(|| flex(weight_gradient(&contiguous_f32(x), &dys, m, k, n), [k, n]));
     let db = wanted.b.then(|| FlexTensor::from_data(TensorData::new(column_sums(&dys, n), Shape::from(vec![n]))));
     [dx, dw, db]
 }
