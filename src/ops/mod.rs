@@ -39,6 +39,7 @@ pub fn exp(x: f32) -> f32 {
     f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }
 
+pub mod adamw;
 pub mod attention;
 pub mod gather;
 pub mod gelu;

@@ -3,8 +3,10 @@
 
 use burn::module::ParamGroup;
 use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
-use burn::optim::{AdamWConfig, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
+use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
+
+use crate::ops::{self, adamw::AdamWStep};
 
 /// Parameters that get no weight decay: biases, LayerNorm weights, cls / mask tokens (position
 /// embeddings are fixed constants and not parameters at all).
@@ -21,11 +23,53 @@ pub fn is_no_weight_decay(path: &str) -> bool {
 /// AdamW as the MAE recipe: betas (0.9, 0.95), eps 1e-8 (PyTorch's), `weight_decay` on weight
 /// matrices only.
 pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
-    let base = AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8);
-    base.clone()
-        .with_weight_decay(weight_decay as f32)
-        .init()
-        .with_group(no_weight_decay_group(), base.with_weight_decay(0.0).build(), None)
+    ModuleOptimizer::from(FusedAdamW::new(weight_decay as f32)).with_group(no_weight_decay_group(), FusedAdamW::new(0.0), None)
+}
+
+/// burn's AdamW (same update, same state record: checkpoints of either load into the other) with
+/// betas (0.9, 0.95) and eps 1e-8, whose step on flex f32 parameters is one parallel pass
+/// ([`crate::ops::adamw`]) instead of burn's serial element-wise ops; burn's own elsewhere.
+#[derive(Clone)]
+pub struct FusedAdamW {
+    burn: AdamW,
+    weight_decay: f32,
+}
+
+impl FusedAdamW {
+    const BETAS: (f32, f32) = (0.9, 0.95);
+    const EPSILON: f32 = 1e-8;
+
+    /// With decoupled weight decay `weight_decay`.
+    pub fn new(weight_decay: f32) -> Self {
+        let burn = AdamWConfig::new()
+            .with_beta_1(Self::BETAS.0)
+            .with_beta_2(Self::BETAS.1)
+            .with_epsilon(Self::EPSILON)
+            .with_weight_decay(weight_decay)
+            .build();
+        Self { burn, weight_decay }
+    }
+}
+
+impl Optimizer for FusedAdamW {
+    type State<const D: usize> = AdamWState<D>;
+
+    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<AdamWState<D>>) -> (Tensor<D>, Option<AdamWState<D>>) {
+        if !(ops::adamw::supported(&tensor) && ops::adamw::supported(&grad)) {
+            return self.burn.step(lr, tensor, grad, state);
+        }
+        let (time, m, v) = match state {
+            Some(s) => (s.momentum.time + 1, s.momentum.moment_1, s.momentum.moment_2),
+            None => (1, grad.zeros_like(), grad.zeros_like()),
+        };
+        let step = AdamWStep { lr, beta_1: Self::BETAS.0, beta_2: Self::BETAS.1, epsilon: Self::EPSILON, weight_decay: self.weight_decay, time };
+        let (p, m, v) = ops::adamw::adamw_step(tensor, grad, m, v, step);
+        (p, Some(AdamWState::new(AdaptiveMomentumState::new(time, m, v))))
+    }
+
+    fn to_device<const D: usize>(state: AdamWState<D>, device: &Device) -> AdamWState<D> {
+        <AdamW as Optimizer>::to_device(state, device)
+    }
 }
 
 /// Layer-wise learning-rate decay (BEiT, MAE fine-tuning): a parameter of layer `i` of `n + 1`
@@ -184,6 +228,31 @@ mod tests {
         assert_eq!(d.scale("blocks.0.attn.qkv.weight"), 0.25);
         assert_eq!(d.scale("blocks.1.norm1.bias"), 0.5);
         assert_eq!(d.scale("head.weight"), 1.0);
+    }
+
+    #[test]
+    fn fused_adamw_matches_burns() {
+        use burn::tensor::Distribution;
+        let device = Device::flex();
+        device.seed(0);
+        for wd in [0.0, 0.05] {
+            let (ours, theirs) = (FusedAdamW::new(wd), FusedAdamW::new(wd).burn);
+            // More values than one parallel chunk.
+            let p0 = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
+            assert!(ops::adamw::supported(&p0), "the fused step must be the one under test");
+            let (mut p1, mut p2, mut s1, mut s2) = (p0.clone(), p0, None, None);
+            for (step, lr) in [1e-3, 5e-4, 2e-3].into_iter().enumerate() {
+                let g = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 0.1 * (step + 1) as f64), &device);
+                (p1, s1) = ours.step(lr, p1, g.clone(), s1);
+                (p2, s2) = theirs.step(lr, p2, g, s2);
+            }
+            let (a, b) = (s1.unwrap().momentum, s2.unwrap().momentum);
+            assert_eq!(a.time, b.time);
+            for (name, x, y) in [("parameter", p1, p2), ("first moment", a.moment_1, b.moment_1), ("second moment", a.moment_2, b.moment_2)] {
+                let diff = (x - y.clone()).abs().max().into_scalar::<f32>() / y.abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-6, "{name} differs by {diff} (relative) with weight decay {wd}");
+            }
+        }
     }
 
     #[test]
