@@ -51,7 +51,8 @@ fn step_kernel(p: &[f32], g: &[f32], m: &[f32], v: &[f32], s: AdamWStep) -> [Vec
                             let mi = m[i] * s.beta_1 + g[i] * f1;
                             let vi = v[i] * s.beta_2 + g[i] * g[i] * f2;
                             let delta = (mi / c1) / ((vi / c2).sqrt() + s.epsilon);
-                            po[i].write(if s.weight_decay == 0.0 { p[i] } else { p[i] * keep } - delta * lr);
+                            // keep is exactly 1 without decay, where burn skips the product
+                            po[i].write(p[i] * keep - delta * lr);
                             mo[i].write(mi);
                             vo[i].write(vi);
                         }

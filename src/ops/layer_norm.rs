@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::{contiguous_f32, init_f32, on_flex_f32};
+use super::{contiguous_f32, init_f32, on_flex_f32, sum_in_order};
 
 /// Rows per rayon task (widths are 32 ... 1024).
 const ROWS_PER_TASK: usize = 64;
@@ -144,11 +144,8 @@ impl LayerNormKernels for Flex {
                     .collect()
             })
         };
-        let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
-        for (pg, pb) in partials {
-            dg.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-        }
+        let (pg, pb): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+        let (dg, db) = (sum_in_order(pg), sum_in_order(pb));
         (flex(dx, shape), flex(dg, Shape::from(vec![d])), flex(db, Shape::from(vec![d])))
     }
 }
@@ -203,6 +200,7 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::relative_diff;
     use burn::tensor::{Device, Distribution};
 
     #[test]
@@ -226,8 +224,7 @@ mod tests {
                 ("gamma", g.grad(&gf).unwrap(), g.grad(&gg).unwrap()),
                 ("beta", b.grad(&gf).unwrap(), b.grad(&gg).unwrap()),
             ] {
-                let scale = theirs.clone().abs().max().into_scalar::<f32>().max(1.0);
-                let diff = (ours - theirs).abs().max().into_scalar::<f32>() / scale;
+                let diff = relative_diff(ours, theirs);
                 assert!(diff < 1e-5, "{name} gradient differs by {diff} (relative) at {rows}x{d}");
             }
         }

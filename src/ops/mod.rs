@@ -83,12 +83,31 @@ pub(crate) fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// The element-wise sum of equally long `parts`, added in their order, so that results do not
+/// depend on how rayon scheduled the tasks that produced them.
+pub(crate) fn sum_in_order(parts: impl IntoIterator<Item = Vec<f32>>) -> Vec<f32> {
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().expect("at least one part");
+    for p in parts {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
 /// A flex tensor's f32 values in row-major order (borrowed when already contiguous).
 pub(crate) fn contiguous_f32(t: &burn::backend::flex::FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("f32 tensor").to_vec()),
     }
+}
+
+/// Largest absolute difference of two tensors, relative to the largest entry of `theirs` (or
+/// absolute when that is below 1): how the fused ops' tests compare values and gradients.
+#[cfg(test)]
+pub(crate) fn relative_diff<const D: usize>(ours: Tensor<D>, theirs: Tensor<D>) -> f32 {
+    let scale = theirs.clone().abs().max().into_scalar::<f32>().max(1.0);
+    (ours - theirs).abs().max().into_scalar::<f32>() / scale
 }
 
 #[cfg(test)]
