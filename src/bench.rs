@@ -86,6 +86,16 @@ pub fn time_runs(warmup: usize, iters: usize, mut f: impl FnMut()) -> (f64, Vec<
     (ts[ts.len() / 2], all)
 }
 
+/// Median, minimum and maximum of `values` (not empty).
+pub fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    // The mean of the middle two for an even count: two rounds give their midpoint.
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    (median, v[0], v[n - 1])
+}
+
 /// Resets the process's peak resident memory (Linux `clear_refs`); a no-op elsewhere.
 pub fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -121,6 +131,9 @@ pub struct BenchResult {
     pub peak_mib: f64,
     /// Every timed training step, seconds.
     pub train_times: Vec<f64>,
+    /// Round of `mim bench --rounds` (0-based).
+    #[serde(default)]
+    pub round: usize,
 }
 
 /// Measures one workload at `mask_ratio` (0 for the full-encoder variant).
@@ -147,6 +160,7 @@ pub fn bench_workload(w: &Workload, mask_ratio: f64, warmup: usize, iters: usize
         enc_fwd_gflops: flops.encoder * b as f64 / t_enc / 1e9,
         peak_mib: peak_memory_mib(),
         train_times,
+        round: 0,
     })
 }
 
@@ -266,6 +280,9 @@ pub struct PeerResult {
     /// Peak resident memory of the peer process for this workload, MiB (filled in by mim).
     #[serde(default)]
     pub peak_mib: f64,
+    /// Round of `mim bench --rounds` (filled in by mim).
+    #[serde(default)]
+    pub round: usize,
 }
 
 /// Runs `../shared/peer/peer_torch.py` for one config in its own process and returns its results
@@ -315,6 +332,13 @@ fn wait_with_peak(child: std::process::Child) -> Result<(bool, Option<f64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_gives_median_and_range() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(spread(&[4.0, 1.0]), (2.5, 1.0, 4.0));
+        assert_eq!(spread(&[1.5]), (1.5, 1.5, 1.5));
+    }
 
     #[test]
     fn flop_counts_match_the_peers_formula() {

@@ -267,6 +267,11 @@ struct BenchArgs {
     /// Append every result as JSON lines here.
     #[arg(long, default_value = "bench.jsonl")]
     out: PathBuf,
+    /// Repeat everything this many times (mim and the peer alternate per workload in each round)
+    /// and report medians, with the range of the per-round ratios: a busy shared machine moves
+    /// single runs by up to 2x.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
 }
 
 #[derive(Subcommand)]
@@ -341,66 +346,96 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         .iter()
         .map(|n| all.iter().find(|w| w.name == n).with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224")))
         .collect::<Result<_>>()?;
+    if a.peer.is_some() && !a.peer_script.is_file() {
+        bail!("peer script '{}' not found: pass --peer-script (see ../shared/peer/README.md)", a.peer_script.display());
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!("mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}", env!("CARGO_PKG_VERSION"), a.warmup, a.iters);
     let peak = matmul_gflops(2048, 10, &device);
     eprintln!("fp32 matmul 2048^3: {peak:.0} GFLOP/s (this machine's practical peak for the % column)");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&a.out)?;
-    let mut ours = Vec::new();
-    for w in &chosen {
-        let ratios: &[f64] = if a.no_mask_variant.iter().any(|n| n == w.name) { &[0.75, 0.0] } else { &[0.75] };
-        for &r in ratios {
-            let res = bench_workload(w, r, a.warmup, a.iters, &device)?;
-            eprintln!("{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB", w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib);
-            use std::io::Write;
-            writeln!(log, "{}", serde_json::to_string(&res)?)?;
-            ours.push(res);
+    let (mut ours, mut peer) = (Vec::<BenchResult>::new(), Vec::<PeerResult>::new());
+    // mim and the peer take turns per workload, so that both see the machine in the same state.
+    for round in 0..a.rounds as usize {
+        if a.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, a.rounds);
         }
-    }
-    let mut peer: Vec<PeerResult> = Vec::new();
-    if let Some(py) = &a.peer {
         for w in &chosen {
             let no_mask = a.no_mask_variant.iter().any(|n| n == w.name);
-            let (mut rows, peak_mib) = run_peer(py, &a.peer_script, w.name, threads, a.iters, no_mask)?;
-            for r in &mut rows {
-                r.peak_mib = peak_mib.unwrap_or(0.0);
+            for r in if no_mask { vec![0.75, 0.0] } else { vec![0.75] } {
+                let res = BenchResult { round, ..bench_workload(w, r, a.warmup, a.iters, &device)? };
+                eprintln!("{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB", w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib);
+                use std::io::Write;
+                writeln!(log, "{}", serde_json::to_string(&res)?)?;
+                ours.push(res);
             }
-            eprintln!("peer {}: {}", w.name, rows.iter().map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s)).collect::<Vec<_>>().join(", "));
-            peer.extend(rows);
+            if let Some(py) = &a.peer {
+                let (rows, peak_mib) = run_peer(py, &a.peer_script, w.name, threads, a.iters, no_mask)?;
+                let rows: Vec<PeerResult> = rows.into_iter().map(|r| PeerResult { peak_mib: peak_mib.unwrap_or(0.0), round, ..r }).collect();
+                eprintln!("peer {}: {}", w.name, rows.iter().map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s)).collect::<Vec<_>>().join(", "));
+                peer.extend(rows);
+            }
         }
     }
-    let fmt_ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}x", a / b));
-    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    // Medians over rounds; ratios are taken within a round, then summarised (median, and the range
+    // when there is more than one round).
+    let med = |v: Vec<f64>| spread(&v).0;
+    let fmt_spread = |v: Vec<f64>| {
+        let (m, lo, hi) = spread(&v);
+        if v.len() > 1 { format!("{m:.2}x ({lo:.2}-{hi:.2})") } else { format!("{m:.2}x") }
+    };
+    let rows_of = |config: &str, mask: f64| -> Vec<(&BenchResult, Option<&PeerResult>)> {
+        ours.iter()
+            .filter(|r| r.config == config && r.mask_ratio == mask)
+            .map(|r| (r, peer.iter().find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio && p.round == r.round)))
+            .collect()
+    };
+    if a.rounds > 1 {
+        println!("\nmedians of {} rounds; each ratio is the median of the per-round ratios (their range in brackets)", a.rounds);
+    }
     println!("\n| workload | mask | batch | mim train img/s | torch train img/s | mim/torch | mim encoder img/s | torch encoder img/s | mim/torch | mim train GFLOP/s (% of peak) | mim peak MiB (process so far) | torch peak MiB (process) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in &ours {
-        let p = peer.iter().find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio);
+    for first in ours.iter().filter(|r| r.round == 0) {
+        let rows = rows_of(&first.config, first.mask_ratio);
+        let mims = |f: fn(&BenchResult) -> f64| med(rows.iter().map(|(r, _)| f(r)).collect());
+        let torch = |f: fn(&PeerResult) -> f64| {
+            let v: Vec<f64> = rows.iter().filter_map(|(_, p)| p.map(f)).collect();
+            (!v.is_empty()).then(|| med(v))
+        };
+        let ratio = |f: fn(&BenchResult) -> f64, g: fn(&PeerResult) -> f64| {
+            let v: Vec<f64> = rows.iter().filter_map(|(r, p)| p.map(|p| f(r) / g(p))).collect();
+            if v.is_empty() { "-".to_string() } else { fmt_spread(v) }
+        };
+        let gflops = mims(|r| r.train_gflops);
+        // Where the kernel does not reset the peak per workload, later rounds start from an earlier
+        // workload's high-water mark: the smallest reading is the closest to this workload's own.
         println!(
             "| {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.0} ({:.0}%) | {:.0} | {} |",
-            r.config,
-            r.mask_ratio,
-            r.batch,
-            r.train_img_s,
-            fmt(p.map(|p| p.train_img_s)),
-            fmt_ratio(r.train_img_s, p.map(|p| p.train_img_s)),
-            r.enc_fwd_img_s,
-            fmt(p.map(|p| p.enc_fwd_img_s)),
-            fmt_ratio(r.enc_fwd_img_s, p.map(|p| p.enc_fwd_img_s)),
-            r.train_gflops,
-            100.0 * r.train_gflops / peak,
-            r.peak_mib,
-            p.map_or("-".into(), |p| format!("{:.0}", p.peak_mib)),
+            first.config,
+            first.mask_ratio,
+            first.batch,
+            mims(|r| r.train_img_s),
+            torch(|p| p.train_img_s).map_or("-".into(), |v| format!("{v:.1}")),
+            ratio(|r| r.train_img_s, |p| p.train_img_s),
+            mims(|r| r.enc_fwd_img_s),
+            torch(|p| p.enc_fwd_img_s).map_or("-".into(), |v| format!("{v:.1}")),
+            ratio(|r| r.enc_fwd_img_s, |p| p.enc_fwd_img_s),
+            gflops,
+            100.0 * gflops / peak,
+            rows.iter().map(|(r, _)| r.peak_mib).fold(f64::INFINITY, f64::min),
+            torch(|p| p.peak_mib).map_or("-".into(), |v| format!("{v:.0}")),
         );
     }
     for w in &chosen {
-        let find = |v: &[BenchResult], m: f64| v.iter().find(|r| r.config == w.name && r.mask_ratio == m).map(|r| r.train_img_s);
-        if let (Some(m75), Some(m0)) = (find(&ours, 0.75), find(&ours, 0.0)) {
-            let torch = peer.iter().find(|p| p.config == w.name && p.mask_ratio == 0.75).zip(peer.iter().find(|p| p.config == w.name && p.mask_ratio == 0.0));
+        let per_round = |src: &dyn Fn(f64, usize) -> Option<f64>| -> Vec<f64> { (0..a.rounds as usize).filter_map(|round| Some(src(0.75, round)? / src(0.0, round)?)).collect() };
+        let ours_speedup = per_round(&|m, round| ours.iter().find(|r| r.config == w.name && r.mask_ratio == m && r.round == round).map(|r| r.train_img_s));
+        let torch_speedup = per_round(&|m, round| peer.iter().find(|p| p.config == w.name && p.mask_ratio == m && p.round == round).map(|p| p.train_img_s));
+        if !ours_speedup.is_empty() {
             println!(
-                "\n{}: training step with mask 0.75 is {:.2}x faster than with every token in the encoder (paper Table 2: 2.8-4.1x){}",
+                "\n{}: training step with mask 0.75 is {} faster than with every token in the encoder (paper Table 2: 2.8-4.1x){}",
                 w.name,
-                m75 / m0,
-                torch.map_or(String::new(), |(a, b)| format!("; PyTorch {:.2}x", a.train_img_s / b.train_img_s))
+                fmt_spread(ours_speedup),
+                if torch_speedup.is_empty() { String::new() } else { format!("; PyTorch {}", fmt_spread(torch_speedup)) }
             );
         }
     }
