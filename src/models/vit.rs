@@ -11,7 +11,6 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::init::{InitRng, normal, param, trunc_normal, xavier_uniform};
 use crate::ops::attention::{attention, attention_with_bias};
 use crate::ops::gather::gather_rows;
-use crate::ops::gelu::gelu;
 
 /// LayerNorm epsilon used by MAE / timm ViTs.
 pub const LN_EPS: f64 = 1e-6;
@@ -64,12 +63,21 @@ impl Linear {
     /// Runs as one 2-D matmul: burn 0.22 lowers a 3-D input to a broadcast batched matmul whose
     /// weight gradient is materialised per batch element, which is several times slower.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.apply(x, crate::ops::linear::linear)
+    }
+
+    /// `GELU(x W + b)` as one op (an MLP's first layer; exact, erf-based GELU).
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.apply(x, crate::ops::linear::linear_gelu)
+    }
+
+    fn apply<const D: usize>(&self, x: Tensor<D>, op: fn(Tensor<2>, Tensor<2>, Option<Tensor<1>>) -> Tensor<2>) -> Tensor<D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
         let w = self.weight.val();
         let d_out = w.dims()[1];
-        let y = crate::ops::linear::linear(x.reshape([rows, d_in]), w, self.bias.as_ref().map(|b| b.val()));
+        let y = op(x.reshape([rows, d_in]), w, self.bias.as_ref().map(|b| b.val()));
         let mut out = dims;
         out[D - 1] = d_out;
         y.reshape(out)
@@ -174,7 +182,7 @@ impl Mlp {
 
     /// `x: [B, N, D] -> [B, N, D]` (exact, erf-based GELU as PyTorch's default).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        self.fc2.forward(self.fc1.forward_gelu(x))
     }
 }
 

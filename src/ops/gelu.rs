@@ -47,7 +47,7 @@ pub fn erf(x: f32) -> f32 {
 }
 
 multiversion! {
-    fn forward_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    pub(crate) fn forward_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (o, &v) in y.iter_mut().zip(x) {
             o.write(0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
         }
@@ -55,7 +55,7 @@ multiversion! {
 }
 
 multiversion! {
-    fn backward_chunk(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    pub(crate) fn backward_chunk(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
             // d/dx [x Φ(x)] = Φ(x) + x φ(x)
             let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
