@@ -6,9 +6,9 @@
 //! transposed views and a sum over rows for the bias, each recorded by autodiff. In burn-flex
 //! 0.22 every matmul output is also allocated zero-filled and then copied once more to realign it
 //! (`FlexTensor::empty` goes through `Bytes::from_bytes_vec` of a `Vec<u8>`): 6% of an MAE step's
-//! CPU time, on the main thread. Here outputs are written once: the forward starts from the bias
-//! rows and accumulates `x W` into them; the backward writes `dy Wᵀ` and `xᵀ dy` directly and
-//! only computes the gradients autodiff asks for (no input gradient for images, say).
+//! CPU time, on the main thread. Here outputs are written once: the forward writes `x W` and the
+//! backward `dy Wᵀ` and `xᵀ dy` directly, and only the gradients autodiff asks for are computed
+//! (no input gradient for images, say).
 //!
 //! The bias is added after the product, in a parallel pass over rows (with GELU, the same pass
 //! applies it): a product accumulating into bias-filled rows ran 8-21% slower than a plain one on
@@ -29,7 +29,7 @@ use super::{contiguous_f32, init_f32, on_flex_f32, sum_in_order};
 
 /// Below this many multiply-adds a product runs on the calling thread (burn-flex's threshold).
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
-/// Rows per rayon task for the bias fill and the bias gradient.
+/// Rows per rayon task for the bias (and GELU) pass and the bias gradient.
 const ROWS_PER_TASK: usize = 256;
 
 /// A row-major `rows x cols` operand, or its transpose, as the gemm crate takes it.
