@@ -25,7 +25,7 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::gelu::{backward_chunk as gelu_backward, forward_chunk as gelu_forward};
-use super::{contiguous_f32, init_f32, on_flex_f32, sum_in_order};
+use super::{assume_init, contiguous_f32, init_f32, on_flex_f32, sum_in_order};
 
 /// Below this many multiply-adds a product runs on the calling thread (burn-flex's threshold).
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
@@ -136,7 +136,7 @@ fn gelu_backward_with_sums(h: &[f32], dy: &[f32], n: usize) -> (Vec<f32>, Vec<f3
                 .zip(dy.par_chunks(n * ROWS_PER_TASK))
                 .map(|((dc, hc), gc)| {
                     gelu_backward(hc, gc, dc);
-                    column_sum(&*(dc as *const [std::mem::MaybeUninit<f32>] as *const [f32]), n)
+                    column_sum(assume_init(dc), n)
                 })
                 .collect();
         })
@@ -310,8 +310,7 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(0);
         // Below and above the parallel threshold, weight gradients split into equal and unequal row
-        // chunks; widths with and without a multiple of 16.
-        // Each with and without GELU after the product.
+        // chunks; widths with and without a multiple of 16; each with and without GELU.
         let shapes = [(5, 7, 3), (300, 192, 576), (3328, 192, 768), (2050, 96, 48), (700, 130, 33)];
         for ((m, k, n), gelu) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device).require_grad();

@@ -79,7 +79,16 @@ pub(crate) unsafe fn init_f32(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f3
 /// Zeroes `chunk` and returns it as initialised values, for kernels that accumulate.
 pub(crate) fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     chunk.fill(MaybeUninit::new(0.0));
-    // SAFETY: every value was just written; MaybeUninit<f32> has f32's layout.
+    // SAFETY: every value was just written.
+    unsafe { assume_init(chunk) }
+}
+
+/// `chunk` as the values a kernel has written into it.
+///
+/// # Safety
+/// Every value of `chunk` has been written.
+pub(crate) unsafe fn assume_init(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: the caller's contract; MaybeUninit<f32> has f32's layout.
     unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 

@@ -270,8 +270,8 @@ struct BenchArgs {
     /// Repeat everything this many times (mim and the peer alternate per workload in each round)
     /// and report medians, with the range of the per-round ratios: a busy shared machine moves
     /// single runs by up to 2x.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    rounds: u64,
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rounds: usize,
 }
 
 #[derive(Subcommand)]
@@ -356,7 +356,7 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&a.out)?;
     let (mut ours, mut peer) = (Vec::<BenchResult>::new(), Vec::<PeerResult>::new());
     // mim and the peer take turns per workload, so that both see the machine in the same state.
-    for round in 0..a.rounds as usize {
+    for round in 0..a.rounds {
         if a.rounds > 1 {
             eprintln!("round {} of {}", round + 1, a.rounds);
         }
@@ -427,7 +427,7 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         );
     }
     for w in &chosen {
-        let per_round = |src: &dyn Fn(f64, usize) -> Option<f64>| -> Vec<f64> { (0..a.rounds as usize).filter_map(|round| Some(src(0.75, round)? / src(0.0, round)?)).collect() };
+        let per_round = |src: &dyn Fn(f64, usize) -> Option<f64>| -> Vec<f64> { (0..a.rounds).filter_map(|round| Some(src(0.75, round)? / src(0.0, round)?)).collect() };
         let ours_speedup = per_round(&|m, round| ours.iter().find(|r| r.config == w.name && r.mask_ratio == m && r.round == round).map(|r| r.train_img_s));
         let torch_speedup = per_round(&|m, round| peer.iter().find(|p| p.config == w.name && p.mask_ratio == m && p.round == round).map(|p| p.train_img_s));
         if !ours_speedup.is_empty() {
