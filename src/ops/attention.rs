@@ -16,7 +16,7 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp, init_f32, on_flex_f32, zeroed};
+use super::{contiguous_f32, exp, init_f32, on_flex_f32, prefetch, zeroed};
 
 /// Sizes of one call: batch, tokens, heads, head width.
 #[derive(Clone, Copy, Debug)]
@@ -36,9 +36,9 @@ impl Dims {
     fn d(&self) -> usize {
         self.h * self.hd
     }
-    /// Offset of token `t`'s head-`head` slice of part `part` (0 q, 1 k, 2 v) in qkv of image `img`.
-    fn at(&self, img: usize, t: usize, part: usize, head: usize) -> usize {
-        (img * self.n + t) * 3 * self.d() + part * self.d() + head * self.hd
+    /// Token count rounded up to whole 8-wide vectors: the width of score rows.
+    fn np(&self) -> usize {
+        self.n.div_ceil(8) * 8
     }
 }
 
@@ -70,61 +70,14 @@ fn lanes(a: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     a[main..].iter().fold(lanes, |x, &y| f(x, y))
 }
 
-/// Part `part` (1 k, 2 v) of one head of one image as a contiguous `[hd, np]` matrix, `np` = N
-/// rounded up to a multiple of 8 and zero-padded, so that a row of `q kᵀ` is a [`mat_rows`]
-/// product with whole vectors only.
+/// `t[c * np + j] = m[j][c]` for `j < n`, `c < hd`: one head's k or v as an `[hd, np]` matrix, so
+/// that a row of `q kᵀ` is a product over whole vectors. Columns from `n` to `np` keep the zeros
+/// `t` started with.
 #[inline(always)]
-fn transposed(qkv: &[f32], dm: Dims, img: usize, part: usize, head: usize, np: usize) -> Vec<f32> {
-    let (n, hd) = (dm.n, dm.hd);
-    let mut t = vec![0f32; hd * np];
+fn transposed(m: Rows, n: usize, hd: usize, np: usize, t: &mut [f32]) {
     for j in 0..n {
-        for (c, &v) in qkv[dm.at(img, j, part, head)..][..hd].iter().enumerate() {
+        for (c, &v) in m.from(j, 0).v[..hd].iter().enumerate() {
             t[c * np + j] = v;
-        }
-    }
-    t
-}
-
-/// `out = Σ_r coeffs[r] rows[r * stride ..][..W]` with the W-wide sum held in registers.
-#[inline(always)]
-fn block<const W: usize>(coeffs: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    let mut acc = [0f32; W];
-    for (r, &c) in coeffs.iter().enumerate() {
-        let row: &[f32; W] = rows[r * stride..r * stride + W].try_into().unwrap();
-        for l in 0..W {
-            acc[l] += c * row[l];
-        }
-    }
-    out.copy_from_slice(&acc);
-}
-
-/// `out = Σ_r coeffs[r] rows[r * stride ..][..out.len()]`: a row of a small matrix product, the one
-/// primitive of both passes. Widths that are multiples of 8 (head widths; token counts padded by
-/// [`transposed`]) run as register-blocked columns of up to 64; the short rows here (13 or 50
-/// tokens) made the former `y += a x` loops over memory the slowest part of the step.
-#[inline(always)]
-fn mat_rows(coeffs: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    let w = out.len();
-    if w % 8 != 0 {
-        out.fill(0.0);
-        for (r, &c) in coeffs.iter().enumerate() {
-            for (o, &x) in out.iter_mut().zip(&rows[r * stride..][..w]) {
-                *o += c * x;
-            }
-        }
-        return;
-    }
-    for start in (0..w).step_by(64) {
-        let (rows, out) = (&rows[start..], &mut out[start..(start + 64).min(w)]);
-        match out.len() {
-            8 => block::<8>(coeffs, rows, stride, out),
-            16 => block::<16>(coeffs, rows, stride, out),
-            24 => block::<24>(coeffs, rows, stride, out),
-            32 => block::<32>(coeffs, rows, stride, out),
-            40 => block::<40>(coeffs, rows, stride, out),
-            48 => block::<48>(coeffs, rows, stride, out),
-            56 => block::<56>(coeffs, rows, stride, out),
-            _ => block::<64>(coeffs, rows, stride, out),
         }
     }
 }
@@ -139,59 +92,138 @@ fn transpose(m: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
     }
 }
 
-multiversion! {
-    /// One (image, head) of the forward pass: probabilities `p: [N, N]`, output rows `o: [N, hd]`.
-    fn forward_task(qkv: &[f32], dm: Dims, task: usize, p: &mut [f32], o: &mut [f32]) {
-        let Dims { n, h, hd, .. } = dm;
-        let (np, d3) = (n.div_ceil(8) * 8, 3 * dm.d());
-        let scale = (hd as f32).powf(-0.5);
-        let (img, head) = (task / h, task % h);
-        let kt = transposed(qkv, dm, img, 1, head, np);
-        let v = &qkv[dm.at(img, 0, 2, head)..];
-        let mut scores = vec![0f32; np];
-        for i in 0..n {
-            mat_rows(&qkv[dm.at(img, i, 0, head)..][..hd], &kt, np, &mut scores);
-            let row = &mut p[i * n..(i + 1) * n];
-            let max = lanes(&scores[..n], f32::NEG_INFINITY, f32::max);
-            // exp in its own loop: with the running sum beside it the loop would not vectorise
-            for (pj, &s) in row.iter_mut().zip(&scores[..n]) {
-                *pj = exp((s - max) * scale);
+/// A row-major matrix in a slice, its rows `ld` values apart (a head's columns inside qkv rows).
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    v: &'a [f32],
+    ld: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(v: &'a [f32], ld: usize) -> Self {
+        Rows { v, ld }
+    }
+    /// The same rows from row `i` and column `j` on.
+    fn from(self, i: usize, j: usize) -> Self {
+        Rows { v: &self.v[i * self.ld + j..], ld: self.ld }
+    }
+}
+
+/// `R` rows by `V` columns of `C = A B` held in registers (`c`'s rows `ldc` apart): each loaded
+/// row of `B` serves `R` outputs and the `R x V / 8` accumulators are independent, so the
+/// multiply-adds are not waiting on each other. Within the AVX2 + FMA kernels `mul_add` is one
+/// instruction (the baseline build, for x86-64 CPUs without FMA, calls the C library's `fmaf`:
+/// correct, slower).
+#[inline(always)]
+fn tile<const R: usize, const V: usize>(a: Rows, k: usize, b: Rows, c: &mut [f32], ldc: usize) {
+    assert!(k > 0 && a.v.len() >= (R - 1) * a.ld + k && b.v.len() >= (k - 1) * b.ld + V && c.len() >= (R - 1) * ldc + V);
+    let mut acc = [[0f32; V]; R];
+    for kk in 0..k {
+        // SAFETY (both reads): in bounds by the assertion above, as kk < k and r < R.
+        let row: &[f32; V] = unsafe { b.v.get_unchecked(kk * b.ld..kk * b.ld + V) }.try_into().unwrap();
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = unsafe { *a.v.get_unchecked(r * a.ld + kk) };
+            for l in 0..V {
+                acc[l] = x.mul_add(row[l], acc[l]);
             }
-            let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
-            row.iter_mut().for_each(|pj| *pj *= inv);
-            mat_rows(row, v, d3, &mut o[i * hd..(i + 1) * hd]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        c[r * ldc..][..V].copy_from_slice(acc);
+    }
+}
+
+/// `R` rows of `C = A B`, `w` (a multiple of 8) columns wide, in [`tile`]s of 16 and 8 columns.
+#[inline(always)]
+fn row_block<const R: usize>(a: Rows, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: usize) {
+    let mut col = 0;
+    while col + 16 <= w {
+        tile::<R, 16>(a, k, b.from(0, col), &mut c[col..], ldc);
+        col += 16;
+    }
+    if col < w {
+        tile::<R, 8>(a, k, b.from(0, col), &mut c[col..], ldc);
+    }
+}
+
+/// `C = A B` for `A: m x k`, `B: k x w` and `C: m x w` (`c`'s rows `ldc` apart): the one
+/// primitive of both passes (the matrices are one image's per-head slices, 13 to 50 tokens, too
+/// small for a GEMM library's packing to pay). Register-blocked in 4 rows when `w` is a multiple
+/// of 8 (head widths, token counts padded by [`transposed`]), plain loops otherwise.
+#[inline(always)]
+fn matmul(a: Rows, m: usize, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: usize) {
+    if !w.is_multiple_of(8) {
+        for i in 0..m {
+            let ci = &mut c[i * ldc..][..w];
+            ci.fill(0.0);
+            for (kk, &x) in a.from(i, 0).v[..k].iter().enumerate() {
+                ci.iter_mut().zip(&b.from(kk, 0).v[..w]).for_each(|(o, &y)| *o += x * y);
+            }
+        }
+        return;
+    }
+    let mut i = 0;
+    while i < m {
+        let rows = match m - i {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let (ai, ci) = (a.from(i, 0), &mut c[i * ldc..]);
+        match rows {
+            4 => row_block::<4>(ai, k, b, w, ci, ldc),
+            2 => row_block::<2>(ai, k, b, w, ci, ldc),
+            _ => row_block::<1>(ai, k, b, w, ci, ldc),
+        }
+        i += rows;
+    }
+}
+
+multiversion! {
+    /// The forward pass for one image, all heads: `x` its `[N, 3D]` rows of qkv, `p` its
+    /// probabilities `[H, N, N]`, `o` its output rows `[N, D]`. Reading one image's contiguous qkv
+    /// rows, rather than one head's slices scattered over all of them, lets the prefetcher stream.
+    fn forward_image(x: &[f32], dm: Dims, p: &mut [f32], o: &mut [f32]) {
+        let Dims { n, h, hd, .. } = dm;
+        let (d, np) = (dm.d(), dm.np());
+        let scale = (hd as f32).powf(-0.5);
+        let (mut kt, mut s) = (vec![0f32; hd * np], vec![0f32; n * np]);
+        for head in 0..h {
+            let x = Rows::new(x, 3 * d);
+            let (q, k, v) = (x.from(0, head * hd), x.from(0, d + head * hd), x.from(0, 2 * d + head * hd));
+            let p = &mut p[head * n * n..][..n * n];
+            transposed(k, n, hd, np, &mut kt);
+            matmul(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
+            for (si, pi) in s.chunks_exact(np).zip(p.chunks_exact_mut(n)) {
+                let max = lanes(&si[..n], f32::NEG_INFINITY, f32::max);
+                // exp in its own loop: with the running sum beside it the loop would not vectorise
+                for (pj, &sj) in pi.iter_mut().zip(si) {
+                    *pj = exp((sj - max) * scale);
+                }
+                let inv = 1.0 / lanes(pi, 0.0, |a, b| a + b);
+                pi.iter_mut().for_each(|pj| *pj *= inv);
+            }
+            matmul(Rows::new(p, n), n, n, v, hd, &mut o[head * hd..], d);
         }
     }
 }
 
 /// Returns (out `[B, N, D]`, probabilities `[B, H, N, N]`).
 fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
-    let Dims { b, n, h, hd } = dm;
+    let Dims { b, n, h, .. } = dm;
     let d = dm.d();
-    // Per (image, head): the probabilities and the head's output rows, gathered into [B, N, D]
-    // afterwards. The kernels write whole rows; the chunks are zeroed first only to hand them over
-    // as initialised values (in the parallel task, hot in cache).
-    let mut heads_out = Vec::new();
-    // SAFETY (both): the chunks cover the buffers; `zeroed` writes every value of a chunk, and
-    // the gather copies every value of `out`.
+    // One task per image; the chunks are zeroed first only to hand them over as initialised
+    // values (in the parallel task, hot in cache): the kernel writes every value.
+    let mut out = Vec::new();
+    // SAFETY (both): the chunks cover the buffers and `zeroed` writes every value of each.
     let probs = unsafe {
         init_f32(b * h * n * n, |probs| {
-            heads_out = init_f32(b * h * n * hd, |ho| {
-                probs.par_chunks_mut(n * n).zip(ho.par_chunks_mut(n * hd)).enumerate().for_each(|(task, (p, o))| forward_task(qkv, dm, task, zeroed(p), zeroed(o)))
-            })
-        })
-    };
-    let out = unsafe {
-        init_f32(b * n * d, |out| {
-            out.par_chunks_mut(n * d).enumerate().for_each(|(img, oimg)| {
-                for head in 0..h {
-                    let src = &heads_out[(img * h + head) * n * hd..][..n * hd];
-                    for t in 0..n {
-                        for (o, &v) in oimg[t * d + head * hd..][..hd].iter_mut().zip(&src[t * hd..(t + 1) * hd]) {
-                            o.write(v);
-                        }
-                    }
-                }
+            out = init_f32(b * n * d, |out| {
+                probs.par_chunks_mut(h * n * n).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| {
+                    let x = n * 3 * d;
+                    prefetch(qkv.get((img + 1) * x..(img + 2) * x).unwrap_or_default());
+                    forward_image(&qkv[img * x..][..x], dm, zeroed(p), zeroed(o))
+                })
             })
         })
     };
@@ -199,48 +231,57 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
 }
 
 multiversion! {
-    /// The backward pass for one image: `g` is that image's `[N, 3D]` slice of the qkv gradient
-    /// (every head writes all of its own columns).
-    fn backward_image(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims, img: usize, g: &mut [f32]) {
+    /// The backward pass for one image: `x` its `[N, 3D]` rows of qkv, `p` its probabilities,
+    /// `dout` its `[N, D]` output gradient, `g` its `[N, 3D]` rows of the qkv gradient (every head
+    /// writes all of its own columns).
+    fn backward_image(x: &[f32], p: &[f32], dout: &[f32], dm: Dims, g: &mut [f32]) {
         let Dims { n, h, hd, .. } = dm;
-        let (d, np) = (dm.d(), n.div_ceil(8) * 8);
-        let d3 = 3 * d;
+        let (d, np) = (dm.d(), dm.np());
         let scale = (hd as f32).powf(-0.5);
-        let (mut ds, mut dst, mut pt, mut dp) = (vec![0f32; n * n], vec![0f32; n * n], vec![0f32; n * n], vec![0f32; np]);
+        let (mut vt, mut dp) = (vec![0f32; hd * np], vec![0f32; n * np]);
+        let (mut ds, mut dst, mut pt) = (vec![0f32; n * n], vec![0f32; n * n], vec![0f32; n * n]);
         for head in 0..h {
-            let p = &probs[(img * h + head) * n * n..][..n * n];
-            let go = &dout[img * n * d + head * hd..];
-            let local = |t: usize, part: usize| (t * 3 + part) * d + head * hd;
-            let vt = transposed(qkv, dm, img, 2, head, np);
-            for i in 0..n {
-                // dP = dO Vᵀ, then dS = P (dP - sum_j P dP) / √hd
-                mat_rows(&go[i * d..][..hd], &vt, np, &mut dp);
-                let pi = &p[i * n..(i + 1) * n];
-                let weighted = dot(pi, &dp[..n]);
-                for ((s, &pij), &dpij) in ds[i * n..(i + 1) * n].iter_mut().zip(pi).zip(&dp[..n]) {
+            let x = Rows::new(x, 3 * d);
+            let (q, k, v) = (x.from(0, head * hd), x.from(0, d + head * hd), x.from(0, 2 * d + head * hd));
+            let (p, go) = (&p[head * n * n..][..n * n], Rows::new(&dout[head * hd..], d));
+            // dP = dO Vᵀ, then dS = P (dP - sum_j P dP) / √hd
+            transposed(v, n, hd, np, &mut vt);
+            matmul(go, n, hd, Rows::new(&vt, np), np, &mut dp, np);
+            for ((dsi, pi), dpi) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(dp.chunks_exact(np)) {
+                let weighted = dot(pi, &dpi[..n]);
+                for ((s, &pij), &dpij) in dsi.iter_mut().zip(pi).zip(dpi) {
                     *s = pij * (dpij - weighted) * scale;
                 }
             }
             transpose(&ds, n, n, &mut dst);
             transpose(p, n, n, &mut pt);
             // dQ = dS K ; dK = dSᵀ Q ; dV = Pᵀ dO
-            let (q, k) = (&qkv[dm.at(img, 0, 0, head)..], &qkv[dm.at(img, 0, 1, head)..]);
-            for i in 0..n {
-                mat_rows(&ds[i * n..(i + 1) * n], k, d3, &mut g[local(i, 0)..][..hd]);
-                mat_rows(&dst[i * n..(i + 1) * n], q, d3, &mut g[local(i, 1)..][..hd]);
-                mat_rows(&pt[i * n..(i + 1) * n], go, d, &mut g[local(i, 2)..][..hd]);
-            }
+            matmul(Rows::new(&ds, n), n, n, k, hd, &mut g[head * hd..], 3 * d);
+            matmul(Rows::new(&dst, n), n, n, q, hd, &mut g[d + head * hd..], 3 * d);
+            matmul(Rows::new(&pt, n), n, n, go, hd, &mut g[2 * d + head * hd..], 3 * d);
         }
     }
 }
 
 /// Gradient with respect to qkv `[B, N, 3D]` from the output gradient `[B, N, D]`.
 fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f32> {
-    let Dims { b, n, .. } = dm;
-    let d = dm.d();
-    // One task per image, zeroing its own rows: heads write disjoint column ranges of them.
+    let Dims { b, n, h, .. } = dm;
+    let (d, x) = (dm.d(), n * 3 * dm.d());
+    // One task per image, zeroing its own rows (hot in cache) only to hand them over as
+    // initialised values: every head writes all of its columns.
     // SAFETY: the chunks cover the buffer and `zeroed` writes every value of each.
-    unsafe { init_f32(b * n * 3 * d, |dqkv| dqkv.par_chunks_mut(n * 3 * d).enumerate().for_each(|(img, g)| backward_image(qkv, probs, dout, dm, img, zeroed(g)))) }
+    let (pn, on) = (h * n * n, n * d);
+    unsafe {
+        init_f32(b * x, |dqkv| {
+            dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| {
+                let next = img + 1;
+                prefetch(qkv.get(next * x..(next + 1) * x).unwrap_or_default());
+                prefetch(probs.get(next * pn..(next + 1) * pn).unwrap_or_default());
+                prefetch(dout.get(next * on..(next + 1) * on).unwrap_or_default());
+                backward_image(&qkv[img * x..][..x], &probs[img * pn..][..pn], &dout[img * on..][..on], dm, zeroed(g))
+            })
+        })
+    }
 }
 
 /// The backend operation: implemented for flex and for autodiff over flex.
