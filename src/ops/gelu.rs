@@ -25,24 +25,19 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 /// erf(x) as a rational function of x² (the approximation of Eigen / XLA), clamped to ±4 where
-/// erf is ±1 in f32. Branch-free so that loops over it vectorise; plain multiply-adds, since
-/// `mul_add` without a compile-time FMA target is a slow library call.
+/// erf is ±1 in f32. Branch-free so that loops over it vectorise (`mul_add`: see [`super::exp`]).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_5e-5;
-    p = p * x2 - 7.349_906e-4;
-    p = p * x2 - 2.954_600_1e-3;
-    p = p * x2 - 1.609_603_3e-2;
+    for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_5e-5, -7.349_906e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+        p = p.mul_add(x2, c);
+    }
     let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329e-3;
-    q = q * x2 - 1.426_474e-2;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
+        q = q.mul_add(x2, c);
+    }
     x * p / q
 }
 

@@ -30,14 +30,25 @@ macro_rules! multiversion {
 /// e^x for f32 without a library call, so that loops over it vectorise: x = n ln 2 + r with
 /// |r| <= ln 2 / 2, a degree-6 polynomial for e^r, and 2^n built in the exponent bits (relative
 /// error below 3e-7; inputs are clamped to [-87, 88], where f32 neither underflows nor overflows).
+///
+/// Meant for the [`multiversion`] kernels, where `mul_add` is one FMA instruction (as on
+/// aarch64); in the baseline x86-64 build, for CPUs without FMA (before 2013), it is a call to
+/// the C library's `fmaf`: correct, slower.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer, kept in the low bits
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    let shifted = x.mul_add(std::f32::consts::LOG2_E, ROUND);
+    let n = shifted - ROUND;
+    let r = n.mul_add(-1.428_606_8e-6, n.mul_add(-0.693_145_75, x));
+    let mut p = 1.0_f32 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
+    // n as an integer from the bits rather than `n as i32`: Rust's saturating float-to-int cast
+    // kept these loops scalar (one conversion per value), the integer arithmetic vectorises
+    let n = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    f32::from_bits(n.wrapping_add(127) << 23) * p
 }
 
 pub mod adamw;
