@@ -277,6 +277,9 @@ pub struct PeerResult {
     pub train_img_s: f64,
     /// Encoder-only images/s.
     pub enc_fwd_img_s: f64,
+    /// Every timed training step, seconds.
+    #[serde(default)]
+    pub train_times: Vec<f64>,
     /// Peak resident memory of the peer process for this workload, MiB (filled in by mim).
     #[serde(default)]
     pub peak_mib: f64,
