@@ -3,9 +3,11 @@
 //!
 //! The generic path splits qkv with permutes (copies), runs batched matmuls on tiny per-head
 //! matrices (13 or 50 tokens in the small MAE), a softmax, and records each step for autodiff.
-//! Here one task per (image, head) reads q, k and v in place from the `[B, N, 3D]` projection,
-//! keeps the `N x N` probabilities for the backward pass, and writes `[B, N, D]` ready for the
-//! output projection; tasks run on rayon's pool.
+//! Here one task per image reads q, k and v of every head in place from its rows of the
+//! `[B, N, 3D]` projection (the next image's rows prefetched meanwhile), keeps the `N x N`
+//! probabilities for the backward pass, and writes its `[N, D]` rows ready for the output
+//! projection; tasks run on rayon's pool. (A batch of one image therefore runs its attention on
+//! one thread; its projections, most of the work, still use all of them.)
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -82,16 +84,6 @@ fn transposed(m: Rows, n: usize, hd: usize, np: usize, t: &mut [f32]) {
     }
 }
 
-/// `t[j * rows + i] = m[i * cols + j]` for an `rows x cols` matrix `m`.
-#[inline(always)]
-fn transpose(m: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
-    for i in 0..rows {
-        for j in 0..cols {
-            t[j * rows + i] = m[i * cols + j];
-        }
-    }
-}
-
 /// A row-major matrix in a slice, its rows `ld` values apart (a head's columns inside qkv rows).
 #[derive(Clone, Copy)]
 struct Rows<'a> {
@@ -109,20 +101,22 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// `R` rows by `V` columns of `C = A B` held in registers (`c`'s rows `ldc` apart): each loaded
-/// row of `B` serves `R` outputs and the `R x V / 8` accumulators are independent, so the
-/// multiply-adds are not waiting on each other. Within the AVX2 + FMA kernels `mul_add` is one
-/// instruction (the baseline build, for x86-64 CPUs without FMA, calls the C library's `fmaf`:
-/// correct, slower).
+/// `R` rows by `V` columns of `C = A B` held in registers (`c`'s rows `ldc` apart), where `A` is
+/// `a`, or with `AT` the transpose of `a` (so that `Pᵀ dO` and `dSᵀ Q` need no transposed
+/// copies): each loaded row of `B` serves `R` outputs and the `R x V / 8` accumulators are
+/// independent, so the multiply-adds are not waiting on each other. Within the AVX2 + FMA kernels
+/// `mul_add` is one instruction (the baseline build, for x86-64 CPUs without FMA, calls the C
+/// library's `fmaf`: correct, slower).
 #[inline(always)]
-fn tile<const R: usize, const V: usize>(a: Rows, k: usize, b: Rows, c: &mut [f32], ldc: usize) {
-    assert!(k > 0 && a.v.len() >= (R - 1) * a.ld + k && b.v.len() >= (k - 1) * b.ld + V && c.len() >= (R - 1) * ldc + V);
+fn tile<const AT: bool, const R: usize, const V: usize>(a: Rows, k: usize, b: Rows, c: &mut [f32], ldc: usize) {
+    let a_len = if AT { (k - 1) * a.ld + R } else { (R - 1) * a.ld + k };
+    assert!(k > 0 && a.v.len() >= a_len && b.v.len() >= (k - 1) * b.ld + V && c.len() >= (R - 1) * ldc + V);
     let mut acc = [[0f32; V]; R];
     for kk in 0..k {
         // SAFETY (both reads): in bounds by the assertion above, as kk < k and r < R.
         let row: &[f32; V] = unsafe { b.v.get_unchecked(kk * b.ld..kk * b.ld + V) }.try_into().unwrap();
         for (r, acc) in acc.iter_mut().enumerate() {
-            let x = unsafe { *a.v.get_unchecked(r * a.ld + kk) };
+            let x = unsafe { *a.v.get_unchecked(if AT { kk * a.ld + r } else { r * a.ld + kk }) };
             for l in 0..V {
                 acc[l] = x.mul_add(row[l], acc[l]);
             }
@@ -135,28 +129,30 @@ fn tile<const R: usize, const V: usize>(a: Rows, k: usize, b: Rows, c: &mut [f32
 
 /// `R` rows of `C = A B`, `w` (a multiple of 8) columns wide, in [`tile`]s of 16 and 8 columns.
 #[inline(always)]
-fn row_block<const R: usize>(a: Rows, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: usize) {
+fn row_block<const AT: bool, const R: usize>(a: Rows, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: usize) {
     let mut col = 0;
     while col + 16 <= w {
-        tile::<R, 16>(a, k, b.from(0, col), &mut c[col..], ldc);
+        tile::<AT, R, 16>(a, k, b.from(0, col), &mut c[col..], ldc);
         col += 16;
     }
     if col < w {
-        tile::<R, 8>(a, k, b.from(0, col), &mut c[col..], ldc);
+        tile::<AT, R, 8>(a, k, b.from(0, col), &mut c[col..], ldc);
     }
 }
 
-/// `C = A B` for `A: m x k`, `B: k x w` and `C: m x w` (`c`'s rows `ldc` apart): the one
-/// primitive of both passes (the matrices are one image's per-head slices, 13 to 50 tokens, too
-/// small for a GEMM library's packing to pay). Register-blocked in 4 rows when `w` is a multiple
-/// of 8 (head widths, token counts padded by [`transposed`]), plain loops otherwise.
+/// `C = A B` for `A: m x k` (`a`, or with `AT` the transpose of `a: k x m`), `B: k x w` and
+/// `C: m x w` (`c`'s rows `ldc` apart): the one primitive of both passes (the matrices are one
+/// image's per-head slices, 13 to 50 tokens, too small for a GEMM library's packing to pay).
+/// Register-blocked in 4 rows when `w` is a multiple of 8 (head widths, token counts padded by
+/// [`transposed`]), plain loops otherwise.
 #[inline(always)]
-fn matmul(a: Rows, m: usize, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: usize) {
+fn matmul<const AT: bool>(a: Rows, m: usize, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: usize) {
     if !w.is_multiple_of(8) {
         for i in 0..m {
             let ci = &mut c[i * ldc..][..w];
             ci.fill(0.0);
-            for (kk, &x) in a.from(i, 0).v[..k].iter().enumerate() {
+            for kk in 0..k {
+                let x = if AT { a.v[kk * a.ld + i] } else { a.v[i * a.ld + kk] };
                 ci.iter_mut().zip(&b.from(kk, 0).v[..w]).for_each(|(o, &y)| *o += x * y);
             }
         }
@@ -169,11 +165,11 @@ fn matmul(a: Rows, m: usize, k: usize, b: Rows, w: usize, c: &mut [f32], ldc: us
             2 | 3 => 2,
             _ => 1,
         };
-        let (ai, ci) = (a.from(i, 0), &mut c[i * ldc..]);
+        let (ai, ci) = (if AT { a.from(0, i) } else { a.from(i, 0) }, &mut c[i * ldc..]);
         match rows {
-            4 => row_block::<4>(ai, k, b, w, ci, ldc),
-            2 => row_block::<2>(ai, k, b, w, ci, ldc),
-            _ => row_block::<1>(ai, k, b, w, ci, ldc),
+            4 => row_block::<AT, 4>(ai, k, b, w, ci, ldc),
+            2 => row_block::<AT, 2>(ai, k, b, w, ci, ldc),
+            _ => row_block::<AT, 1>(ai, k, b, w, ci, ldc),
         }
         i += rows;
     }
@@ -193,7 +189,7 @@ multiversion! {
             let (q, k, v) = (x.from(0, head * hd), x.from(0, d + head * hd), x.from(0, 2 * d + head * hd));
             let p = &mut p[head * n * n..][..n * n];
             transposed(k, n, hd, np, &mut kt);
-            matmul(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
+            matmul::<false>(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
             for (si, pi) in s.chunks_exact(np).zip(p.chunks_exact_mut(n)) {
                 let max = lanes(&si[..n], f32::NEG_INFINITY, f32::max);
                 // exp in its own loop: with the running sum beside it the loop would not vectorise
@@ -203,7 +199,7 @@ multiversion! {
                 let inv = 1.0 / lanes(pi, 0.0, |a, b| a + b);
                 pi.iter_mut().for_each(|pj| *pj *= inv);
             }
-            matmul(Rows::new(p, n), n, n, v, hd, &mut o[head * hd..], d);
+            matmul::<false>(Rows::new(p, n), n, n, v, hd, &mut o[head * hd..], d);
         }
     }
 }
@@ -239,26 +235,24 @@ multiversion! {
         let (d, np) = (dm.d(), dm.np());
         let scale = (hd as f32).powf(-0.5);
         let (mut vt, mut dp) = (vec![0f32; hd * np], vec![0f32; n * np]);
-        let (mut ds, mut dst, mut pt) = (vec![0f32; n * n], vec![0f32; n * n], vec![0f32; n * n]);
+        let mut ds = vec![0f32; n * n];
         for head in 0..h {
             let x = Rows::new(x, 3 * d);
             let (q, k, v) = (x.from(0, head * hd), x.from(0, d + head * hd), x.from(0, 2 * d + head * hd));
             let (p, go) = (&p[head * n * n..][..n * n], Rows::new(&dout[head * hd..], d));
             // dP = dO Vᵀ, then dS = P (dP - sum_j P dP) / √hd
             transposed(v, n, hd, np, &mut vt);
-            matmul(go, n, hd, Rows::new(&vt, np), np, &mut dp, np);
+            matmul::<false>(go, n, hd, Rows::new(&vt, np), np, &mut dp, np);
             for ((dsi, pi), dpi) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(dp.chunks_exact(np)) {
                 let weighted = dot(pi, &dpi[..n]);
                 for ((s, &pij), &dpij) in dsi.iter_mut().zip(pi).zip(dpi) {
                     *s = pij * (dpij - weighted) * scale;
                 }
             }
-            transpose(&ds, n, n, &mut dst);
-            transpose(p, n, n, &mut pt);
             // dQ = dS K ; dK = dSᵀ Q ; dV = Pᵀ dO
-            matmul(Rows::new(&ds, n), n, n, k, hd, &mut g[head * hd..], 3 * d);
-            matmul(Rows::new(&dst, n), n, n, q, hd, &mut g[d + head * hd..], 3 * d);
-            matmul(Rows::new(&pt, n), n, n, go, hd, &mut g[2 * d + head * hd..], 3 * d);
+            matmul::<false>(Rows::new(&ds, n), n, n, k, hd, &mut g[head * hd..], 3 * d);
+            matmul::<true>(Rows::new(&ds, n), n, n, q, hd, &mut g[d + head * hd..], 3 * d);
+            matmul::<true>(Rows::new(p, n), n, n, go, hd, &mut g[2 * d + head * hd..], 3 * d);
         }
     }
 }
