@@ -18,7 +18,7 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp, init_f32, on_flex_f32, prefetch, zeroed};
+use super::{contiguous_f32, exp, fold8, init_f32, on_flex_f32, prefetch, sum8, zeroed};
 
 /// Sizes of one call: batch, tokens, heads, head width.
 #[derive(Clone, Copy, Debug)]
@@ -42,34 +42,6 @@ impl Dims {
     fn np(&self) -> usize {
         self.n.div_ceil(8) * 8
     }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // eight lanes so the reduction vectorises (no fast-math in Rust)
-    let mut acc = [0f32; 8];
-    let main = a.len() / 8 * 8;
-    for i in (0..main).step_by(8) {
-        for l in 0..8 {
-            acc[l] += a[i + l] * b[i + l];
-        }
-    }
-    acc.iter().sum::<f32>() + (main..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
-}
-
-/// `a` folded by `f` from `init` in eight lanes, so that the loop vectorises (a serial f32 fold may
-/// not be reordered by the compiler).
-#[inline(always)]
-fn lanes(a: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 8];
-    let main = a.len() / 8 * 8;
-    for i in (0..main).step_by(8) {
-        for l in 0..8 {
-            acc[l] = f(acc[l], a[i + l]);
-        }
-    }
-    let lanes = acc.into_iter().fold(init, &f);
-    a[main..].iter().fold(lanes, |x, &y| f(x, y))
 }
 
 /// `t[c * np + j] = m[j][c]` for `j < n`, `c < hd`: one head's k or v as an `[hd, np]` matrix, so
@@ -191,12 +163,12 @@ multiversion! {
             transposed(k, n, hd, np, &mut kt);
             matmul::<false>(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
             for (si, pi) in s.chunks_exact(np).zip(p.chunks_exact_mut(n)) {
-                let max = lanes(&si[..n], f32::NEG_INFINITY, f32::max);
+                let max = fold8([&si[..n]], f32::NEG_INFINITY, f32::max, |[s]| s);
                 // exp in its own loop: with the running sum beside it the loop would not vectorise
                 for (pj, &sj) in pi.iter_mut().zip(si) {
                     *pj = exp((sj - max) * scale);
                 }
-                let inv = 1.0 / lanes(pi, 0.0, |a, b| a + b);
+                let inv = 1.0 / sum8([pi], |[p]| p);
                 pi.iter_mut().for_each(|pj| *pj *= inv);
             }
             matmul::<false>(Rows::new(p, n), n, n, v, hd, &mut o[head * hd..], d);
@@ -244,7 +216,7 @@ multiversion! {
             transposed(v, n, hd, np, &mut vt);
             matmul::<false>(go, n, hd, Rows::new(&vt, np), np, &mut dp, np);
             for ((dsi, pi), dpi) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(dp.chunks_exact(np)) {
-                let weighted = dot(pi, &dpi[..n]);
+                let weighted = sum8([pi, &dpi[..n]], |[p, dp]| p * dp);
                 for ((s, &pij), &dpij) in dsi.iter_mut().zip(pi).zip(dpi) {
                     *s = pij * (dpij - weighted) * scale;
                 }

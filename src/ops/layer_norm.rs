@@ -18,32 +18,18 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::{contiguous_f32, init_f32, on_flex_f32, sum_in_order};
+use super::{contiguous_f32, init_f32, on_flex_f32, sum_in_order, sum8};
 
 /// Rows per rayon task (widths are 32 ... 1024).
 const ROWS_PER_TASK: usize = 64;
-
-/// Sum of `f(0..n)` with 8 independent accumulators, so the loop vectorises (a plain f32 sum is a
-/// serial dependency chain: the compiler may not reassociate it).
-#[inline(always)]
-fn sum8(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let main = n / 8 * 8;
-    for i in (0..main).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
-        }
-    }
-    acc.iter().sum::<f32>() + (main..n).map(f).sum::<f32>()
-}
 
 multiversion! {
     /// Normalises the rows of `x` (`d` wide) into `y`, writing each row's mean and 1/std.
     fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [MaybeUninit<f32>], mean: &mut [f32], rstd: &mut [f32]) {
         let d = gamma.len();
         for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-            let mu = sum8(d, |j| xr[j]) / d as f32;
-            let var = sum8(d, |j| (xr[j] - mu) * (xr[j] - mu)) / d as f32;
+            let mu = sum8([xr], |[x]| x) / d as f32;
+            let var = sum8([xr], |[x]| (x - mu) * (x - mu)) / d as f32;
             let rs = 1.0 / (var + eps).sqrt();
             mean[r] = mu;
             rstd[r] = rs;
@@ -61,8 +47,8 @@ multiversion! {
         for (r, ((xr, dyr), dxr)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).enumerate() {
             let (mu, rs) = (mean[r], rstd[r]);
             // dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy gamma
-            let m1 = sum8(d, |j| dyr[j] * gamma[j]) / d as f32;
-            let m2 = sum8(d, |j| dyr[j] * gamma[j] * (xr[j] - mu) * rs) / d as f32;
+            let m1 = sum8([dyr, gamma], |[dy, g]| dy * g) / d as f32;
+            let m2 = sum8([dyr, gamma, xr], |[dy, g, x]| dy * g * (x - mu) * rs) / d as f32;
             for j in 0..d {
                 let xh = (xr[j] - mu) * rs;
                 dg[j] += dyr[j] * xh;

@@ -103,6 +103,32 @@ pub(crate) unsafe fn assume_init(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// `f` of the values at each index of equally long slices, combined by `op` from `init` in 8
+/// independent lanes, so that the loop vectorises (a serial f32 fold may not be reordered by the
+/// compiler). The values are taken in whole 8-wide chunks: a closure indexing the slices itself
+/// kept its bounds checks, and with them every reduction of the softmax and LayerNorm, scalar.
+#[inline(always)]
+pub(crate) fn fold8<const K: usize>(s: [&[f32]; K], init: f32, op: impl Fn(f32, f32) -> f32, f: impl Fn([f32; K]) -> f32) -> f32 {
+    let n = s[0].len();
+    debug_assert!(s.iter().all(|x| x.len() == n));
+    let main = n / 8 * 8;
+    let mut acc = [init; 8];
+    for c in (0..main).step_by(8) {
+        let chunk: [&[f32; 8]; K] = s.map(|x| x[c..c + 8].try_into().unwrap());
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = op(*a, f(chunk.map(|x| x[l])));
+        }
+    }
+    let lanes = acc.into_iter().fold(init, &op);
+    (main..n).fold(lanes, |a, j| op(a, f(s.map(|x| x[j]))))
+}
+
+/// `Σ_j f(values at j)` over equally long slices: [`fold8`] with addition.
+#[inline(always)]
+pub(crate) fn sum8<const K: usize>(s: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
+    fold8(s, 0.0, |a, b| a + b, f)
+}
+
 /// Asks the CPU to bring `data` into its L2 cache ahead of use (x86_64; elsewhere nothing): the
 /// attention kernels call it on the next image's rows, which they read per head, in short slices
 /// too far apart for the hardware prefetcher to follow.
