@@ -42,6 +42,18 @@ impl Dims {
     fn np(&self) -> usize {
         self.n.div_ceil(8) * 8
     }
+    /// Head `head`'s q, k and v inside one image's `[N, 3D]` rows of qkv.
+    fn head<'a>(&self, x: &'a [f32], head: usize) -> [Rows<'a>; 3] {
+        let (d, x) = (self.d(), Rows::new(x, 3 * self.d()));
+        [0, d, 2 * d].map(|part| x.from(0, part + head * self.hd))
+    }
+}
+
+/// Image `img`'s `len` values of a buffer laid out image by image, the next image's values
+/// prefetched meanwhile for the task that reads them next.
+fn image(buf: &[f32], img: usize, len: usize) -> &[f32] {
+    prefetch(buf.get((img + 1) * len..(img + 2) * len).unwrap_or_default());
+    &buf[img * len..][..len]
 }
 
 /// `t[c * np + j] = m[j][c]` for `j < n`, `c < hd`: one head's k or v as an `[hd, np]` matrix, so
@@ -157,8 +169,7 @@ multiversion! {
         let scale = (hd as f32).powf(-0.5);
         let (mut kt, mut s) = (vec![0f32; hd * np], vec![0f32; n * np]);
         for head in 0..h {
-            let x = Rows::new(x, 3 * d);
-            let (q, k, v) = (x.from(0, head * hd), x.from(0, d + head * hd), x.from(0, 2 * d + head * hd));
+            let [q, k, v] = dm.head(x, head);
             let p = &mut p[head * n * n..][..n * n];
             transposed(k, n, hd, np, &mut kt);
             matmul::<false>(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
@@ -187,11 +198,7 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let probs = unsafe {
         init_f32(b * h * n * n, |probs| {
             out = init_f32(b * n * d, |out| {
-                probs.par_chunks_mut(h * n * n).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| {
-                    let x = n * 3 * d;
-                    prefetch(qkv.get((img + 1) * x..(img + 2) * x).unwrap_or_default());
-                    forward_image(&qkv[img * x..][..x], dm, zeroed(p), zeroed(o))
-                })
+                probs.par_chunks_mut(h * n * n).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| forward_image(image(qkv, img, n * 3 * d), dm, zeroed(p), zeroed(o)))
             })
         })
     };
@@ -209,8 +216,7 @@ multiversion! {
         let (mut vt, mut dp) = (vec![0f32; hd * np], vec![0f32; n * np]);
         let mut ds = vec![0f32; n * n];
         for head in 0..h {
-            let x = Rows::new(x, 3 * d);
-            let (q, k, v) = (x.from(0, head * hd), x.from(0, d + head * hd), x.from(0, 2 * d + head * hd));
+            let [q, k, v] = dm.head(x, head);
             let (p, go) = (&p[head * n * n..][..n * n], Rows::new(&dout[head * hd..], d));
             // dP = dO Vᵀ, then dS = P (dP - sum_j P dP) / √hd
             transposed(v, n, hd, np, &mut vt);
@@ -236,18 +242,7 @@ fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f3
     // One task per image, zeroing its own rows (hot in cache) only to hand them over as
     // initialised values: every head writes all of its columns.
     // SAFETY: the chunks cover the buffer and `zeroed` writes every value of each.
-    let (pn, on) = (h * n * n, n * d);
-    unsafe {
-        init_f32(b * x, |dqkv| {
-            dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| {
-                let next = img + 1;
-                prefetch(qkv.get(next * x..(next + 1) * x).unwrap_or_default());
-                prefetch(probs.get(next * pn..(next + 1) * pn).unwrap_or_default());
-                prefetch(dout.get(next * on..(next + 1) * on).unwrap_or_default());
-                backward_image(&qkv[img * x..][..x], &probs[img * pn..][..pn], &dout[img * on..][..on], dm, zeroed(g))
-            })
-        })
-    }
+    unsafe { init_f32(b * x, |dqkv| dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| backward_image(image(qkv, img, x), image(probs, img, h * n * n), image(dout, img, n * d), dm, zeroed(g)))) }
 }
 
 /// The backend operation: implemented for flex and for autodiff over flex.
