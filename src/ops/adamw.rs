@@ -33,35 +33,22 @@ pub struct AdamWStep {
     pub time: usize,
 }
 
-/// A step's constants, as the update uses them.
-#[derive(Clone, Copy)]
-struct Consts {
-    beta_1: f32,
-    beta_2: f32,
-    /// 1 - beta_1, 1 - beta_2
-    f1: f32,
-    f2: f32,
-    /// The bias corrections 1 - beta^t.
-    c1: f32,
-    c2: f32,
-    epsilon: f32,
-    lr: f32,
-    /// 1 - lr * weight decay
-    keep: f32,
-}
-
 multiversion! {
     /// One chunk: `(p, g, m, v)` in, `(p, m, v)` out. Zipped slices rather than indices, so that
     /// the loop (two divisions and a root per value) vectorises.
-    fn step_chunk(inp: [&[f32]; 4], k: Consts, out: [&mut [MaybeUninit<f32>]; 3]) {
+    fn step_chunk(inp: [&[f32]; 4], s: AdamWStep, out: [&mut [MaybeUninit<f32>]; 3]) {
+        let (f1, f2) = (1.0 - s.beta_1, 1.0 - s.beta_2);
+        let t = s.time as i32;
+        let (c1, c2) = (1f32 - s.beta_1.powi(t), 1f32 - s.beta_2.powi(t));
+        let (lr, keep) = (s.lr as f32, (1.0 - s.lr * s.weight_decay as f64) as f32);
         let [p, g, m, v] = inp;
         let [po, mo, vo] = out;
         for (((po, mo), vo), (((&p, &g), &m), &v)) in po.iter_mut().zip(mo).zip(vo).zip(p.iter().zip(g).zip(m).zip(v)) {
-            let mi = m * k.beta_1 + g * k.f1;
-            let vi = v * k.beta_2 + g * g * k.f2;
-            let delta = (mi / k.c1) / ((vi / k.c2).sqrt() + k.epsilon);
+            let mi = m * s.beta_1 + g * f1;
+            let vi = v * s.beta_2 + g * g * f2;
+            let delta = (mi / c1) / ((vi / c2).sqrt() + s.epsilon);
             // keep is exactly 1 without decay, where burn skips the product
-            po.write(p * k.keep - delta * k.lr);
+            po.write(p * keep - delta * lr);
             mo.write(mi);
             vo.write(vi);
         }
@@ -71,18 +58,6 @@ multiversion! {
 /// `(parameter, first moment, second moment)` after one step.
 fn step_kernel(p: &[f32], g: &[f32], m: &[f32], v: &[f32], s: AdamWStep) -> [Vec<f32>; 3] {
     let n = p.len();
-    let t = s.time as i32;
-    let k = Consts {
-        beta_1: s.beta_1,
-        beta_2: s.beta_2,
-        f1: 1.0 - s.beta_1,
-        f2: 1.0 - s.beta_2,
-        c1: 1f32 - s.beta_1.powi(t),
-        c2: 1f32 - s.beta_2.powi(t),
-        epsilon: s.epsilon,
-        lr: s.lr as f32,
-        keep: (1.0 - s.lr * s.weight_decay as f64) as f32,
-    };
     let (mut m1, mut v1) = (Vec::new(), Vec::new());
     // SAFETY (all three): the chunks cover the buffers and step_chunk writes every value of each.
     let p1 = unsafe {
@@ -91,7 +66,7 @@ fn step_kernel(p: &[f32], g: &[f32], m: &[f32], v: &[f32], s: AdamWStep) -> [Vec
                 v1 = init_f32(n, |vo| {
                     po.par_chunks_mut(CHUNK).zip(mo.par_chunks_mut(CHUNK)).zip(vo.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((po, mo), vo))| {
                         let r = c * CHUNK..c * CHUNK + po.len();
-                        step_chunk([&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]], k, [po, mo, vo]);
+                        step_chunk([&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]], s, [po, mo, vo]);
                     })
                 })
             })
