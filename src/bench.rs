@@ -288,12 +288,18 @@ pub struct PeerResult {
     pub round: usize,
 }
 
-/// Runs `../shared/peer/peer_torch.py` for one config in its own process and returns its results
-/// and that process's peak resident memory.
-pub fn run_peer(python: &Path, script: &Path, config: &str, threads: usize, iters: usize, no_mask: bool) -> Result<(Vec<PeerResult>, Option<f64>)> {
+/// An error naming the fix when the peer script is not where `script` says.
+pub fn check_peer_script(script: &Path) -> Result<()> {
     if !script.is_file() {
         bail!("peer script '{}' not found: pass --peer-script (see ../shared/peer/README.md)", script.display());
     }
+    Ok(())
+}
+
+/// Runs `../shared/peer/peer_torch.py` for one config in its own process and returns its results
+/// and that process's peak resident memory.
+pub fn run_peer(python: &Path, script: &Path, config: &str, threads: usize, iters: usize, no_mask: bool) -> Result<(Vec<PeerResult>, Option<f64>)> {
+    check_peer_script(script)?;
     let out = std::env::temp_dir().join(format!("mim-peer-{}-{config}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&out);
     let mut cmd = Command::new(python);

@@ -346,8 +346,9 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         .iter()
         .map(|n| all.iter().find(|w| w.name == n).with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224")))
         .collect::<Result<_>>()?;
-    if a.peer.is_some() && !a.peer_script.is_file() {
-        bail!("peer script '{}' not found: pass --peer-script (see ../shared/peer/README.md)", a.peer_script.display());
+    if a.peer.is_some() {
+        // before any timing, not minutes later at the first workload's turn
+        check_peer_script(&a.peer_script)?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!("mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}", env!("CARGO_PKG_VERSION"), a.warmup, a.iters);
