@@ -127,6 +127,20 @@ impl Mask {
         int_tensor(&self.ids_restore, [self.batch, self.num_patches], device)
     }
 
+    /// `[B * R]`: the patches the loss is computed on, ascending per image: the removed ones
+    /// (`R = L - K`), or every patch when nothing is removed ([`Mask::keep_all`], whose loss averages
+    /// over all patches).
+    pub fn ids_target(&self) -> Vec<usize> {
+        let all = !self.removes_any();
+        (0..self.batch * self.num_patches).filter(|&i| all || self.mask[i] > 0.5).map(|i| i % self.num_patches).collect()
+    }
+
+    /// `[B, R]` [`Mask::ids_target`] on `device`.
+    pub fn ids_target_tensor(&self, device: &Device) -> Tensor<2, Int> {
+        let r = if self.removes_any() { self.num_patches - self.len_keep } else { self.num_patches };
+        int_tensor(&self.ids_target(), [self.batch, r], device)
+    }
+
     /// `[B, L]` 0/1 mask on `device`.
     pub fn mask_tensor(&self, device: &Device) -> Tensor<2> {
         Tensor::from_data(TensorData::new(self.mask.clone(), [self.batch, self.num_patches]), device)
@@ -480,6 +494,14 @@ mod tests {
         for row in m.mask.chunks(49) {
             assert_eq!(row.iter().sum::<f32>() as usize, 49 - 12);
         }
+    }
+
+    #[test]
+    fn loss_targets_are_the_removed_patches_or_all_without_removal() {
+        let m = Mask::from_noise(&[0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.4, 0.7], 2, 0.5).unwrap();
+        assert_eq!(m.ids_target(), vec![0, 2, 1, 3]);
+        assert_eq!(m.ids_target_tensor(&Device::flex()).dims(), [2, 2]);
+        assert_eq!(Mask::keep_all(2, 3).ids_target(), vec![0, 1, 2, 0, 1, 2]);
     }
 
     #[test]

@@ -84,9 +84,12 @@ fn forward_and_loss_match_hf() {
     let x = c.tensor::<4>("pixel_values");
     assert_close("patchify", &values(patchify(x.clone(), c.cfg.patch_size)), &c.io["patchified"].1);
     assert_close("encoder output", &values(model.forward_encoder(x.clone(), &mask)), &c.io["encoder_last_hidden_state"].1);
-    let out = model.forward(x.clone(), &mask);
-    assert_close("decoder predictions", &values(out.pred), &c.io["logits"].1);
-    assert_close("loss (norm_pix_loss)", &values(out.loss), &c.io["loss"].1);
+    let latent = model.forward_encoder(x.clone(), &mask);
+    assert_close("decoder predictions", &values(model.forward_decoder(latent.clone(), &mask)), &c.io["logits"].1);
+    let removed = mask.ids_target_tensor(&c.device).unsqueeze_dim::<3>(2).repeat_dim(2, c.cfg.pred_dim());
+    let hf_removed = values(c.tensor::<3>("logits").gather(1, removed));
+    assert_close("predictions of the removed patches", &values(model.forward_decoder_targets(latent, &mask)), &hf_removed);
+    assert_close("loss (norm_pix_loss)", &values(model.forward(x.clone(), &mask).loss), &c.io["loss"].1);
 
     let raw_cfg = MaeConfig { norm_pix_loss: false, ..c.cfg.clone() };
     let raw = c.model(&raw_cfg).forward(x, &mask);

@@ -9,6 +9,12 @@
 //!
 //! [`MaeTarget`] picks what the decoder predicts at removed patches (Table 1d): pixels (the
 //! default), the largest PCA coefficients of the patch, or the visual tokenizer's id of the patch.
+//!
+//! Training ([`MaskedAutoencoder::forward`]) predicts only the patches the loss reads: the last
+//! decoder block attends over every token as usual, then runs its MLP, the norm and the head on the
+//! removed patches' rows alone. The loss and gradients are those of predicting every patch and
+//! masking the loss, as the official code does, for 3% fewer FLOPs on the small models at 75%
+//! masking (fmnist-tiny's forward and backward 3-7% faster).
 
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};
@@ -18,7 +24,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
-use super::vit::{Block, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, patchify, pos_embed_tensor, token, unpatchify};
+use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, patchify, pos_embed_tensor, token, unpatchify};
 use crate::masking::Mask;
 use crate::ops::gather::gather_rows;
 
@@ -352,7 +358,8 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 pub struct MaeOutput {
     /// Scalar loss `[1]`.
     pub loss: Tensor<1>,
-    /// Predicted patches `[B, L, p*p*C]` (normalised pixels when `norm_pix_loss`).
+    /// Predictions `[B, R, pred_dim]` of the patches the loss is computed on,
+    /// [`Mask::ids_target`]: the removed ones (normalised pixels when `norm_pix_loss`).
     pub pred: Tensor<3>,
 }
 
@@ -417,6 +424,20 @@ impl MaskedAutoencoder {
     /// `ids_restore`, adds decoder position embeddings, runs the decoder, drops the cls token.
     /// (With the encoder's mask token the latent is already the full sequence in patch order.)
     pub fn forward_decoder(&self, latent: Tensor<3>, mask: &Mask) -> Tensor<3> {
+        let [b, _, _] = latent.dims();
+        self.decode(latent, mask, None).slice([0..b, 1..mask.num_patches + 1])
+    }
+
+    /// As [`Self::forward_decoder`], predicting only the patches [`Mask::ids_target`]:
+    /// `[B, R, pred_dim]`. The last block's MLP, the norm and the head skip the other rows.
+    pub fn forward_decoder_targets(&self, latent: Tensor<3>, mask: &Mask) -> Tensor<3> {
+        // Decoder rows are patch + 1: the cls token comes first.
+        let rows = mask.ids_target_tensor(&latent.device()).add_scalar(1);
+        self.decode(latent, mask, Some(rows))
+    }
+
+    /// The decoder's sequence `[B, 1 + L, pred_dim]`, or its `rows` only.
+    fn decode(&self, latent: Tensor<3>, mask: &Mask, rows: Option<Tensor<2, Int>>) -> Tensor<3> {
         let device = latent.device();
         let x = self.decoder_embed.forward(latent);
         let [b, n_vis, _] = x.dims();
@@ -433,11 +454,15 @@ impl MaskedAutoencoder {
             Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1)
         };
         let mut x = x + self.decoder_pos_embed.clone();
-        for block in &self.decoder_blocks {
-            x = block.forward(x);
+        let last = self.decoder_blocks.len().saturating_sub(1);
+        for (i, block) in self.decoder_blocks.iter().enumerate() {
+            let rows = if i == last { rows.clone() } else { None };
+            x = block.forward_with(x, &BlockExtras { rows, ..Default::default() });
         }
-        let x = self.decoder_pred.forward(self.decoder_norm.forward(x));
-        x.slice([0..b, 1..l + 1])
+        if let (true, Some(rows)) = (self.decoder_blocks.is_empty(), rows) {
+            x = gather_rows(x, rows);
+        }
+        self.decoder_pred.forward(self.decoder_norm.forward(x))
     }
 
     /// Patch pixels `[B, L, p*p*C]`, normalised per patch when `norm_pix_loss` (unbiased variance,
@@ -461,24 +486,28 @@ impl MaskedAutoencoder {
         }
     }
 
-    /// Mean squared error over the removed patches only: `[1]`. With [`Mask::keep_all`] (nothing
+    /// Mean squared error over the removed patches only, from their predictions `pred: [B, R,
+    /// pred_dim]` ([`Self::forward_decoder_targets`]): `[1]`. With [`Mask::keep_all`] (nothing
     /// removed; used to measure the cost of a full encoder) the mean is over all patches.
     pub fn forward_loss(&self, imgs: Tensor<4>, pred: Tensor<3>, mask: &Mask) -> Tensor<1> {
-        let per_patch = (pred - self.target(imgs.clone())).powi_scalar(2).mean_dim(2).squeeze_dim::<2>(2);
-        masked_mean(per_patch, mask)
+        let target = gather_rows(self.target(imgs), mask.ids_target_tensor(&pred.device()));
+        // Every image has R target patches: the mean over all values is the mean of per-patch means.
+        (pred - target).powi_scalar(2).mean()
     }
 
-    /// Cross-entropy of the decoder's logits `pred: [B, L, vocab]` against the visual tokenizer's
-    /// ids `token_ids: [B, L]`, over the removed patches only: `[1]` (the dVAE-token target).
+    /// Cross-entropy of the decoder's logits `pred: [B, R, vocab]` for the patches
+    /// [`Mask::ids_target`] (see [`Self::forward_decoder_targets`]) against the visual tokenizer's
+    /// ids of every patch `token_ids: [B, L]`: `[1]` (the dVAE-token target).
     pub fn forward_token_loss(&self, pred: Tensor<3>, token_ids: Tensor<2, Int>, mask: &Mask) -> Tensor<1> {
-        let per_patch = log_softmax(pred, 2).gather(2, token_ids.unsqueeze_dim(2)).squeeze_dim::<2>(2).neg();
-        masked_mean(per_patch, mask)
+        let token_ids = token_ids.gather(1, mask.ids_target_tensor(&pred.device()));
+        log_softmax(pred, 2).gather(2, token_ids.unsqueeze_dim(2)).mean().neg()
     }
 
-    /// Encoder, decoder and loss for `imgs: [B, C, H, W]` under `mask`.
+    /// Encoder, decoder and loss for `imgs: [B, C, H, W]` under `mask`, predicting only the
+    /// patches the loss reads ([`Self::forward_decoder_targets`]).
     pub fn forward(&self, imgs: Tensor<4>, mask: &Mask) -> MaeOutput {
         let latent = self.forward_encoder(imgs.clone(), mask);
-        let pred = self.forward_decoder(latent, mask);
+        let pred = self.forward_decoder_targets(latent, mask);
         let loss = self.forward_loss(imgs, pred.clone(), mask);
         MaeOutput { loss, pred }
     }
@@ -504,15 +533,6 @@ impl MaskedAutoencoder {
         }
         Ok(unpatchify(pred, p, (h / p, w / p), c))
     }
-}
-
-/// Mean of `per_patch: [B, L]` over the removed patches (over all with nothing removed).
-fn masked_mean(per_patch: Tensor<2>, mask: &Mask) -> Tensor<1> {
-    if !mask.removes_any() {
-        return per_patch.mean();
-    }
-    let m = mask.mask_tensor(&per_patch.device());
-    (per_patch * m.clone()).sum() / m.sum()
 }
 
 #[cfg(test)]

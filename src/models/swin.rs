@@ -392,7 +392,7 @@ impl SwinStage {
         }
         // A sample's drop decision holds for all of its windows.
         let per_window = |t: Tensor<3>| t.reshape([b, 1, 1, 1]).repeat_dim(1, nw).reshape([b * nw, 1, 1]);
-        let extras = BlockExtras { attn_bias: Some(bias), drop_path: drop_path.map(|d| d.map(per_window)) };
+        let extras = BlockExtras { attn_bias: Some(bias), drop_path: drop_path.map(|d| d.map(per_window)), rows: None };
         let y = window_reverse(block.forward_with(windows, &extras), self.window, h, w);
         if shifted { y.roll(&[s, s], &[1, 2]) } else { y }
     }

@@ -250,6 +250,11 @@ impl Block {
             }
         };
         let a = self.attn.forward_with_bias(self.norm1.forward(x.clone()), extras.attn_bias.clone());
+        // Attention has mixed every token into each row; rows are independent from here on.
+        let (x, a) = match &extras.rows {
+            Some(ids) => (gather_rows(x, ids.clone()), gather_rows(a, ids.clone())),
+            None => (x, a),
+        };
         let x = x + residual(a, 0);
         let m = self.mlp.forward(self.norm2.forward(x.clone()));
         x.clone() + residual(m, 1)
@@ -264,6 +269,9 @@ pub struct BlockExtras {
     /// Stochastic depth: per-sample scales `[B, 1, 1]` of the attention and MLP residual branches
     /// (0 for a dropped sample, `1 / keep_prob` for a kept one); see [`drop_path_scales`].
     pub drop_path: Option<[Tensor<3>; 2]>,
+    /// `[B, R]` token rows the block returns, `[B, R, D]`: attention still reads every token, the
+    /// rest of the block runs on these rows only (a last block whose other rows nothing reads).
+    pub rows: Option<Tensor<2, Int>>,
 }
 
 /// Per-sample residual scales for stochastic depth ("drop path", timm's `DropPath`): each of the
@@ -297,7 +305,7 @@ pub fn run_blocks(
             Some((_, rng)) if rate > 0.0 && i >= frozen => Some([drop_path_scales(rate, b, *rng, &device), drop_path_scales(rate, b, *rng, &device)]),
             _ => None,
         };
-        x = block.forward_with(x, &BlockExtras { attn_bias: attn_bias(i), drop_path: scales });
+        x = block.forward_with(x, &BlockExtras { attn_bias: attn_bias(i), drop_path: scales, rows: None });
         if i + 1 == frozen {
             x = x.detach();
         }

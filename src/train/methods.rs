@@ -184,7 +184,7 @@ impl MimModel for MaskedAutoencoder {
         };
         match self.target_kind() {
             MaeTarget::Tokens { .. } => {
-                let pred = self.forward_decoder(self.forward_encoder(imgs, &mask), &mask);
+                let pred = self.forward_decoder_targets(self.forward_encoder(imgs, &mask), &mask);
                 Ok(self.forward_token_loss(pred, token_ids(ctx, batch, device)?, &mask))
             }
             _ => Ok(self.forward(imgs, &mask).loss),
