@@ -486,21 +486,25 @@ impl MaskedAutoencoder {
         }
     }
 
-    /// Mean squared error over the removed patches only, from their predictions `pred: [B, R,
-    /// pred_dim]` ([`Self::forward_decoder_targets`]): `[1]`. With [`Mask::keep_all`] (nothing
-    /// removed; used to measure the cost of a full encoder) the mean is over all patches.
+    /// Mean squared error over the removed patches only: `[1]`. `pred` holds the predictions of
+    /// every patch `[B, L, pred_dim]` ([`Self::forward_decoder`], as the official code) or of the
+    /// removed ones only `[B, R, pred_dim]` ([`Self::forward_decoder_targets`]). With
+    /// [`Mask::keep_all`] (nothing removed; used to measure the cost of a full encoder) the mean is
+    /// over all patches.
     pub fn forward_loss(&self, imgs: Tensor<4>, pred: Tensor<3>, mask: &Mask) -> Tensor<1> {
-        let target = gather_rows(self.target(imgs), mask.ids_target_tensor(&pred.device()));
+        let ids = mask.ids_target_tensor(&pred.device());
+        let pred = target_rows(pred, &ids, mask);
         // Every image has R target patches: the mean over all values is the mean of per-patch means.
-        (pred - target).powi_scalar(2).mean()
+        (pred - gather_rows(self.target(imgs), ids)).powi_scalar(2).mean()
     }
 
-    /// Cross-entropy of the decoder's logits `pred: [B, R, vocab]` for the patches
-    /// [`Mask::ids_target`] (see [`Self::forward_decoder_targets`]) against the visual tokenizer's
-    /// ids of every patch `token_ids: [B, L]`: `[1]` (the dVAE-token target).
+    /// Cross-entropy of the decoder's logits `pred` (every patch's `[B, L, vocab]` or the removed
+    /// patches' `[B, R, vocab]`, as in [`Self::forward_loss`]) against the visual tokenizer's ids of
+    /// every patch `token_ids: [B, L]`, over the removed patches only: `[1]` (the dVAE-token target).
     pub fn forward_token_loss(&self, pred: Tensor<3>, token_ids: Tensor<2, Int>, mask: &Mask) -> Tensor<1> {
-        let token_ids = token_ids.gather(1, mask.ids_target_tensor(&pred.device()));
-        log_softmax(pred, 2).gather(2, token_ids.unsqueeze_dim(2)).mean().neg()
+        let ids = mask.ids_target_tensor(&pred.device());
+        let pred = target_rows(pred, &ids, mask);
+        log_softmax(pred, 2).gather(2, token_ids.gather(1, ids).unsqueeze_dim(2)).mean().neg()
     }
 
     /// Encoder, decoder and loss for `imgs: [B, C, H, W]` under `mask`, predicting only the
@@ -535,10 +539,74 @@ impl MaskedAutoencoder {
     }
 }
 
+/// The target patches' rows `ids: [B, R]` of predictions of every patch; predictions of the
+/// target patches alone as they are. Panics, naming both expected sizes, on any other size.
+fn target_rows(pred: Tensor<3>, ids: &Tensor<2, Int>, mask: &Mask) -> Tensor<3> {
+    let (n, r) = (pred.dims()[1], ids.dims()[1]);
+    if n == r {
+        return pred;
+    }
+    assert_eq!(n, mask.num_patches, "predictions of {n} patches per image: expected {} (every patch) or {r} (the removed ones)", mask.num_patches);
+    gather_rows(pred, ids.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::rng_for;
+    use crate::masking::uniform_noise;
+    use burn::tensor::{Distribution, TensorData};
     use rand::Rng;
+
+    fn scalar(t: Tensor<1>) -> f32 {
+        t.into_scalar::<f32>()
+    }
+
+    #[test]
+    fn predicting_only_the_removed_patches_changes_neither_predictions_nor_losses() {
+        let device = Device::flex();
+        let (b, l, vocab) = (3, 49, 8);
+        let mask = Mask::from_noise(&uniform_noise(&mut rng_for(&[5]), b, l), b, 0.75).unwrap();
+        let imgs = Tensor::<4>::random([b, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);
+        let ids = mask.ids_target_tensor(&device);
+        let weights = mask.mask_tensor(&device);
+        let masked_mean = |per_patch: Tensor<2>| scalar((per_patch * weights.clone()).sum() / weights.clone().sum());
+
+        let model = MaeConfig::preset("mae_tiny_28").unwrap().init(0, &device).unwrap();
+        let latent = model.forward_encoder(imgs.clone(), &mask);
+        let full = model.forward_decoder(latent.clone(), &mask);
+        let removed = model.forward_decoder_targets(latent, &mask);
+        let diff = scalar((gather_rows(full.clone(), ids.clone()) - removed.clone()).abs().max().reshape([1]));
+        assert!(diff < 1e-5, "predictions of the removed patches differ by {diff}");
+        // The official loss: per-patch MSE, averaged over the removed patches.
+        let official = masked_mean((full.clone() - model.target(imgs.clone())).powi_scalar(2).mean_dim(2).squeeze_dim(2));
+        for (what, loss) in [
+            ("every patch", model.forward_loss(imgs.clone(), full, &mask)),
+            ("removed patches", model.forward_loss(imgs.clone(), removed, &mask)),
+            ("forward", model.forward(imgs.clone(), &mask).loss),
+        ] {
+            assert!((scalar(loss) - official).abs() < 1e-6, "loss from {what} differs from the official one");
+        }
+
+        let cfg = MaeConfig { target: MaeTarget::Tokens { vocab_size: vocab }, ..MaeConfig::preset("mae_tiny_28").unwrap() };
+        let model = cfg.init(0, &device).unwrap();
+        let token_ids = Tensor::<2, Int>::from_data(TensorData::new((0..b * l).map(|i| (i * 5 % vocab) as i64).collect::<Vec<_>>(), [b, l]), &device);
+        let latent = model.forward_encoder(imgs, &mask);
+        let full = model.forward_decoder(latent.clone(), &mask);
+        let official = masked_mean(log_softmax(full.clone(), 2).gather(2, token_ids.clone().unsqueeze_dim(2)).squeeze_dim(2).neg());
+        for loss in [model.forward_token_loss(full, token_ids.clone(), &mask), model.forward_token_loss(model.forward_decoder_targets(latent, &mask), token_ids, &mask)] {
+            assert!((scalar(loss) - official).abs() < 1e-5, "token loss differs from the official one");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "expected 49 (every patch) or 37 (the removed ones)")]
+    fn predictions_of_another_size_are_refused_with_both_sizes() {
+        let device = Device::flex();
+        let mask = Mask::from_noise(&uniform_noise(&mut rng_for(&[5]), 2, 49), 2, 0.75).unwrap();
+        let model = MaeConfig::preset("mae_tiny_28").unwrap().init(0, &device).unwrap();
+        model.forward_loss(Tensor::zeros([2, 1, 28, 28], &device), Tensor::zeros([2, 40, 16], &device), &mask);
+    }
 
     #[test]
     fn jacobi_eigenvectors_rebuild_the_matrix_in_decreasing_order() {
