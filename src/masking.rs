@@ -137,8 +137,8 @@ impl Mask {
 
     /// `[B, R]` [`Mask::ids_target`] on `device`.
     pub fn ids_target_tensor(&self, device: &Device) -> Tensor<2, Int> {
-        let r = if self.removes_any() { self.num_patches - self.len_keep } else { self.num_patches };
-        int_tensor(&self.ids_target(), [self.batch, r], device)
+        let ids = self.ids_target();
+        int_tensor(&ids, [self.batch, ids.len() / self.batch], device)
     }
 
     /// `[B, L]` 0/1 mask on `device`.

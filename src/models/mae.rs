@@ -454,12 +454,13 @@ impl MaskedAutoencoder {
             Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1)
         };
         let mut x = x + self.decoder_pos_embed.clone();
-        let last = self.decoder_blocks.len().saturating_sub(1);
+        let mut rows = rows;
         for (i, block) in self.decoder_blocks.iter().enumerate() {
-            let rows = if i == last { rows.clone() } else { None };
+            let rows = if i + 1 == self.decoder_blocks.len() { rows.take() } else { None };
             x = block.forward_with(x, &BlockExtras { rows, ..Default::default() });
         }
-        if let (true, Some(rows)) = (self.decoder_blocks.is_empty(), rows) {
+        // Without decoder blocks the rows are picked before the norm and the head.
+        if let Some(rows) = rows {
             x = gather_rows(x, rows);
         }
         self.decoder_pred.forward(self.decoder_norm.forward(x))
@@ -571,6 +572,13 @@ mod tests {
         let ids = mask.ids_target_tensor(&device);
         let weights = mask.mask_tensor(&device);
         let masked_mean = |per_patch: Tensor<2>| scalar((per_patch * weights.clone()).sum() / weights.clone().sum());
+
+        // Without decoder blocks the rows are picked before the norm and the head.
+        let no_blocks = MaeConfig { decoder_depth: 0, ..MaeConfig::preset("mae_tiny_28").unwrap() }.init(0, &device).unwrap();
+        let latent = no_blocks.forward_encoder(imgs.clone(), &mask);
+        let (full, removed) = (no_blocks.forward_decoder(latent.clone(), &mask), no_blocks.forward_decoder_targets(latent, &mask));
+        let diff = scalar((gather_rows(full, ids.clone()) - removed).abs().max().reshape([1]));
+        assert!(diff < 1e-5, "without decoder blocks, predictions of the removed patches differ by {diff}");
 
         let model = MaeConfig::preset("mae_tiny_28").unwrap().init(0, &device).unwrap();
         let latent = model.forward_encoder(imgs.clone(), &mask);
