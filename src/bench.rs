@@ -25,7 +25,8 @@ use crate::data::loader::{load_batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::masking::{Mask, uniform_noise};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
-use crate::train::optim::adamw;
+use crate::train::methods::MimModel;
+use crate::train::optim::{MAE_BETAS, adamw};
 
 /// A benchmark workload: a model and a batch size (named as the peer's configs).
 #[derive(Debug, Clone)]
@@ -180,8 +181,9 @@ fn bench_mask(cfg: &MaeConfig, batch: usize, mask_ratio: f64) -> Result<Mask> {
 /// `mask`: the images, the trained model, the median step and every timed step, seconds.
 fn time_training(cfg: &MaeConfig, b: usize, mask: &Mask, warmup: usize, iters: usize, device: &Device) -> Result<(Tensor<4>, MaskedAutoencoder, f64, Vec<f64>)> {
     let ad = device.clone().autodiff();
-    let mut model = Some(cfg.init(0, &ad)?);
-    let mut optim = adamw(0.05);
+    let fresh = cfg.init(0, &ad)?;
+    let mut optim = adamw(&fresh, 0.05, MAE_BETAS, <MaskedAutoencoder as MimModel>::no_weight_decay);
+    let mut model = Some(fresh);
     let imgs = Tensor::<4>::random([b, cfg.in_chans, cfg.img_size, cfg.img_size], Distribution::Normal(0.0, 1.0), &ad);
     let (median, times) = time_runs(warmup, iters, || {
         let m = model.take().unwrap();

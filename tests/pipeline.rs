@@ -9,7 +9,9 @@ use common::{assert_clean_error, max_diff, mim, subset};
 use mim::io::{export_weights, load_weights, parameters};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
-use mim::train::optim::{adamw, is_no_weight_decay};
+use mim::models::mae::MaskedAutoencoder;
+use mim::train::methods::MimModel;
+use mim::train::optim::{MAE_BETAS, adamw};
 use mim::train::pretrain::{PretrainConfig, Silent, pretrain, read_metrics};
 
 fn micro() -> MaeConfig {
@@ -48,7 +50,7 @@ fn removed_patches_never_reach_the_prediction_with_or_without_the_encoder_mask_t
 }
 
 #[test]
-fn weight_decay_skips_biases_norms_and_tokens() {
+fn weight_decay_skips_one_dimensional_parameters_and_biases() {
     let device = Device::flex().autodiff();
     let cfg = micro();
     let model = cfg.init(0, &device).unwrap();
@@ -59,12 +61,15 @@ fn weight_decay_skips_biases_norms_and_tokens() {
     let loss = model.forward(imgs, &mask).loss * 0.0;
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let (lr, wd) = (0.1, 0.5);
-    let model = adamw(wd).step(lr, model, grads);
+    let model = adamw(&model, wd, MAE_BETAS, MaskedAutoencoder::no_weight_decay).step(lr, model, grads);
     let after = parameters(&model);
     let mut decayed = 0;
-    for (path, (_, b)) in &before {
+    for (path, (shape, b)) in &before {
         let a = &after[path].1;
-        let factor = if is_no_weight_decay(path) { 1.0 } else { 1.0 - (lr * wd) as f32 };
+        // main_pretrain.py's rule: 1-D parameters and biases keep their values, the [1, 1, D] tokens decay.
+        let exempt = MaskedAutoencoder::no_weight_decay(path, shape.len());
+        assert_eq!(exempt, shape.len() == 1, "{path}");
+        let factor = if exempt { 1.0 } else { 1.0 - (lr * wd) as f32 };
         decayed += (factor != 1.0) as usize;
         for (x, y) in b.iter().zip(a) {
             assert!((x * factor - y).abs() <= 1e-6 * x.abs().max(1.0), "{path}: {x} * {factor} != {y}");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Bytes;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
@@ -29,7 +29,7 @@ use crate::train::methods::MimModel;
 use crate::models::mae::MaeConfig;
 use crate::train::checkpoint::{self, CheckpointHeader, ClassifierSpec};
 use crate::train::methods::ModelConfig;
-use crate::train::optim::{CosineSchedule, LayerDecay, adamw};
+use crate::train::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
 use crate::train::pretrain::{Reporter, StepMetrics};
 
 /// Random stream ids (kept apart from augmentation and shuffling).
@@ -68,8 +68,11 @@ pub struct FinetuneConfig {
     pub warmup_epochs: f64,
     /// Layer-wise lr decay (1.0 = none).
     pub layer_decay: f64,
-    /// AdamW weight decay on weight matrices.
+    /// AdamW weight decay (on the parameters the official script decays, see
+    /// [`Classifier::no_weight_decay`]).
     pub weight_decay: f64,
+    /// Global gradient-norm clipping (MAE's `--clip_grad`; none by default, as there).
+    pub clip_grad: Option<f64>,
     /// Stochastic depth rate of the last block.
     pub drop_path: f64,
     /// Label smoothing.
@@ -109,6 +112,7 @@ impl Default for FinetuneConfig {
             warmup_epochs: 5.0,
             layer_decay: 0.75,
             weight_decay: 0.05,
+            clip_grad: None,
             drop_path: 0.1,
             smoothing: 0.1,
             mixup: 0.0,
@@ -123,6 +127,29 @@ impl Default for FinetuneConfig {
 }
 
 impl FinetuneConfig {
+    /// The training step of `model` as MAE's `main_finetune.py`: AdamW with PyTorch's betas, the
+    /// model's weight-decay exemptions, layer-wise lr decay (`param_groups_lrd`), the per-iteration
+    /// half-cosine schedule and optional clipping; `optimizer` state when resuming.
+    pub fn stepper<C: Classifier>(&self, model: &C, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<C>> {
+        let mut optim = adamw(model, self.weight_decay, TORCH_BETAS, C::no_weight_decay);
+        if let Some(bytes) = optimizer {
+            optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
+        }
+        let paths = param_ranks(model);
+        let depth = model.depth();
+        let decay = LayerDecay::new(paths.iter().map(|(p, _)| p.as_str()), depth + 1, self.layer_decay, |p| model.layer_id(p));
+        let schedule = LrSchedule {
+            kind: ScheduleKind::Mae,
+            lr: self.peak_lr(),
+            min_lr: self.min_lr,
+            warmup_lr: 0.0,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+            iters_per_epoch,
+        };
+        Ok(Stepper::new(optim, schedule, self.accum_iter).with_clip_grad(self.clip_grad).with_layer_decay(decay))
+    }
+
     /// Reads a TOML file; unknown keys are errors.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         crate::io::read_toml(path)
@@ -140,6 +167,7 @@ impl FinetuneConfig {
         ensure!(self.layer_decay > 0.0 && self.layer_decay <= 1.0, "--layer-decay {} must be in (0, 1]", self.layer_decay);
         ensure!((0.0..1.0).contains(&self.drop_path), "--drop-path {} must be in [0, 1)", self.drop_path);
         ensure!((0.0..1.0).contains(&self.smoothing), "--smoothing {} must be in [0, 1)", self.smoothing);
+        ensure!(self.clip_grad.is_none_or(|c| c.is_finite()), "--clip-grad must be finite (0 turns clipping off)");
         ensure!(self.mixup >= 0.0 && self.cutmix >= 0.0, "--mixup and --cutmix are Beta parameters: 0 (off) or positive");
         let (lo, hi) = self.crop_scale;
         ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "crop_scale ({lo}, {hi}) must satisfy 0 < min <= max <= 1");
@@ -171,6 +199,17 @@ pub struct FinetuneSummary {
     pub best: (f64, u64),
     /// Last checkpoint (resumable) and best checkpoint.
     pub checkpoints: (PathBuf, PathBuf),
+}
+
+/// The training loss of micro-batch `iteration`: mixup / cutmix and label smoothing of the
+/// targets, stochastic depth (both drawn from the run's seed and `iteration`), soft-target
+/// cross-entropy (timm's `LabelSmoothingCrossEntropy` when nothing is mixed).
+pub fn batch_loss<C: Classifier>(model: &C, batch: &mut Batch, classes: usize, cfg: &FinetuneConfig, iteration: u64, frozen_blocks: usize, device: &Device) -> Tensor<1> {
+    let b = batch.len();
+    let targets = mix_batch(batch, classes, cfg, &mut rng_for(&[cfg.seed, iteration, MIX_STREAM]));
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, classes]), device);
+    let logits = model.forward_train(batch.tensor(device), &mut rng_for(&[cfg.seed, iteration, DROP_STREAM]), frozen_blocks);
+    soft_cross_entropy(logits, targets)
 }
 
 /// Mixes a batch with its reverse (timm's `Mixup`, batch mode) and returns the soft targets
@@ -355,26 +394,22 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let spe = train.len() / cfg.batch_size;
     ensure!(spe > 0, "the training split has {} images, fewer than one batch of {}: lower --batch-size", train.len(), cfg.batch_size);
 
-    let (model_cfg, mut model, mut optim, mut best, start_epoch) = match resume {
+    let (model_cfg, mut model, optimizer, mut best, start_epoch) = match resume {
         Some(path) => {
             let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, cfg, &ad))?;
             let saved: FinetuneConfig = serde_json::from_value(ck.header.train.clone())?;
             if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.checkpoint != cfg.checkpoint {
                 bail!("'{}' was fine-tuned with another seed, batch size or pretrained checkpoint: resume with the same settings", path.display());
             }
-            let optim = match ck.optimizer {
-                Some(bytes) => adamw(cfg.weight_decay).from_bytes(bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?,
-                None => adamw(cfg.weight_decay),
-            };
             let best = ck.header.classifier.as_ref().and_then(|c| c.best).unwrap_or((0.0, 0));
-            (ck.header.model, ck.model, optim, best, ck.header.epoch)
+            (ck.header.model, ck.model, ck.optimizer, best, ck.header.epoch)
         }
         None => {
             if last_checkpoint(&cfg.out).exists() {
                 bail!("'{}' already holds a run: pass --resume to continue it, or choose another --out (nothing was overwritten)", cfg.out.display());
             }
             let (mcfg, model) = C::start(cfg, classes, train.channels, &ad)?;
-            (mcfg, model, adamw(cfg.weight_decay), (0.0, 0), 0)
+            (mcfg, model, None, (0.0, 0), 0)
         }
     };
     let depth = model.depth();
@@ -386,8 +421,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
         None => 0,
     };
     model = model.freeze_first(frozen);
-    let paths = crate::io::parameters(&model);
-    let decay = LayerDecay::new(paths.keys().map(String::as_str), depth + 1, cfg.layer_decay, |p| model.layer_id(p));
+    let mut stepper = cfg.stepper(&model, spe, optimizer)?;
 
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     keep_results_up_to(&results_path(&cfg.out), start_epoch)?;
@@ -395,7 +429,6 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let train = Arc::new(train);
     let side = model_cfg.img_size();
     let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
-    let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup_epochs, epochs: cfg.epochs as f64 };
     let source = cfg.checkpoint.as_ref().map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
     let about = format!(
         "fine-tune {source} on {} ({} classes) | {} | layer decay {} | peak lr {:.2e} | {} epochs x {spe} iterations",
@@ -406,7 +439,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
             None => "all blocks trainable".into(),
         },
         cfg.layer_decay,
-        sched.lr,
+        cfg.peak_lr(),
         cfg.epochs
     );
     let total = (cfg.epochs * spe) as u64;
@@ -417,25 +450,19 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let mut recent = std::collections::VecDeque::new();
     for epoch in start_epoch..cfg.epochs as u64 {
         let loader = Prefetcher::spawn(train.clone(), transform.clone(), epoch_order(train.len(), cfg.seed, epoch), cfg.batch_size, 0, cfg.seed, epoch, cfg.prefetch);
-        let mut accum = GradientsAccumulator::new();
-        let (mut pending, mut loss_sum, mut lr) = (0, 0.0, 0.0);
+        let (mut loss_sum, mut lr) = (0.0, 0.0);
         let mut t0 = Instant::now();
-        for (k, batch) in loader.enumerate() {
+        for batch in loader {
             let mut batch = batch?;
             let b = batch.len();
-            let targets = mix_batch(&mut batch, classes, cfg, &mut rng_for(&[cfg.seed, it, MIX_STREAM]));
-            let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, classes]), &ad);
-            let logits = model.forward_train(batch.tensor(&ad), &mut rng_for(&[cfg.seed, it, DROP_STREAM]), frozen);
-            let loss = soft_cross_entropy(logits, targets);
+            let loss = batch_loss(&model, &mut batch, classes, cfg, it, frozen, &ad);
             let value = loss.clone().into_scalar::<f32>() as f64;
             ensure!(value.is_finite(), "the loss is {value} at iteration {it}: training diverged; lower --base-lr or raise --warmup-epochs");
             loss_sum += value;
-            accum.accumulate(&model, GradientsParams::from_grads((loss / cfg.accum_iter as f64).backward(), &model));
-            pending += 1;
-            if pending == cfg.accum_iter || k + 1 == spe {
-                lr = sched.at(epoch as f64 + (k + 1 - pending) as f64 / spe as f64);
-                model = optim.step(decay.lr(lr), model, accum.grads());
-                pending = 0;
+            let update;
+            (model, update) = stepper.backward(model, loss, it);
+            if let Some(u) = update {
+                lr = u.lr;
             }
             it += 1;
             recent.push_back((b, t0.elapsed().as_secs_f64()));
@@ -464,7 +491,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
             seed: cfg.seed,
             classifier: Some(ClassifierSpec { num_classes: classes, pool: cfg.pool, best: Some(best) }),
         };
-        checkpoint::save(&last_checkpoint(&cfg.out), &header, &model, Some(&optim))?;
+        checkpoint::save(&last_checkpoint(&cfg.out), &header, &model, Some(stepper.optimizer()))?;
         if improved {
             checkpoint::save(&best_checkpoint(&cfg.out), &header, &model, None)?;
         }

@@ -158,6 +158,9 @@ pub trait Classifier: Module + Sized {
     /// Layer of the parameter at `path` for layer-wise lr decay: 0 for the embedding, `1..=depth`
     /// for the blocks in order, `depth + 1` for what follows them.
     fn layer_id(&self, path: &str) -> usize;
+    /// Whether the official fine-tuning script exempts the parameter at `path` (of `ndim`
+    /// dimensions) from weight decay.
+    fn no_weight_decay(path: &str, ndim: usize) -> bool;
     /// The embedding and the first `blocks` blocks stop requiring gradients, so their operations
     /// are not even recorded (cutting the graph alone would leave an unconsumed tape behind every
     /// step).
@@ -182,6 +185,11 @@ impl Classifier for VitClassifier {
     }
     fn layer_id(&self, path: &str) -> usize {
         Self::layer_id(path, self.blocks.len())
+    }
+    /// MAE `util/lr_decay.param_groups_lrd`: 1-D parameters and `no_weight_decay()` =
+    /// `pos_embed`, `cls_token`, `dist_token`.
+    fn no_weight_decay(path: &str, ndim: usize) -> bool {
+        ndim == 1 || matches!(path, "pos_embed" | "cls_token" | "dist_token")
     }
     fn freeze_first(self, blocks: usize) -> Self {
         if blocks == 0 {
@@ -245,6 +253,11 @@ impl Classifier for BeitClassifier {
     /// relative position bias and everything after the blocks `depth + 1`.
     fn layer_id(&self, path: &str) -> usize {
         VitClassifier::layer_id(path.strip_prefix("encoder.").unwrap_or(path), self.encoder.blocks.len())
+    }
+    /// unilm `run_class_finetuning.py`'s `get_parameter_groups`: 1-D parameters, biases and the
+    /// model's `no_weight_decay()` = `pos_embed`, `cls_token` (here under `encoder.`).
+    fn no_weight_decay(path: &str, ndim: usize) -> bool {
+        ndim == 1 || path.ends_with(".bias") || matches!(path.strip_prefix("encoder.").unwrap_or(path), "pos_embed" | "cls_token")
     }
     /// Also freezes the shared relative position bias, which the frozen blocks use too.
     fn freeze_first(self, blocks: usize) -> Self {
@@ -316,6 +329,12 @@ impl Classifier for SwinTransformer {
         }
         self.depth() + 1
     }
+    /// SimMIM's `build_finetune_optimizer` (and Swin's `build_optimizer`): 1-D parameters, biases,
+    /// `absolute_pos_embed` and every `relative_position_bias_table` (the keyword matches the
+    /// unprefixed names here).
+    fn no_weight_decay(path: &str, ndim: usize) -> bool {
+        ndim == 1 || path.ends_with(".bias") || path == "absolute_pos_embed" || path.contains("relative_position_bias_table")
+    }
     /// Freezes every parameter whose layer id is at most `blocks` (the embedding, the first
     /// `blocks` blocks across stages, and the patch merging of a stage whose preceding blocks are
     /// all frozen), the same split as layer-wise lr decay.
@@ -356,7 +375,7 @@ mod tests {
         let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
         let loss = model.forward_train(imgs, &mut InitRng::seed_from_u64(0), 0).powi_scalar(2).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = crate::train::optim::adamw(0.0).step(1e-2, model, grads);
+        let model = crate::train::optim::adamw(&model, 0.0, crate::train::optim::TORCH_BETAS, |_, _| false).step(1e-2, model, grads);
         let after = crate::io::parameters(&model);
         for (path, (_, v)) in &before {
             let trainable = model.layer_id(path) > frozen;

@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::loader::Batch;
+use crate::train::optim::{MAE_BETAS, ScheduleKind, TORCH_BETAS};
 use crate::masking::{BlockMasking, BoolMask, Mask, MaskStrategy, SimMimMasking, len_keep, uniform_noise};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::tokenizer::VqTokenizer;
@@ -52,6 +53,34 @@ impl Method {
         match self {
             Method::Beit => Augmentation::RandomResizedCropColorJitter,
             Method::Mae | Method::Simmim => Augmentation::RandomResizedCrop,
+        }
+    }
+
+    /// AdamW betas of the method's official pretraining script.
+    pub fn betas(self) -> (f32, f32) {
+        match self {
+            Method::Mae => MAE_BETAS,
+            Method::Beit | Method::Simmim => TORCH_BETAS,
+        }
+    }
+
+    /// The learning-rate schedule of the method's official pretraining script.
+    pub fn schedule(self) -> ScheduleKind {
+        match self {
+            Method::Mae => ScheduleKind::Mae,
+            Method::Beit => ScheduleKind::Beit,
+            Method::Simmim => ScheduleKind::Timm,
+        }
+    }
+
+    /// Global gradient-norm clipping of the method's published recipe: none for MAE
+    /// (`main_pretrain.py`), 3.0 for BEiT (its README's pretraining command), 5.0 for SimMIM
+    /// (`TRAIN.CLIP_GRAD`).
+    pub fn default_clip_grad(self) -> Option<f64> {
+        match self {
+            Method::Mae => None,
+            Method::Beit => Some(3.0),
+            Method::Simmim => Some(5.0),
         }
     }
 
@@ -145,6 +174,10 @@ pub trait MimModel: Module + Sized {
     /// drawn from `rng`.
     fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>>;
 
+    /// Whether the method's official pretraining script exempts the parameter at `path` (of
+    /// `ndim` dimensions) from weight decay.
+    fn no_weight_decay(path: &str, ndim: usize) -> bool;
+
     /// Fits what a fresh model takes from the data before training (MAE's PCA target basis);
     /// nothing by default.
     fn fit_to_data(self, _ds: &Dataset, _device: &Device) -> Result<Self> {
@@ -172,6 +205,12 @@ pub struct StepContext {
 impl MimModel for MaskedAutoencoder {
     fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         cfg.mae()?.init(seed, device)
+    }
+
+    /// `main_pretrain.py`'s timm `add_weight_decay` with no skip list: 1-D parameters and biases.
+    /// The `[1, 1, D]` cls and mask tokens are decayed, as there.
+    fn no_weight_decay(path: &str, ndim: usize) -> bool {
+        ndim <= 1 || path.ends_with(".bias")
     }
 
     fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
@@ -226,6 +265,13 @@ impl MimModel for BeitForMaskedImageModeling {
         }
     }
 
+    /// unilm `optim_factory.get_parameter_groups` with the model's `no_weight_decay()`: 1-D
+    /// parameters (layer scales included), biases, `pos_embed` and `cls_token`. The mask token and
+    /// the relative position bias tables are decayed, as there.
+    fn no_weight_decay(path: &str, ndim: usize) -> bool {
+        ndim == 1 || path.ends_with(".bias") || matches!(path, "pos_embed" | "cls_token")
+    }
+
     /// Block-wise masking of `ratio x L` patches (BEiT's 75 of 196 at 224 is 0.38), cross-entropy
     /// at the masked patches against the tokenizer's ids of the same (augmented) image.
     fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
@@ -256,6 +302,15 @@ impl MimModel for SimMim {
             ModelConfig::Swin(c) => SimMim::new(c, seed, device),
             other => bail!("SimMIM trains a Swin Transformer, not a {} model: pass a swin_* --model", other.kind()),
         }
+    }
+
+    /// SimMIM `optimizer.get_pretrain_param_groups`: 1-D parameters, biases, and the model's
+    /// `no_weight_decay()` (`encoder.mask_token`, here `mask_token`; `encoder.absolute_pos_embed`).
+    /// Its keyword `encoder.relative_position_bias_table` matches no parameter name (the tables
+    /// live at `encoder.layers.N.blocks.M.attn.`), so the official script decays the tables, and
+    /// so does mim.
+    fn no_weight_decay(path: &str, ndim: usize) -> bool {
+        ndim == 1 || path.ends_with(".bias") || matches!(path, "mask_token" | "encoder.absolute_pos_embed")
     }
 
     fn batch_loss(&self, batch: &Batch, device: &Device, masking: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {

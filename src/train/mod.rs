@@ -1,7 +1,9 @@
-//! Pretraining with the MAE paper's recipe: AdamW (betas 0.9/0.95, weight decay 0.05 except on
-//! biases, norms and tokens), lr = base_lr x effective batch / 256 with per-iteration linear
-//! warmup and half-cycle cosine decay, gradient accumulation, atomic checkpoints and exact resume,
-//! for every method of [`methods`] (MAE, SimMIM).
+//! Pretraining as each method's official script trains (`main_pretrain.py`,
+//! `run_beit_pretraining.py`, `main_simmim.py`): AdamW with the script's betas and weight-decay
+//! groups, lr = base_lr x effective batch / 256 with the script's per-iteration warm-up and cosine
+//! schedule, gradient clipping where the recipe clips, gradient accumulation, atomic checkpoints and
+//! exact resume, for every method of [`methods`] (MAE, BEiT, SimMIM). tests/trajectory.rs replays
+//! 50 steps of each script against PyTorch.
 
 pub mod checkpoint;
 pub mod methods;

@@ -1,53 +1,74 @@
-//! Optimizers with the papers' recipes: AdamW with the MAE parameter groups, layer-wise
-//! learning-rate decay for fine-tuning, LARS for linear probing, and the learning-rate schedule.
+//! Optimizers with the papers' recipes: AdamW with each official script's parameter groups,
+//! layer-wise learning-rate decay for fine-tuning, LARS for linear probing, the learning-rate
+//! schedules of the official scripts, global-norm gradient clipping, and [`Stepper`], the one
+//! training step (accumulate, schedule, clip, update) every training loop runs.
 
-use burn::module::ParamGroup;
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
-use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
+use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsAccumulator, GradientsParams, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::ops::{self, adamw::AdamWStep};
 
-/// Parameters that get no weight decay: biases, LayerNorm weights, cls / mask tokens (position
-/// embeddings are fixed constants and not parameters at all).
-pub fn no_weight_decay_group() -> ParamGroup {
-    ParamGroup::from_any_regexes(vec![r"\.bias$", r"norm\d*\.weight$", r"(^|\.)(cls_token|mask_token|encoder_mask_token)$"])
-        .expect("static regexes are valid")
+/// AdamW betas of MAE pretraining (`main_pretrain.py`).
+pub const MAE_BETAS: (f32, f32) = (0.9, 0.95);
+/// PyTorch's default AdamW betas, used by BEiT (`--opt_betas` default), SimMIM (`TRAIN.OPTIMIZER.BETAS`)
+/// and MAE fine-tuning (`torch.optim.AdamW(param_groups, lr=args.lr)`).
+pub const TORCH_BETAS: (f32, f32) = (0.9, 0.999);
+
+/// Path and number of dimensions of every parameter of `module`, in visiting order.
+pub fn param_ranks<M: Module>(module: &M) -> Vec<(String, usize)> {
+    struct Ranks {
+        path: Vec<String>,
+        out: Vec<(String, usize)>,
+    }
+    impl ModuleVisitor for Ranks {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.out.push((self.path.join("."), D));
+        }
+    }
+    let mut v = Ranks { path: Vec::new(), out: Vec::new() };
+    module.visit(&mut v);
+    v.out
 }
 
-/// Whether the parameter at `path` is excluded from weight decay (the rule of [`no_weight_decay_group`]).
-pub fn is_no_weight_decay(path: &str) -> bool {
-    no_weight_decay_group().matches(&burn::module::ParamId::new(), Some(path))
-}
-
-/// AdamW as the MAE recipe: betas (0.9, 0.95), eps 1e-8 (PyTorch's), `weight_decay` on weight
-/// matrices only.
-pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
-    ModuleOptimizer::from(FusedAdamW::new(weight_decay as f32)).with_group(no_weight_decay_group(), FusedAdamW::new(0.0), None)
+/// AdamW (eps 1e-8, PyTorch's) with `betas` and decoupled weight decay `weight_decay`, except on
+/// the parameters for which `no_decay(path, ndim)` holds: the official scripts' two parameter
+/// groups (each model type states its script's rule, e.g. [`crate::train::methods::MimModel::no_weight_decay`]).
+pub fn adamw<M: Module>(model: &M, weight_decay: f64, betas: (f32, f32), no_decay: impl Fn(&str, usize) -> bool) -> ModuleOptimizer {
+    let exempt: Vec<String> = param_ranks(model).into_iter().filter(|(p, d)| no_decay(p, *d)).map(|(p, _)| p).collect();
+    ModuleOptimizer::from(FusedAdamW::new(weight_decay as f32, betas)).with_group(ParamGroup::from_paths(exempt), FusedAdamW::new(0.0, betas), None)
 }
 
 /// burn's AdamW (same update, same state record: checkpoints of either load into the other) with
-/// betas (0.9, 0.95) and eps 1e-8, whose step on flex f32 parameters is one parallel pass
-/// ([`crate::ops::adamw`]) instead of burn's serial element-wise ops; burn's own elsewhere.
+/// eps 1e-8, whose step on flex f32 parameters is one parallel pass ([`crate::ops::adamw`])
+/// instead of burn's serial element-wise ops; burn's own elsewhere.
 #[derive(Clone)]
 pub struct FusedAdamW {
     burn: AdamW,
     weight_decay: f32,
+    betas: (f32, f32),
 }
 
 impl FusedAdamW {
-    const BETAS: (f32, f32) = (0.9, 0.95);
     const EPSILON: f32 = 1e-8;
 
-    /// With decoupled weight decay `weight_decay`.
-    pub fn new(weight_decay: f32) -> Self {
+    /// With decoupled weight decay `weight_decay` and moment decay rates `betas`.
+    pub fn new(weight_decay: f32, betas: (f32, f32)) -> Self {
         let burn = AdamWConfig::new()
-            .with_beta_1(Self::BETAS.0)
-            .with_beta_2(Self::BETAS.1)
+            .with_beta_1(betas.0)
+            .with_beta_2(betas.1)
             .with_epsilon(Self::EPSILON)
             .with_weight_decay(weight_decay)
             .build();
-        Self { burn, weight_decay }
+        Self { burn, weight_decay, betas }
     }
 }
 
@@ -62,7 +83,7 @@ impl Optimizer for FusedAdamW {
             Some(s) => (s.momentum.time + 1, s.momentum.moment_1, s.momentum.moment_2),
             None => (1, grad.zeros_like(), grad.zeros_like()),
         };
-        let step = AdamWStep { lr, beta_1: Self::BETAS.0, beta_2: Self::BETAS.1, epsilon: Self::EPSILON, weight_decay: self.weight_decay, time };
+        let step = AdamWStep { lr, beta_1: self.betas.0, beta_2: self.betas.1, epsilon: Self::EPSILON, weight_decay: self.weight_decay, time };
         let (p, m, v) = ops::adamw::adamw_step(tensor, grad, m, v, step);
         (p, Some(AdamWState::new(AdaptiveMomentumState::new(time, m, v))))
     }
@@ -70,6 +91,37 @@ impl Optimizer for FusedAdamW {
     fn to_device<const D: usize>(state: AdamWState<D>, device: &Device) -> AdamWState<D> {
         <AdamW as Optimizer>::to_device(state, device)
     }
+}
+
+/// Scales `grads` of `model`'s parameters so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` (factor `max_norm / (norm + 1e-6)`, capped at 1); returns the
+/// norm before clipping.
+pub fn clip_grad_norm<M: Module>(model: &M, mut grads: GradientsParams, max_norm: f64) -> (GradientsParams, f64) {
+    struct SumSquares<'a>(&'a GradientsParams, f64);
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                // Per tensor in f32 as torch, summed in f64.
+                self.1 += g.powi_scalar(2).sum().into_scalar::<f32>() as f64;
+            }
+        }
+    }
+    struct Scale<'a>(&'a mut GradientsParams, f64);
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut sum = SumSquares(&grads, 0.0);
+    model.visit(&mut sum);
+    let norm = sum.1.sqrt();
+    let factor = max_norm / (norm + 1e-6);
+    if factor < 1.0 {
+        model.visit(&mut Scale(&mut grads, factor));
+    }
+    (grads, norm)
 }
 
 /// Layer-wise learning-rate decay (BEiT, MAE fine-tuning): a parameter of layer `i` of `n + 1`
@@ -200,6 +252,161 @@ impl CosineSchedule {
     }
 }
 
+/// Which official script's learning-rate schedule a run follows. Every one warms up, then decays
+/// by a half cosine to `min_lr`; they differ in the details, which [`LrSchedule::at`] reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// MAE's `util/lr_sched.adjust_learning_rate` at the fractional epoch of the update's first
+    /// micro-batch: linear from 0 over `warmup_epochs`, then cosine over the remaining epochs.
+    Mae,
+    /// BEiT's `utils.cosine_scheduler`, one value per iteration: `np.linspace(0, lr, W)` over the
+    /// `W = warmup_epochs x iterations per epoch` warm-up iterations (it reaches `lr` at W - 1),
+    /// then cosine over the rest.
+    Beit,
+    /// SimMIM's timm `CosineLRScheduler(t_initial = all iterations, warmup_t, warmup_lr_init,
+    /// lr_min, cycle_limit = 1, t_in_epochs = False)`, whose `step_update(i)` runs after the
+    /// update of iteration i: an update uses the value of the iteration before its first
+    /// micro-batch (`warmup_lr` for the very first).
+    Timm,
+}
+
+/// A run's learning rate at each update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    /// The official formula.
+    pub kind: ScheduleKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Where the warm-up starts ([`ScheduleKind::Timm`]; the others start at 0 as their scripts).
+    pub warmup_lr: f64,
+    /// Warm-up length in epochs (whole iterations of it for BEiT and SimMIM, as their scripts).
+    pub warmup_epochs: f64,
+    /// Total epochs.
+    pub epochs: usize,
+    /// Iterations (micro-batches) per epoch.
+    pub iters_per_epoch: usize,
+}
+
+impl LrSchedule {
+    /// The learning rate of the update whose first micro-batch is `iteration` (0-based, counted
+    /// over the whole run).
+    pub fn at(&self, iteration: u64) -> f64 {
+        let spe = self.iters_per_epoch.max(1) as u64;
+        let total = self.epochs as u64 * spe;
+        let warmup = (self.warmup_epochs * spe as f64) as u64;
+        let cosine = |t: f64, len: f64| self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t / len).cos());
+        match self.kind {
+            ScheduleKind::Mae => {
+                let epoch = (iteration / spe) as f64 + (iteration % spe) as f64 / spe as f64;
+                CosineSchedule { lr: self.lr, min_lr: self.min_lr, warmup_epochs: self.warmup_epochs, epochs: self.epochs as f64 }.at(epoch)
+            }
+            ScheduleKind::Beit if iteration < warmup => match warmup {
+                1 => 0.0,
+                w => self.lr * iteration as f64 / (w - 1) as f64,
+            },
+            ScheduleKind::Beit => cosine((iteration - warmup) as f64, total.saturating_sub(warmup).max(1) as f64),
+            ScheduleKind::Timm => {
+                let Some(t) = iteration.checked_sub(1) else {
+                    return if warmup > 0 { self.warmup_lr } else { self.lr };
+                };
+                if t < warmup {
+                    self.warmup_lr + t as f64 * (self.lr - self.warmup_lr) / warmup as f64
+                } else if t < total {
+                    cosine(t as f64, total as f64)
+                } else {
+                    self.min_lr
+                }
+            }
+        }
+    }
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Update {
+    /// The schedule's learning rate (before any layer-wise scale).
+    pub lr: f64,
+    /// Global gradient norm before clipping (when the run clips).
+    pub grad_norm: Option<f64>,
+}
+
+/// The training step of every loop, in the official scripts' order: backward of the micro-batch
+/// loss divided by the accumulation steps, gradients summed until the group is complete (or the
+/// epoch ends), then the schedule's learning rate for the group's first micro-batch, global-norm
+/// clipping, and the optimizer's update.
+pub struct Stepper<M: Module> {
+    optim: ModuleOptimizer,
+    schedule: LrSchedule,
+    accum_iter: usize,
+    clip_grad: Option<f64>,
+    layer_decay: Option<LayerDecay>,
+    accum: GradientsAccumulator<M>,
+    pending: usize,
+}
+
+impl<M: Module> Stepper<M> {
+    /// Steps `optim` every `accum_iter` micro-batches at `schedule`'s learning rate.
+    pub fn new(optim: ModuleOptimizer, schedule: LrSchedule, accum_iter: usize) -> Self {
+        Self { optim, schedule, accum_iter: accum_iter.max(1), clip_grad: None, layer_decay: None, accum: GradientsAccumulator::new(), pending: 0 }
+    }
+
+    /// Clips the global gradient norm of each update to `max_norm` (`None` or a non-positive value: no clipping).
+    pub fn with_clip_grad(mut self, max_norm: Option<f64>) -> Self {
+        self.clip_grad = max_norm.filter(|&n| n > 0.0);
+        self
+    }
+
+    /// Scales each parameter's learning rate by its layer's factor.
+    pub fn with_layer_decay(mut self, decay: LayerDecay) -> Self {
+        self.layer_decay = Some(decay);
+        self
+    }
+
+    /// The optimizer (its state goes into checkpoints).
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optim
+    }
+
+    /// The schedule.
+    pub fn schedule(&self) -> &LrSchedule {
+        &self.schedule
+    }
+
+    /// The learning rate of the parameter at `path` when the schedule says `lr`.
+    pub fn lr_of(&self, path: &str, lr: f64) -> f64 {
+        self.layer_decay.as_ref().map_or(lr, |d| lr * d.scale(path))
+    }
+
+    /// Backpropagates `loss`, the mean loss of micro-batch `iteration` (0-based over the run),
+    /// and updates `model` when that micro-batch completes an update.
+    pub fn backward(&mut self, model: M, loss: Tensor<1>, iteration: u64) -> (M, Option<Update>) {
+        let grads = GradientsParams::from_grads((loss / self.accum_iter as f64).backward(), &model);
+        self.accum.accumulate(&model, grads);
+        self.pending += 1;
+        let spe = self.schedule.iters_per_epoch.max(1) as u64;
+        if self.pending < self.accum_iter && (iteration + 1) % spe != 0 {
+            return (model, None);
+        }
+        let lr = self.schedule.at(iteration + 1 - self.pending as u64);
+        self.pending = 0;
+        let (grads, grad_norm) = match self.clip_grad {
+            Some(max) => {
+                let (g, n) = clip_grad_norm(&model, self.accum.grads(), max);
+                (g, Some(n))
+            }
+            None => (self.accum.grads(), None),
+        };
+        let model = match &self.layer_decay {
+            Some(d) => self.optim.step(d.lr(lr), model, grads),
+            None => self.optim.step(lr, model, grads),
+        };
+        (model, Some(Update { lr, grad_norm }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +443,7 @@ mod tests {
         let device = Device::flex();
         device.seed(0);
         for wd in [0.0, 0.05] {
-            let (ours, theirs) = (FusedAdamW::new(wd), FusedAdamW::new(wd).burn);
+            let (ours, theirs) = (FusedAdamW::new(wd, MAE_BETAS), FusedAdamW::new(wd, MAE_BETAS).burn);
             // More values than one parallel chunk.
             let p0 = Tensor::<2>::random([300, 70], Distribution::Normal(0.0, 1.0), &device);
             assert!(ops::adamw::supported(&p0), "the fused step must be the one under test");
@@ -256,12 +463,45 @@ mod tests {
     }
 
     #[test]
-    fn decay_exclusions_follow_the_recipe() {
-        for p in ["blocks.0.attn.qkv.bias", "blocks.3.norm1.weight", "decoder_norm.weight", "norm.weight", "cls_token", "mask_token", "encoder_mask_token"] {
-            assert!(is_no_weight_decay(p), "{p} should not be decayed");
+    fn official_schedules() {
+        let base = LrSchedule { kind: ScheduleKind::Mae, lr: 1.0, min_lr: 0.1, warmup_lr: 0.01, warmup_epochs: 2.0, epochs: 10, iters_per_epoch: 4 };
+        // MAE: the fractional epoch of the update's first micro-batch.
+        assert!((base.at(4) - 0.5).abs() < 1e-12);
+        assert!((base.at(24) - 0.55).abs() < 1e-12);
+        // BEiT: np.linspace(0, 1, 8) over the 8 warm-up iterations, then cosine over the other 32.
+        let beit = LrSchedule { kind: ScheduleKind::Beit, ..base };
+        assert_eq!(beit.at(0), 0.0);
+        assert!((beit.at(7) - 1.0).abs() < 1e-12);
+        assert!((beit.at(8) - 1.0).abs() < 1e-12);
+        assert!((beit.at(8 + 16) - 0.55).abs() < 1e-12);
+        // SimMIM (timm, updated after each step): one iteration late, warmup_lr first.
+        let timm = LrSchedule { kind: ScheduleKind::Timm, ..base };
+        assert_eq!(timm.at(0), 0.01);
+        assert_eq!(timm.at(1), 0.01);
+        assert!((timm.at(5) - (0.01 + 4.0 * 0.99 / 8.0)).abs() < 1e-12);
+        assert!((timm.at(21) - 0.55).abs() < 1e-12);
+        assert_eq!(LrSchedule { warmup_epochs: 0.0, ..timm }.at(0), 1.0);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_global_norm() {
+        use burn::module::Module;
+        #[derive(Module, Debug)]
+        struct Two {
+            a: Param<Tensor<1>>,
+            b: Param<Tensor<2>>,
         }
-        for p in ["blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "decoder_pred.weight", "blocks.1.mlp.fc2.weight"] {
-            assert!(!is_no_weight_decay(p), "{p} should be decayed");
-        }
+        let device = Device::flex().autodiff();
+        let m = Two { a: Param::from_tensor(Tensor::from_floats([1.0, 2.0], &device)), b: Param::from_tensor(Tensor::from_floats([[3.0], [4.0]], &device)) };
+        // d/dp of sum(p^2)/2 is p: the gradient's global norm is |(1, 2, 3, 4)| = sqrt(30).
+        let loss = m.a.val().powi_scalar(2).sum() / 2.0 + m.b.val().powi_scalar(2).sum() / 2.0;
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let (grads, norm) = clip_grad_norm(&m, grads, 1.0);
+        assert!((norm - 30f64.sqrt()).abs() < 1e-5);
+        let a = grads.get::<1>(m.a.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let f = 1.0 / (30f64.sqrt() + 1e-6);
+        assert!((a[1] as f64 - 2.0 * f).abs() < 1e-6, "{a:?}");
+        let (_, unclipped) = clip_grad_norm(&m, GradientsParams::from_grads((m.a.val().sum() * 0.0 + m.b.val().sum() * 0.0).backward(), &m), 1.0);
+        assert_eq!(unclipped, 0.0);
     }
 }

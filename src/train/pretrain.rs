@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Tensor;
+use burn::tensor::{Bytes, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, CheckpointHeader};
-use super::optim::{CosineSchedule, adamw};
+use super::optim::{LrSchedule, Stepper, adamw};
 use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
@@ -78,8 +77,14 @@ pub struct PretrainConfig {
     pub min_lr: f64,
     /// Warmup epochs (default: 5% of the epochs, at most 40, the paper's 40 of 800).
     pub warmup_epochs: Option<f64>,
-    /// AdamW weight decay on weight matrices.
+    /// AdamW weight decay (on the parameters the method's official script decays, see
+    /// [`MimModel::no_weight_decay`]).
     pub weight_decay: f64,
+    /// Learning rate the warm-up starts from (SimMIM's `WARMUP_LR`; MAE and BEiT start at 0).
+    pub warmup_lr: f64,
+    /// Global gradient-norm clipping (default: the method's recipe, MAE none, BEiT 3.0, SimMIM
+    /// 5.0; 0 turns it off).
+    pub clip_grad: Option<f64>,
     /// Seed of initialisation, shuffling, augmentation and masking.
     pub seed: u64,
     /// Save a checkpoint every this many epochs (and always at the end).
@@ -124,6 +129,8 @@ impl Default for PretrainConfig {
             min_lr: 0.0,
             warmup_epochs: None,
             weight_decay: 0.05,
+            warmup_lr: 0.0,
+            clip_grad: None,
             seed: 0,
             checkpoint_every: 1,
             max_images: None,
@@ -154,6 +161,34 @@ impl PretrainConfig {
     /// Warmup length in epochs.
     pub fn warmup(&self) -> f64 {
         self.warmup_epochs.unwrap_or((self.epochs as f64 * 0.05).min(40.0))
+    }
+
+    /// The learning-rate schedule of the method's script, for `iters_per_epoch` micro-batches an epoch.
+    pub fn schedule(&self, iters_per_epoch: usize) -> LrSchedule {
+        LrSchedule {
+            kind: self.method.schedule(),
+            lr: self.peak_lr(),
+            min_lr: self.min_lr,
+            warmup_lr: self.warmup_lr,
+            warmup_epochs: self.warmup(),
+            epochs: self.epochs,
+            iters_per_epoch,
+        }
+    }
+
+    /// Gradient clipping in effect.
+    pub fn clip(&self) -> Option<f64> {
+        self.clip_grad.or(self.method.default_clip_grad()).filter(|&c| c > 0.0)
+    }
+
+    /// The training step of this run for `model` (`M` is the method's model): the official
+    /// script's parameter groups, betas, schedule and clipping, with `optimizer` state if resuming.
+    pub fn stepper<M: MimModel>(&self, model: &M, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<M>> {
+        let mut optim = adamw(model, self.weight_decay, self.method.betas(), M::no_weight_decay);
+        if let Some(bytes) = optimizer {
+            optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
+        }
+        Ok(Stepper::new(optim, self.schedule(iters_per_epoch), self.accum_iter).with_clip_grad(self.clip()))
     }
 
     /// The mask ratio in effect.
@@ -251,6 +286,8 @@ impl PretrainConfig {
         ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
         ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
+        ensure!(self.warmup_lr >= 0.0 && self.warmup_lr.is_finite(), "--warmup-lr must be a finite value >= 0");
+        ensure!(self.clip_grad.is_none_or(|c| c.is_finite()), "--clip-grad must be finite (0 turns clipping off)");
         Ok(())
     }
 }
@@ -405,7 +442,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         cfg.batch_size
     );
     let ckpt_path = checkpoint_path(&cfg.out);
-    let (mut model, mut optim, mut it) = match resume {
+    let (mut model, mut stepper, mut it) = match resume {
         Some(path) => {
             let ck = checkpoint::load_model(path, &device, M::build)?;
             if ck.header.model != model_cfg {
@@ -421,11 +458,8 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.max_images != cfg.max_images {
                 bail!("checkpoint '{}' was trained with another seed, batch size or data subset: resume with the same settings", path.display());
             }
-            let optim = match ck.optimizer {
-                Some(bytes) => adamw(cfg.weight_decay).from_bytes(bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?,
-                None => adamw(cfg.weight_decay),
-            };
-            (ck.model, optim, ck.header.iteration)
+            let stepper = cfg.stepper(&ck.model, spe, ck.optimizer)?;
+            (ck.model, stepper, ck.header.iteration)
         }
         None => {
             if ckpt_path.exists() {
@@ -434,7 +468,9 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
                     cfg.out.display()
                 );
             }
-            (M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?, adamw(cfg.weight_decay), 0)
+            let model = M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?;
+            let stepper = cfg.stepper(&model, spe, None)?;
+            (model, stepper, 0)
         }
     };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
@@ -444,7 +480,6 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
 
     let ds = Arc::new(ds);
     let total = (cfg.epochs * spe) as u64;
-    let sched = CosineSchedule { lr: cfg.peak_lr(), min_lr: cfg.min_lr, warmup_epochs: cfg.warmup(), epochs: cfg.epochs as f64 };
     let side = model_cfg.img_size();
     let transform = cfg.augmentation.unwrap_or(cfg.method.default_augmentation()).transform(side);
     let tokenizer = match &cfg.tokenizer {
@@ -459,7 +494,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     };
     let masking = StepContext { ratio: cfg.ratio(), strategy: cfg.mask.clone(), grid: (model_cfg.grid(), model_cfg.grid()), tokenizer };
     let about = format!(
-        "{} | {:?} {} ({} patches of {}px, mask {}{}) | batch {} x accum {} | peak lr {:.2e} | {} epochs x {} iterations",
+        "{} | {:?} {} ({} patches of {}px, mask {}{}) | batch {} x accum {} | peak lr {:.2e}{} | {} epochs x {} iterations",
         ds.name,
         cfg.method,
         cfg.model_name(),
@@ -469,7 +504,8 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         cfg.mask.as_ref().map_or(String::new(), |m| format!(", {}", serde_json::to_string(m).unwrap_or_default())),
         cfg.batch_size,
         cfg.accum_iter,
-        sched.lr,
+        cfg.peak_lr(),
+        cfg.clip().map_or(String::new(), |c| format!(", clip {c}")),
         cfg.epochs,
         spe
     );
@@ -479,15 +515,13 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     let mut steps = Vec::new();
     let mut recent = std::collections::VecDeque::new();
     let mut lr = 0.0;
-    let mut accum = GradientsAccumulator::new();
-    let mut pending = 0;
     let mut optimizer_steps = it / cfg.accum_iter as u64;
     for epoch in (it / spe as u64)..cfg.epochs as u64 {
         let order = epoch_order(ds.len(), cfg.seed, epoch);
         let first = (it % spe as u64) as usize;
         let loader = Prefetcher::spawn(ds.clone(), transform.clone(), order, cfg.batch_size, first, cfg.seed, epoch, cfg.prefetch);
         let mut t0 = Instant::now();
-        for (k, batch) in loader.enumerate() {
+        for batch in loader {
             let batch = batch?;
             let b = batch.len();
             let loss_t = model.batch_loss(&batch, &device, &masking, &mut rng_for(&[cfg.seed, it, MASK_STREAM]))?;
@@ -499,16 +533,10 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
                     ckpt_path.display()
                 );
             }
-            let grads = GradientsParams::from_grads((loss_t / cfg.accum_iter as f64).backward(), &model);
-            accum.accumulate(&model, grads);
-            pending += 1;
-            let in_epoch = first + k;
-            if pending == cfg.accum_iter || in_epoch + 1 == spe {
-                // The lr of an update is set at its first micro-batch, as the official loop.
-                let group_start = (in_epoch + 1 - pending) as f64;
-                lr = sched.at(epoch as f64 + group_start / spe as f64);
-                model = optim.step(lr, model, accum.grads());
-                pending = 0;
+            let update;
+            (model, update) = stepper.backward(model, loss_t, it);
+            if let Some(u) = update {
+                lr = u.lr;
                 optimizer_steps += 1;
             }
             it += 1;
@@ -536,7 +564,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
                 seed: cfg.seed,
                 classifier: None,
             };
-            checkpoint::save(&ckpt_path, &header, &model, Some(&optim))?;
+            checkpoint::save(&ckpt_path, &header, &model, Some(stepper.optimizer()))?;
             reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt_path.display()));
         }
         if cfg.eval_every > 0 && (epoch + 1) % cfg.eval_every as u64 == 0 {

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Kind};
-use super::optim::{CosineSchedule, adamw};
+use super::optim::{CosineSchedule, MAE_BETAS, adamw};
 use super::pretrain::{Reporter, StepMetrics, truncate_metrics};
 use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, load_batch, rng_for};
@@ -207,6 +207,12 @@ fn ids_to_host(ids: Tensor<2, Int>) -> Vec<u32> {
     ids.into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|i| i as u32).collect()
 }
 
+/// AdamW of the tokenizer (no paper recipe to follow: MAE's betas and rule, no decay on 1-D
+/// parameters and biases).
+fn tokenizer_adamw(model: &VqTokenizer, weight_decay: f64) -> burn::optim::ModuleOptimizer {
+    adamw(model, weight_decay, MAE_BETAS, |path, ndim| ndim <= 1 || path.ends_with(".bias"))
+}
+
 /// Trains a tokenizer; with `resume`, continues the run saved in that checkpoint on exactly the
 /// trajectory an uninterrupted run would have followed (same batches, restarts and metrics).
 pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<TokenizerSummary> {
@@ -232,8 +238,8 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                 );
             }
             let optim = match ck.optimizer.is_empty() {
-                true => adamw(cfg.weight_decay),
-                false => adamw(cfg.weight_decay)
+                true => tokenizer_adamw(&ck.model, cfg.weight_decay),
+                false => tokenizer_adamw(&ck.model, cfg.weight_decay)
                     .from_bytes(burn::tensor::Bytes::from_bytes_vec(ck.optimizer))
                     .map_err(|e| anyhow::anyhow!("{e:?}"))?,
             };
@@ -246,7 +252,9 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                     cfg.out.display()
                 );
             }
-            (model_cfg.init(cfg.seed, &device)?, adamw(cfg.weight_decay), 0, CodeUsage::new(model_cfg.vocab_size, cfg.usage_window))
+            let model = model_cfg.init(cfg.seed, &device)?;
+            let optim = tokenizer_adamw(&model, cfg.weight_decay);
+            (model, optim, 0, CodeUsage::new(model_cfg.vocab_size, cfg.usage_window))
         }
     };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;

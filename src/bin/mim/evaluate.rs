@@ -150,6 +150,9 @@ pub struct FinetuneArgs {
     /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Global gradient-norm clipping (default: none, as MAE's main_finetune.py).
+    #[arg(long)]
+    clip_grad: Option<f64>,
     /// Drop path rate.
     #[arg(long)]
     drop_path: Option<f64>,
@@ -185,6 +188,9 @@ impl FinetuneArgs {
         set!(model, data, out, pool, epochs, batch_size, accum_iter, base_lr, min_lr, warmup_epochs, layer_decay, weight_decay, drop_path, smoothing, mixup, cutmix, seed, device);
         if self.lr.is_some() {
             c.lr = self.lr;
+        }
+        if self.clip_grad.is_some() {
+            c.clip_grad = self.clip_grad;
         }
         if self.checkpoint.is_some() {
             c.checkpoint = self.checkpoint.clone();

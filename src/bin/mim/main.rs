@@ -141,6 +141,12 @@ struct PretrainArgs {
     /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Learning rate the warm-up starts from (SimMIM's schedule; MAE and BEiT start at 0).
+    #[arg(long)]
+    warmup_lr: Option<f64>,
+    /// Global gradient-norm clipping (default: the method's recipe, MAE none, BEiT 3, SimMIM 5; 0 = off).
+    #[arg(long)]
+    clip_grad: Option<f64>,
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -173,7 +179,10 @@ impl PretrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
         }
-        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, augmentation, target, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, seed, checkpoint_every, device, eval_every, knn_images);
+        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, augmentation, target, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, warmup_lr, seed, checkpoint_every, device, eval_every, knn_images);
+        if self.clip_grad.is_some() {
+            c.clip_grad = self.clip_grad;
+        }
         if self.img_size.is_some() {
             c.img_size = self.img_size;
         }

@@ -1,0 +1,299 @@
+//! Training fidelity: mim's own training step ([`Stepper`], built by the same configuration code
+//! `mim pretrain` / `mim finetune` use) replays 50 optimizer steps of each paper's official script,
+//! recorded in PyTorch by tools/make_trajectory_fixtures.py on fixed batches and masks:
+//!
+//! - `mae`, `mae_accum2`: facebookresearch/mae `main_pretrain.py` (timm `add_weight_decay`
+//!   groups, betas 0.9/0.95, per-iteration `adjust_learning_rate`, `accum_iter` 1 and 2);
+//! - `beit`: unilm `run_beit_pretraining.py` (`get_parameter_groups`, `cosine_scheduler`,
+//!   gradient clipping, layer scale);
+//! - `simmim`: `main_simmim.py` (`get_pretrain_param_groups` with its keyword quirk, timm's
+//!   `CosineLRScheduler` updated after each step, gradient clipping);
+//!
+//! Each step asserts the loss, every parameter's learning rate and weight decay (so every
+//! parameter group) and, where the recipe clips, the gradient norm; the end asserts every
+//! parameter. Tolerances: the losses are float32 sums over a few hundred values (1e-5 relative
+//! leaves room for 50 steps of drift while catching a wrong step); learning rates and weight decays are
+//! f64 formulas stored in float32 (2e-7); final parameters are compared relative to each tensor's largest entry at 2e-4: the
+//! fixture generator measured that a 1e-6 relative perturbation of the gradients moves final
+//! weights by up to 1e-5 through Adam's normalisation, and one wrong rule (a decayed token, a
+//! schedule one step late, a missing clip) moves them by 1e-3 or more.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mim::io::{TensorMap, beit_from_official, from_pytorch_layout, hf_to_official, load_tensor_map, mae_config_from_hf, parameters, read_safetensors};
+use mim::masking::{BoolMask, Mask};
+use mim::models::beit::{BeitConfig, BeitForMaskedImageModeling};
+use mim::models::mae::MaskedAutoencoder;
+use mim::models::simmim::{SimMim, official_to_burn};
+use mim::models::swin::SwinConfig;
+use mim::train::methods::{Method, MimModel};
+use mim::train::optim::{Stepper, param_ranks};
+use mim::train::pretrain::PretrainConfig;
+
+const LOSS_TOL: f64 = 1e-5;
+const LR_TOL: f64 = 2e-7;
+const PARAM_TOL: f32 = 2e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Group {
+    name: String,
+    weight_decay: f64,
+    params: Vec<String>,
+}
+
+/// One recorded official run.
+struct Case {
+    json: serde_json::Value,
+    t: TensorMap,
+    device: Device,
+}
+
+impl Case {
+    fn new(name: &str) -> Self {
+        let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("trajectory.json")).unwrap()).unwrap();
+        let json = all["cases"][name].clone();
+        let t = read_safetensors(&fixture(json["file"].as_str().unwrap())).unwrap();
+        Case { json, t, device: Device::flex().autodiff() }
+    }
+
+    fn hyper(&self, key: &str) -> f64 {
+        self.json["hyper"][key].as_f64().unwrap_or_else(|| panic!("hyper.{key}"))
+    }
+
+    fn count(&self, key: &str) -> usize {
+        self.hyper(key) as usize
+    }
+
+    fn groups(&self) -> Vec<Group> {
+        self.json["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| Group {
+                name: g["name"].as_str().unwrap().into(),
+                weight_decay: g["weight_decay"].as_f64().unwrap(),
+                params: g["params"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect(),
+            })
+            .collect()
+    }
+
+    /// The tensors under `prefix` (`init.`, `final.`), prefix removed.
+    fn weights(&self, prefix: &str) -> TensorMap {
+        self.t.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
+    }
+
+    /// Row `i` of the tensor `name` (its first axis), with the row's shape.
+    fn row(&self, name: &str, i: usize) -> (Vec<usize>, Vec<f32>) {
+        let (shape, v) = &self.t[name];
+        let n: usize = shape[1..].iter().product();
+        (shape[1..].to_vec(), v[i * n..(i + 1) * n].to_vec())
+    }
+
+    fn images(&self, s: usize) -> Tensor<4> {
+        let n = self.t["images"].0[0];
+        let (shape, v) = self.row("images", s % n);
+        Tensor::from_data(TensorData::new(v, shape), &self.device)
+    }
+
+    fn scalar(&self, name: &str, i: usize) -> f64 {
+        self.t[name].1[i] as f64
+    }
+}
+
+/// Replays the case: micro-batch `s`'s loss is `loss(model, s)`; `to_burn` converts the
+/// fixture's names and layout to mim's (as mim's loader does); `exempt` is mim's weight-decay rule.
+fn replay<M: Module>(
+    case: &Case,
+    model: M,
+    mut stepper: Stepper<M>,
+    weight_decay: f64,
+    exempt: impl Fn(&str, usize) -> bool,
+    to_burn: impl Fn(&TensorMap) -> TensorMap,
+    loss: impl Fn(&M, usize) -> Tensor<1>,
+) -> M {
+    let init = case.weights("init.");
+    let ranks: BTreeMap<String, usize> = param_ranks(&model).into_iter().collect();
+    // Each official group's parameters under mim's names (a parameter mim keeps in one tensor,
+    // such as BEiT's q/v biases in the qkv bias, appears once).
+    let groups: Vec<(Group, Vec<String>)> = case
+        .groups()
+        .into_iter()
+        .map(|g| {
+            let subset: TensorMap = g.params.iter().map(|p| (p.clone(), init[p].clone())).collect();
+            let ours: Vec<String> = to_burn(&subset).into_keys().collect();
+            for p in &ours {
+                assert!(ranks.contains_key(p), "group {}: '{p}' is not a parameter of mim's model", g.name);
+            }
+            (g, ours)
+        })
+        .collect();
+    let covered: usize = groups.iter().map(|(_, ours)| ours.len()).sum();
+    assert_eq!(covered, ranks.len(), "the official groups cover every parameter of mim's model once");
+
+    let (steps, lr, wd) = (&case.t["loss"].1, &case.t["lr"], &case.t["weight_decay"]);
+    let g_count = lr.0[1];
+    let clips = !case.json["hyper"]["clip_grad"].is_null();
+    let (mut model, mut update_index, mut worst_loss) = (model, 0, 0f64);
+    for s in 0..steps.len() {
+        let l = loss(&model, s);
+        let value = l.clone().into_scalar::<f32>() as f64;
+        let reference = steps[s] as f64;
+        let rel = (value - reference).abs() / reference.abs();
+        worst_loss = worst_loss.max(rel);
+        assert!(rel <= LOSS_TOL, "micro-batch {s}: loss {value} against PyTorch's {reference} ({rel:.1e} relative)");
+        let update;
+        (model, update) = stepper.backward(model, l, s as u64);
+        let Some(update) = update else { continue };
+        let o = update_index;
+        for (gi, (group, ours)) in groups.iter().enumerate() {
+            let (want_lr, want_wd) = (lr.1[o * g_count + gi] as f64, wd.1[o * g_count + gi] as f64);
+            assert!((want_wd - group.weight_decay).abs() <= LR_TOL * group.weight_decay, "the fixture's group {} changed its weight decay", group.name);
+            for p in ours {
+                let got = stepper.lr_of(p, update.lr);
+                assert!((got - want_lr).abs() <= LR_TOL * want_lr.abs().max(1e-12), "update {o}, '{p}' (group {}): lr {got} against {want_lr}", group.name);
+                let got_wd = if exempt(p, ranks[p]) { 0.0 } else { weight_decay };
+                assert!((got_wd - want_wd).abs() <= LR_TOL * want_wd, "'{p}' (official group {}): weight decay {got_wd}, the official script uses {want_wd}", group.name);
+            }
+        }
+        if clips {
+            let (got, want) = (update.grad_norm.expect("the recipe clips"), case.scalar("grad_norm", o));
+            assert!((got - want).abs() <= 1e-4 * want, "update {o}: gradient norm {got} against {want}");
+        }
+        update_index += 1;
+    }
+    assert_eq!(update_index, lr.0[0], "number of optimizer steps");
+
+    let ours = parameters(&model);
+    let theirs = to_burn(&case.weights("final."));
+    let (mut worst, mut at) = (0f32, String::new());
+    for (name, (shape, want)) in &theirs {
+        let Some((s, got)) = ours.get(name) else { continue };
+        assert_eq!(s, shape, "{name}");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        if d > worst {
+            (worst, at) = (d, name.clone());
+        }
+    }
+    eprintln!(
+        "{}: {} micro-batches, {update_index} updates, {} groups; worst loss {worst_loss:.1e} relative, worst final parameter {worst:.1e} relative to its tensor's largest entry ({at})",
+        case.json["file"],
+        steps.len(),
+        groups.len()
+    );
+    assert!(worst <= PARAM_TOL, "after {update_index} updates '{at}' differs from PyTorch by {worst:.2e} of its largest entry");
+    model
+}
+
+fn mae_case(name: &str) {
+    let c = Case::new(name);
+    let cfg = mae_config_from_hf(&c.json["model"]).unwrap();
+    let to_burn = |m: &TensorMap| from_pytorch_layout(&cfg, &hf_to_official(m).unwrap()).unwrap();
+    let model = load_tensor_map(cfg.init(0, &c.device).unwrap(), &to_burn(&c.weights("init.")), name).unwrap();
+    let run = PretrainConfig {
+        method: Method::Mae,
+        epochs: c.count("epochs"),
+        batch_size: c.count("batch_size"),
+        accum_iter: c.count("accum_iter"),
+        base_lr: c.hyper("blr"),
+        min_lr: c.hyper("min_lr"),
+        warmup_epochs: Some(c.hyper("warmup_epochs")),
+        weight_decay: c.hyper("weight_decay"),
+        ..Default::default()
+    };
+    assert_eq!(run.peak_lr(), c.hyper("lr"), "lr = blr x effective batch / 256");
+    let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
+    let b = run.batch_size;
+    replay(&c, model, stepper, run.weight_decay, MaskedAutoencoder::no_weight_decay, to_burn, |m: &MaskedAutoencoder, s| {
+        let mask = Mask::from_noise(&c.row("noise", s).1, b, c.json["model"]["mask_ratio"].as_f64().unwrap()).unwrap();
+        m.forward(c.images(s), &mask).loss
+    });
+}
+
+#[test]
+fn mae_pretraining_follows_main_pretrain() {
+    mae_case("mae");
+}
+
+#[test]
+fn mae_pretraining_with_accumulation_follows_main_pretrain() {
+    mae_case("mae_accum2");
+}
+
+#[test]
+fn beit_pretraining_follows_run_beit_pretraining() {
+    let c = Case::new("beit");
+    let mut json = c.json["model"].clone();
+    json.as_object_mut().unwrap().remove("drop_path");
+    let cfg: BeitConfig = serde_json::from_value(json).unwrap();
+    // mim's qkv bias holds unilm's q_bias and v_bias with a zero key part, which has no effect
+    // (softmax is invariant to it) and no official counterpart: compared and grouped without it.
+    let to_burn = |m: &TensorMap| beit_from_official(&cfg, m).unwrap();
+    let model = load_tensor_map(cfg.init(0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "beit").unwrap();
+    let run = PretrainConfig {
+        method: Method::Beit,
+        epochs: c.count("epochs"),
+        batch_size: c.count("batch_size"),
+        lr: Some(c.hyper("lr")),
+        min_lr: c.hyper("min_lr"),
+        warmup_epochs: Some(c.hyper("warmup_epochs")),
+        weight_decay: c.hyper("weight_decay"),
+        clip_grad: Some(c.hyper("clip_grad")),
+        ..Default::default()
+    };
+    let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
+    let (b, grid) = (run.batch_size, cfg.grid());
+    let n = c.t["images"].0[0];
+    replay(&c, model, stepper, run.weight_decay, BeitForMaskedImageModeling::no_weight_decay, to_burn, |m: &BeitForMaskedImageModeling, s| {
+        let mask = BoolMask::new(c.row("bool_masked_pos", s).1.iter().map(|&v| v > 0.5).collect(), b, (grid, grid)).unwrap();
+        let ids: Vec<i64> = c.row("token_ids", s % n).1.iter().map(|&v| v as i64).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, grid * grid]), &c.device);
+        BeitForMaskedImageModeling::forward_loss(m.forward(c.images(s), &mask), BeitForMaskedImageModeling::masked_targets(ids, &mask))
+    });
+}
+
+#[test]
+fn simmim_pretraining_follows_main_simmim() {
+    let c = Case::new("simmim");
+    let j = &c.json["model"];
+    let list = |k: &str| j[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>();
+    let cfg = SwinConfig {
+        img_size: j["img_size"].as_u64().unwrap() as usize,
+        patch_size: j["patch_size"].as_u64().unwrap() as usize,
+        in_chans: j["in_chans"].as_u64().unwrap() as usize,
+        embed_dim: j["embed_dim"].as_u64().unwrap() as usize,
+        depths: list("depths"),
+        num_heads: list("num_heads"),
+        window_size: j["window_size"].as_u64().unwrap() as usize,
+        mlp_ratio: j["mlp_ratio"].as_f64().unwrap(),
+        num_classes: 0,
+        drop_path_rate: 0.0,
+    };
+    let to_burn = |m: &TensorMap| official_to_burn(m).unwrap();
+    let model = load_tensor_map(SimMim::new(&cfg, 0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "simmim").unwrap();
+    let run = PretrainConfig {
+        method: Method::Simmim,
+        epochs: c.count("epochs"),
+        batch_size: c.count("batch_size"),
+        lr: Some(c.hyper("lr")),
+        min_lr: c.hyper("min_lr_abs"),
+        warmup_lr: c.hyper("warmup_lr_abs"),
+        warmup_epochs: Some(c.hyper("warmup_epochs")),
+        weight_decay: c.hyper("weight_decay"),
+        clip_grad: Some(c.hyper("clip_grad")),
+        ..Default::default()
+    };
+    let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
+    let b = run.batch_size;
+    replay(&c, model, stepper, run.weight_decay, SimMim::no_weight_decay, to_burn, |m: &SimMim, s| {
+        let (shape, mask) = c.row("mask", s);
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, shape[1..].iter().product()]), &c.device);
+        m.forward(c.images(s), mask).loss
+    });
+}
