@@ -5,7 +5,9 @@ Purpose: a tiny BEiT for masked image modeling (16x16x3 images, patch 4, 32 wide
 16 visual tokens) with fixed, perturbed weights runs on fixed pixels, a fixed boolean mask (a different
 number of masked patches per image) and fixed target token ids. The Rust test loads the same weights
 through mim's BEiT loader and compares encoder features, masked-position logits, the cross-entropy
-loss and every parameter gradient.
+loss and every parameter gradient (qkv gradients also as q, k and v parts). The query and key rows of
+every qkv weight are scaled up (QK_GAIN) so the attention logits spread over O(1) and the attention
+scale matters (printed per block and recorded in the config json).
 
 The model is microsoft/unilm `beit/modeling_pretrain.py` `VisionTransformerForMaskedImageModeling`
 (MIT licence, Copyright (c) 2021 Microsoft), assembled below from timm's BEiT pieces
@@ -28,7 +30,8 @@ Writes tests/fixtures/ (about 0.2 MB in all), then reloads and recomputes:
     beit_tiny_<variant>_weights.safetensors  official (unilm) state-dict keys, PyTorch layout, float32,
                                              including unilm's persistent relative_position_index buffers
     beit_tiny_<variant>_io.safetensors       inputs, outputs, gradients (`grad.<official name>`)
-    beit_tiny_config.json                    mim BeitConfig of each variant, batch, seed, versions
+    beit_tiny_config.json                    mim BeitConfig of each variant, batch, seed, q/k gain,
+                                             attention spread, versions
 
 Generated with torch 2.15.0 (CPU) and timm 1.0.31 (recorded in the config json too).
 """
@@ -40,6 +43,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.beit import Block, RelativePositionBias, gen_relative_position_index
@@ -63,6 +67,11 @@ DESCRIPTIONS = {
     "loss": "[1] mean cross-entropy of logits against token_ids[bool_masked_pos]",
     "grad.<name>": "d loss / d parameter for every parameter, official names and shapes",
 }
+# Gain on the query and key rows of every qkv weight (the value rows are left alone): with 0.02-scale
+# weights q.k/sqrt(d) has a row std of about 0.015, so only the relative position bias shapes the
+# attention and a test would barely notice a wrong attention scale. This gain spreads the logits over
+# O(1) (row std about 2, printed by attention_spread), so the scale, q and k matter.
+QK_GAIN = 12.0
 
 
 class BeitForMaskedImageModeling(nn.Module):
@@ -137,6 +146,9 @@ def build(cfg):
         # position tables start at zero; give them a bias large enough to matter.
         for name, p in model.named_parameters():
             p.add_((0.5 if "relative_position_bias_table" in name else 0.02) * torch.randn_like(p))
+        for blk in model.blocks:
+            d = blk.attn.qkv.weight.shape[0] // 3
+            blk.attn.qkv.weight[: 2 * d].mul_(QK_GAIN)
     grid = cfg["img_size"] // cfg["patch_size"]
     x = torch.randn(BATCH, cfg["in_chans"], cfg["img_size"], cfg["img_size"])
     mask = torch.zeros(BATCH, grid * grid, dtype=torch.bool)
@@ -144,6 +156,33 @@ def build(cfg):
     mask[1, torch.randperm(grid * grid)[:9]] = True
     token_ids = torch.randint(0, cfg["vocab_size"], (BATCH, grid * grid))
     return model, x, mask, token_ids
+
+
+def attention_spread(model, x, mask):
+    """Per block: the row std of the scaled logits q.k/sqrt(d) (recomputed from the block's attention
+    input) and the entropy of the attention the block computes (relative position bias included) as a
+    fraction of log(tokens), 1 = uniform."""
+    spread, hooks = {}, []
+    for i, blk in enumerate(model.blocks):
+        attn = blk.attn
+        def logits(m, args, kwargs, i=i):
+            x = args[0]
+            b, n, _ = x.shape
+            bias = torch.cat((m.q_bias, torch.zeros_like(m.q_bias), m.v_bias))
+            q, k, _ = F.linear(x, m.qkv.weight, bias).reshape(b, n, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4)
+            spread[f"blocks.{i}.attn"] = [(q @ k.transpose(-1, -2) * m.scale).std(-1).mean().item()]
+        def entropy(m, args, out, i=i):
+            p = args[0]  # attn_drop's input: the softmax probabilities
+            spread[f"blocks.{i}.attn"].append(-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item() / np.log(p.shape[-1]))
+        hooks += [attn.register_forward_pre_hook(logits, with_kwargs=True), attn.attn_drop.register_forward_hook(entropy)]
+    with torch.no_grad():
+        model(x, mask)
+    for h in hooks:
+        h.remove()
+    assert all(std > 0.5 for std, _ in spread.values()), f"attention too uniform to test its scale: {spread}"
+    spread = {name: f"q.k/sqrt(d) row std {std:.3f}, entropy / log(tokens) {ent:.3f}" for name, (std, ent) in spread.items()}
+    print("\n".join(f"  {name}: {s}" for name, s in spread.items()))
+    return spread
 
 
 def run(model, x, mask, token_ids):
@@ -179,15 +218,19 @@ def verify(cfg, paths):
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}  timm {timm.__version__}")
+    spread = {}
     for variant, cfg in VARIANTS.items():
         model, x, mask, token_ids = build(cfg)
+        print(f"{variant} attention spread:")
+        spread[variant] = attention_spread(model, x, mask)
         io = run(model, x, mask, token_ids)
         paths = [OUT / f"beit_tiny_{variant}_weights.safetensors", OUT / f"beit_tiny_{variant}_io.safetensors"]
         save_file(official_state_dict(model, (cfg["img_size"] // cfg["patch_size"],) * 2), paths[0])
         save_file(io, paths[1])
         print(variant)
         verify(cfg, paths)
-    meta = dict(models=VARIANTS, batch=BATCH, seed=SEED, torch=torch.__version__, timm=timm.__version__,
+    meta = dict(models=VARIANTS, batch=BATCH, seed=SEED, qk_gain=QK_GAIN, attention_spread=spread,
+                torch=torch.__version__, timm=timm.__version__,
                 numpy=np.__version__, tensors=DESCRIPTIONS)
     (OUT / "beit_tiny_config.json").write_text(json.dumps(meta, indent=1) + "\n")
 

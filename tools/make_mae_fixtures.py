@@ -2,9 +2,11 @@
 """Reference fixtures for mim's MAE parity tests, from Hugging Face `ViTMAEForPreTraining`.
 
 Purpose: a tiny ViTMAE (16x16x3 images, patch 4, encoder 32 wide x 2 blocks, decoder 24 wide x 2
-blocks) with fixed, perturbed weights runs on fixed pixels and fixed masking noise. The Rust test
-`tests/parity_hf.rs` loads the same weights through mim's HF loader and compares masking, encoder
-output, predictions, both losses and every parameter gradient.
+blocks) with fixed, perturbed weights runs on fixed pixels and fixed masking noise. The query and key
+projections are scaled up (QK_GAIN) so the attention logits spread over O(1) and the attention scale
+matters (printed per layer and recorded in the config json). The Rust test `tests/parity_hf.rs` loads
+the same weights through mim's HF loader and compares masking, encoder output, predictions, both
+losses and every parameter gradient (fused qkv gradients also as q, k and v parts).
 
 Run (venv setup in tools/README.md):
     ~/.mim-peer-venv/bin/python tools/make_mae_fixtures.py
@@ -12,9 +14,9 @@ Run (venv setup in tools/README.md):
 Writes tests/fixtures/ (about 0.4 MB in all), then reloads them and re-checks the loss:
     mae_tiny_weights.safetensors  full HF state_dict, HF's own key names, float32 (a user's HF checkpoint)
     mae_tiny_io.safetensors       inputs, noise, outputs, gradients (`grad.<hf name>`)
-    mae_tiny_config.json          HF config + batch, seed, versions, tensor descriptions
+    mae_tiny_config.json          HF config + batch, seed, q/k gains, attention spread, versions, tensor descriptions
 
-Generated with torch 2.15.0 (CPU) and transformers 5.23.0 (recorded in the config json too).
+Generated with torch 2.15.0 (CPU) and transformers 5.24.0 (recorded in the config json too).
 transformers 5.x names layers `vit.layers.N.attention.q_proj`; 4.x checkpoints use
 `vit.encoder.layer.N.attention.attention.query` (HF renames them on load).
 """
@@ -47,6 +49,12 @@ DESCRIPTIONS = {
     "patchified": "[B,16,48] model.patchify(pixel_values), (p, q, c) order within a patch",
     "grad.<name>": "d loss / d parameter for every parameter with requires_grad, HF names and shapes",
 }
+# Gains on the query and key projection weights (the value projection is left alone): with 0.02-scale
+# weights q.k/sqrt(d) has a row std of about 0.02 and the attention is uniform to 1e-3, so a test
+# would barely notice a wrong attention scale. These gains spread the logits over O(1) (row std about
+# 2, printed by attention_spread), so the scale, q and k matter. The decoder's inputs are mostly the
+# shared mask token, hence its larger gain.
+QK_GAIN = {"vit.": 10.0, "decoder.": 14.0}
 
 
 def sincos(dim, grid):
@@ -83,9 +91,37 @@ def build():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.02 * torch.randn_like(p))
+        for name, p in model.named_parameters():
+            if name.endswith(("attention.q_proj.weight", "attention.k_proj.weight")):
+                p.mul_(next(g for prefix, g in QK_GAIN.items() if name.startswith(prefix)))
     x = torch.randn(BATCH, 3, 16, 16)
     noise = torch.rand(BATCH, grid * grid)
     return model, x, noise
+
+
+def attention_spread(model, x, noise):
+    """Per attention layer: the row std of the scaled logits q.k/sqrt(d) and the attention entropy
+    as a fraction of log(tokens) (1 = uniform), recomputed from each layer's input."""
+    spread, hooks = {}, []
+    for name, m in model.named_modules():
+        if type(m).__name__ == "ViTMAEAttention":
+            def hook(m, args, kwargs, out, name=name):
+                h = args[0] if args else kwargs["hidden_states"]
+                b, n, _ = h.shape
+                q, k = (proj(h).view(b, n, -1, m.head_dim).transpose(1, 2) for proj in (m.q_proj, m.k_proj))
+                logits = (q @ k.transpose(-1, -2)) * m.scaling
+                p = logits.softmax(-1)
+                entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean().item() / np.log(n)
+                spread[name] = (logits.std(-1).mean().item(), entropy)
+            hooks.append(m.register_forward_hook(hook, with_kwargs=True))
+    with torch.no_grad():
+        model(pixel_values=x, noise=noise)
+    for h in hooks:
+        h.remove()
+    assert all(std > 0.5 for std, _ in spread.values()), f"attention too uniform to test its scale: {spread}"
+    spread = {name: f"q.k/sqrt(d) row std {std:.3f}, entropy / log(tokens) {ent:.3f}" for name, (std, ent) in spread.items()}
+    print("\n".join(f"  {name}: {s}" for name, s in spread.items()))
+    return spread
 
 
 def run(model, x, noise):
@@ -131,13 +167,15 @@ def verify(paths):
 
 def main():
     model, x, noise = build()
+    print("attention spread:")
+    spread = attention_spread(model, x, noise)
     io = run(model, x, noise)
     OUT.mkdir(parents=True, exist_ok=True)
     paths = [OUT / "mae_tiny_weights.safetensors", OUT / "mae_tiny_io.safetensors", OUT / "mae_tiny_config.json"]
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, paths[0])
     save_file(io, paths[1])
-    meta = dict(CONFIG, batch=BATCH, seed=SEED, torch=torch.__version__, transformers=transformers.__version__,
-                tensors=DESCRIPTIONS)
+    meta = dict(CONFIG, batch=BATCH, seed=SEED, qk_gain=QK_GAIN, attention_spread=spread, torch=torch.__version__,
+                transformers=transformers.__version__, tensors=DESCRIPTIONS)
     paths[2].write_text(json.dumps(meta, indent=1) + "\n")
     print(f"torch {torch.__version__}  transformers {transformers.__version__}")
     verify(paths)

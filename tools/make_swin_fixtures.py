@@ -2,11 +2,14 @@
 """Reference fixtures for mim's Swin Transformer and SimMIM parity tests, from timm's `SwinTransformer`.
 
 Purpose: a tiny timm Swin (32x32x3 images, patch 2, widths 8/16/32, depths 2-2-2, heads 2-2-4,
-window 4, 5 classes) with fixed, perturbed weights. Stages 0 and 1 (16 and 8 tokens a side) use
+window 4, 5 classes) with fixed, perturbed weights, the query and key rows of every qkv weight
+scaled up (QK_GAIN) so the attention logits spread over O(1) and the attention scale matters
+(printed per block and recorded in the config json). Stages 0 and 1 (16 and 8 tokens a side) use
 shifted windows with the attention mask; stage 2 (4 a side) is one window, so timm neither shifts
 nor masks it; stages 1 and 2 start with patch merging. The Rust test `tests/parity_swin.rs` loads the
 timm-named weights through mim's loader and compares every stage's features, pooled features, logits,
-a loss and every parameter gradient; then the same for SimMIM.
+a loss and every parameter gradient (qkv gradients also as q, k and v parts); then the same for
+SimMIM.
 
 SimMIM: the official `SwinTransformerForSimMIM.forward` + `SimMIM` (microsoft/SimMIM models/simmim.py)
 reproduced on a timm Swin without head (timm's blocks are channels-last, so the mask blend and the
@@ -22,9 +25,13 @@ Writes tests/fixtures/ (about 0.7 MB in all), then reloads them and re-checks ev
     swin_tiny_weights.safetensors    timm SwinTransformer state_dict, timm key names, float32
     swin_tiny_simmim.safetensors     official SimMIM state_dict (encoder.*, encoder.mask_token, decoder.0.*)
     swin_tiny_io.safetensors         inputs, outputs, gradients (`grad.<timm name>`, `simmim_grad.<name>`)
-    swin_tiny_config.json            timm arguments, batch, seed, versions, tensor descriptions
+    swin_tiny_config.json            timm arguments, batch, seed, q/k gains, attention spread, versions,
+                                     tensor descriptions
+
+Generated with torch 2.15.0 (CPU) and timm 1.0.31 (recorded in the config json too).
 """
 import json
+import math
 import pathlib
 
 import timm
@@ -55,6 +62,12 @@ DESCRIPTIONS = {
     "simmim_loss": "[1] official SimMIM loss", "simmim_reconstruction": "[B,3,32,32] decoder output x_rec",
     "simmim_grad.<name>": "d simmim_loss / d parameter, official SimMIM names and shapes",
 }
+# Gains per stage on the query and key rows of every qkv weight (the value rows are left alone): after
+# the 0.1 perturbation q.k/sqrt(d) has a row std of only 0.07-0.26, so the relative position bias
+# alone shapes the attention and a test would barely notice a wrong attention scale. These gains
+# spread the logits over O(1) (row std about 2, printed by attention_spread), so the scale, q and k
+# matter. Narrower stages get larger gains.
+QK_GAIN = (5.0, 4.0, 3.0)
 
 
 class SimMIM(nn.Module):
@@ -86,13 +99,18 @@ class SimMIM(nn.Module):
 
 def perturb(model):
     """Every parameter moves off its init, so a loader that drops a bias or mixes up an order fails;
-    relative position tables and the mask token get O(1) values so they matter."""
+    relative position tables and the mask token get O(1) values so they matter; q and k get the
+    stage's QK_GAIN so the attention logits do."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("relative_position_bias_table") or name.endswith("mask_token"):
                 p.normal_(0.0, 1.0)
             else:
                 p.add_(0.1 * torch.randn_like(p))
+        for layer, gain in zip(model.layers, QK_GAIN, strict=True):
+            for blk in layer.blocks:
+                d = blk.attn.qkv.weight.shape[0] // 3
+                blk.attn.qkv.weight[: 2 * d].mul_(gain)
 
 
 def build():
@@ -111,6 +129,34 @@ def build():
     g = CONFIG["img_size"] // MASK_PATCH
     mask_grid = (torch.rand(BATCH, g * g).argsort(1).argsort(1) < int(MASK_RATIO * g * g)).float().reshape(BATCH, g, g)
     return model, simmim, x, logit_weights, mask_grid
+
+
+def attention_spread(model, call):
+    """Per block: the row std of the scaled logits q.k/sqrt(d) (recomputed from the block's attention
+    input) and the entropy of the attention the block computes (relative position bias and shift mask
+    included) as a fraction of log(tokens per window), 1 = uniform."""
+    spread, hooks = {}, []
+    for name, m in model.named_modules():
+        if type(m).__name__ != "WindowAttention":
+            continue
+        assert not m.fused_attn, "timm's fused path ignores attn.scale"
+        def logits(m, args, kwargs, name=name):
+            x = args[0]
+            b, n, _ = x.shape
+            q, k, _ = m.qkv(x).reshape(b, n, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4)
+            spread[name] = [(q @ k.transpose(-1, -2) * m.scale).std(-1).mean().item()]
+        def entropy(m, args, out, name=name):
+            p = args[0]  # attn_drop's input: the softmax probabilities
+            spread[name].append(-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item() / math.log(p.shape[-1]))
+        hooks += [m.register_forward_pre_hook(logits, with_kwargs=True), m.attn_drop.register_forward_hook(entropy)]
+    with torch.no_grad():
+        call()
+    for h in hooks:
+        h.remove()
+    assert all(std > 0.5 for std, _ in spread.values()), f"attention too uniform to test its scale: {spread}"
+    spread = {name: f"q.k/sqrt(d) row std {std:.3f}, entropy / log(tokens) {ent:.3f}" for name, (std, ent) in spread.items()}
+    print("\n".join(f"  {name}: {s}" for name, s in spread.items()))
+    return spread
 
 
 def run(model, simmim, x, logit_weights, mask_grid):
@@ -161,6 +207,12 @@ def verify(paths):
 
 def main():
     model, simmim, x, logit_weights, mask_grid = build()
+    print("attention spread, classifier:")
+    spread = attention_spread(model, lambda: model(x))
+    scale = MASK_PATCH // CONFIG["patch_size"]
+    mask = mask_grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    print("attention spread, SimMIM (masked input):")
+    spread.update(attention_spread(simmim, lambda: simmim(x, mask)))
     io = run(model, simmim, x, logit_weights, mask_grid)
     OUT.mkdir(parents=True, exist_ok=True)
     paths = [OUT / f"swin_tiny_{n}" for n in ["weights.safetensors", "simmim.safetensors", "io.safetensors", "config.json"]]
@@ -168,7 +220,7 @@ def main():
     save_file({k: v.contiguous() for k, v in simmim.state_dict().items()}, paths[1])
     save_file(io, paths[2])
     meta = dict(CONFIG, batch=BATCH, seed=SEED, mask_patch_size=MASK_PATCH, mask_ratio=MASK_RATIO, encoder_stride=STRIDE,
-                torch=torch.__version__, timm=timm.__version__, tensors=DESCRIPTIONS)
+                qk_gain=QK_GAIN, attention_spread=spread, torch=torch.__version__, timm=timm.__version__, tensors=DESCRIPTIONS)
     paths[3].write_text(json.dumps(meta, indent=1) + "\n")
     print(f"torch {torch.__version__}  timm {timm.__version__}")
     verify(paths)
