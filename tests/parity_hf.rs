@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_gradients_close, max_diff};
+use common::{assert_gradients_close, max_diff, qkv_parts};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -105,6 +105,14 @@ fn gradients_of_every_parameter_match_hf() {
 
     let hf: TensorMap = c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
     let theirs = from_pytorch_layout(&c.cfg, &hf_to_official(&hf).unwrap()).unwrap();
+    // The per-part split of the fused gradients is HF's own q, k and v gradients (PyTorch [out, in],
+    // transposed here to burn's [in, out]).
+    let (shape, fused) = &theirs["decoder_blocks.1.attn.qkv.weight"];
+    for (part, role) in qkv_parts(shape, fused).iter().zip(["q", "k", "v"]) {
+        let (s, g) = &hf[&format!("decoder.decoder_layers.1.attention.{role}_proj.weight")];
+        let transposed: Vec<f32> = (0..s[1]).flat_map(|i| (0..s[0]).map(move |o| g[o * s[1] + i])).collect();
+        assert_eq!(part, &transposed, "{role} part");
+    }
     assert_gradients_close("MAE", &ours, &theirs, TOL);
 }
 
