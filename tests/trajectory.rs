@@ -13,10 +13,12 @@
 //! parameter group) and, where the recipe clips, the gradient norm; the end asserts every
 //! parameter. Tolerances: the losses are float32 sums over a few hundred values (1e-5 relative
 //! leaves room for 50 steps of drift while catching a wrong step); learning rates and weight decays are
-//! f64 formulas stored in float32 (2e-7); final parameters are compared relative to each tensor's largest entry at 2e-4: the
-//! fixture generator measured that a 1e-6 relative perturbation of the gradients moves final
-//! weights by up to 1e-5 through Adam's normalisation, and one wrong rule (a decayed token, a
-//! schedule one step late, a missing clip) moves them by 1e-3 or more.
+//! f64 formulas stored in float32 (2e-7); final parameters are compared relative to each tensor's
+//! largest entry at 5e-5, ten times the worst seen (4.7e-6, BEiT): the fixture generator measured
+//! that a 1e-6 relative perturbation of every gradient moves final weights by up to 1e-5 through
+//! Adam's normalisation, while a wrong rule fails long before (a decayed or undecayed tensor, a
+//! wrong beta or schedule changes the loss or the per-step checks within a few steps). Attention
+//! key biases are left out of the final comparison (see [`without_key_bias`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,7 @@ use mim::train::pretrain::PretrainConfig;
 
 const LOSS_TOL: f64 = 1e-5;
 const LR_TOL: f64 = 2e-7;
-const PARAM_TOL: f32 = 2e-4;
+const PARAM_TOL: f32 = 5e-5;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -175,8 +177,9 @@ fn replay<M: Module>(
     for (name, (shape, want)) in &theirs {
         let Some((s, got)) = ours.get(name) else { continue };
         assert_eq!(s, shape, "{name}");
+        let (got, want) = (without_key_bias(name, got), without_key_bias(name, want));
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
         if d > worst {
             (worst, at) = (d, name.clone());
         }
@@ -189,6 +192,17 @@ fn replay<M: Module>(
     );
     assert!(worst <= PARAM_TOL, "after {update_index} updates '{at}' differs from PyTorch by {worst:.2e} of its largest entry");
     model
+}
+
+/// The values of parameter `name` without an attention key bias (the middle third of a fused qkv
+/// bias): softmax is invariant to it, so its gradient is zero up to rounding, which AdamW turns into
+/// steps of up to lr in either implementation; it never changes the model's output.
+fn without_key_bias(name: &str, v: &[f32]) -> Vec<f32> {
+    if !name.ends_with("attn.qkv.bias") {
+        return v.to_vec();
+    }
+    let d = v.len() / 3;
+    [&v[..d], &v[2 * d..]].concat()
 }
 
 fn mae_case(name: &str) {
