@@ -141,13 +141,17 @@ fn replay<M: Module>(
     let (steps, lr, wd) = (&case.t["loss"].1, &case.t["lr"], &case.t["weight_decay"]);
     let g_count = lr.0[1];
     let clips = !case.json["hyper"]["clip_grad"].is_null();
-    let (mut model, mut update_index, mut worst_loss) = (model, 0, 0f64);
+    let (mut model, mut update_index, mut worst_loss, mut worst_lr, mut worst_norm) = (model, 0, 0f64, 0f64, 0f64);
+    let mut samples = Vec::new();
     for s in 0..steps.len() {
         let l = loss(&model, s);
         let value = l.clone().into_scalar::<f32>() as f64;
         let reference = steps[s] as f64;
         let rel = (value - reference).abs() / reference.abs();
         worst_loss = worst_loss.max(rel);
+        if s % 10 == 0 || s + 1 == steps.len() {
+            samples.push(format!("{s}: {value:.6} / {reference:.6}"));
+        }
         assert!(rel <= LOSS_TOL, "micro-batch {s}: loss {value} against PyTorch's {reference} ({rel:.1e} relative)");
         let update;
         (model, update) = stepper.backward(model, l, s as u64);
@@ -158,6 +162,7 @@ fn replay<M: Module>(
             assert!((want_wd - group.weight_decay).abs() <= LR_TOL * group.weight_decay, "the fixture's group {} changed its weight decay", group.name);
             for p in ours {
                 let got = stepper.lr_of(p, update.lr);
+                worst_lr = worst_lr.max((got - want_lr).abs() / want_lr.abs().max(1e-12));
                 assert!((got - want_lr).abs() <= LR_TOL * want_lr.abs().max(1e-12), "update {o}, '{p}' (group {}): lr {got} against {want_lr}", group.name);
                 let got_wd = if exempt(p, ranks[p]) { 0.0 } else { weight_decay };
                 assert!((got_wd - want_wd).abs() <= LR_TOL * want_wd, "'{p}' (official group {}): weight decay {got_wd}, the official script uses {want_wd}", group.name);
@@ -165,6 +170,7 @@ fn replay<M: Module>(
         }
         if clips {
             let (got, want) = (update.grad_norm.expect("the recipe clips"), case.scalar("grad_norm", o));
+            worst_norm = worst_norm.max((got - want).abs() / want);
             assert!((got - want).abs() <= 1e-4 * want, "update {o}: gradient norm {got} against {want}");
         }
         update_index += 1;
@@ -184,11 +190,15 @@ fn replay<M: Module>(
             (worst, at) = (d, name.clone());
         }
     }
+    // One line per case for docs/FIDELITY.md (`cargo test --release --test trajectory -- --nocapture`).
     eprintln!(
-        "{}: {} micro-batches, {update_index} updates, {} groups; worst loss {worst_loss:.1e} relative, worst final parameter {worst:.1e} relative to its tensor's largest entry ({at})",
+        "{}: {} micro-batches, {update_index} updates, {} groups; worst relative difference: loss {worst_loss:.1e}, lr {worst_lr:.1e}, \
+         gradient norm {}, final parameter {worst:.1e} of its tensor's largest entry ({at}); loss mim / torch at {}",
         case.json["file"],
         steps.len(),
-        groups.len()
+        groups.len(),
+        if clips { format!("{worst_norm:.1e}") } else { "(no clipping)".into() },
+        samples.join(", ")
     );
     assert!(worst <= PARAM_TOL, "after {update_index} updates '{at}' differs from PyTorch by {worst:.2e} of its largest entry");
     model
