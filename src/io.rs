@@ -2,7 +2,7 @@
 //!
 //! mim's parameter paths are the official MAE / timm state-dict keys (`blocks.0.attn.qkv.weight`).
 //! Export writes them in PyTorch layout (linear weights `[out, in]`, the patch embedding as a
-//! `[D, C, p, p]` convolution, plus the fixed position embeddings), so the official code can load
+//! `[D, C, p, p]` convolution, the position embeddings as they are), so the official code can load
 //! the file. Import reads that layout, or Hugging Face `ViTMAEForPreTraining` checkpoints (separate
 //! q/k/v, `vit.encoder.layer.N...` names), converted to safetensors. BEiT weights load from the
 //! official microsoft/unilm (or timm) names with [`load_beit_weights`].
@@ -18,7 +18,6 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling, relative_position_index};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
-use crate::models::vit::sincos_pos_embed_2d;
 
 /// Named f32 tensors: name -> (shape, row-major values).
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -137,7 +136,8 @@ fn convert_patch_weight((p, c, d): (usize, usize, usize), v: &[f32], to_conv: bo
     out
 }
 
-/// burn layout -> PyTorch layout (official MAE keys), adding the fixed position embeddings.
+/// burn layout -> PyTorch layout (official MAE keys). The position embeddings are parameters
+/// (never trained) and pass through as they are.
 pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
     let mut out = TensorMap::new();
     for (k, (s, v)) in burn {
@@ -150,20 +150,13 @@ pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
         };
         out.insert(k.clone(), t);
     }
-    let g = (cfg.grid(), cfg.grid());
-    let n = cfg.num_patches() + 1;
-    out.insert("pos_embed".into(), (vec![1, n, cfg.embed_dim], sincos_pos_embed_2d(cfg.embed_dim, g, true)));
-    out.insert("decoder_pos_embed".into(), (vec![1, n, cfg.decoder_embed_dim], sincos_pos_embed_2d(cfg.decoder_embed_dim, g, true)));
     out
 }
 
-/// PyTorch layout (official MAE keys) -> burn layout; the fixed position embeddings are dropped.
+/// PyTorch layout (official MAE keys) -> burn layout; the position embeddings are kept as they are.
 pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
     for (k, (s, v)) in torch {
-        if k == "pos_embed" || k == "decoder_pos_embed" {
-            continue;
-        }
         let t = if k == "patch_embed.proj.weight" {
             let want = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
             ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
@@ -267,26 +260,45 @@ pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
 }
 
 /// Loads weights into `model` from a safetensors file in official MAE or Hugging Face naming.
-/// Every parameter must be present and of the right shape; fixed position embeddings in the file
-/// are checked against mim's.
+/// Every parameter must be present and of the right shape. The position embeddings are loaded as
+/// the file holds them (the official code saves and loads them; transformers 5.x leaves them at
+/// zero in a model built from a config), not replaced by sin-cos.
 pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<MaskedAutoencoder> {
     let file = read_safetensors(path)?;
     let official = if file.keys().any(|k| k.starts_with("vit.")) { hf_to_official(&file)? } else { file };
     for (key, dim) in [("pos_embed", cfg.embed_dim), ("decoder_pos_embed", cfg.decoder_embed_dim)] {
-        if let Some((_, v)) = official.get(key) {
-            let ours = sincos_pos_embed_2d(dim, (cfg.grid(), cfg.grid()), true);
-            ensure!(
-                v.len() == ours.len(),
-                "'{key}' in '{}' has {} values, this model needs {}: the weights are for another configuration",
-                path.display(),
-                v.len(),
-                ours.len()
+        let Some((shape, _)) = official.get(key) else {
+            bail!(
+                "'{}' has no '{key}': mim loads the position embeddings from the file, as the official code does                  (official MAE and Hugging Face ViTMAE files hold them as pos_embed / decoder_pos_embed or                  vit.embeddings.position_embeddings / decoder.decoder_pos_embed)",
+                path.display()
             );
-            let max = ours.iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            ensure!(max < 1e-4, "'{key}' in '{}' is not the 2-D sin-cos embedding mim uses (max difference {max})", path.display());
-        }
+        };
+        check_pos_embed_shape(key, shape, cfg.grid(), dim, &path.display().to_string())?;
     }
     load_tensor_map(model, &from_pytorch_layout(cfg, &official)?, &path.display().to_string())
+}
+
+/// Checks position embeddings `key` of `shape` from `source` fit a `grid x grid` patch grid plus
+/// the cls slot at width `dim`, naming the fix when they do not (mim loads them as they are and
+/// does not interpolate them to another grid).
+pub fn check_pos_embed_shape(key: &str, shape: &[usize], grid: usize, dim: usize, source: &str) -> Result<()> {
+    let want = [1, grid * grid + 1, dim];
+    if shape == want {
+        return Ok(());
+    }
+    let theirs = match shape {
+        [1, n, d] => {
+            let g = ((n.saturating_sub(1)) as f64).sqrt().round() as usize;
+            if g * g + 1 == *n { format!(" (a {g}x{g} patch grid plus the cls slot, width {d})") } else { String::new() }
+        }
+        _ => String::new(),
+    };
+    bail!(
+        "'{key}' in '{source}' has shape {shape:?}{theirs}, this model needs {want:?} (a {grid}x{grid} patch grid plus the cls slot, \
+         width {dim}): the weights are for another configuration; build the model with the one they were trained with \
+         (their config.json, the matching preset, or --img-size = patch size x the file's grid side): mim loads \
+         position embeddings as they are and does not interpolate them to another grid"
+    )
 }
 
 /// Loads `burn_map` (burn layout, keys = parameter paths) into `model`: every parameter must be present

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{assert_clean_error, max_diff, mim, subset};
-use mim::io::{export_weights, load_weights, parameters};
+use mim::io::{export_weights, gradients, load_weights, parameters};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
 use mim::models::mae::MaskedAutoencoder;
@@ -59,17 +59,24 @@ fn weight_decay_skips_one_dimensional_parameters_and_biases() {
     let imgs = Tensor::<4>::random([2, 1, 28, 28], Distribution::Default, &device);
     let mask = Mask::from_noise(&(0..98).map(|i| (i * 37 % 98) as f32).collect::<Vec<_>>(), 2, 0.75).unwrap();
     let loss = model.forward(imgs, &mask).loss * 0.0;
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grads = loss.backward();
+    // The position embeddings are parameters that are never trained: no gradient, so the
+    // optimizer neither updates nor decays them.
+    let trained = gradients(&model, &grads);
+    let fixed: Vec<&String> = before.keys().filter(|p| !trained.contains_key(*p)).collect();
+    assert_eq!(fixed, ["decoder_pos_embed", "pos_embed"]);
+    let grads = GradientsParams::from_grads(grads, &model);
     let (lr, wd) = (0.1, 0.5);
     let model = adamw(&model, wd, MAE_BETAS, MaskedAutoencoder::no_weight_decay).step(lr, model, grads);
     let after = parameters(&model);
     let mut decayed = 0;
     for (path, (shape, b)) in &before {
         let a = &after[path].1;
-        // main_pretrain.py's rule: 1-D parameters and biases keep their values, the [1, 1, D] tokens decay.
+        // main_pretrain.py's rule: 1-D parameters and biases keep their values, the [1, 1, D] tokens
+        // decay; the fixed position embeddings get no gradient, so the optimizer leaves them alone.
         let exempt = MaskedAutoencoder::no_weight_decay(path, shape.len());
         assert_eq!(exempt, shape.len() == 1, "{path}");
-        let factor = if exempt { 1.0 } else { 1.0 - (lr * wd) as f32 };
+        let factor = if exempt || !trained.contains_key(path) { 1.0 } else { 1.0 - (lr * wd) as f32 };
         decayed += (factor != 1.0) as usize;
         for (x, y) in b.iter().zip(a) {
             assert!((x * factor - y).abs() <= 1e-6 * x.abs().max(1.0), "{path}: {x} * {factor} != {y}");

@@ -51,8 +51,9 @@ pub struct VitClassifier {
     pub patch_embed: PatchEmbed,
     /// `[1, 1, D]`
     pub cls_token: Param<Tensor<3>>,
-    /// Fixed sin-cos `[1, 1 + L, D]` (a constant).
-    pub pos_embed: Tensor<3>,
+    /// Position embeddings `[1, 1 + L, D]`, trained (as timm's `VisionTransformer` the official
+    /// fine-tuning uses), starting from the MAE's; layer 0 for layer-wise lr decay.
+    pub pos_embed: Param<Tensor<3>>,
     /// Encoder blocks.
     pub blocks: Vec<Block>,
     /// The norm before the head: the encoder's final norm for [`Pool::Cls`], a fresh `fc_norm`
@@ -65,7 +66,8 @@ pub struct VitClassifier {
 }
 
 impl VitClassifier {
-    /// The encoder of `mae` with a new head of `num_classes` outputs. The head weight is
+    /// The encoder of `mae` with a new head of `num_classes` outputs; its position embeddings
+    /// become trainable, as in the official fine-tuning. The head weight is
     /// N(0, `head_std`), bias zero (MAE uses timm's `trunc_normal_` with std 2e-5 for fine-tuning,
     /// 0.01 for linear probing; its bounds of ±2 never bind at these scales).
     pub fn from_mae(mae: MaskedAutoencoder, num_classes: usize, pool: Pool, head_std: f32, seed: u64) -> Self {
@@ -83,7 +85,7 @@ impl VitClassifier {
         Self {
             patch_embed: mae.patch_embed,
             cls_token: mae.cls_token,
-            pos_embed: mae.pos_embed,
+            pos_embed: mae.pos_embed.set_require_grad(true),
             blocks: mae.blocks,
             norm,
             head,
@@ -198,6 +200,7 @@ impl Classifier for VitClassifier {
         Self {
             patch_embed: self.patch_embed.no_grad(),
             cls_token: self.cls_token.set_require_grad(false),
+            pos_embed: self.pos_embed.set_require_grad(false),
             blocks: freeze_blocks(self.blocks, blocks),
             ..self
         }
@@ -387,6 +390,7 @@ mod tests {
     fn layer_ids_follow_the_official_rule() {
         assert_eq!(VitClassifier::layer_id("cls_token", 6), 0);
         assert_eq!(VitClassifier::layer_id("patch_embed.proj.weight", 6), 0);
+        assert_eq!(VitClassifier::layer_id("pos_embed", 6), 0);
         assert_eq!(VitClassifier::layer_id("blocks.0.attn.qkv.weight", 6), 1);
         assert_eq!(VitClassifier::layer_id("blocks.5.mlp.fc2.bias", 6), 6);
         assert_eq!(VitClassifier::layer_id("norm.weight", 6), 7);

@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
-use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, patchify, pos_embed_tensor, token, unpatchify};
+use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, fixed_pos_embed, patchify, token, unpatchify};
 use crate::masking::Mask;
 use crate::ops::gather::gather_rows;
 
@@ -196,12 +196,12 @@ impl MaeConfig {
             patch_embed: PatchEmbed::new(self.patch_size, self.in_chans, self.embed_dim, &mut rng, device),
             cls_token: token(self.embed_dim, &mut rng, device),
             encoder_mask_token: self.encoder_mask_token.then(|| token(self.embed_dim, &mut rng, device)),
-            pos_embed: pos_embed_tensor(self.embed_dim, g, true, device),
+            pos_embed: fixed_pos_embed(self.embed_dim, g, true, device),
             blocks: blocks(self.depth, self.embed_dim, self.num_heads, &mut rng),
             norm: LayerNorm::new(self.embed_dim, device),
             decoder_embed: Linear::new(self.embed_dim, self.decoder_embed_dim, &mut rng, device),
             mask_token: token(self.decoder_embed_dim, &mut rng, device),
-            decoder_pos_embed: pos_embed_tensor(self.decoder_embed_dim, g, true, device),
+            decoder_pos_embed: fixed_pos_embed(self.decoder_embed_dim, g, true, device),
             decoder_blocks: blocks(self.decoder_depth, self.decoder_embed_dim, self.decoder_num_heads, &mut rng),
             decoder_norm: LayerNorm::new(self.decoder_embed_dim, device),
             decoder_pred: Linear::new(self.decoder_embed_dim, self.pred_dim(), &mut rng, device),
@@ -226,8 +226,9 @@ pub struct MaskedAutoencoder {
     pub cls_token: Param<Tensor<3>>,
     /// `[1, 1, D]`, only in the "encoder w/ [M]" ablation.
     pub encoder_mask_token: Option<Param<Tensor<3>>>,
-    /// Fixed sin-cos `[1, 1 + L, D]` (a constant: not trained, not saved).
-    pub pos_embed: Tensor<3>,
+    /// Position embeddings `[1, 1 + L, D]`, cls slot first: never trained (no gradient), but data
+    /// saved and loaded with the model; 2-D sin-cos in a fresh model.
+    pub pos_embed: Param<Tensor<3>>,
     /// Encoder blocks.
     pub blocks: Vec<Block>,
     /// Final encoder norm.
@@ -236,8 +237,8 @@ pub struct MaskedAutoencoder {
     pub decoder_embed: Linear,
     /// Shared learned token standing in for every removed patch `[1, 1, Dd]`.
     pub mask_token: Param<Tensor<3>>,
-    /// Fixed sin-cos `[1, 1 + L, Dd]`.
-    pub decoder_pos_embed: Tensor<3>,
+    /// Decoder position embeddings `[1, 1 + L, Dd]`, as `pos_embed`.
+    pub decoder_pos_embed: Param<Tensor<3>>,
     /// Decoder blocks.
     pub decoder_blocks: Vec<Block>,
     /// Final decoder norm.
@@ -453,7 +454,7 @@ impl MaskedAutoencoder {
             let x_ = gather_rows(x_, mask.ids_restore_tensor(&device));
             Tensor::cat(vec![x.slice([0..b, 0..1]), x_], 1)
         };
-        let mut x = x + self.decoder_pos_embed.clone();
+        let mut x = x + self.decoder_pos_embed.val();
         let mut rows = rows;
         for (i, block) in self.decoder_blocks.iter().enumerate() {
             let rows = if i + 1 == self.decoder_blocks.len() { rows.take() } else { None };

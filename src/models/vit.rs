@@ -1,5 +1,5 @@
 //! Vision Transformer building blocks shared by every model in mim (MAE, BEiT, classifiers):
-//! patch embedding, fixed 2-D sin-cos position embeddings, and the pre-norm transformer [`Block`].
+//! patch embedding, 2-D sin-cos position embeddings, and the pre-norm transformer [`Block`].
 //!
 //! Field names follow the official MAE / timm checkpoints (`blocks.0.attn.qkv.weight`, ...), so
 //! published weights map onto these modules directly. Linear weights are stored `[in, out]`
@@ -390,8 +390,9 @@ pub enum PatchTokens {
 /// The token sequence entering a ViT encoder, `[B, 1 + K, D]`: patch embeddings chosen by `tokens`
 /// plus position embeddings, with the cls token (plus its position embedding) first.
 /// `pos_embed: [1, 1 + L, D]` has the cls slot first.
-pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, pos_embed: &Tensor<3>, imgs: Tensor<4>, tokens: PatchTokens) -> Tensor<3> {
+pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, pos_embed: &Param<Tensor<3>>, imgs: Tensor<4>, tokens: PatchTokens) -> Tensor<3> {
     let b = imgs.dims()[0];
+    let pos_embed = pos_embed.val();
     let n = pos_embed.dims()[1];
     let patch_pos = pos_embed.clone().slice([0..1, 1..n]);
     let x = patch_embed.forward(imgs);
@@ -429,10 +430,14 @@ pub fn sincos_pos_embed_2d(dim: usize, grid: (usize, usize), cls_token: bool) ->
     out
 }
 
-/// Fixed position embeddings as a constant `[1, N, dim]` tensor.
-pub fn pos_embed_tensor(dim: usize, grid: (usize, usize), cls_token: bool, device: &Device) -> Tensor<3> {
+/// Sin-cos position embeddings `[1, N, dim]` as a parameter that is never trained (the official
+/// MAE's `nn.Parameter(..., requires_grad=False)`): it requires no gradient, so optimizers never
+/// update or decay it, but it is saved and loaded with the model, since checkpoints may hold other
+/// values (transformers 5.x leaves them at zero in a model built from a config).
+pub fn fixed_pos_embed(dim: usize, grid: (usize, usize), cls_token: bool, device: &Device) -> Param<Tensor<3>> {
     let n = grid.0 * grid.1 + cls_token as usize;
-    Tensor::from_data(TensorData::new(sincos_pos_embed_2d(dim, grid, cls_token), [1, n, dim]), device)
+    let t = Tensor::from_data(TensorData::new(sincos_pos_embed_2d(dim, grid, cls_token), [1, n, dim]), device);
+    Param::from_tensor(t).set_require_grad(false)
 }
 
 /// A learned `[1, 1, dim]` token (cls or mask), initialised N(0, 0.02) as the official code.
