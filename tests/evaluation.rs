@@ -3,11 +3,16 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_clean_error, mim, subset};
+use burn::tensor::Device;
 use mim::eval::finetune::{last_checkpoint, read_results, results_path};
+use mim::models::classifier::VitClassifier;
+use mim::models::vit::sincos_pos_embed_2d;
+use mim::train::checkpoint;
 
 fn finetune_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
@@ -48,6 +53,18 @@ fn finetune_resume_after_kill_matches_uninterrupted_run() {
     for (a, b) in reference.iter().zip(&after) {
         assert_eq!((a.epoch, a.train_loss, a.top1, a.top5), (b.epoch, b.train_loss, b.top1, b.top5), "epoch {} differs after resume", a.epoch);
     }
+    // Fine-tuning trains the position embeddings (sin-cos in the fresh encoder), and the
+    // checkpoint saves them.
+    let ck = classifier_pos_embed(&last_checkpoint(&full));
+    assert_ne!(ck, sincos_pos_embed_2d(64, (7, 7), true), "fine-tuning left pos_embed at its initial sin-cos values");
+    assert_eq!(ck, classifier_pos_embed(&last_checkpoint(&cut)), "pos_embed differs after resume");
+}
+
+/// The position embeddings of a fine-tuned ViT classifier checkpoint.
+fn classifier_pos_embed(path: &Path) -> Vec<f32> {
+    let device = Device::flex();
+    let ck = checkpoint::load_classifier(path, |m, spec| VitClassifier::from_scratch(m.mae()?, spec.num_classes, spec.pool, 0, &device)).unwrap();
+    ck.model.pos_embed.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 #[test]
@@ -75,6 +92,9 @@ fn pretrain_monitor_then_finetune_the_pretrained_encoder() {
     let results = read_results(&results_path(&ft)).unwrap();
     assert_eq!(results.len(), 1);
     assert!(results[0].top1 > 10.0 && results[0].top5 >= results[0].top1);
+    // Partial fine-tuning keeps the embedding, position embeddings included, as pretrained.
+    let pretrained = checkpoint::load(&ck, &Device::flex()).unwrap().model.pos_embed.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    assert_eq!(classifier_pos_embed(&last_checkpoint(&ft)), pretrained);
 
     // A classifier checkpoint is not a pretraining checkpoint.
     let out = mim(&["knn", "--checkpoint", ft.join("best.mim").to_str().unwrap(), "--data", data]);
