@@ -8,6 +8,7 @@
 //!   gradient clipping, layer scale);
 //! - `simmim`: `main_simmim.py` (`get_pretrain_param_groups` with its keyword quirk, timm's
 //!   `CosineLRScheduler` updated after each step, gradient clipping);
+//! - `mae_finetune`: `main_finetune.py` (`param_groups_lrd` layer-wise decay, label smoothing).
 //!
 //! Each step asserts the loss, every parameter's learning rate and weight decay (so every
 //! parameter group) and, where the recipe clips, the gradient norm; the end asserts every
@@ -25,10 +26,13 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use mim::io::{TensorMap, beit_from_official, from_pytorch_layout, hf_to_official, load_tensor_map, mae_config_from_hf, parameters, read_safetensors};
+use mim::data::loader::Batch;
+use mim::eval::finetune::{FinetuneConfig, batch_loss};
+use mim::io::{TensorMap, beit_from_official, gradients, from_pytorch_layout, hf_to_official, load_tensor_map, mae_config_from_hf, parameters, pytorch_to_burn_layout, read_safetensors};
 use mim::masking::{BoolMask, Mask};
 use mim::models::beit::{BeitConfig, BeitForMaskedImageModeling};
-use mim::models::mae::MaskedAutoencoder;
+use mim::models::classifier::{Classifier, Pool, VitClassifier};
+use mim::models::mae::{MaeConfig, MaskedAutoencoder};
 use mim::models::simmim::{SimMim, official_to_burn};
 use mim::models::swin::SwinConfig;
 use mim::train::methods::{Method, MimModel};
@@ -135,8 +139,12 @@ fn replay<M: Module>(
             (g, ours)
         })
         .collect();
-    let covered: usize = groups.iter().map(|(_, ours)| ours.len()).sum();
-    assert_eq!(covered, ranks.len(), "the official groups cover every parameter of mim's model once");
+    // Every parameter mim trains (those with a gradient; fixed position embeddings have none) is in
+    // exactly one official group.
+    let trained = gradients(&model, &loss(&model, 0).backward());
+    let mut covered: Vec<&String> = groups.iter().flat_map(|(_, ours)| ours).collect();
+    covered.sort();
+    assert_eq!(covered, trained.keys().collect::<Vec<_>>(), "the official groups cover every parameter mim trains, once");
 
     let (steps, lr, wd) = (&case.t["loss"].1, &case.t["lr"], &case.t["weight_decay"]);
     let g_count = lr.0[1];
@@ -319,5 +327,49 @@ fn simmim_pretraining_follows_main_simmim() {
         let (shape, mask) = c.row("mask", s);
         let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, shape[1..].iter().product()]), &c.device);
         m.forward(c.images(s), mask).loss
+    });
+}
+
+#[test]
+fn mae_finetuning_follows_main_finetune() {
+    let c = Case::new("mae_finetune");
+    let j = &c.json["model"];
+    let get = |k: &str| j[k].as_u64().unwrap() as usize;
+    let mae = MaeConfig {
+        img_size: get("img_size"),
+        patch_size: get("patch_size"),
+        in_chans: get("in_chans"),
+        embed_dim: get("embed_dim"),
+        depth: get("depth"),
+        num_heads: get("num_heads"),
+        mlp_ratio: j["mlp_ratio"].as_f64().unwrap(),
+        ..MaeConfig::preset("mae_micro").unwrap()
+    };
+    let classes = get("num_classes");
+    // mim's classifier calls models_vit's `fc_norm` (after the pooled tokens) `norm`.
+    let to_burn = |m: &TensorMap| pytorch_to_burn_layout(m).unwrap().into_iter().map(|(k, t)| (k.replacen("fc_norm.", "norm.", 1), t)).collect();
+    let fresh = VitClassifier::from_scratch(&mae, classes, Pool::Avg, 0, &c.device).unwrap();
+    let model = load_tensor_map(fresh, &to_burn(&c.weights("init.")), "mae_finetune").unwrap();
+    let run = FinetuneConfig {
+        epochs: c.count("epochs"),
+        batch_size: c.count("batch_size"),
+        accum_iter: c.count("accum_iter"),
+        base_lr: c.hyper("blr"),
+        min_lr: c.hyper("min_lr"),
+        warmup_epochs: c.hyper("warmup_epochs"),
+        layer_decay: c.hyper("layer_decay"),
+        weight_decay: c.hyper("weight_decay"),
+        smoothing: c.hyper("smoothing"),
+        drop_path: 0.0,
+        ..Default::default()
+    };
+    assert_eq!(run.peak_lr(), c.hyper("lr"));
+    let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
+    let n = c.t["images"].0[0];
+    replay(&c, model, stepper, run.weight_decay, VitClassifier::no_weight_decay, to_burn, |m: &VitClassifier, s| {
+        let (shape, images) = c.row("images", s % n);
+        let labels = c.row("labels", s % n).1.iter().map(|&l| l as u32).collect::<Vec<_>>();
+        let mut batch = Batch { indices: (0..labels.len()).collect(), labels, images, channels: shape[1], side: shape[2] };
+        batch_loss(m, &mut batch, classes, &run, s as u64, 0, &c.device)
     });
 }
