@@ -107,6 +107,26 @@ impl Case {
         Tensor::from_data(TensorData::new(v, shape), &self.device)
     }
 
+    /// mim's settings for the recorded pretraining run: the learning rates as the script applied
+    /// them (SimMIM's `*_abs`: after its batch / 512 scaling), the recipe's clipping.
+    fn pretrain_config(&self, method: Method) -> PretrainConfig {
+        let h = &self.json["hyper"];
+        let abs = |k: &str| h[format!("{k}_abs")].as_f64().unwrap_or_else(|| self.hyper(k));
+        PretrainConfig {
+            method,
+            epochs: self.count("epochs"),
+            batch_size: self.count("batch_size"),
+            accum_iter: h["accum_iter"].as_u64().unwrap_or(1) as usize,
+            lr: Some(self.hyper("lr")),
+            min_lr: abs("min_lr"),
+            warmup_lr: if method == Method::Simmim { abs("warmup_lr") } else { 0.0 },
+            warmup_epochs: Some(self.hyper("warmup_epochs")),
+            weight_decay: self.hyper("weight_decay"),
+            clip_grad: h["clip_grad"].as_f64(),
+            ..Default::default()
+        }
+    }
+
     fn scalar(&self, name: &str, i: usize) -> f64 {
         self.t[name].1[i] as f64
     }
@@ -228,17 +248,7 @@ fn mae_case(name: &str) {
     let cfg = mae_config_from_hf(&c.json["model"]).unwrap();
     let to_burn = |m: &TensorMap| from_pytorch_layout(&cfg, &hf_to_official(m).unwrap()).unwrap();
     let model = load_tensor_map(cfg.init(0, &c.device).unwrap(), &to_burn(&c.weights("init.")), name).unwrap();
-    let run = PretrainConfig {
-        method: Method::Mae,
-        epochs: c.count("epochs"),
-        batch_size: c.count("batch_size"),
-        accum_iter: c.count("accum_iter"),
-        base_lr: c.hyper("blr"),
-        min_lr: c.hyper("min_lr"),
-        warmup_epochs: Some(c.hyper("warmup_epochs")),
-        weight_decay: c.hyper("weight_decay"),
-        ..Default::default()
-    };
+    let run = PretrainConfig { lr: None, base_lr: c.hyper("blr"), ..c.pretrain_config(Method::Mae) };
     assert_eq!(run.peak_lr(), c.hyper("lr"), "lr = blr x effective batch / 256");
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let b = run.batch_size;
@@ -268,17 +278,7 @@ fn beit_pretraining_follows_run_beit_pretraining() {
     // (softmax is invariant to it) and no official counterpart: compared and grouped without it.
     let to_burn = |m: &TensorMap| beit_from_official(&cfg, m).unwrap();
     let model = load_tensor_map(cfg.init(0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "beit").unwrap();
-    let run = PretrainConfig {
-        method: Method::Beit,
-        epochs: c.count("epochs"),
-        batch_size: c.count("batch_size"),
-        lr: Some(c.hyper("lr")),
-        min_lr: c.hyper("min_lr"),
-        warmup_epochs: Some(c.hyper("warmup_epochs")),
-        weight_decay: c.hyper("weight_decay"),
-        clip_grad: Some(c.hyper("clip_grad")),
-        ..Default::default()
-    };
+    let run = c.pretrain_config(Method::Beit);
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let (b, grid) = (run.batch_size, cfg.grid());
     let n = c.t["images"].0[0];
@@ -309,18 +309,7 @@ fn simmim_pretraining_follows_main_simmim() {
     };
     let to_burn = |m: &TensorMap| official_to_burn(m).unwrap();
     let model = load_tensor_map(SimMim::new(&cfg, 0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "simmim").unwrap();
-    let run = PretrainConfig {
-        method: Method::Simmim,
-        epochs: c.count("epochs"),
-        batch_size: c.count("batch_size"),
-        lr: Some(c.hyper("lr")),
-        min_lr: c.hyper("min_lr_abs"),
-        warmup_lr: c.hyper("warmup_lr_abs"),
-        warmup_epochs: Some(c.hyper("warmup_epochs")),
-        weight_decay: c.hyper("weight_decay"),
-        clip_grad: Some(c.hyper("clip_grad")),
-        ..Default::default()
-    };
+    let run = c.pretrain_config(Method::Simmim);
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let b = run.batch_size;
     replay(&c, model, stepper, run.weight_decay, SimMim::no_weight_decay, to_burn, |m: &SimMim, s| {

@@ -48,6 +48,8 @@ from safetensors.torch import load_file, save_file
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.beit import Block, RelativePositionBias, gen_relative_position_index
 
+from attention_spread import summarise_attention
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 BASE = dict(img_size=16, patch_size=4, in_chans=3, vocab_size=16, embed_dim=32, depth=2, num_heads=2,
             mlp_ratio=4.0, init_std=0.02)
@@ -175,14 +177,7 @@ def attention_spread(model, x, mask):
             p = args[0]  # attn_drop's input: the softmax probabilities
             spread[f"blocks.{i}.attn"].append(-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item() / np.log(p.shape[-1]))
         hooks += [attn.register_forward_pre_hook(logits, with_kwargs=True), attn.attn_drop.register_forward_hook(entropy)]
-    with torch.no_grad():
-        model(x, mask)
-    for h in hooks:
-        h.remove()
-    assert all(std > 0.5 for std, _ in spread.values()), f"attention too uniform to test its scale: {spread}"
-    spread = {name: f"q.k/sqrt(d) row std {std:.3f}, entropy / log(tokens) {ent:.3f}" for name, (std, ent) in spread.items()}
-    print("\n".join(f"  {name}: {s}" for name, s in spread.items()))
-    return spread
+    return summarise_attention(hooks, lambda: model(x, mask), spread)
 
 
 def run(model, x, mask, token_ids):

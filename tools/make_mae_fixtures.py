@@ -30,6 +30,8 @@ from safetensors.torch import load_file, save_file
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
+from attention_spread import summarise_attention
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 CONFIG = dict(
     image_size=16, patch_size=4, num_channels=3,
@@ -114,14 +116,7 @@ def attention_spread(model, x, noise):
                 entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean().item() / np.log(n)
                 spread[name] = (logits.std(-1).mean().item(), entropy)
             hooks.append(m.register_forward_hook(hook, with_kwargs=True))
-    with torch.no_grad():
-        model(pixel_values=x, noise=noise)
-    for h in hooks:
-        h.remove()
-    assert all(std > 0.5 for std, _ in spread.values()), f"attention too uniform to test its scale: {spread}"
-    spread = {name: f"q.k/sqrt(d) row std {std:.3f}, entropy / log(tokens) {ent:.3f}" for name, (std, ent) in spread.items()}
-    print("\n".join(f"  {name}: {s}" for name, s in spread.items()))
-    return spread
+    return summarise_attention(hooks, lambda: model(pixel_values=x, noise=noise), spread)
 
 
 def run(model, x, noise):

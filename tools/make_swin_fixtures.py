@@ -41,6 +41,8 @@ from safetensors.torch import load_file, save_file
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
+from attention_spread import summarise_attention
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 CONFIG = dict(
     img_size=32, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depths=(2, 2, 2), num_heads=(2, 2, 4),
@@ -149,14 +151,7 @@ def attention_spread(model, call):
             p = args[0]  # attn_drop's input: the softmax probabilities
             spread[name].append(-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item() / math.log(p.shape[-1]))
         hooks += [m.register_forward_pre_hook(logits, with_kwargs=True), m.attn_drop.register_forward_hook(entropy)]
-    with torch.no_grad():
-        call()
-    for h in hooks:
-        h.remove()
-    assert all(std > 0.5 for std, _ in spread.values()), f"attention too uniform to test its scale: {spread}"
-    spread = {name: f"q.k/sqrt(d) row std {std:.3f}, entropy / log(tokens) {ent:.3f}" for name, (std, ent) in spread.items()}
-    print("\n".join(f"  {name}: {s}" for name, s in spread.items()))
-    return spread
+    return summarise_attention(hooks, call, spread)
 
 
 def run(model, simmim, x, logit_weights, mask_grid):
