@@ -370,11 +370,6 @@ impl<M: Module> Stepper<M> {
         &self.optim
     }
 
-    /// The schedule.
-    pub fn schedule(&self) -> &LrSchedule {
-        &self.schedule
-    }
-
     /// The learning rate of the parameter at `path` when the schedule says `lr`.
     pub fn lr_of(&self, path: &str, lr: f64) -> f64 {
         self.layer_decay.as_ref().map_or(lr, |d| lr * d.scale(path))
