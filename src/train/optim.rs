@@ -7,7 +7,6 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsAccumulator, GradientsParams, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::tensor::{Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::ops::{self, adamw::AdamWStep};
 
@@ -254,8 +253,7 @@ impl CosineSchedule {
 
 /// Which official script's learning-rate schedule a run follows. Every one warms up, then decays
 /// by a half cosine to `min_lr`; they differ in the details, which [`LrSchedule::at`] reproduces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleKind {
     /// MAE's `util/lr_sched.adjust_learning_rate` at the fractional epoch of the update's first
     /// micro-batch: linear from 0 over `warmup_epochs`, then cosine over the remaining epochs.
