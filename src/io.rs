@@ -269,7 +269,9 @@ pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> R
     for (key, dim) in [("pos_embed", cfg.embed_dim), ("decoder_pos_embed", cfg.decoder_embed_dim)] {
         let Some((shape, _)) = official.get(key) else {
             bail!(
-                "'{}' has no '{key}': mim loads the position embeddings from the file, as the official code does                  (official MAE and Hugging Face ViTMAE files hold them as pos_embed / decoder_pos_embed or                  vit.embeddings.position_embeddings / decoder.decoder_pos_embed)",
+                "'{}' has no '{key}': mim loads the position embeddings from the file, as the official code does \
+                 (official MAE and Hugging Face ViTMAE files hold them as pos_embed / decoder_pos_embed or \
+                 vit.embeddings.position_embeddings / decoder.decoder_pos_embed)",
                 path.display()
             );
         };
