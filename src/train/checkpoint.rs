@@ -137,13 +137,22 @@ fn sections(bytes: &[u8], path: &Path, kind: Kind) -> Result<Vec<Vec<u8>>> {
         bail!("'{}' is {}, not {}", path.display(), other.describe(), kind.describe());
     }
     ensure!(bytes.len() >= 8 && &bytes[..8] == kind.magic(), bad());
-    let mut at = 8;
+    let mut at = 8usize;
     let mut out = Vec::new();
     for _ in 0..3 {
-        ensure!(bytes.len() >= at + 8, bad());
-        let n = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let len_bytes = bytes.get(at..at + 8).with_context(bad)?;
+        let n = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
         at += 8;
-        ensure!(bytes.len() >= at + n, bad());
+        // A length field is untrusted: compare it with what is left of the file in u64, so a value
+        // near u64::MAX can neither wrap nor become an allocation.
+        let left = (bytes.len() - at) as u64;
+        ensure!(
+            n <= left,
+            "'{}' is corrupted or truncated: a section claims {n} bytes but only {left} remain in the file; \
+             use an intact copy of the checkpoint",
+            path.display()
+        );
+        let n = n as usize;
         out.push(bytes[at..at + n].to_vec());
         at += n;
     }
@@ -210,4 +219,37 @@ pub fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
         bail!("checkpoint '{}' is inconsistent: missing {:?}, errors {:?}", path.display(), result.missing, result.errors);
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(kind: Kind, lens: [u64; 3], body: &[u8]) -> Vec<u8> {
+        let mut b = kind.magic().to_vec();
+        let mut at = 0;
+        for n in lens {
+            b.extend(n.to_le_bytes());
+            let take = (n as usize).min(body.len() - at);
+            b.extend(&body[at..at + take]);
+            at += take;
+        }
+        b
+    }
+
+    #[test]
+    fn huge_section_lengths_are_refused_without_panicking() {
+        let p = Path::new("c.mim");
+        // The issue's crash input: a length near u64::MAX wrapped `at + n` and passed the check.
+        for lens in [[u64::MAX, 0, 0], [u64::MAX - 7, 0, 0], [2, u64::MAX - 17, 0], [2, 2, u64::MAX], [1 << 40, 0, 0]] {
+            let err = sections(&file(Kind::Model, lens, b"{}ab"), p, Kind::Model).unwrap_err().to_string();
+            assert!(err.contains("corrupted or truncated"), "{err}");
+        }
+        let ok = sections(&file(Kind::Model, [2, 1, 1], b"{}ab"), p, Kind::Model).unwrap();
+        assert_eq!(ok, vec![b"{}".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        // Cut inside a length field.
+        let mut cut = file(Kind::Model, [2, 1, 1], b"{}ab");
+        cut.truncate(8 + 8 + 2 + 3);
+        assert!(sections(&cut, p, Kind::Model).unwrap_err().to_string().contains("truncated"));
+    }
 }
