@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
@@ -196,7 +196,9 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
 
 /// Runs (or resumes) a study and writes its table and plot; returns the rows in setting order.
 pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<Row>> {
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create '{}'", cfg.out.display()))?;
+    // The study folder (results.jsonl, table, plot) is locked like a run folder; each setting's
+    // pretraining and fine-tuning lock their own sub-folders.
+    let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
     let mut base = cfg.base.clone();
     base.out = cfg.out.clone();
     let settings = cfg.study.settings(&base, cfg.quick);

@@ -394,6 +394,9 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let spe = train.len() / cfg.batch_size;
     ensure!(spe > 0, "the training split has {} images, fewer than one batch of {}: lower --batch-size", train.len(), cfg.batch_size);
 
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
     let (model_cfg, mut model, optimizer, mut best, start_epoch) = match resume {
         Some(path) => {
             let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, cfg, &ad))?;

@@ -372,6 +372,9 @@ pub struct Summary {
     pub steps: Vec<StepMetrics>,
     /// The final checkpoint.
     pub checkpoint: PathBuf,
+    /// The run folder's lock, still held: the caller writes its own files (the CLI: loss.png,
+    /// weights.safetensors) before dropping it, so no other run starts in between.
+    pub lock: std::sync::Arc<super::lock::RunLock>,
 }
 
 /// File names inside the output folder.
@@ -442,6 +445,9 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         cfg.batch_size
     );
     let ckpt_path = checkpoint_path(&cfg.out);
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let lock = super::lock::lock_run_dir(&cfg.out)?;
     let (mut model, mut stepper, mut it) = match resume {
         Some(path) => {
             let ck = checkpoint::load_model(path, &device, M::build)?;
@@ -577,5 +583,5 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         }
     }
     reporter.finish();
-    Ok(Summary { steps, checkpoint: ckpt_path })
+    Ok(Summary { steps, checkpoint: ckpt_path, lock: Arc::new(lock) })
 }

@@ -226,6 +226,9 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
     let spe = ds.len() / cfg.batch_size;
     ensure!(spe > 0, "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images", ds.len(), cfg.batch_size);
     let ckpt_path = tokenizer_checkpoint_path(&cfg.out);
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let _lock = super::lock::lock_run_dir(&cfg.out)?;
     let (mut model, mut optim, mut it, mut usage) = match resume {
         Some(path) => {
             let ck = load_tokenizer(path, &device)?;
