@@ -80,3 +80,69 @@ fn two_concurrent_runs_into_one_folder_leave_exactly_one_complete_run() {
     assert!(winner_seed == 1 || winner_seed == 2);
     assert!(!run.join("checkpoint.tmp").exists());
 }
+
+fn mim_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mim")).current_dir(dir).args(args).output().unwrap()
+}
+
+fn losses(run: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect()
+}
+
+/// Raw IDX images and labels: `n` blank 28x28 images.
+fn tiny_idx(dir: &std::path::Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut img = vec![0u8, 0, 8, 3];
+    [n, 28, 28].iter().for_each(|d| img.extend(d.to_be_bytes()));
+    img.extend((0..n as usize * 784).map(|i| (i % 251) as u8));
+    std::fs::write(dir.join("train-images-idx3-ubyte"), img).unwrap();
+    let mut lab = vec![0u8, 0, 8, 1];
+    lab.extend(n.to_be_bytes());
+    lab.extend((0..n).map(|i| (i % 10) as u8));
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), lab).unwrap();
+}
+
+#[test]
+fn resume_takes_the_run_from_its_checkpoint_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_idx(&tmp.path().join("data"), 256);
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = tmp.path().join("run");
+    let full = tmp.path().join("full");
+    // Started with a relative --data and --lr; resumed from another directory with --out alone.
+    let start = |out: &std::path::Path, epochs: &str, resume: bool| {
+        let mut a = vec!["pretrain", "--data", "data", "--out", out.to_str().unwrap(), "--model", "mae_micro", "--max-images", "256", "--batch-size", "64", "--lr", "1e-3", "--seed", "3", "--epochs", epochs];
+        a.extend(resume.then_some("--resume"));
+        let o = mim_in(tmp.path(), &a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // The reference: resumed the old way, from the same directory with every flag repeated.
+    start(&full, "1", false);
+    start(&full, "2", true);
+    start(&run, "1", false);
+    let before = std::fs::read(run.join("checkpoint.mim")).unwrap();
+
+    // Settings that define the run are refused by name, and the refusal touches nothing.
+    let r = run.to_str().unwrap();
+    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--seed", "4", "--batch-size", "32"]);
+    assert_clean_error(&o, "different batch size (--batch-size 32; the run has 64), seed (--seed 4; the run has 3)");
+    assert_eq!(std::fs::read(run.join("checkpoint.mim")).unwrap(), before);
+
+    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(losses(&run), losses(&full), "--out alone must resume the same run as every flag repeated");
+
+    // The data moved and something smaller stands in for it: the iterations per epoch tell.
+    std::fs::rename(tmp.path().join("data"), tmp.path().join("moved")).unwrap();
+    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3"]);
+    assert_clean_error(&o, "does not exist from here: pass --data");
+    tiny_idx(&tmp.path().join("small"), 128);
+    let small = tmp.path().join("small");
+    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", small.to_str().unwrap()]);
+    assert_clean_error(&o, "4 iterations per epoch");
+    let moved = tmp.path().join("moved");
+    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", moved.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

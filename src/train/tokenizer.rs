@@ -240,6 +240,15 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                     path.display()
                 );
             }
+            // Checkpoints fall on epoch ends: the saved iterations per epoch tell the data set's size.
+            if ck.header.epoch > 0 && ck.header.iteration != ck.header.epoch * spe as u64 {
+                bail!(
+                    "checkpoint '{}' was trained on a data set of {} iterations per epoch, '{}' gives {spe}: resume with the data it was trained on",
+                    path.display(),
+                    ck.header.iteration / ck.header.epoch,
+                    cfg.data.display()
+                );
+            }
             let optim = match ck.optimizer.is_empty() {
                 true => tokenizer_adamw(&ck.model, cfg.weight_decay),
                 false => tokenizer_adamw(&ck.model, cfg.weight_decay)

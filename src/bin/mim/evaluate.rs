@@ -214,10 +214,18 @@ impl FinetuneArgs {
 
 /// Runs `mim finetune`.
 pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
-    let cfg = a.config()?;
+    let mut cfg = a.config()?;
     let resume = a.resume.then(|| last_checkpoint(&cfg.out));
-    if let Some(r) = &resume {
-        ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+    match &resume {
+        Some(r) => {
+            ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+            let saved = mim::train::checkpoint::read_header(r)?.train;
+            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), &["epochs", "device"], &["data", "checkpoint"], &cfg.out)?;
+        }
+        None => {
+            crate::resume::absolute(&mut cfg.data);
+            cfg.checkpoint.iter_mut().for_each(crate::resume::absolute);
+        }
     }
     let t0 = Instant::now();
     let s = finetune(&cfg, resume.as_deref(), &mut Bar::default())?;
