@@ -36,8 +36,8 @@ fn checkpoint_with_a_huge_section_length_is_a_clean_error() {
     bytes.extend(b"{}");
     std::fs::write(&ck, bytes).unwrap();
     let st = tmp.path().join("x.safetensors");
-    assert_clean_error(&mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]), "corrupted or truncated");
-    assert_clean_error(&mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap()]), "corrupted or truncated");
+    assert_clean_error(&mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]), "is corrupted");
+    assert_clean_error(&mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap()]), "is corrupted");
 }
 
 #[test]
@@ -145,4 +145,45 @@ fn resume_takes_the_run_from_its_checkpoint_from_any_directory() {
     let moved = tmp.path().join("moved");
     let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", moved.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn optimizer_numbers_are_refused_with_accurate_messages() {
+    let data = subset();
+    let d = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--lr", "inf"], "the learning rate is inf: it must be a finite number"),
+        (&["--lr", "NaN"], "the learning rate is NaN: it must be a finite number"),
+        (&["--lr", "0"], "the learning rate is 0: it must be positive"),
+        (&["--weight-decay", "-5"], "--weight-decay -5 must be a finite value >= 0"),
+        (&["--min-lr", "-0.5"], "--min-lr -0.5 must be a finite value >= 0"),
+    ];
+    for (flags, needle) in cases {
+        let args = [&["pretrain", "--data", d, "--out", "/tmp/mim-never"][..], flags].concat();
+        assert_clean_error(&mim(&args), needle);
+        let args = [&["tokenizer", "train", "--data", d, "--out", "/tmp/mim-never"][..], flags].concat();
+        assert_clean_error(&mim(&args), needle);
+    }
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_and_an_intact_one_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = mim(&pretrain_args(run.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let good = std::fs::read(run.join("checkpoint.mim")).unwrap();
+    let st = tmp.path().join("w.safetensors");
+    let export = |ck: &std::path::Path| mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]);
+    let bad = tmp.path().join("bad.mim");
+    // One flipped byte anywhere after the magic: header, model or optimizer section, or a frame.
+    for at in [9, 20, 200, good.len() / 2, good.len() - 1] {
+        let mut b = good.clone();
+        b[at] ^= 0x10;
+        std::fs::write(&bad, b).unwrap();
+        assert_clean_error(&export(&bad), "is corrupted");
+    }
+    std::fs::write(&bad, &good[..good.len() - 3]).unwrap();
+    assert_clean_error(&export(&bad), "is corrupted");
+    assert!(export(&run.join("checkpoint.mim")).status.success());
 }

@@ -171,7 +171,7 @@ impl FinetuneConfig {
         ensure!(self.mixup >= 0.0 && self.cutmix >= 0.0, "--mixup and --cutmix are Beta parameters: 0 (off) or positive");
         let (lo, hi) = self.crop_scale;
         ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "crop_scale ({lo}, {hi}) must satisfy 0 < min <= max <= 1");
-        ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
+        crate::train::pretrain::check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
         Ok(())
     }
 }

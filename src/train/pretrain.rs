@@ -285,11 +285,22 @@ impl PretrainConfig {
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
-        ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
+        check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs.unwrap_or(0.0), self.weight_decay)?;
         ensure!(self.warmup_lr >= 0.0 && self.warmup_lr.is_finite(), "--warmup-lr must be a finite value >= 0");
         ensure!(self.clip_grad.is_none_or(|c| c.is_finite()), "--clip-grad must be finite (0 turns clipping off)");
         Ok(())
     }
+}
+
+/// Checks the optimizer's numbers, naming the flag: a learning rate must be positive and finite
+/// (`inf` is not "not positive"), the rest finite and >= 0 (a negative weight decay grows weights).
+pub fn check_optimizer_numbers(lr: f64, lr_flags: &str, min_lr: f64, warmup_epochs: f64, weight_decay: f64) -> Result<()> {
+    ensure!(lr.is_finite(), "the learning rate is {lr}: it must be a finite number, check {lr_flags}");
+    ensure!(lr > 0.0, "the learning rate is {lr}: it must be positive, check {lr_flags}");
+    ensure!(min_lr.is_finite() && min_lr >= 0.0, "--min-lr {min_lr} must be a finite value >= 0");
+    ensure!(warmup_epochs.is_finite() && warmup_epochs >= 0.0, "--warmup-epochs {warmup_epochs} must be a finite value >= 0");
+    ensure!(weight_decay.is_finite() && weight_decay >= 0.0, "--weight-decay {weight_decay} must be a finite value >= 0 (0 turns it off)");
+    Ok(())
 }
 
 /// MAE reconstruction target (Table 1d).

@@ -111,8 +111,7 @@ impl TokenizerTrainConfig {
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
         ensure!(self.usage_window > 0, "--usage-window must be at least 1");
-        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
-        ensure!(self.warmup_epochs >= 0.0, "--warmup-epochs must be non-negative");
+        super::pretrain::check_optimizer_numbers(self.lr, "--lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
         Ok(())
     }
 }

@@ -128,19 +128,19 @@ struct PretrainArgs {
     #[arg(long)]
     accum_iter: Option<usize>,
     /// Learning rate per 256 images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     base_lr: Option<f64>,
     /// Absolute learning rate (overrides --base-lr).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Final learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_lr: Option<f64>,
     /// Warmup epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<f64>,
     /// AdamW weight decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Learning rate the warm-up starts from (SimMIM's schedule; MAE and BEiT start at 0).
     #[arg(long)]

@@ -63,16 +63,16 @@ struct TrainArgs {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Final learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_lr: Option<f64>,
     /// Warmup epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<f64>,
     /// AdamW weight decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Seed.
     #[arg(long)]
