@@ -412,6 +412,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
                 bail!("'{}' already holds a run: pass --resume to continue it, or choose another --out (nothing was overwritten)", cfg.out.display());
             }
             let (mcfg, model) = C::start(cfg, classes, train.channels, &ad)?;
+            let model = checkpoint::number_params(model);
             (mcfg, model, None, (0.0, 0), 0)
         }
     };
@@ -487,7 +488,8 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
         let header = CheckpointHeader {
             mim_version: env!("CARGO_PKG_VERSION").into(),
             model: model_cfg.clone(),
-            train: serde_json::to_value(cfg)?,
+            // Without the output folder: the same run gives the same bytes wherever it is written.
+            train: serde_json::to_value(FinetuneConfig { out: PathBuf::new(), ..cfg.clone() })?,
             iteration: it,
             optimizer_steps: it / cfg.accum_iter as u64,
             epoch: epoch + 1,

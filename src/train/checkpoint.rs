@@ -102,6 +102,24 @@ fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
     Ok(store.get_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the model: {e}"))?.to_vec())
 }
 
+/// A burnpack rewritten with its tensors in name order: burn lists the optimizer state in the
+/// order of a HashMap, so the same state would otherwise give different bytes in every process.
+fn canonical_burnpack(bytes: Bytes) -> Result<Vec<u8>> {
+    let err = |e: burn_pack::Error| anyhow::anyhow!("cannot serialise the optimizer: {e:?}");
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(err)?;
+    let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
+    let mut tensors = reader.into_tensors().map_err(err)?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (k, v) in &scalars {
+        writer = writer.with_scalar(k, *v);
+    }
+    for (k, v) in &metadata {
+        writer = writer.with_metadata(k, v);
+    }
+    Ok(writer.into_bytes().map_err(err)?.to_vec())
+}
+
 /// The format version written: 2 adds a CRC-32 to every section.
 const VERSION: u8 = b'2';
 
@@ -138,7 +156,7 @@ pub fn save_kind<M: Module>(path: &Path, kind: Kind, header: &impl Serialize, mo
     let head = serde_json::to_vec(header)?;
     let model = model_bytes(model)?;
     let opt = match optim {
-        Some(o) => o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?.to_vec(),
+        Some(o) => canonical_burnpack(o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?)?,
         None => Vec::new(),
     };
     let mut magic = kind.prefix().to_vec();
@@ -233,6 +251,35 @@ pub fn load_classifier<C: Module>(
     };
     let model = fill(build(&header.model, &spec)?, model_bytes, path)?;
     Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
+}
+
+/// Gives the parameters of a freshly built `module` ids 0, 1, 2... in visiting order (tied
+/// parameters keep sharing one). burn draws ids at random; they are saved with the model and key
+/// the optimizer state, so random ones made two identical runs write different checkpoint bytes.
+pub fn number_params<M: Module>(module: M) -> M {
+    struct Numbering(std::collections::HashMap<burn::module::ParamId, burn::module::ParamId>);
+    impl Numbering {
+        fn next(&mut self, id: burn::module::ParamId) -> burn::module::ParamId {
+            // A high tag keeps these apart from any random id still around in the process.
+            let n = self.0.len() as u64;
+            *self.0.entry(id).or_insert_with(|| burn::module::ParamId::from(0x6d69_6d00_0000_0000 | n))
+        }
+    }
+    impl burn::module::ModuleMapper for Numbering {
+        fn map_float<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D>>) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            p.id = self.next(p.id);
+            p
+        }
+        fn map_int<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>>) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>> {
+            p.id = self.next(p.id);
+            p
+        }
+        fn map_bool<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>>) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>> {
+            p.id = self.next(p.id);
+            p
+        }
+    }
+    module.map(&mut Numbering(Default::default()))
 }
 
 /// The first parameter of `module` holding a NaN or an infinity, by path.

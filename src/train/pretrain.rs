@@ -495,7 +495,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
                     cfg.out.display()
                 );
             }
-            let model = M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?;
+            let model = checkpoint::number_params(M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?);
             let stepper = cfg.stepper(&model, spe, None)?;
             (model, stepper, 0)
         }
@@ -584,7 +584,8 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             let header = CheckpointHeader {
                 mim_version: env!("CARGO_PKG_VERSION").into(),
                 model: model_cfg.clone(),
-                train: serde_json::to_value(cfg)?,
+                // Without the output folder: the same run gives the same bytes wherever it is written.
+                train: serde_json::to_value(PretrainConfig { out: PathBuf::new(), ..cfg.clone() })?,
                 iteration: it,
                 optimizer_steps,
                 epoch: epoch + 1,

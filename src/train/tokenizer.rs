@@ -263,7 +263,7 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                     cfg.out.display()
                 );
             }
-            let model = model_cfg.init(cfg.seed, &device)?;
+            let model = checkpoint::number_params(model_cfg.init(cfg.seed, &device)?);
             let optim = tokenizer_adamw(&model, cfg.weight_decay);
             (model, optim, 0, CodeUsage::new(model_cfg.vocab_size, cfg.usage_window))
         }
@@ -334,7 +334,8 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
             let header = TokenizerHeader {
                 mim_version: env!("CARGO_PKG_VERSION").into(),
                 model: model_cfg.clone(),
-                train: serde_json::to_value(cfg)?,
+                // Without the output folder: the same run gives the same bytes wherever it is written.
+                train: serde_json::to_value(TokenizerTrainConfig { out: PathBuf::new(), ..cfg.clone() })?,
                 iteration: it,
                 epoch: epoch + 1,
                 usage: usage.clone(),
