@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
@@ -254,8 +254,8 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             encoder_gflops: encoder_gflops(&s.pretrain, &mcfg),
         };
         reporter.message(&format!("{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)", row.label, row.finetune, row.linear, row.seconds));
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&results)?;
-        writeln!(f, "{}", serde_json::to_string(&row)?)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&results).with_context(|| format!("cannot write '{}'", results.display()))?;
+        writeln!(f, "{}", serde_json::to_string(&row)?).with_context(|| format!("cannot write '{}'", results.display()))?;
         rows.push(row);
     }
     let ordered: Vec<Row> = settings.iter().filter_map(|s| rows.iter().find(|r| r.label == s.label).cloned()).collect();

@@ -429,7 +429,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
 
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     keep_results_up_to(&results_path(&cfg.out), start_epoch)?;
-    let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out))?;
+    let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out)).with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
     let train = Arc::new(train);
     let side = model_cfg.img_size();
     let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
@@ -479,8 +479,8 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
         }
         let (top1, top5) = evaluate(&model.valid(), &test, side, 256, &device)?;
         let r = EpochResult { epoch: epoch + 1, train_loss: loss_sum / spe as f64, top1, top5, elapsed_s: started.elapsed().as_secs_f64() };
-        writeln!(results, "{}", serde_json::to_string(&r)?)?;
-        results.flush()?;
+        writeln!(results, "{}", serde_json::to_string(&r)?).with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
+        results.flush().with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
         let improved = top1 > best.0;
         if improved {
             best = (top1, epoch + 1);

@@ -503,7 +503,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     let mpath = metrics_path(&cfg.out);
     truncate_metrics(&mpath, it)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).with_context(|| format!("cannot write '{}'", mpath.display()))?;
 
     let ds = Arc::new(ds);
     let total = (cfg.epochs * spe) as u64;
@@ -573,14 +573,14 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             }
             let rate = recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
             let m = StepMetrics { iteration: it, epoch, loss, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+            writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write '{}'", mpath.display()))?;
             reporter.step(&m);
             steps.push(m);
             t0 = Instant::now();
         }
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
         if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
-            metrics.flush()?;
+            metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
             let header = CheckpointHeader {
                 mim_version: env!("CARGO_PKG_VERSION").into(),
                 model: model_cfg.clone(),
@@ -599,8 +599,8 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             let t0 = Instant::now();
             let (top1, top5) = knn_monitor(&model, &ds, cfg, side)?;
             let line = serde_json::json!({"epoch": epoch + 1, "iteration": it, "top1": top1, "top5": top5, "seconds": t0.elapsed().as_secs_f64()});
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out.join("knn.jsonl"))?;
-            writeln!(f, "{line}")?;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out.join("knn.jsonl")).with_context(|| format!("cannot write '{}'", cfg.out.join("knn.jsonl").display()))?;
+            writeln!(f, "{line}").with_context(|| format!("cannot write '{}'", cfg.out.join("knn.jsonl").display()))?;
             reporter.message(&format!("epoch {}: {}-NN test top-1 {top1:.2}% top-5 {top5:.2}% ({:.0} s)", epoch + 1, KnnConfig::default().k, t0.elapsed().as_secs_f64()));
         }
     }

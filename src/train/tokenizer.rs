@@ -271,7 +271,7 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     let mpath = tokenizer_metrics_path(&cfg.out);
     truncate_metrics(&mpath, it)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).with_context(|| format!("cannot write '{}'", mpath.display()))?;
 
     let ds = Arc::new(ds);
     let total = (cfg.epochs * spe) as u64;
@@ -323,14 +323,14 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                 codebook_usage: usage.fraction(),
                 restarted,
             };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+            writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write '{}'", mpath.display()))?;
             reporter.step(&m.step);
             steps.push(m);
             t0 = Instant::now();
         }
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
         if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
-            metrics.flush()?;
+            metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
             let header = TokenizerHeader {
                 mim_version: env!("CARGO_PKG_VERSION").into(),
                 model: model_cfg.clone(),
