@@ -196,7 +196,9 @@ fn read_rows(path: &Path) -> Result<Vec<Row>> {
 
 /// Runs (or resumes) a study and writes its table and plot; returns the rows in setting order.
 pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<Row>> {
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create '{}'", cfg.out.display()))?;
+    // The study folder (results.jsonl, table, plot) is locked like a run folder; each setting's
+    // pretraining and fine-tuning lock their own sub-folders.
+    let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
     let mut base = cfg.base.clone();
     base.out = cfg.out.clone();
     let settings = cfg.study.settings(&base, cfg.quick);
@@ -252,8 +254,8 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             encoder_gflops: encoder_gflops(&s.pretrain, &mcfg),
         };
         reporter.message(&format!("{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)", row.label, row.finetune, row.linear, row.seconds));
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&results)?;
-        writeln!(f, "{}", serde_json::to_string(&row)?)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&results).with_context(|| format!("cannot write '{}'", results.display()))?;
+        writeln!(f, "{}", serde_json::to_string(&row)?).with_context(|| format!("cannot write '{}'", results.display()))?;
         rows.push(row);
     }
     let ordered: Vec<Row> = settings.iter().filter_map(|s| rows.iter().find(|r| r.label == s.label).cloned()).collect();

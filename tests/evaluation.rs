@@ -53,6 +53,10 @@ fn finetune_resume_after_kill_matches_uninterrupted_run() {
     for (a, b) in reference.iter().zip(&after) {
         assert_eq!((a.epoch, a.train_loss, a.top1, a.top5), (b.epoch, b.train_loss, b.top1, b.top5), "epoch {} differs after resume", a.epoch);
     }
+    assert!(
+        std::fs::read(last_checkpoint(&cut)).unwrap() == std::fs::read(last_checkpoint(&full)).unwrap(),
+        "the resumed fine-tuning checkpoint differs from the uninterrupted run's (cmp)"
+    );
     // Fine-tuning trains the position embeddings (sin-cos in the fresh encoder), and the
     // checkpoint saves them.
     let ck = classifier_pos_embed(&last_checkpoint(&full));

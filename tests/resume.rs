@@ -124,6 +124,12 @@ fn resume_after_kill_continues_from_the_checkpoint_and_matches_the_uninterrupted
         assert_eq!(a.loss, b.loss, "iteration {}: resumed loss differs (checkpoint at {saved})", a.iteration);
         assert_eq!(a.lr, b.lr, "iteration {}: resumed lr differs", a.iteration);
     }
+    // And so are the final checkpoints, byte for byte (parameter ids numbered, optimizer state in
+    // name order, no output folder in the header): `cmp` verifies a resume.
+    assert!(
+        std::fs::read(checkpoint_path(&cut)).unwrap() == std::fs::read(checkpoint_path(&full)).unwrap(),
+        "the resumed run's checkpoint differs from the uninterrupted run's"
+    );
 
     // Without the optimizer state the weights are the same (iteration saved + 1, whose loss is
     // computed before any update, matches) but the next updates are not: the resumed run above

@@ -82,6 +82,10 @@ fn resume_after_kill_matches_uninterrupted_run() {
     train_tokenizer(&cfg(&cut), Some(&ck), &mut Silent).unwrap();
     let after = read_tokenizer_metrics(&tokenizer_metrics_path(&cut)).unwrap();
     assert_eq!(after.len(), ITERATIONS, "metrics after resume must cover every iteration exactly once");
+    assert!(
+        std::fs::read(tokenizer_checkpoint_path(&cut)).unwrap() == std::fs::read(tokenizer_checkpoint_path(&full)).unwrap(),
+        "the resumed tokenizer checkpoint differs from the uninterrupted run's (cmp)"
+    );
     for (a, b) in reference.iter().zip(&after) {
         let it = a.step.iteration;
         assert_eq!(it, b.step.iteration);

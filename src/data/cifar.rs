@@ -35,6 +35,11 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
             Split::Test => vec![d.join("test_batch.bin")],
         }
     };
+    ensure!(
+        !files.is_empty(),
+        "no data_batch_1.bin ... data_batch_5.bin in '{}' for the Train split: pass a CIFAR-10 binary folder that has them",
+        dir_of(path).display()
+    );
     let mut labels = Vec::new();
     let mut pixels = Vec::new();
     for f in &files {
@@ -64,4 +69,23 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         mean: vec![0.4914, 0.4822, 0.4465],
         std: vec![0.2470, 0.2435, 0.2616],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_records_bad_labels_and_missing_batches_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("test_batch.bin");
+        for (bytes, needle) in [(vec![0u8; RECORD + 1], "multiple"), (vec![], "multiple"), (vec![10u8; RECORD], "label 10")] {
+            std::fs::write(&f, bytes).unwrap();
+            let err = open(&f, Split::Test).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        // Only the test batch: the train split must say so, not give an empty dataset.
+        let err = open(dir.path(), Split::Train).unwrap_err().to_string();
+        assert!(err.contains("data_batch_1.bin"), "{err}");
+    }
 }

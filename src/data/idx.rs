@@ -34,17 +34,30 @@ pub fn detect(path: &Path) -> bool {
     path.is_dir() && (find(path, "train-images-idx3-ubyte").is_some() || find(path, "t10k-images-idx3-ubyte").is_some())
 }
 
-/// Reads a whole file, gunzipping `.gz`.
+/// Reads a whole file, gunzipping `.gz`. A compressed file is only inflated as far as its header
+/// promises (plus one byte, so trailing data is still seen), so a small gzip bomb cannot fill memory.
 fn read_all(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") {
+        let bad_gz = || format!("'{}' is not a valid gzip file (truncated or damaged): re-download it", path.display());
+        let mut gz = flate2::read::GzDecoder::new(&raw[..]);
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("'{}' is not a valid gzip file (truncated or damaged): re-download it", path.display()))?;
+        (&mut gz).take(4).read_to_end(&mut out).with_context(bad_gz)?;
+        if out.len() == 4 {
+            let ndim = out[3] as u64;
+            (&mut gz).take(4 * ndim).read_to_end(&mut out).with_context(bad_gz)?;
+            // An impossible header is left for `parse` to name; here it only bounds the inflation.
+            let body = payload_len(&out[4..]).unwrap_or(0);
+            gz.take(body.saturating_add(1)).read_to_end(&mut out).with_context(bad_gz)?;
+        }
         return Ok(out);
     }
     Ok(raw)
+}
+
+/// The payload size promised by big-endian u32 dimensions, `None` when the product overflows u64.
+fn payload_len(dims: &[u8]) -> Option<u64> {
+    dims.chunks_exact(4).try_fold(1u64, |acc, d| acc.checked_mul(u32::from_be_bytes(d.try_into().unwrap()) as u64))
 }
 
 /// Parses an IDX `u8` file: returns its dimensions and payload, checking magic and length.
@@ -63,15 +76,25 @@ pub fn parse(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<(Vec<usiz
     ensure!(bytes.len() >= header, "corrupt IDX header in '{}': truncated before its {ndim} dimensions; re-download it", path.display());
     let dims: Vec<usize> =
         (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let expected: usize = dims.iter().product();
-    let body = &bytes[header..];
+    // A zero dimension gives images of no pixels (or no images), which later code cannot use.
     ensure!(
-        body.len() >= expected,
-        "'{}' is truncated: its header promises {dims:?} = {expected} bytes but only {} follow; re-download it",
-        path.display(),
-        body.len()
+        dims.iter().all(|&d| d > 0),
+        "corrupt IDX header in '{}': dimensions {dims:?} include a zero; the file is damaged, re-download it",
+        path.display()
     );
-    Ok((dims, body[..expected].to_vec()))
+    let body = &bytes[header..];
+    // The product is untrusted: checked in u64 (three u32 can overflow it) and compared with the
+    // bytes that really follow, before anything is sliced or allocated.
+    let expected = payload_len(&bytes[4..header]).filter(|&n| n <= body.len() as u64);
+    let Some(expected) = expected else {
+        bail!(
+            "'{}' is truncated or corrupted: its header promises {} bytes of {dims:?} but only {} follow; re-download it",
+            path.display(),
+            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" x "),
+            body.len()
+        );
+    };
+    Ok((dims, body[..expected as usize].to_vec()))
 }
 
 /// Opens the split of an IDX dataset at `path` (a folder, or an images file with its labels beside it).
@@ -89,15 +112,19 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
     };
     let (dims, pixels) = parse(&read_all(&images)?, IMAGES_MAGIC, &images)?;
     let n = dims[0];
+    let fashion = images.to_string_lossy().contains("fashion");
     let labels = match &labels {
         Some(p) => {
             let (ld, l) = parse(&read_all(p)?, LABELS_MAGIC, p)?;
             ensure!(ld[0] == n, "'{}' has {} labels for {n} images in '{}'", p.display(), ld[0], images.display());
+            // Labels index the 10 classes (a classifier's one-hot, k-NN votes): a larger one is damage.
+            if let Some(bad) = l.iter().position(|&v| v >= 10) {
+                bail!("'{}' has label {} at index {bad}, outside the 10 classes 0-9: the file is damaged, re-download it", p.display(), l[bad]);
+            }
             l.into_iter().map(u32::from).collect()
         }
         None => vec![0; n],
     };
-    let fashion = images.to_string_lossy().contains("fashion");
     let (mean, std) = if fashion { (0.2860, 0.3530) } else { (0.1307, 0.3081) };
     Ok(Dataset {
         name: format!("IDX {} ({n} images {}x{})", images.display(), dims[1], dims[2]),
@@ -130,5 +157,46 @@ mod tests {
         let (dims, body) = parse(&bytes, IMAGES_MAGIC, p).unwrap();
         assert_eq!(dims, vec![2, 2, 2]);
         assert_eq!(body, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    fn header(dims: [u32; 3]) -> Vec<u8> {
+        let mut b = vec![0, 0, 8, 3];
+        dims.iter().for_each(|d| b.extend(d.to_be_bytes()));
+        b
+    }
+
+    #[test]
+    fn overflowing_and_zero_dimensions_are_refused() {
+        let p = Path::new("x-images-idx3-ubyte");
+        // The crash input: 31232 x 2^30 x (7 x 2^26) wraps to 0 in a 64-bit product.
+        let mut wraps = header([31232, 1 << 30, 7 << 26]);
+        wraps.extend([0u8; 64]);
+        let err = parse(&wraps, IMAGES_MAGIC, p).unwrap_err().to_string();
+        assert!(err.contains("truncated or corrupted"), "{err}");
+        for dims in [[u32::MAX; 3], [1 << 20, 1 << 20, 1 << 20]] {
+            let err = parse(&header(dims), IMAGES_MAGIC, p).unwrap_err().to_string();
+            assert!(err.contains("truncated or corrupted"), "{err}");
+        }
+        for dims in [[64, 28, 0], [64, 0, 28], [0, 28, 28]] {
+            let mut b = header(dims);
+            b.extend([0u8; 64 * 28]);
+            let err = parse(&b, IMAGES_MAGIC, p).unwrap_err().to_string();
+            assert!(err.contains("include a zero"), "{err}");
+        }
+    }
+
+    #[test]
+    fn gzip_is_inflated_only_as_far_as_the_header_promises() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train-images-idx3-ubyte.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&header([2, 2, 2])).unwrap();
+        gz.write_all(&vec![7u8; 1 << 20]).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let bytes = read_all(&path).unwrap();
+        assert_eq!(bytes.len(), 16 + 8 + 1);
+        let (dims, body) = parse(&bytes, IMAGES_MAGIC, &path).unwrap();
+        assert_eq!((dims, body), (vec![2, 2, 2], vec![7u8; 8]));
     }
 }

@@ -171,7 +171,7 @@ impl FinetuneConfig {
         ensure!(self.mixup >= 0.0 && self.cutmix >= 0.0, "--mixup and --cutmix are Beta parameters: 0 (off) or positive");
         let (lo, hi) = self.crop_scale;
         ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "crop_scale ({lo}, {hi}) must satisfy 0 < min <= max <= 1");
-        ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
+        crate::train::pretrain::check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
         Ok(())
     }
 }
@@ -394,6 +394,9 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
     let spe = train.len() / cfg.batch_size;
     ensure!(spe > 0, "the training split has {} images, fewer than one batch of {}: lower --batch-size", train.len(), cfg.batch_size);
 
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
     let (model_cfg, mut model, optimizer, mut best, start_epoch) = match resume {
         Some(path) => {
             let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, cfg, &ad))?;
@@ -409,6 +412,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
                 bail!("'{}' already holds a run: pass --resume to continue it, or choose another --out (nothing was overwritten)", cfg.out.display());
             }
             let (mcfg, model) = C::start(cfg, classes, train.channels, &ad)?;
+            let model = checkpoint::number_params(model);
             (mcfg, model, None, (0.0, 0), 0)
         }
     };
@@ -425,7 +429,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
 
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     keep_results_up_to(&results_path(&cfg.out), start_epoch)?;
-    let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out))?;
+    let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out)).with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
     let train = Arc::new(train);
     let side = model_cfg.img_size();
     let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
@@ -475,8 +479,8 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
         }
         let (top1, top5) = evaluate(&model.valid(), &test, side, 256, &device)?;
         let r = EpochResult { epoch: epoch + 1, train_loss: loss_sum / spe as f64, top1, top5, elapsed_s: started.elapsed().as_secs_f64() };
-        writeln!(results, "{}", serde_json::to_string(&r)?)?;
-        results.flush()?;
+        writeln!(results, "{}", serde_json::to_string(&r)?).with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
+        results.flush().with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
         let improved = top1 > best.0;
         if improved {
             best = (top1, epoch + 1);
@@ -484,7 +488,8 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
         let header = CheckpointHeader {
             mim_version: env!("CARGO_PKG_VERSION").into(),
             model: model_cfg.clone(),
-            train: serde_json::to_value(cfg)?,
+            // Without the output folder: the same run gives the same bytes wherever it is written.
+            train: serde_json::to_value(FinetuneConfig { out: PathBuf::new(), ..cfg.clone() })?,
             iteration: it,
             optimizer_steps: it / cfg.accum_iter as u64,
             epoch: epoch + 1,

@@ -1,9 +1,12 @@
 //! Checkpoints: one file holding the model, the optimizer state and a JSON header (configs,
 //! progress, seed), written atomically so a crash never leaves a half-written checkpoint.
 //!
-//! Layout: an 8-byte magic naming the [`Kind`] (`MIMCKPT1` for pretraining and fine-tuning,
-//! `MIMTOKN1` for tokenizers), then three length-prefixed (u64 LE) sections: header JSON, model
-//! (burnpack, which keeps parameter ids so the optimizer state re-attaches), optimizer (burnpack).
+//! Layout: an 8-byte magic naming the [`Kind`] and format version (`MIMCKPT2` for pretraining and
+//! fine-tuning, `MIMTOKN2` for tokenizers), then three sections, each a u64 LE length, a u32 LE
+//! CRC-32 of its bytes, and the bytes: header JSON, model (burnpack, which keeps parameter ids so
+//! the optimizer state re-attaches), optimizer (burnpack). Version 1 files (no CRC) still load.
+//! Every length is checked against the file's real size, every CRC verified, and loaded weights
+//! must be finite, so a damaged file is an error naming it rather than a panic or black pictures.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,10 +37,11 @@ pub enum Kind {
 impl Kind {
     const ALL: [Kind; 2] = [Kind::Model, Kind::Tokenizer];
 
-    fn magic(self) -> &'static [u8; 8] {
+    /// The first 7 bytes; the 8th is the format version.
+    fn prefix(self) -> &'static [u8; 7] {
         match self {
-            Kind::Model => b"MIMCKPT1",
-            Kind::Tokenizer => b"MIMTOKN1",
+            Kind::Model => b"MIMCKPT",
+            Kind::Tokenizer => b"MIMTOKN",
         }
     }
 
@@ -98,20 +102,48 @@ fn model_bytes<M: Module>(model: &M) -> Result<Vec<u8>> {
     Ok(store.get_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the model: {e}"))?.to_vec())
 }
 
-/// Writes `path` atomically: a temporary file beside it, flushed and synced, then renamed.
+/// A burnpack rewritten with its tensors in name order: burn lists the optimizer state in the
+/// order of a HashMap, so the same state would otherwise give different bytes in every process.
+fn canonical_burnpack(bytes: Bytes) -> Result<Vec<u8>> {
+    let err = |e: burn_pack::Error| anyhow::anyhow!("cannot serialise the optimizer: {e:?}");
+    let reader = burn_pack::Reader::from_bytes(bytes).map_err(err)?;
+    let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
+    let mut tensors = reader.into_tensors().map_err(err)?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (k, v) in &scalars {
+        writer = writer.with_scalar(k, *v);
+    }
+    for (k, v) in &metadata {
+        writer = writer.with_metadata(k, v);
+    }
+    Ok(writer.into_bytes().map_err(err)?.to_vec())
+}
+
+/// The format version written: 2 adds a CRC-32 to every section.
+const VERSION: u8 = b'2';
+
+/// Writes `path` atomically: a temporary file beside it, flushed and synced, then renamed. On any
+/// failure (a full disk) the temporary file is removed and the previous `path` stays as it was.
 pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write '{}'", tmp.display()))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
         for s in sections {
             f.write_all(s)?;
         }
-        f.sync_all()?;
+        f.sync_all()
+    };
+    let result = write()
+        .with_context(|| format!("cannot write '{}' (for '{}')", tmp.display(), path.display()))
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("cannot move '{}' to '{}'", tmp.display(), path.display())));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move '{}' into place", path.display()))
+    result
 }
 
 /// Saves model, optimizer and header to `path` atomically.
@@ -124,29 +156,50 @@ pub fn save_kind<M: Module>(path: &Path, kind: Kind, header: &impl Serialize, mo
     let head = serde_json::to_vec(header)?;
     let model = model_bytes(model)?;
     let opt = match optim {
-        Some(o) => o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?.to_vec(),
+        Some(o) => canonical_burnpack(o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?)?,
         None => Vec::new(),
     };
-    let lens: Vec<[u8; 8]> = [&head, &model, &opt].iter().map(|s| (s.len() as u64).to_le_bytes()).collect();
-    write_atomic(path, &[kind.magic(), &lens[0], &head, &lens[1], &model, &lens[2], &opt])
+    let mut magic = kind.prefix().to_vec();
+    magic.push(VERSION);
+    let frame = |s: &[u8]| [&(s.len() as u64).to_le_bytes()[..], &crc32fast::hash(s).to_le_bytes()].concat();
+    let (f0, f1, f2) = (frame(&head), frame(&model), frame(&opt));
+    write_atomic(path, &[&magic, &f0, &head, &f1, &model, &f2, &opt])
 }
+
+const SECTIONS: [&str; 3] = ["header", "model", "optimizer"];
 
 fn sections(bytes: &[u8], path: &Path, kind: Kind) -> Result<Vec<Vec<u8>>> {
     let bad = || format!("'{}' is not a mim checkpoint or is truncated: pass {}", path.display(), kind.describe());
-    if let Some(other) = Kind::ALL.iter().find(|k| **k != kind && bytes.starts_with(k.magic())) {
+    if let Some(other) = Kind::ALL.iter().find(|k| **k != kind && bytes.starts_with(k.prefix())) {
         bail!("'{}' is {}, not {}", path.display(), other.describe(), kind.describe());
     }
-    ensure!(bytes.len() >= 8 && &bytes[..8] == kind.magic(), bad());
-    let mut at = 8;
+    ensure!(bytes.len() >= 8 && bytes.starts_with(kind.prefix()), bad());
+    let with_crc = match bytes[7] {
+        b'1' => false,
+        b'2' => true,
+        v => bail!("'{}' is a checkpoint of format version {} that this mim cannot read: use the mim that wrote it", path.display(), v as char),
+    };
+    let corrupted = |what: String| format!("checkpoint '{}' is corrupted ({what}): use an intact copy of it", path.display());
+    let mut at = 8usize;
     let mut out = Vec::new();
-    for _ in 0..3 {
-        ensure!(bytes.len() >= at + 8, bad());
-        let n = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
-        at += 8;
-        ensure!(bytes.len() >= at + n, bad());
-        out.push(bytes[at..at + n].to_vec());
-        at += n;
+    for name in SECTIONS {
+        let frame = if with_crc { 12 } else { 8 };
+        let head = bytes.get(at..at + frame).with_context(|| corrupted(format!("truncated before its {name} section")))?;
+        let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+        at += frame;
+        // A length field is untrusted: compare it with what is left of the file in u64, so a value
+        // near u64::MAX can neither wrap nor become an allocation.
+        let left = (bytes.len() - at) as u64;
+        ensure!(n <= left, corrupted(format!("its {name} section claims {n} bytes but only {left} remain: truncated or damaged")));
+        let body = &bytes[at..at + n as usize];
+        if with_crc {
+            let crc = u32::from_le_bytes(head[8..].try_into().expect("4 bytes"));
+            ensure!(crc32fast::hash(body) == crc, corrupted(format!("the CRC-32 of its {name} section does not match")));
+        }
+        out.push(body.to_vec());
+        at += n as usize;
     }
+    ensure!(at == bytes.len(), corrupted(format!("{} unexpected bytes after its last section", bytes.len() - at)));
     Ok(out)
 }
 
@@ -200,6 +253,63 @@ pub fn load_classifier<C: Module>(
     Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
 }
 
+/// Gives the parameters of a freshly built `module` ids 0, 1, 2... in visiting order (tied
+/// parameters keep sharing one). burn draws ids at random; they are saved with the model and key
+/// the optimizer state, so random ones made two identical runs write different checkpoint bytes.
+pub fn number_params<M: Module>(module: M) -> M {
+    struct Numbering(std::collections::HashMap<burn::module::ParamId, burn::module::ParamId>);
+    impl Numbering {
+        fn next(&mut self, id: burn::module::ParamId) -> burn::module::ParamId {
+            // A high tag keeps these apart from any random id still around in the process.
+            let n = self.0.len() as u64;
+            *self.0.entry(id).or_insert_with(|| burn::module::ParamId::from(0x6d69_6d00_0000_0000 | n))
+        }
+    }
+    impl burn::module::ModuleMapper for Numbering {
+        fn map_float<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D>>) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            p.id = self.next(p.id);
+            p
+        }
+        fn map_int<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>>) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>> {
+            p.id = self.next(p.id);
+            p
+        }
+        fn map_bool<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>>) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>> {
+            p.id = self.next(p.id);
+            p
+        }
+    }
+    module.map(&mut Numbering(Default::default()))
+}
+
+/// The first parameter of `module` holding a NaN or an infinity, by path.
+fn first_non_finite<M: Module>(module: &M) -> Option<String> {
+    struct Finite {
+        path: Vec<String>,
+        bad: Option<String>,
+    }
+    impl burn::module::ModuleVisitor for Finite {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            if self.bad.is_some() {
+                return;
+            }
+            let data = param.val().into_data().convert::<f32>();
+            if data.as_slice::<f32>().is_ok_and(|v| v.iter().any(|x| !x.is_finite())) {
+                self.bad = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut v = Finite { path: Vec::new(), bad: None };
+    module.visit(&mut v);
+    v.bad
+}
+
 /// Overwrites the parameters of `model` with the serialised ones.
 pub fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
     let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
@@ -212,5 +322,100 @@ pub fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
     if !result.errors.is_empty() || !missing.is_empty() {
         bail!("checkpoint '{}' is inconsistent: missing {:?}, errors {:?}", path.display(), missing, result.errors);
     }
+    // A diverged run stops before it saves, so NaN or infinite weights mean damage; using them
+    // would only give black pictures and NaN features with exit status 0.
+    if let Some(name) = first_non_finite(&model) {
+        bail!("checkpoint '{}' is corrupted: parameter '{name}' holds NaN or infinite values; use an intact copy of it", path.display());
+    }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 file (no CRC), as older mim wrote.
+    fn file(kind: Kind, lens: [u64; 3], body: &[u8]) -> Vec<u8> {
+        let mut b = kind.prefix().to_vec();
+        b.push(b'1');
+        let mut at = 0;
+        for n in lens {
+            b.extend(n.to_le_bytes());
+            let take = (n as usize).min(body.len() - at);
+            b.extend(&body[at..at + take]);
+            at += take;
+        }
+        b
+    }
+
+    #[test]
+    fn huge_section_lengths_are_refused_without_panicking() {
+        let p = Path::new("c.mim");
+        // The crash input: a length near u64::MAX wrapped `at + n` and passed the check.
+        for lens in [[u64::MAX, 0, 0], [u64::MAX - 7, 0, 0], [2, u64::MAX - 17, 0], [2, 2, u64::MAX], [1 << 40, 0, 0]] {
+            let err = sections(&file(Kind::Model, lens, b"{}ab"), p, Kind::Model).unwrap_err().to_string();
+            assert!(err.contains("is corrupted") && err.contains("remain"), "{err}");
+        }
+        let ok = sections(&file(Kind::Model, [2, 1, 1], b"{}ab"), p, Kind::Model).unwrap();
+        assert_eq!(ok, vec![b"{}".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        // Cut inside a length field.
+        let mut cut = file(Kind::Model, [2, 1, 1], b"{}ab");
+        cut.truncate(8 + 8 + 2 + 3);
+        assert!(sections(&cut, p, Kind::Model).unwrap_err().to_string().contains("truncated"));
+    }
+
+    fn v2(sections: [&[u8]; 3]) -> Vec<u8> {
+        let mut b = b"MIMCKPT2".to_vec();
+        for s in sections {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(crc32fast::hash(s).to_le_bytes());
+            b.extend(s);
+        }
+        b
+    }
+
+    #[test]
+    fn every_flipped_bit_and_any_trailing_byte_is_caught() {
+        let p = Path::new("c.mim");
+        let good = v2([b"{\"a\":1}", b"model bytes", b"optimizer"]);
+        assert_eq!(sections(&good, p, Kind::Model).unwrap()[1], b"model bytes");
+        for i in 8..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[i] ^= 1 << bit;
+                let err = sections(&bad, p, Kind::Model).unwrap_err().to_string();
+                assert!(err.contains("is corrupted"), "byte {i} bit {bit}: {err}");
+            }
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(sections(&longer, p, Kind::Model).unwrap_err().to_string().contains("unexpected bytes"));
+        let mut future = good;
+        future[7] = b'9';
+        assert!(sections(&future, p, Kind::Model).unwrap_err().to_string().contains("format version 9"));
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_on_load() {
+        use burn::module::Param;
+        use burn::tensor::{Tensor, TensorData};
+        let dev = Device::flex();
+        let empty = burn::nn::LinearConfig::new(2, 2).init(&dev);
+        let mut nan = empty.clone();
+        nan.weight = Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.0f32, f32::NAN, 0.0, 0.0], [2, 2]), &dev));
+        let err = fill(empty.clone(), model_bytes(&nan).unwrap(), Path::new("c.mim")).unwrap_err().to_string();
+        assert!(err.contains("is corrupted: parameter 'weight' holds NaN"), "{err}");
+        assert!(fill(empty.clone(), model_bytes(&empty).unwrap(), Path::new("c.mim")).is_ok());
+    }
+
+    #[test]
+    fn a_failed_atomic_write_removes_its_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a non-empty folder: the rename fails after the temporary file was written.
+        let target = dir.path().join("checkpoint.mim");
+        std::fs::create_dir_all(target.join("x")).unwrap();
+        let err = format!("{:#}", write_atomic(&target, &[b"abc"]).unwrap_err());
+        assert!(err.contains("checkpoint.tmp") && err.contains("checkpoint.mim"), "{err}");
+        assert!(!dir.path().join("checkpoint.tmp").exists());
+    }
 }

@@ -6,6 +6,7 @@
 //! 50 steps of each script against PyTorch.
 
 pub mod checkpoint;
+pub mod lock;
 pub mod methods;
 pub mod optim;
 pub mod pretrain;

@@ -285,11 +285,22 @@ impl PretrainConfig {
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
-        ensure!(self.peak_lr() > 0.0 && self.peak_lr().is_finite(), "the learning rate must be positive: check --base-lr / --lr");
+        check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs.unwrap_or(0.0), self.weight_decay)?;
         ensure!(self.warmup_lr >= 0.0 && self.warmup_lr.is_finite(), "--warmup-lr must be a finite value >= 0");
         ensure!(self.clip_grad.is_none_or(|c| c.is_finite()), "--clip-grad must be finite (0 turns clipping off)");
         Ok(())
     }
+}
+
+/// Checks the optimizer's numbers, naming the flag: a learning rate must be positive and finite
+/// (`inf` is not "not positive"), the rest finite and >= 0 (a negative weight decay grows weights).
+pub fn check_optimizer_numbers(lr: f64, lr_flags: &str, min_lr: f64, warmup_epochs: f64, weight_decay: f64) -> Result<()> {
+    ensure!(lr.is_finite(), "the learning rate is {lr}: it must be a finite number, check {lr_flags}");
+    ensure!(lr > 0.0, "the learning rate is {lr}: it must be positive, check {lr_flags}");
+    ensure!(min_lr.is_finite() && min_lr >= 0.0, "--min-lr {min_lr} must be a finite value >= 0");
+    ensure!(warmup_epochs.is_finite() && warmup_epochs >= 0.0, "--warmup-epochs {warmup_epochs} must be a finite value >= 0");
+    ensure!(weight_decay.is_finite() && weight_decay >= 0.0, "--weight-decay {weight_decay} must be a finite value >= 0 (0 turns it off)");
+    Ok(())
 }
 
 /// MAE reconstruction target (Table 1d).
@@ -372,6 +383,9 @@ pub struct Summary {
     pub steps: Vec<StepMetrics>,
     /// The final checkpoint.
     pub checkpoint: PathBuf,
+    /// The run folder's lock, still held: the caller writes its own files (the CLI: loss.png,
+    /// weights.safetensors) before dropping it, so no other run starts in between.
+    pub lock: std::sync::Arc<super::lock::RunLock>,
 }
 
 /// File names inside the output folder.
@@ -442,6 +456,9 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
         cfg.batch_size
     );
     let ckpt_path = checkpoint_path(&cfg.out);
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let lock = super::lock::lock_run_dir(&cfg.out)?;
     let (mut model, mut stepper, mut it) = match resume {
         Some(path) => {
             let ck = checkpoint::load_model(path, &device, M::build)?;
@@ -458,6 +475,16 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.max_images != cfg.max_images {
                 bail!("checkpoint '{}' was trained with another seed, batch size or data subset: resume with the same settings", path.display());
             }
+            // Checkpoints fall on epoch ends, so the saved iterations per epoch tell the data set's
+            // size: resuming on a subset (or another data set) of the same layout is refused.
+            if ck.header.epoch > 0 && ck.header.iteration != ck.header.epoch * spe as u64 {
+                bail!(
+                    "checkpoint '{}' was trained on a data set of {} iterations per epoch, '{}' gives {spe}: resume with the data it was trained on",
+                    path.display(),
+                    ck.header.iteration / ck.header.epoch,
+                    cfg.data.display()
+                );
+            }
             let stepper = cfg.stepper(&ck.model, spe, ck.optimizer)?;
             (ck.model, stepper, ck.header.iteration)
         }
@@ -468,7 +495,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
                     cfg.out.display()
                 );
             }
-            let model = M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?;
+            let model = checkpoint::number_params(M::build(&model_cfg, cfg.seed, &device)?.fit_to_data(&ds, &device)?);
             let stepper = cfg.stepper(&model, spe, None)?;
             (model, stepper, 0)
         }
@@ -476,7 +503,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     let mpath = metrics_path(&cfg.out);
     truncate_metrics(&mpath, it)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).with_context(|| format!("cannot write '{}'", mpath.display()))?;
 
     let ds = Arc::new(ds);
     let total = (cfg.epochs * spe) as u64;
@@ -546,18 +573,19 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             }
             let rate = recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
             let m = StepMetrics { iteration: it, epoch, loss, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+            writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write '{}'", mpath.display()))?;
             reporter.step(&m);
             steps.push(m);
             t0 = Instant::now();
         }
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
         if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
-            metrics.flush()?;
+            metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
             let header = CheckpointHeader {
                 mim_version: env!("CARGO_PKG_VERSION").into(),
                 model: model_cfg.clone(),
-                train: serde_json::to_value(cfg)?,
+                // Without the output folder: the same run gives the same bytes wherever it is written.
+                train: serde_json::to_value(PretrainConfig { out: PathBuf::new(), ..cfg.clone() })?,
                 iteration: it,
                 optimizer_steps,
                 epoch: epoch + 1,
@@ -571,11 +599,11 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             let t0 = Instant::now();
             let (top1, top5) = knn_monitor(&model, &ds, cfg, side)?;
             let line = serde_json::json!({"epoch": epoch + 1, "iteration": it, "top1": top1, "top5": top5, "seconds": t0.elapsed().as_secs_f64()});
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out.join("knn.jsonl"))?;
-            writeln!(f, "{line}")?;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out.join("knn.jsonl")).with_context(|| format!("cannot write '{}'", cfg.out.join("knn.jsonl").display()))?;
+            writeln!(f, "{line}").with_context(|| format!("cannot write '{}'", cfg.out.join("knn.jsonl").display()))?;
             reporter.message(&format!("epoch {}: {}-NN test top-1 {top1:.2}% top-5 {top5:.2}% ({:.0} s)", epoch + 1, KnnConfig::default().k, t0.elapsed().as_secs_f64()));
         }
     }
     reporter.finish();
-    Ok(Summary { steps, checkpoint: ckpt_path })
+    Ok(Summary { steps, checkpoint: ckpt_path, lock: Arc::new(lock) })
 }

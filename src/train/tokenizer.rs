@@ -111,8 +111,7 @@ impl TokenizerTrainConfig {
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
         ensure!(self.usage_window > 0, "--usage-window must be at least 1");
-        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
-        ensure!(self.warmup_epochs >= 0.0, "--warmup-epochs must be non-negative");
+        super::pretrain::check_optimizer_numbers(self.lr, "--lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
         Ok(())
     }
 }
@@ -226,6 +225,9 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
     let spe = ds.len() / cfg.batch_size;
     ensure!(spe > 0, "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images", ds.len(), cfg.batch_size);
     let ckpt_path = tokenizer_checkpoint_path(&cfg.out);
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let _lock = super::lock::lock_run_dir(&cfg.out)?;
     let (mut model, mut optim, mut it, mut usage) = match resume {
         Some(path) => {
             let ck = load_tokenizer(path, &device)?;
@@ -235,6 +237,15 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                     "checkpoint '{}' was trained with another tokenizer, seed, batch size or data subset: resume with the settings it was \
                      trained with, or start a new run with another --out",
                     path.display()
+                );
+            }
+            // Checkpoints fall on epoch ends: the saved iterations per epoch tell the data set's size.
+            if ck.header.epoch > 0 && ck.header.iteration != ck.header.epoch * spe as u64 {
+                bail!(
+                    "checkpoint '{}' was trained on a data set of {} iterations per epoch, '{}' gives {spe}: resume with the data it was trained on",
+                    path.display(),
+                    ck.header.iteration / ck.header.epoch,
+                    cfg.data.display()
                 );
             }
             let optim = match ck.optimizer.is_empty() {
@@ -252,7 +263,7 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                     cfg.out.display()
                 );
             }
-            let model = model_cfg.init(cfg.seed, &device)?;
+            let model = checkpoint::number_params(model_cfg.init(cfg.seed, &device)?);
             let optim = tokenizer_adamw(&model, cfg.weight_decay);
             (model, optim, 0, CodeUsage::new(model_cfg.vocab_size, cfg.usage_window))
         }
@@ -260,7 +271,7 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
     let mpath = tokenizer_metrics_path(&cfg.out);
     truncate_metrics(&mpath, it)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).with_context(|| format!("cannot write '{}'", mpath.display()))?;
 
     let ds = Arc::new(ds);
     let total = (cfg.epochs * spe) as u64;
@@ -312,18 +323,19 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                 codebook_usage: usage.fraction(),
                 restarted,
             };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+            writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write '{}'", mpath.display()))?;
             reporter.step(&m.step);
             steps.push(m);
             t0 = Instant::now();
         }
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
         if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
-            metrics.flush()?;
+            metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
             let header = TokenizerHeader {
                 mim_version: env!("CARGO_PKG_VERSION").into(),
                 model: model_cfg.clone(),
-                train: serde_json::to_value(cfg)?,
+                // Without the output folder: the same run gives the same bytes wherever it is written.
+                train: serde_json::to_value(TokenizerTrainConfig { out: PathBuf::new(), ..cfg.clone() })?,
                 iteration: it,
                 epoch: epoch + 1,
                 usage: usage.clone(),

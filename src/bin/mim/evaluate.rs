@@ -133,22 +133,22 @@ pub struct FinetuneArgs {
     #[arg(long)]
     accum_iter: Option<usize>,
     /// Learning rate per 256 images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     base_lr: Option<f64>,
     /// Absolute learning rate (overrides --base-lr).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Final learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_lr: Option<f64>,
     /// Warmup epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<f64>,
     /// Layer-wise lr decay (1 = off).
     #[arg(long)]
     layer_decay: Option<f64>,
     /// AdamW weight decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Global gradient-norm clipping (default: none, as MAE's main_finetune.py).
     #[arg(long)]
@@ -214,10 +214,18 @@ impl FinetuneArgs {
 
 /// Runs `mim finetune`.
 pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
-    let cfg = a.config()?;
+    let mut cfg = a.config()?;
     let resume = a.resume.then(|| last_checkpoint(&cfg.out));
-    if let Some(r) = &resume {
-        ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+    match &resume {
+        Some(r) => {
+            ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+            let saved = mim::train::checkpoint::read_header(r)?.train;
+            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), &["epochs", "device"], &["data", "checkpoint"], &cfg.out)?;
+        }
+        None => {
+            crate::resume::absolute(&mut cfg.data);
+            cfg.checkpoint.iter_mut().for_each(crate::resume::absolute);
+        }
     }
     let t0 = Instant::now();
     let s = finetune(&cfg, resume.as_deref(), &mut Bar::default())?;

@@ -21,6 +21,7 @@ use mim::train::{checkpoint, pretrain};
 
 mod ablate;
 mod evaluate;
+mod resume;
 mod tokenizer;
 
 #[derive(Parser)]
@@ -127,19 +128,19 @@ struct PretrainArgs {
     #[arg(long)]
     accum_iter: Option<usize>,
     /// Learning rate per 256 images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     base_lr: Option<f64>,
     /// Absolute learning rate (overrides --base-lr).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Final learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_lr: Option<f64>,
     /// Warmup epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<f64>,
     /// AdamW weight decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Learning rate the warm-up starts from (SimMIM's schedule; MAE and BEiT start at 0).
     #[arg(long)]
@@ -657,14 +658,25 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
     Ok(all)
 }
 
+/// Pretraining settings a resume may change: none of them alters which run it is.
+const PRETRAIN_MUTABLE: &[&str] = &["epochs", "device", "checkpoint_every", "eval_every", "knn_images"];
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Pretrain(args) => {
-            let cfg = args.config()?;
+            let mut cfg = args.config()?;
             let resume = args.resume_from.clone().or(args.resume.then(|| checkpoint_path(&cfg.out)));
-            if let Some(r) = &resume {
-                if !r.exists() {
-                    bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+            match &resume {
+                Some(r) => {
+                    if !r.exists() {
+                        bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+                    }
+                    let saved = checkpoint::read_header(r)?.train;
+                    cfg = resume::resumed(r, &saved, &cfg, args.config.as_deref(), PRETRAIN_MUTABLE, &["data", "tokenizer"], &cfg.out)?;
+                }
+                None => {
+                    resume::absolute(&mut cfg.data);
+                    cfg.tokenizer.iter_mut().for_each(resume::absolute);
                 }
             }
             run_pretrain(&cfg, resume.as_deref())
@@ -728,7 +740,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     mim::runtime::tune_allocator();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // Which flags were typed (not defaulted): a resumed run refuses the ones it cannot honour.
+    resume::record_given(&matches);
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

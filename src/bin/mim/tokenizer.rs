@@ -63,16 +63,16 @@ struct TrainArgs {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Final learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_lr: Option<f64>,
     /// Warmup epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     warmup_epochs: Option<f64>,
     /// AdamW weight decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Seed.
     #[arg(long)]
@@ -143,10 +143,18 @@ pub fn run_tokenizer(a: &TokenizerArgs) -> Result<()> {
 }
 
 fn run_train(a: &TrainArgs) -> Result<()> {
-    let cfg = a.config()?;
+    let mut cfg = a.config()?;
     let resume = a.resume_from.clone().or(a.resume.then(|| tokenizer_checkpoint_path(&cfg.out)));
     if let Some(r) = resume.as_ref().filter(|r| !r.exists()) {
         bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
+    }
+    match &resume {
+        Some(r) => {
+            let saved = mim::train::tokenizer::read_tokenizer_header(r)?.train;
+            let mutable = &["epochs", "device", "checkpoint_every"];
+            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data"], &cfg.out)?;
+        }
+        None => crate::resume::absolute(&mut cfg.data),
     }
     let t0 = Instant::now();
     let summary = train_tokenizer(&cfg, resume.as_deref(), &mut Bar::default())?;
