@@ -282,32 +282,24 @@ pub fn number_params<M: Module>(module: M) -> M {
     module.map(&mut Numbering(Default::default()))
 }
 
-/// The first parameter of `module` holding a NaN or an infinity, by path.
+/// The first parameter of `module` (by path) holding a NaN or an infinity.
 fn first_non_finite<M: Module>(module: &M) -> Option<String> {
-    struct Finite {
-        path: Vec<String>,
-        bad: Option<String>,
+    crate::io::parameters(module).into_iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())).map(|(name, _)| name)
+}
+
+/// Checkpoints fall on epoch ends, so the saved iterations per epoch tell the size of the data set
+/// a run was trained on: resuming on a subset (or another data set) that gives `spe` iterations per
+/// epoch instead is refused, naming `data`.
+pub fn check_iterations_per_epoch(path: &Path, epoch: u64, iteration: u64, spe: usize, data: &Path) -> Result<()> {
+    if epoch > 0 && iteration != epoch * spe as u64 {
+        bail!(
+            "checkpoint '{}' was trained on a data set of {} iterations per epoch, '{}' gives {spe}: resume with the data it was trained on",
+            path.display(),
+            iteration / epoch,
+            data.display()
+        );
     }
-    impl burn::module::ModuleVisitor for Finite {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
-            if self.bad.is_some() {
-                return;
-            }
-            let data = param.val().into_data().convert::<f32>();
-            if data.as_slice::<f32>().is_ok_and(|v| v.iter().any(|x| !x.is_finite())) {
-                self.bad = Some(self.path.join("."));
-            }
-        }
-    }
-    let mut v = Finite { path: Vec::new(), bad: None };
-    module.visit(&mut v);
-    v.bad
+    Ok(())
 }
 
 /// Overwrites the parameters of `model` with the serialised ones.

@@ -475,16 +475,7 @@ fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut 
             if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.max_images != cfg.max_images {
                 bail!("checkpoint '{}' was trained with another seed, batch size or data subset: resume with the same settings", path.display());
             }
-            // Checkpoints fall on epoch ends, so the saved iterations per epoch tell the data set's
-            // size: resuming on a subset (or another data set) of the same layout is refused.
-            if ck.header.epoch > 0 && ck.header.iteration != ck.header.epoch * spe as u64 {
-                bail!(
-                    "checkpoint '{}' was trained on a data set of {} iterations per epoch, '{}' gives {spe}: resume with the data it was trained on",
-                    path.display(),
-                    ck.header.iteration / ck.header.epoch,
-                    cfg.data.display()
-                );
-            }
+            checkpoint::check_iterations_per_epoch(path, ck.header.epoch, ck.header.iteration, spe, &cfg.data)?;
             let stepper = cfg.stepper(&ck.model, spe, ck.optimizer)?;
             (ck.model, stepper, ck.header.iteration)
         }

@@ -239,21 +239,11 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, report
                     path.display()
                 );
             }
-            // Checkpoints fall on epoch ends: the saved iterations per epoch tell the data set's size.
-            if ck.header.epoch > 0 && ck.header.iteration != ck.header.epoch * spe as u64 {
-                bail!(
-                    "checkpoint '{}' was trained on a data set of {} iterations per epoch, '{}' gives {spe}: resume with the data it was trained on",
-                    path.display(),
-                    ck.header.iteration / ck.header.epoch,
-                    cfg.data.display()
-                );
+            checkpoint::check_iterations_per_epoch(path, ck.header.epoch, ck.header.iteration, spe, &cfg.data)?;
+            let mut optim = tokenizer_adamw(&ck.model, cfg.weight_decay);
+            if !ck.optimizer.is_empty() {
+                optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(ck.optimizer)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             }
-            let optim = match ck.optimizer.is_empty() {
-                true => tokenizer_adamw(&ck.model, cfg.weight_decay),
-                false => tokenizer_adamw(&ck.model, cfg.weight_decay)
-                    .from_bytes(burn::tensor::Bytes::from_bytes_vec(ck.optimizer))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-            };
             (ck.model, optim, ck.header.iteration, ck.header.usage)
         }
         None => {
