@@ -11,13 +11,15 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
-use crate::eval::finetune::{FinetuneConfig, finetune, read_results, results_path};
 use crate::eval::linprobe::{LinprobeConfig, linear_probe};
 use crate::eval::{Backbone, extract};
 use crate::masking::{BlockMasking, MaskStrategy};
 use crate::models::classifier::Pool;
-use crate::train::methods::ModelConfig;
-use crate::train::pretrain::{Augmentation, PretrainConfig, Reporter, Silent, Target, pretrain};
+use crate::models::ModelConfig;
+use crate::train::RunConfig;
+use crate::train::finetune::{FinetuneConfig, finetune, read_results, results_path};
+use crate::train::pretrain::{Augmentation, PretrainConfig, Target, pretrain};
+use crate::train::trainer::{Reporter, Silent};
 
 /// A study of MAE Table 1 / figure 5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -104,7 +106,7 @@ impl Study {
             if p.target != Target::Tokens {
                 p.tokenizer = None;
             }
-            p.out = base.out.join(label.replace([' ', '%', '/'], "_"));
+            p.run.out = base.run.out.join(label.replace([' ', '%', '/'], "_"));
             Setting { label, pretrain: p, paper }
         };
         match self {
@@ -200,7 +202,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
     // pretraining and fine-tuning lock their own sub-folders.
     let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
     let mut base = cfg.base.clone();
-    base.out = cfg.out.clone();
+    base.run.out = cfg.out.clone();
     let settings = cfg.study.settings(&base, cfg.quick);
     let results = cfg.out.join("results.jsonl");
     let mut rows = read_rows(&results)?;
@@ -211,7 +213,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         }
         reporter.message(&format!("{}: pretraining", s.label));
         let t0 = Instant::now();
-        let ckpt = crate::train::pretrain::checkpoint_path(&s.pretrain.out);
+        let ckpt = crate::train::pretrain::checkpoint_path(&s.pretrain.run.out);
         // A setting interrupted mid-pretraining continues its own run.
         let resume = ckpt.exists().then_some(ckpt.as_path());
         let summary = pretrain(&s.pretrain, resume, &mut Silent)?;
@@ -222,12 +224,12 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         let tail: Vec<f64> = summary.steps.iter().rev().take(20).map(|m| m.loss).collect();
         let pretrain_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
 
-        let device = crate::runtime::device(&s.pretrain.device)?;
-        let mut train = Dataset::open(&s.pretrain.data, Split::Train)?;
+        let device = crate::runtime::device(&s.pretrain.run.device)?;
+        let mut train = Dataset::open(&s.pretrain.run.data, Split::Train)?;
         if let Some(n) = cfg.probe_images {
             train.truncate(n);
         }
-        let test = Dataset::open(&s.pretrain.data, Split::Test)?;
+        let test = Dataset::open(&s.pretrain.run.data, Split::Test)?;
         let (encoder, mcfg) = Backbone::Checkpoint(summary.checkpoint.clone()).encoder(train.channels, Pool::Cls, &device)?.expect("an encoder");
         let f_train = extract(Some(encoder.as_ref()), &train, mcfg.img_size(), 256, &device, &mut |_| {})?;
         let f_test = extract(Some(encoder.as_ref()), &test, mcfg.img_size(), 256, &device, &mut |_| {})?;
@@ -235,10 +237,11 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         let linear = probe.last().map_or(0.0, |e| e.top1);
 
         reporter.message(&format!("{}: fine-tuning", s.label));
-        let ft_out = s.pretrain.out.join("finetune");
-        let ft = FinetuneConfig { checkpoint: Some(summary.checkpoint.clone()), data: s.pretrain.data.clone(), out: ft_out.clone(), ..cfg.finetune.clone() };
-        let ft_resume = crate::eval::finetune::last_checkpoint(&ft_out);
-        let finetune_top1 = if ft_resume.exists() && read_results(&results_path(&ft_out))?.len() >= ft.epochs {
+        let ft_out = s.pretrain.run.out.join("finetune");
+        let run = RunConfig { data: s.pretrain.run.data.clone(), out: ft_out.clone(), ..cfg.finetune.run.clone() };
+        let ft = FinetuneConfig { checkpoint: Some(summary.checkpoint.clone()), run, ..cfg.finetune.clone() };
+        let ft_resume = crate::train::finetune::last_checkpoint(&ft_out);
+        let finetune_top1 = if ft_resume.exists() && read_results(&results_path(&ft_out))?.len() >= ft.run.epochs {
             read_results(&results_path(&ft_out))?.iter().map(|r| r.top1).fold(0.0, f64::max)
         } else {
             finetune(&ft, ft_resume.exists().then_some(ft_resume.as_path()), &mut Silent)?.best.0
@@ -310,11 +313,11 @@ mod tests {
             for quick in [true, false] {
                 let s = study.settings(&base, quick);
                 assert!(s.len() >= 2, "{study:?}");
-                let mut outs: Vec<_> = s.iter().map(|x| x.pretrain.out.clone()).collect();
+                let mut outs: Vec<_> = s.iter().map(|x| x.pretrain.run.out.clone()).collect();
                 outs.sort();
                 outs.dedup();
                 assert_eq!(outs.len(), s.len(), "{study:?}: settings share an output folder");
-                let without_out = |p: &PretrainConfig| PretrainConfig { out: PathBuf::new(), ..p.clone() };
+                let without_out = |p: &PretrainConfig| PretrainConfig { run: RunConfig { out: PathBuf::new(), ..p.run.clone() }, ..p.clone() };
                 for (i, a) in s.iter().enumerate() {
                     for b in &s[i + 1..] {
                         assert_ne!(without_out(&a.pretrain), without_out(&b.pretrain), "{study:?}: {} and {} train the same", a.label, b.label);

@@ -12,7 +12,8 @@ use mim::models::mae::MaeConfig;
 use mim::models::mae::MaskedAutoencoder;
 use mim::train::methods::MimModel;
 use mim::train::optim::{MAE_BETAS, adamw};
-use mim::train::pretrain::{PretrainConfig, Silent, pretrain, read_metrics};
+use mim::train::pretrain::{PretrainConfig, pretrain, read_metrics};
+use mim::train::{OptimConfig, RunConfig, Silent};
 
 fn micro() -> MaeConfig {
     MaeConfig::preset("mae_micro").unwrap()
@@ -89,15 +90,12 @@ fn weight_decay_skips_one_dimensional_parameters_and_biases() {
 fn same_seed_gives_the_same_run() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str| {
+        let defaults = PretrainConfig::default();
         let cfg = PretrainConfig {
-            data: subset(),
-            out: tmp.path().join(name),
+            run: RunConfig { data: subset(), out: tmp.path().join(name), max_images: Some(256), batch_size: 64, epochs: 1, ..defaults.run },
+            optim: OptimConfig { lr: Some(1e-3), ..defaults.optim },
             model: Some("mae_micro".into()),
-            max_images: Some(256),
-            batch_size: 64,
-            epochs: 1,
-            lr: Some(1e-3),
-            ..PretrainConfig::default()
+            ..defaults
         };
         pretrain(&cfg, None, &mut Silent).unwrap().steps.iter().map(|s| s.loss).collect::<Vec<_>>()
     };

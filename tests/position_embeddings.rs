@@ -19,7 +19,8 @@ use mim::models::vit::sincos_pos_embed_2d;
 use mim::ops::gather::gather_rows;
 use mim::train::checkpoint::{self, CheckpointHeader};
 use mim::train::methods::ModelConfig;
-use mim::train::pretrain::{PretrainConfig, Silent, pretrain};
+use mim::train::pretrain::{PretrainConfig, pretrain};
+use mim::train::{OptimConfig, RunConfig, Silent};
 use rand::SeedableRng;
 
 fn fixture(name: &str) -> PathBuf {
@@ -60,16 +61,12 @@ fn fresh_models_start_from_sincos_and_pretraining_leaves_them_unchanged() {
     assert_eq!(values(fresh.decoder_pos_embed.val()), sincos_pos_embed_2d(cfg.decoder_embed_dim, g, true));
 
     let tmp = tempfile::tempdir().unwrap();
+    let defaults = PretrainConfig::default();
     let run = PretrainConfig {
-        data: subset(),
-        out: tmp.path().join("run"),
+        run: RunConfig { data: subset(), out: tmp.path().join("run"), max_images: Some(256), batch_size: 64, epochs: 1, ..defaults.run },
+        optim: OptimConfig { lr: Some(1e-2), weight_decay: 0.5, ..defaults.optim },
         model: Some("mae_micro".into()),
-        max_images: Some(256),
-        batch_size: 64,
-        epochs: 1,
-        lr: Some(1e-2),
-        weight_decay: 0.5,
-        ..PretrainConfig::default()
+        ..defaults
     };
     let summary = pretrain(&run, None, &mut Silent).unwrap();
     let trained = checkpoint::load(&summary.checkpoint, &Device::flex()).unwrap().model;

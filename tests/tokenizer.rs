@@ -14,7 +14,7 @@ use burn::tensor::Device;
 use common::subset;
 use mim::models::mae::MaeConfig;
 use mim::train::checkpoint::{self, CheckpointHeader};
-use mim::train::pretrain::Silent;
+use mim::train::{RunConfig, Silent};
 use mim::train::tokenizer::{
     TokenizerTrainConfig, load_tokenizer, read_tokenizer_metrics, tokenizer_checkpoint_path, tokenizer_metrics_path, train_tokenizer,
 };
@@ -23,16 +23,9 @@ const CHILD_OUT: &str = "MIM_TOKENIZER_TEST_CHILD_OUT";
 const ITERATIONS: usize = 4 * 1024 / 64;
 
 fn cfg(out: &Path) -> TokenizerTrainConfig {
-    TokenizerTrainConfig {
-        data: subset(),
-        out: out.to_path_buf(),
-        max_images: Some(1024),
-        batch_size: 64,
-        epochs: 4,
-        seed: 7,
-        prefetch: 2,
-        ..TokenizerTrainConfig::default()
-    }
+    let defaults = TokenizerTrainConfig::default();
+    let run = RunConfig { data: subset(), out: out.to_path_buf(), max_images: Some(1024), batch_size: 64, epochs: 4, seed: 7, prefetch: 2, ..defaults.run };
+    TokenizerTrainConfig { run, ..defaults }
 }
 
 #[test]
@@ -75,7 +68,8 @@ fn resume_after_kill_matches_uninterrupted_run() {
     assert!(before.len() < ITERATIONS, "the kill came too late to test anything");
 
     let ck = tokenizer_checkpoint_path(&cut);
-    let wrong_seed = TokenizerTrainConfig { seed: 8, ..cfg(&cut) };
+    let mut wrong_seed = cfg(&cut);
+    wrong_seed.run.seed = 8;
     let err = train_tokenizer(&wrong_seed, Some(&ck), &mut Silent).err().unwrap().to_string();
     assert!(err.contains("resume with the settings"), "{err}");
 
@@ -115,7 +109,8 @@ fn checkpoint_kinds_are_not_confused() {
     let err = load_tokenizer(&mae_path, &device).err().unwrap().to_string();
     assert!(err.contains("is a model checkpoint written by `mim pretrain`") && err.contains("not a tokenizer checkpoint"), "{err}");
 
-    let tok = TokenizerTrainConfig { max_images: Some(128), epochs: 1, ..cfg(&tmp.path().join("tok")) };
+    let mut tok = cfg(&tmp.path().join("tok"));
+    (tok.run.max_images, tok.run.epochs) = (Some(128), 1);
     let summary = train_tokenizer(&tok, None, &mut Silent).unwrap();
     let err = checkpoint::load(&summary.checkpoint, &device).err().unwrap().to_string();
     assert!(err.contains("is a tokenizer checkpoint written by `mim tokenizer train`"), "{err}");
@@ -128,10 +123,15 @@ fn bad_settings_name_the_fix() {
     let tmp = tempfile::tempdir().unwrap();
     let err = |c: TokenizerTrainConfig| train_tokenizer(&c, None, &mut Silent).err().unwrap().to_string();
     let base = cfg(&tmp.path().join("o"));
-    assert!(err(TokenizerTrainConfig { batch_size: 4096, ..base.clone() }).contains("lower --batch-size"));
+    let with = |change: &dyn Fn(&mut TokenizerTrainConfig)| {
+        let mut c = base.clone();
+        change(&mut c);
+        c
+    };
+    assert!(err(with(&|c| c.run.batch_size = 4096)).contains("lower --batch-size"));
     assert!(err(TokenizerTrainConfig { model: "vq_huge".into(), ..base.clone() }).contains("vq_tiny_28, vq_tiny_32"));
     assert!(err(TokenizerTrainConfig { img_size: Some(30), ..base.clone() }).contains("multiple of 4"));
     assert!(err(TokenizerTrainConfig { vocab_size: Some(1), ..base.clone() }).contains("at least 2 codes"));
-    assert!(err(TokenizerTrainConfig { data: "/nonexistent".into(), ..base }).contains("does not exist"));
+    assert!(err(with(&|c| c.run.data = "/nonexistent".into())).contains("does not exist"));
     assert!(!tmp.path().join("o").exists(), "a failed start must not create the output folder");
 }

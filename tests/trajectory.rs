@@ -38,6 +38,7 @@ use mim::models::swin::SwinConfig;
 use mim::train::methods::{Method, MimModel};
 use mim::train::optim::{Stepper, param_ranks};
 use mim::train::pretrain::PretrainConfig;
+use mim::train::{OptimConfig, RunConfig};
 
 const LOSS_TOL: f64 = 1e-5;
 const LR_TOL: f64 = 2e-7;
@@ -114,15 +115,21 @@ impl Case {
         let abs = |k: &str| h[format!("{k}_abs")].as_f64().unwrap_or_else(|| self.hyper(k));
         PretrainConfig {
             method,
-            epochs: self.count("epochs"),
-            batch_size: self.count("batch_size"),
-            accum_iter: h["accum_iter"].as_u64().unwrap_or(1) as usize,
-            lr: Some(self.hyper("lr")),
-            min_lr: abs("min_lr"),
-            warmup_lr: if method == Method::Simmim { abs("warmup_lr") } else { 0.0 },
-            warmup_epochs: Some(self.hyper("warmup_epochs")),
-            weight_decay: self.hyper("weight_decay"),
-            clip_grad: h["clip_grad"].as_f64(),
+            run: RunConfig {
+                epochs: self.count("epochs"),
+                batch_size: self.count("batch_size"),
+                accum_iter: h["accum_iter"].as_u64().unwrap_or(1) as usize,
+                ..RunConfig::default()
+            },
+            optim: OptimConfig {
+                lr: Some(self.hyper("lr")),
+                min_lr: abs("min_lr"),
+                warmup_lr: if method == Method::Simmim { abs("warmup_lr") } else { 0.0 },
+                warmup_epochs: Some(self.hyper("warmup_epochs")),
+                weight_decay: self.hyper("weight_decay"),
+                clip_grad: h["clip_grad"].as_f64(),
+                ..OptimConfig::default()
+            },
             ..Default::default()
         }
     }
@@ -248,11 +255,12 @@ fn mae_case(name: &str) {
     let cfg = mae_config_from_hf(&c.json["model"]).unwrap();
     let to_burn = |m: &TensorMap| from_pytorch_layout(&cfg, &hf_to_official(m).unwrap()).unwrap();
     let model = load_tensor_map(cfg.init(0, &c.device).unwrap(), &to_burn(&c.weights("init.")), name).unwrap();
-    let run = PretrainConfig { lr: None, base_lr: c.hyper("blr"), ..c.pretrain_config(Method::Mae) };
+    let mut run = c.pretrain_config(Method::Mae);
+    (run.optim.lr, run.optim.base_lr) = (None, c.hyper("blr"));
     assert_eq!(run.peak_lr(), c.hyper("lr"), "lr = blr x effective batch / 256");
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
-    let b = run.batch_size;
-    replay(&c, model, stepper, run.weight_decay, MaskedAutoencoder::no_weight_decay, to_burn, |m: &MaskedAutoencoder, s| {
+    let b = run.run.batch_size;
+    replay(&c, model, stepper, run.optim.weight_decay, MaskedAutoencoder::no_weight_decay, to_burn, |m: &MaskedAutoencoder, s| {
         let mask = Mask::from_noise(&c.row("noise", s).1, b, c.json["model"]["mask_ratio"].as_f64().unwrap()).unwrap();
         m.forward(c.images(s), &mask).loss
     });
@@ -280,9 +288,9 @@ fn beit_pretraining_follows_run_beit_pretraining() {
     let model = load_tensor_map(cfg.init(0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "beit").unwrap();
     let run = c.pretrain_config(Method::Beit);
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
-    let (b, grid) = (run.batch_size, cfg.grid());
+    let (b, grid) = (run.run.batch_size, cfg.grid());
     let n = c.t["images"].0[0];
-    replay(&c, model, stepper, run.weight_decay, BeitForMaskedImageModeling::no_weight_decay, to_burn, |m: &BeitForMaskedImageModeling, s| {
+    replay(&c, model, stepper, run.optim.weight_decay, BeitForMaskedImageModeling::no_weight_decay, to_burn, |m: &BeitForMaskedImageModeling, s| {
         let mask = BoolMask::new(c.row("bool_masked_pos", s).1.iter().map(|&v| v > 0.5).collect(), b, (grid, grid)).unwrap();
         let ids: Vec<i64> = c.row("token_ids", s % n).1.iter().map(|&v| v as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, grid * grid]), &c.device);
@@ -311,8 +319,8 @@ fn simmim_pretraining_follows_main_simmim() {
     let model = load_tensor_map(SimMim::new(&cfg, 0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "simmim").unwrap();
     let run = c.pretrain_config(Method::Simmim);
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
-    let b = run.batch_size;
-    replay(&c, model, stepper, run.weight_decay, SimMim::no_weight_decay, to_burn, |m: &SimMim, s| {
+    let b = run.run.batch_size;
+    replay(&c, model, stepper, run.optim.weight_decay, SimMim::no_weight_decay, to_burn, |m: &SimMim, s| {
         let (shape, mask) = c.row("mask", s);
         let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, shape[1..].iter().product()]), &c.device);
         m.forward(c.images(s), mask).loss
@@ -340,14 +348,15 @@ fn mae_finetuning_follows_main_finetune() {
     let fresh = VitClassifier::from_scratch(&mae, classes, Pool::Avg, 0, &c.device).unwrap();
     let model = load_tensor_map(fresh, &to_burn(&c.weights("init.")), "mae_finetune").unwrap();
     let run = FinetuneConfig {
-        epochs: c.count("epochs"),
-        batch_size: c.count("batch_size"),
-        accum_iter: c.count("accum_iter"),
-        base_lr: c.hyper("blr"),
-        min_lr: c.hyper("min_lr"),
-        warmup_epochs: c.hyper("warmup_epochs"),
+        run: RunConfig { epochs: c.count("epochs"), batch_size: c.count("batch_size"), accum_iter: c.count("accum_iter"), ..RunConfig::default() },
+        optim: OptimConfig {
+            base_lr: c.hyper("blr"),
+            min_lr: c.hyper("min_lr"),
+            warmup_epochs: Some(c.hyper("warmup_epochs")),
+            weight_decay: c.hyper("weight_decay"),
+            ..OptimConfig::default()
+        },
         layer_decay: c.hyper("layer_decay"),
-        weight_decay: c.hyper("weight_decay"),
         smoothing: c.hyper("smoothing"),
         drop_path: 0.0,
         ..Default::default()
@@ -355,7 +364,7 @@ fn mae_finetuning_follows_main_finetune() {
     assert_eq!(run.peak_lr(), c.hyper("lr"));
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let n = c.t["images"].0[0];
-    replay(&c, model, stepper, run.weight_decay, VitClassifier::no_weight_decay, to_burn, |m: &VitClassifier, s| {
+    replay(&c, model, stepper, run.optim.weight_decay, VitClassifier::no_weight_decay, to_burn, |m: &VitClassifier, s| {
         let (shape, images) = c.row("images", s % n);
         let labels = c.row("labels", s % n).1.iter().map(|&l| l as u32).collect::<Vec<_>>();
         let mut batch = Batch { indices: (0..labels.len()).collect(), labels, images, channels: shape[1], side: shape[2] };

@@ -5,123 +5,85 @@
 //! same budget, the baseline every comparison needs. `trainable_blocks = K` freezes all but the
 //! last K blocks (the paper's partial fine-tuning, figure 9).
 
-use std::io::Write;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
-use burn::tensor::Bytes;
-use burn::tensor::{Device, Tensor, TensorData};
+use anyhow::{Result, bail, ensure};
+use burn::optim::ModuleOptimizer;
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
-use super::{evaluate, smoothed_targets, soft_cross_entropy};
+use crate::checkpoint::{self, CheckpointHeader, ClassifierSpec};
 use crate::data::augment::Transform;
-use crate::data::loader::{Batch, Prefetcher, epoch_order, rng_for};
+use crate::data::loader::{Batch, rng_for};
 use crate::data::{Dataset, Split};
+use crate::eval::{evaluate, smoothed_targets, soft_cross_entropy};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
+use crate::models::mae::MaeConfig;
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
-use crate::train::methods::MimModel;
-use crate::models::mae::MaeConfig;
-use crate::train::checkpoint::{self, CheckpointHeader, ClassifierSpec};
-use crate::train::methods::ModelConfig;
-use crate::train::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
-use crate::train::pretrain::{Reporter, StepMetrics};
+use crate::models::{MimModel, ModelConfig};
+use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
+use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair};
+use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit};
 
 /// Random stream ids (kept apart from augmentation and shuffling).
 const MIX_STREAM: u64 = 0x4D49_5855;
 const DROP_STREAM: u64 = 0x4452_4F50;
 
-/// Fine-tuning settings; defaults follow MAE's ViT-B fine-tuning recipe (mixup/cutmix off unless set).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FinetuneConfig {
-    /// Dataset path (train and test splits).
-    pub data: PathBuf,
-    /// Output folder: checkpoints, metrics.
-    pub out: PathBuf,
-    /// Pretraining checkpoint whose encoder is fine-tuned; `None` trains `model` from scratch.
-    pub checkpoint: Option<PathBuf>,
-    /// Preset of the from-scratch baseline ([`MaeConfig::PRESETS`]).
-    pub model: String,
-    /// Token pooling before the head.
-    pub pool: Pool,
-    /// Train only the last K blocks (plus norm and head); `None` trains everything.
-    pub trainable_blocks: Option<usize>,
-    /// Passes over the training split.
-    pub epochs: usize,
-    /// Images per forward/backward.
-    pub batch_size: usize,
-    /// Batches per optimizer update.
-    pub accum_iter: usize,
-    /// Learning rate per 256 images of effective batch.
-    pub base_lr: f64,
-    /// Absolute peak learning rate (overrides `base_lr`).
-    pub lr: Option<f64>,
-    /// Learning rate at the end of the cosine.
-    pub min_lr: f64,
-    /// Warmup epochs.
-    pub warmup_epochs: f64,
-    /// Layer-wise lr decay (1.0 = none).
-    pub layer_decay: f64,
-    /// AdamW weight decay (on the parameters the official script decays, see
-    /// [`Classifier::no_weight_decay`]).
-    pub weight_decay: f64,
-    /// Global gradient-norm clipping (MAE's `--clip_grad`; none by default, as there).
-    pub clip_grad: Option<f64>,
-    /// Stochastic depth rate of the last block.
-    pub drop_path: f64,
-    /// Label smoothing.
-    pub smoothing: f64,
-    /// Mixup Beta(α, α) parameter (0 = off; the recipe uses 0.8).
-    pub mixup: f64,
-    /// CutMix Beta(α, α) parameter (0 = off; the recipe uses 1.0). With both on, one of the two
-    /// is picked per batch with probability 0.5.
-    pub cutmix: f64,
-    /// Area range of the random resized crop.
-    pub crop_scale: (f64, f64),
-    /// Seed of the head, shuffling, augmentation, mixing and drop path.
-    pub seed: u64,
-    /// Use only the first N training images.
-    pub max_images: Option<usize>,
-    /// `cpu`, or `cuda:N` in a CUDA build.
-    pub device: String,
-    /// Batches the loader prepares ahead.
-    pub prefetch: usize,
+crate::settings! {
+    /// Fine-tuning settings; defaults follow MAE's ViT-B fine-tuning recipe (mixup/cutmix off unless set).
+    pub struct FinetuneConfig / FinetuneArgs {
+        sections {
+            /// Data (train and test splits), output, length, batch, seed, checkpoints, device.
+            run: RunConfig / RunArgs,
+            /// Learning rate, warm-up, weight decay, clipping (MAE's `--clip_grad`: none by default, as there).
+            optim: OptimConfig / OptimArgs,
+        }
+        fields {
+            /// Pretraining checkpoint whose encoder is fine-tuned; unset trains --model from scratch.
+            checkpoint: Option<PathBuf>,
+            /// Preset trained from scratch (the baseline): an MAE, BEiT or Swin preset.
+            model: String,
+            /// Token pooling before the head: avg (MAE's fine-tuning) or cls.
+            pool: Pool,
+            /// Train only the last K blocks (plus norm and head; the paper's partial fine-tuning); unset trains everything.
+            trainable_blocks: Option<usize>,
+            /// Layer-wise lr decay (1 = none).
+            layer_decay: f64,
+            /// Stochastic depth rate of the last block.
+            drop_path: f64,
+            /// Label smoothing.
+            smoothing: f64,
+            /// Mixup Beta(α, α) parameter (0 = off; the recipe uses 0.8).
+            mixup: f64,
+            /// CutMix Beta(α, α) parameter (0 = off; the recipe uses 1.0). With both on, one of the two is picked per batch
+            /// with probability 0.5.
+            cutmix: f64,
+            /// Area range of the random resized crop, as MIN,MAX.
+            crop_scale: (f64, f64) [value_parser = parse_pair],
+        }
+    }
 }
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
         Self {
-            data: PathBuf::from("data/fashion-mnist-subset"),
-            out: PathBuf::from("runs/finetune"),
+            run: RunConfig { out: PathBuf::from("runs/finetune"), epochs: 100, batch_size: 128, ..RunConfig::default() },
+            optim: OptimConfig { base_lr: 5e-4, min_lr: 1e-6, warmup_epochs: Some(5.0), ..OptimConfig::default() },
             checkpoint: None,
             model: "mae_tiny_28".into(),
             pool: Pool::Avg,
             trainable_blocks: None,
-            epochs: 100,
-            batch_size: 128,
-            accum_iter: 1,
-            base_lr: 5e-4,
-            lr: None,
-            min_lr: 1e-6,
-            warmup_epochs: 5.0,
             layer_decay: 0.75,
-            weight_decay: 0.05,
-            clip_grad: None,
             drop_path: 0.1,
             smoothing: 0.1,
             mixup: 0.0,
             cutmix: 0.0,
             crop_scale: (0.08, 1.0),
-            seed: 0,
-            max_images: None,
-            device: "cpu".into(),
-            prefetch: 4,
         }
     }
 }
@@ -131,7 +93,7 @@ impl FinetuneConfig {
     /// model's weight-decay exemptions, layer-wise lr decay (`param_groups_lrd`), the per-iteration
     /// half-cosine schedule and optional clipping; `optimizer` state when resuming.
     pub fn stepper<C: Classifier>(&self, model: &C, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<C>> {
-        let mut optim = adamw(model, self.weight_decay, TORCH_BETAS, C::no_weight_decay);
+        let mut optim = adamw(model, self.optim.weight_decay, TORCH_BETAS, C::no_weight_decay);
         if let Some(bytes) = optimizer {
             optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
         }
@@ -141,37 +103,35 @@ impl FinetuneConfig {
         let schedule = LrSchedule {
             kind: ScheduleKind::Mae,
             lr: self.peak_lr(),
-            min_lr: self.min_lr,
+            min_lr: self.optim.min_lr,
             warmup_lr: 0.0,
-            warmup_epochs: self.warmup_epochs,
-            epochs: self.epochs,
+            warmup_epochs: self.optim.warmup(self.run.epochs),
+            epochs: self.run.epochs,
             iters_per_epoch,
         };
-        Ok(Stepper::new(optim, schedule, self.accum_iter).with_clip_grad(self.clip_grad).with_layer_decay(decay))
+        Ok(Stepper::new(optim, schedule, self.run.accum_iter).with_clip_grad(self.optim.clip_grad).with_layer_decay(decay))
     }
 
-    /// Reads a TOML file; unknown keys are errors.
+    /// Reads a TOML file (see [`crate::train::config::read_toml`]); unknown keys are errors.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        crate::io::read_toml(path)
+        crate::train::config::read_toml(path)
     }
 
     /// Peak learning rate: `lr`, or `base_lr x batch x accum / 256`.
     pub fn peak_lr(&self) -> f64 {
-        self.lr.unwrap_or(self.base_lr * (self.batch_size * self.accum_iter) as f64 / 256.0)
+        self.optim.peak_lr(self.run.effective_batch())
     }
 
     /// Checks values are usable, naming the flag to change.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.epochs > 0, "--epochs must be at least 1");
-        ensure!(self.batch_size > 0 && self.accum_iter > 0, "--batch-size and --accum-iter must be at least 1");
+        self.run.validate()?;
+        self.optim.validate(self.run.effective_batch())?;
         ensure!(self.layer_decay > 0.0 && self.layer_decay <= 1.0, "--layer-decay {} must be in (0, 1]", self.layer_decay);
         ensure!((0.0..1.0).contains(&self.drop_path), "--drop-path {} must be in [0, 1)", self.drop_path);
         ensure!((0.0..1.0).contains(&self.smoothing), "--smoothing {} must be in [0, 1)", self.smoothing);
-        ensure!(self.clip_grad.is_none_or(|c| c.is_finite()), "--clip-grad must be finite (0 turns clipping off)");
         ensure!(self.mixup >= 0.0 && self.cutmix >= 0.0, "--mixup and --cutmix are Beta parameters: 0 (off) or positive");
         let (lo, hi) = self.crop_scale;
-        ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "crop_scale ({lo}, {hi}) must satisfy 0 < min <= max <= 1");
-        crate::train::pretrain::check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
+        ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "--crop-scale {lo},{hi} must satisfy 0 < min <= max <= 1");
         Ok(())
     }
 }
@@ -206,9 +166,9 @@ pub struct FinetuneSummary {
 /// cross-entropy (timm's `LabelSmoothingCrossEntropy` when nothing is mixed).
 pub fn batch_loss<C: Classifier>(model: &C, batch: &mut Batch, classes: usize, cfg: &FinetuneConfig, iteration: u64, frozen_blocks: usize, device: &Device) -> Tensor<1> {
     let b = batch.len();
-    let targets = mix_batch(batch, classes, cfg, &mut rng_for(&[cfg.seed, iteration, MIX_STREAM]));
+    let targets = mix_batch(batch, classes, cfg, &mut rng_for(&[cfg.run.seed, iteration, MIX_STREAM]));
     let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, classes]), device);
-    let logits = model.forward_train(batch.tensor(device), &mut rng_for(&[cfg.seed, iteration, DROP_STREAM]), frozen_blocks);
+    let logits = model.forward_train(batch.tensor(device), &mut rng_for(&[cfg.run.seed, iteration, DROP_STREAM]), frozen_blocks);
     soft_cross_entropy(logits, targets)
 }
 
@@ -274,15 +234,6 @@ pub fn read_results(path: &Path) -> Result<Vec<EpochResult>> {
     crate::io::read_jsonl(path, "results")
 }
 
-/// Drops results of epochs after `epoch` (a resumed run redoes them).
-fn keep_results_up_to(path: &Path, epoch: u64) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let kept: String = read_results(path)?.iter().filter(|r| r.epoch <= epoch).map(|r| format!("{}\n", serde_json::to_string(r).unwrap())).collect();
-    checkpoint::write_atomic(path, &[kept.as_bytes()])
-}
-
 /// How a classifier family starts a run and comes back from a checkpoint.
 trait Recipe: Classifier {
     /// The classifier to fine-tune (from `cfg.checkpoint`, or fresh), with its encoder architecture.
@@ -301,10 +252,10 @@ impl Recipe for VitClassifier {
             None => {
                 let mut m = MaeConfig::preset(&cfg.model)?;
                 m.in_chans = channels;
-                (m.init(cfg.seed, device)?, m)
+                (m.init(cfg.run.seed, device)?, m)
             }
         };
-        let model = VitClassifier::from_mae(mae, classes, cfg.pool, 2e-5, cfg.seed).with_drop_path(cfg.drop_path);
+        let model = VitClassifier::from_mae(mae, classes, cfg.pool, 2e-5, cfg.run.seed).with_drop_path(cfg.drop_path);
         Ok((ModelConfig::Mae(mcfg), model))
     }
 
@@ -324,10 +275,10 @@ impl Recipe for BeitClassifier {
             None => {
                 let mut b = BeitConfig::preset(&cfg.model)?;
                 b.in_chans = channels;
-                (b.init(cfg.seed, device)?, b)
+                (b.init(cfg.run.seed, device)?, b)
             }
         };
-        Ok((ModelConfig::Beit(bcfg), BeitClassifier::new(encoder, classes, cfg.drop_path, cfg.seed)))
+        Ok((ModelConfig::Beit(bcfg), BeitClassifier::new(encoder, classes, cfg.drop_path, cfg.run.seed)))
     }
 
     fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
@@ -344,13 +295,13 @@ impl Recipe for SwinTransformer {
             Some(path) => {
                 let ck = checkpoint::load_model(path, device, SimMim::build)?;
                 let ModelConfig::Swin(scfg) = ck.header.model.clone() else { unreachable!("SimMim::build accepts only Swin configs") };
-                let model = swin_from_simmim(ck.model, &scfg, classes, cfg.drop_path, cfg.seed)?;
+                let model = swin_from_simmim(ck.model, &scfg, classes, cfg.drop_path, cfg.run.seed)?;
                 Ok((ModelConfig::Swin(scfg), model))
             }
             None => {
                 let mut scfg = SwinConfig::preset(&cfg.model)?;
                 scfg.in_chans = channels;
-                let model = swin_from_scratch(&scfg, classes, cfg.drop_path, cfg.seed, device)?;
+                let model = swin_from_scratch(&scfg, classes, cfg.drop_path, cfg.run.seed, device)?;
                 Ok((ModelConfig::Swin(scfg), model))
             }
         }
@@ -366,151 +317,166 @@ impl Recipe for SwinTransformer {
 
 /// Fine-tunes (or trains from scratch); with `resume`, continues the run saved in that
 /// checkpoint from the end of its last completed epoch. The encoder family (ViT from MAE, Swin
-/// from SimMIM, BEiT) follows the checkpoint, or the preset name when training from scratch.
+/// from SimMIM, BEiT) follows the checkpoint, or the preset when training from scratch.
 pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
+    fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
+        let mut task = Finetuning::<C> { cfg, test: None, classes: 0, channels: 0, model_cfg: None, depth: 0, frozen: 0, best: (0.0, 0), history: Vec::new(), _model: PhantomData };
+        fit(&mut task, resume, reporter)?;
+        let out = &cfg.run.out;
+        Ok(FinetuneSummary { epochs: task.history, best: task.best, checkpoints: (last_checkpoint(out), best_checkpoint(out)) })
+    }
     let family = match resume.or(cfg.checkpoint.as_deref()) {
-        Some(path) => checkpoint::read_header(path)?.model.kind(),
-        None if cfg.model.starts_with("swin") => "Swin",
-        None if cfg.model.starts_with("beit") => "BEiT",
-        None => "MAE",
+        Some(path) => checkpoint::read_header(path)?.model,
+        None => ModelConfig::preset(&cfg.model)?,
     };
     match family {
-        "MAE" => run::<VitClassifier>(cfg, resume, reporter),
-        "Swin" => run::<SwinTransformer>(cfg, resume, reporter),
-        _ => run::<BeitClassifier>(cfg, resume, reporter),
+        ModelConfig::Mae(_) => run::<VitClassifier>(cfg, resume, reporter),
+        ModelConfig::Beit(_) => run::<BeitClassifier>(cfg, resume, reporter),
+        ModelConfig::Swin(_) => run::<SwinTransformer>(cfg, resume, reporter),
     }
 }
 
-fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
-    cfg.validate()?;
-    let device = crate::runtime::device(&cfg.device)?;
-    let ad = device.clone().autodiff();
-    let mut train = Dataset::open(&cfg.data, Split::Train)?;
-    if let Some(n) = cfg.max_images {
-        train.truncate(n);
-    }
-    let test = Dataset::open(&cfg.data, Split::Test)?;
-    let classes = train.classes.len();
-    let spe = train.len() / cfg.batch_size;
-    ensure!(spe > 0, "the training split has {} images, fewer than one batch of {}: lower --batch-size", train.len(), cfg.batch_size);
+/// Fine-tuning of classifier `C` as a [`Task`]: the test split is evaluated after every epoch,
+/// the best checkpoint kept.
+struct Finetuning<'a, C> {
+    cfg: &'a FinetuneConfig,
+    test: Option<Dataset>,
+    classes: usize,
+    channels: usize,
+    /// The encoder's architecture, once the model is built.
+    model_cfg: Option<ModelConfig>,
+    depth: usize,
+    /// Leading blocks kept frozen (partial fine-tuning).
+    frozen: usize,
+    /// Best test top-1 (percent) and its epoch.
+    best: (f64, u64),
+    history: Vec<EpochResult>,
+    _model: PhantomData<C>,
+}
 
-    // Taken before the folder is looked at, and held to the end: a second run into the same
-    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
-    let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
-    let (model_cfg, mut model, optimizer, mut best, start_epoch) = match resume {
-        Some(path) => {
-            let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, cfg, &ad))?;
-            let saved: FinetuneConfig = serde_json::from_value(ck.header.train.clone())?;
-            if saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.checkpoint != cfg.checkpoint {
-                bail!("'{}' was fine-tuned with another seed, batch size or pretrained checkpoint: resume with the same settings", path.display());
-            }
-            let best = ck.header.classifier.as_ref().and_then(|c| c.best).unwrap_or((0.0, 0));
-            (ck.header.model, ck.model, ck.optimizer, best, ck.header.epoch)
-        }
-        None => {
-            if last_checkpoint(&cfg.out).exists() {
-                bail!("'{}' already holds a run: pass --resume to continue it, or choose another --out (nothing was overwritten)", cfg.out.display());
-            }
-            let (mcfg, model) = C::start(cfg, classes, train.channels, &ad)?;
-            let model = checkpoint::number_params(model);
-            (mcfg, model, None, (0.0, 0), 0)
-        }
-    };
-    let depth = model.depth();
-    let frozen = match cfg.trainable_blocks {
-        Some(k) => {
-            ensure!(k <= depth, "--trainable-blocks {k} exceeds the encoder's {depth} blocks");
-            depth - k
-        }
-        None => 0,
-    };
-    model = model.freeze_first(frozen);
-    let mut stepper = cfg.stepper(&model, spe, optimizer)?;
-
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
-    keep_results_up_to(&results_path(&cfg.out), start_epoch)?;
-    let mut results = std::fs::OpenOptions::new().create(true).append(true).open(results_path(&cfg.out)).with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
-    let train = Arc::new(train);
-    let side = model_cfg.img_size();
-    let transform = Transform::RandomResizedCrop { size: side, scale: cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
-    let source = cfg.checkpoint.as_ref().map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
-    let about = format!(
-        "fine-tune {source} on {} ({} classes) | {} | layer decay {} | peak lr {:.2e} | {} epochs x {spe} iterations",
-        train.name,
-        classes,
-        match cfg.trainable_blocks {
-            Some(k) => format!("last {k} of {depth} blocks trainable"),
-            None => "all blocks trainable".into(),
-        },
-        cfg.layer_decay,
-        cfg.peak_lr(),
-        cfg.epochs
-    );
-    let total = (cfg.epochs * spe) as u64;
-    let mut it = start_epoch * spe as u64;
-    reporter.start(total, it, &about);
-    let started = Instant::now();
-    let mut history = Vec::new();
-    let mut recent = std::collections::VecDeque::new();
-    for epoch in start_epoch..cfg.epochs as u64 {
-        let loader = Prefetcher::spawn(train.clone(), transform.clone(), epoch_order(train.len(), cfg.seed, epoch), cfg.batch_size, 0, cfg.seed, epoch, cfg.prefetch);
-        let (mut loss_sum, mut lr) = (0.0, 0.0);
-        let mut t0 = Instant::now();
-        for batch in loader {
-            let mut batch = batch?;
-            let b = batch.len();
-            let loss = batch_loss(&model, &mut batch, classes, cfg, it, frozen, &ad);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            ensure!(value.is_finite(), "the loss is {value} at iteration {it}: training diverged; lower --base-lr or raise --warmup-epochs");
-            loss_sum += value;
-            let update;
-            (model, update) = stepper.backward(model, loss, it);
-            if let Some(u) = update {
-                lr = u.lr;
-            }
-            it += 1;
-            recent.push_back((b, t0.elapsed().as_secs_f64()));
-            if recent.len() > 20 {
-                recent.pop_front();
-            }
-            let rate = recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
-            reporter.step(&StepMetrics { iteration: it, epoch, loss: value, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() });
-            t0 = Instant::now();
-        }
-        let (top1, top5) = evaluate(&model.valid(), &test, side, 256, &device)?;
-        let r = EpochResult { epoch: epoch + 1, train_loss: loss_sum / spe as f64, top1, top5, elapsed_s: started.elapsed().as_secs_f64() };
-        writeln!(results, "{}", serde_json::to_string(&r)?).with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
-        results.flush().with_context(|| format!("cannot write '{}'", results_path(&cfg.out).display()))?;
-        let improved = top1 > best.0;
-        if improved {
-            best = (top1, epoch + 1);
-        }
-        let header = CheckpointHeader {
+impl<C: Recipe> Finetuning<'_, C> {
+    fn header(&self, progress: Progress) -> Result<CheckpointHeader> {
+        Ok(CheckpointHeader {
             mim_version: env!("CARGO_PKG_VERSION").into(),
-            model: model_cfg.clone(),
+            model: self.model_cfg.clone().expect("started"),
             // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(FinetuneConfig { out: PathBuf::new(), ..cfg.clone() })?,
-            iteration: it,
-            optimizer_steps: it / cfg.accum_iter as u64,
-            epoch: epoch + 1,
-            seed: cfg.seed,
-            classifier: Some(ClassifierSpec { num_classes: classes, pool: cfg.pool, best: Some(best) }),
-        };
-        checkpoint::save(&last_checkpoint(&cfg.out), &header, &model, Some(stepper.optimizer()))?;
-        if improved {
-            checkpoint::save(&best_checkpoint(&cfg.out), &header, &model, None)?;
-        }
-        reporter.message(&format!(
-            "epoch {}: test top-1 {top1:.2}% top-5 {top5:.2}% (best {:.2}% at epoch {}), train loss {:.4}",
-            epoch + 1,
-            best.0,
-            best.1,
-            r.train_loss
-        ));
-        history.push(r);
+            train: serde_json::to_value(FinetuneConfig { run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() }, ..self.cfg.clone() })?,
+            iteration: progress.iteration,
+            optimizer_steps: progress.optimizer_steps,
+            epoch: progress.epoch,
+            seed: self.cfg.run.seed,
+            classifier: Some(ClassifierSpec { num_classes: self.classes, pool: self.cfg.pool, best: Some(self.best) }),
+        })
     }
-    reporter.finish();
-    Ok(FinetuneSummary { epochs: history, best, checkpoints: (last_checkpoint(&cfg.out), best_checkpoint(&cfg.out)) })
+}
+
+impl<C: Recipe> Task for Finetuning<'_, C> {
+    type Model = C;
+    type Output = ();
+
+    fn run(&self) -> &RunConfig {
+        &self.cfg.run
+    }
+
+    fn epoch_log(&self) -> Option<PathBuf> {
+        Some(results_path(&self.cfg.run.out))
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.cfg.validate()
+    }
+
+    fn prepare(&mut self, data: &Dataset) -> Result<()> {
+        self.test = Some(Dataset::open(&self.cfg.run.data, Split::Test)?);
+        (self.classes, self.channels) = (data.classes.len(), data.channels);
+        Ok(())
+    }
+
+    fn start(&mut self, _data: &Dataset, resume: Option<&Path>, device: &Device) -> Result<Start<C>> {
+        let (model_cfg, model, start) = match resume {
+            Some(path) => {
+                let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, self.cfg, device))?;
+                let saved: FinetuneConfig = crate::train::config::from_json(ck.header.train.clone())?;
+                self.cfg.run.check_resumable(&saved.run, path)?;
+                ensure!(
+                    saved.checkpoint == self.cfg.checkpoint,
+                    "'{}' fine-tunes another pretrained checkpoint: resume with the same --checkpoint",
+                    path.display()
+                );
+                self.best = ck.header.classifier.as_ref().and_then(|c| c.best).unwrap_or((0.0, 0));
+                let (iteration, epoch) = (ck.header.iteration, ck.header.epoch);
+                (ck.header.model, ck.model, Start { model: (), optimizer: ck.optimizer, iteration, epoch })
+            }
+            None => {
+                let (mcfg, model) = C::start(self.cfg, self.classes, self.channels, device)?;
+                (mcfg, checkpoint::number_params(model), Start::fresh(()))
+            }
+        };
+        self.depth = model.depth();
+        self.frozen = match self.cfg.trainable_blocks {
+            Some(k) => {
+                ensure!(k <= self.depth, "--trainable-blocks {k} exceeds the encoder's {} blocks", self.depth);
+                self.depth - k
+            }
+            None => 0,
+        };
+        self.model_cfg = Some(model_cfg);
+        Ok(Start { model: model.freeze_first(self.frozen), optimizer: start.optimizer, iteration: start.iteration, epoch: start.epoch })
+    }
+
+    fn stepper(&self, model: &C, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<C>> {
+        self.cfg.stepper(model, iters_per_epoch, optimizer)
+    }
+
+    fn transform(&self) -> Transform {
+        let side = self.model_cfg.as_ref().expect("started").img_size();
+        Transform::RandomResizedCrop { size: side, scale: self.cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 }
+    }
+
+    fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String {
+        let cfg = self.cfg;
+        let source = cfg.checkpoint.as_ref().map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
+        format!(
+            "fine-tune {source} on {} ({} classes) | {} | layer decay {} | peak lr {:.2e} | {} epochs x {iters_per_epoch} iterations",
+            data.name,
+            self.classes,
+            match cfg.trainable_blocks {
+                Some(k) => format!("last {k} of {} blocks trainable", self.depth),
+                None => "all blocks trainable".into(),
+            },
+            cfg.layer_decay,
+            cfg.peak_lr(),
+            cfg.run.epochs
+        )
+    }
+
+    fn loss(&mut self, model: &C, batch: &mut Batch, iteration: u64, device: &Device) -> Result<(Tensor<1>, ())> {
+        Ok((batch_loss(model, batch, self.classes, self.cfg, iteration, self.frozen, device), ()))
+    }
+
+    fn end_of_epoch(&mut self, model: &C, end: &EpochEnd) -> Result<EpochReport> {
+        let side = self.model_cfg.as_ref().expect("started").img_size();
+        let device = crate::runtime::device(&self.cfg.run.device)?;
+        let (top1, top5) = evaluate(&model.valid(), self.test.as_ref().expect("prepared"), side, 256, &device)?;
+        let epoch = end.progress.epoch;
+        let r = EpochResult { epoch, train_loss: end.mean_loss, top1, top5, elapsed_s: end.elapsed_s };
+        if top1 > self.best.0 {
+            self.best = (top1, epoch);
+            checkpoint::save(&best_checkpoint(&self.cfg.run.out), &self.header(end.progress)?, model, None)?;
+        }
+        self.history.push(r);
+        Ok(EpochReport {
+            message: Some(format!(
+                "epoch {epoch}: test top-1 {top1:.2}% top-5 {top5:.2}% (best {:.2}% at epoch {}), train loss {:.4}",
+                self.best.0, self.best.1, r.train_loss
+            )),
+            record: Some(serde_json::to_value(r)?),
+        })
+    }
+
+    fn save(&self, path: &Path, model: &C, optimizer: &ModuleOptimizer, progress: Progress) -> Result<()> {
+        checkpoint::save(path, &self.header(progress)?, model, Some(optimizer))
+    }
 }
 
 #[cfg(test)]

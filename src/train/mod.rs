@@ -1,15 +1,17 @@
-//! Pretraining as each method's official script trains (`main_pretrain.py`,
-//! `run_beit_pretraining.py`, `main_simmim.py`): AdamW with the script's betas and weight-decay
-//! groups, lr = base_lr x effective batch / 256 with the script's per-iteration warm-up and cosine
-//! schedule, gradient clipping where the recipe clips, gradient accumulation, atomic checkpoints and
-//! exact resume, for every method of [`methods`] (MAE, BEiT, SimMIM). tests/trajectory.rs replays
-//! 50 steps of each script against PyTorch.
+//! Training: the one loop ([`trainer::fit`]) and the jobs it runs, each a [`trainer::Task`]:
+//! pretraining by every method of [`methods`] (MAE, BEiT, SimMIM) as its official script trains
+//! (`main_pretrain.py`, `run_beit_pretraining.py`, `main_simmim.py`), fine-tuning
+//! ([`finetune`], MAE's `main_finetune.py`) and the visual tokenizer ([`tokenizer`]). Their
+//! settings share the `[run]` and `[optim]` tables of [`config`]. tests/trajectory.rs replays 50
+//! steps of each official script against PyTorch.
 
-pub mod checkpoint;
+pub mod config;
 pub mod lock;
 pub mod methods;
-pub mod optim;
 pub mod pretrain;
 pub mod tokenizer;
+pub mod trainer;
 
-pub use pretrain::{PretrainConfig, Reporter, StepMetrics, pretrain};
+pub use config::{OptimConfig, RunConfig};
+pub use pretrain::{PretrainConfig, pretrain};
+pub use trainer::{Reporter, Silent, StepMetrics};

@@ -3,96 +3,66 @@
 //! checkpoints of their own [`Kind`], exact resume, per-iteration metrics (reconstruction loss,
 //! perplexity, codebook usage) and a reconstruction picture at the end.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor};
+use burn::optim::ModuleOptimizer;
+use burn::tensor::{Bytes, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::checkpoint::{self, Kind};
-use super::optim::{CosineSchedule, MAE_BETAS, adamw};
-use super::pretrain::{Reporter, StepMetrics, truncate_metrics};
+use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig};
+use super::trainer::{EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit};
+use crate::checkpoint::{self, Kind};
 use crate::data::augment::Transform;
-use crate::data::loader::{Prefetcher, epoch_order, load_batch, rng_for};
+use crate::data::loader::{Batch, load_batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::models::tokenizer::{CodeUsage, TokenizerConfig, VqTokenizer, code_statistics};
+use crate::optim::{LrSchedule, MAE_BETAS, ScheduleKind, Stepper, Update, adamw};
 
 /// Random stream id of the dead-code restarts (kept apart from augmentation and shuffling).
 const RESTART_STREAM: u64 = 0x52455354;
 
-/// Tokenizer training settings (TOML and/or CLI flags).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TokenizerTrainConfig {
-    /// Dataset path (see [`Dataset::open`]).
-    pub data: PathBuf,
-    /// Output folder: checkpoint, metrics, picture.
-    pub out: PathBuf,
-    /// Tokenizer preset ([`TokenizerConfig::PRESETS`]).
-    pub model: String,
-    /// Input side in pixels (default: the preset's).
-    pub img_size: Option<usize>,
-    /// Codebook size (default: the preset's); must equal the BEiT model's `vocab_size`.
-    pub vocab_size: Option<usize>,
-    /// Passes over the data.
-    pub epochs: usize,
-    /// Images per step.
-    pub batch_size: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Learning rate at the end of the cosine.
-    pub min_lr: f64,
-    /// Warmup epochs.
-    pub warmup_epochs: f64,
-    /// AdamW weight decay on weight matrices.
-    pub weight_decay: f64,
-    /// Seed of initialisation, shuffling, augmentation and restarts.
-    pub seed: u64,
-    /// Save a checkpoint every this many epochs (and always at the end).
-    pub checkpoint_every: usize,
-    /// Use only the first N training images.
-    pub max_images: Option<usize>,
-    /// `cpu`, or `cuda:N` in a CUDA build.
-    pub device: String,
-    /// Batches the loader prepares ahead of the training step.
-    pub prefetch: usize,
-    /// Batches over which codebook usage is measured.
-    pub usage_window: usize,
+crate::settings! {
+    /// Tokenizer training settings (TOML and/or flags).
+    pub struct TokenizerTrainConfig / TokenizerTrainArgs {
+        sections {
+            /// Data, output, length, batch, seed, checkpoints, device.
+            run: RunConfig / RunArgs,
+            /// Learning rate (absolute by default), warm-up, weight decay.
+            optim: OptimConfig / OptimArgs,
+        }
+        fields {
+            /// Tokenizer preset (vq_tiny_28, vq_tiny_32; see [`TokenizerConfig::PRESETS`]).
+            model: String,
+            /// Input side in pixels (default: the preset's).
+            img_size: Option<usize>,
+            /// Codebook size (default: the preset's); must equal the BEiT model's `vocab_size`.
+            vocab_size: Option<usize>,
+            /// Batches over which codebook usage is measured.
+            usage_window: usize,
+        }
+    }
 }
 
 impl Default for TokenizerTrainConfig {
     fn default() -> Self {
         Self {
-            data: PathBuf::from("data/fashion-mnist-subset"),
-            out: PathBuf::from("runs/tokenizer"),
+            run: RunConfig { out: PathBuf::from("runs/tokenizer"), batch_size: 128, ..RunConfig::default() },
+            optim: OptimConfig { lr: Some(2e-3), min_lr: 1e-5, warmup_epochs: Some(0.5), weight_decay: 1e-4, ..OptimConfig::default() },
             model: "vq_tiny_28".into(),
             img_size: None,
             vocab_size: None,
-            epochs: 10,
-            batch_size: 128,
-            lr: 2e-3,
-            min_lr: 1e-5,
-            warmup_epochs: 0.5,
-            weight_decay: 1e-4,
-            seed: 0,
-            checkpoint_every: 1,
-            max_images: None,
-            device: "cpu".into(),
-            prefetch: 4,
             usage_window: 20,
         }
     }
 }
 
 impl TokenizerTrainConfig {
-    /// Reads a TOML file; unknown keys are errors.
+    /// Reads a TOML file (see [`super::config::read_toml`]); unknown keys are errors.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        crate::io::read_toml(path)
+        super::config::read_toml(path)
     }
 
     /// The tokenizer this configuration trains on data with `channels` channels.
@@ -107,12 +77,30 @@ impl TokenizerTrainConfig {
 
     /// Checks values are usable, naming the flag to change.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.epochs > 0, "--epochs must be at least 1");
-        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
-        ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
+        self.run.validate()?;
+        self.optim.validate(self.run.effective_batch())?;
+        ensure!(self.run.accum_iter == 1, "--accum-iter must be 1: the EMA codebook follows every optimizer step");
         ensure!(self.usage_window > 0, "--usage-window must be at least 1");
-        super::pretrain::check_optimizer_numbers(self.lr, "--lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
         Ok(())
+    }
+
+    /// The training step: AdamW (MAE's betas; no decay on 1-D parameters and biases: no paper
+    /// recipe to follow) under per-iteration warm-up and half-cosine, `optimizer` state if resuming.
+    pub fn stepper(&self, model: &VqTokenizer, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<VqTokenizer>> {
+        let mut optim = adamw(model, self.optim.weight_decay, MAE_BETAS, |path, ndim| ndim <= 1 || path.ends_with(".bias"));
+        if let Some(bytes) = optimizer {
+            optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
+        }
+        let schedule = LrSchedule {
+            kind: ScheduleKind::Mae,
+            lr: self.optim.peak_lr(self.run.effective_batch()),
+            min_lr: self.optim.min_lr,
+            warmup_lr: 0.0,
+            warmup_epochs: self.optim.warmup(self.run.epochs),
+            epochs: self.run.epochs,
+            iters_per_epoch,
+        };
+        Ok(Stepper::new(optim, schedule, 1).with_clip_grad(self.optim.clip_grad))
     }
 }
 
@@ -206,144 +194,171 @@ fn ids_to_host(ids: Tensor<2, Int>) -> Vec<u32> {
     ids.into_data().convert::<i64>().try_to_vec::<i64>().expect("int ids").into_iter().map(|i| i as u32).collect()
 }
 
-/// AdamW of the tokenizer (no paper recipe to follow: MAE's betas and rule, no decay on 1-D
-/// parameters and biases).
-fn tokenizer_adamw(model: &VqTokenizer, weight_decay: f64) -> burn::optim::ModuleOptimizer {
-    adamw(model, weight_decay, MAE_BETAS, |path, ndim| ndim <= 1 || path.ends_with(".bias"))
-}
-
 /// Trains a tokenizer; with `resume`, continues the run saved in that checkpoint on exactly the
 /// trajectory an uninterrupted run would have followed (same batches, restarts and metrics).
 pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<TokenizerSummary> {
-    cfg.validate()?;
-    let device = crate::runtime::device(&cfg.device)?.autodiff();
-    let mut ds = Dataset::open(&cfg.data, Split::Train)?;
-    if let Some(n) = cfg.max_images {
-        ds.truncate(n);
-    }
-    let model_cfg = cfg.model_config(ds.channels)?;
-    let spe = ds.len() / cfg.batch_size;
-    ensure!(spe > 0, "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images", ds.len(), cfg.batch_size);
-    let ckpt_path = tokenizer_checkpoint_path(&cfg.out);
-    // Taken before the folder is looked at, and held to the end: a second run into the same
-    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
-    let _lock = super::lock::lock_run_dir(&cfg.out)?;
-    let (mut model, mut optim, mut it, mut usage) = match resume {
-        Some(path) => {
-            let ck = load_tokenizer(path, &device)?;
-            let saved: TokenizerTrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            if ck.header.model != model_cfg || saved.seed != cfg.seed || saved.batch_size != cfg.batch_size || saved.max_images != cfg.max_images {
-                bail!(
-                    "checkpoint '{}' was trained with another tokenizer, seed, batch size or data subset: resume with the settings it was \
-                     trained with, or start a new run with another --out",
-                    path.display()
-                );
-            }
-            checkpoint::check_iterations_per_epoch(path, ck.header.epoch, ck.header.iteration, spe, &cfg.data)?;
-            let mut optim = tokenizer_adamw(&ck.model, cfg.weight_decay);
-            if !ck.optimizer.is_empty() {
-                optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(ck.optimizer)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            }
-            (ck.model, optim, ck.header.iteration, ck.header.usage)
-        }
-        None => {
-            if ckpt_path.exists() {
-                bail!(
-                    "'{}' already holds a tokenizer run: pass --resume to continue it, or choose another --out (nothing was overwritten)",
-                    cfg.out.display()
-                );
-            }
-            let model = checkpoint::number_params(model_cfg.init(cfg.seed, &device)?);
-            let optim = tokenizer_adamw(&model, cfg.weight_decay);
-            (model, optim, 0, CodeUsage::new(model_cfg.vocab_size, cfg.usage_window))
-        }
-    };
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create output folder '{}'", cfg.out.display()))?;
-    let mpath = tokenizer_metrics_path(&cfg.out);
-    truncate_metrics(&mpath, it)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).with_context(|| format!("cannot write '{}'", mpath.display()))?;
+    let mut task = TokenizerTraining { cfg, model_cfg: None, usage: None, stats: (Vec::new(), Vec::new()), last: None };
+    let done = fit(&mut task, resume, reporter)?;
+    let steps = done
+        .steps
+        .into_iter()
+        .map(|(step, extras)| {
+            let mut v = serde_json::to_value(step)?;
+            extras.into_iter().for_each(|(k, x)| v[k] = x);
+            Ok(serde_json::from_value(v)?)
+        })
+        .collect::<Result<_>>()?;
+    let test = Dataset::open(&cfg.run.data, Split::Test).or_else(|_| Dataset::open(&cfg.run.data, Split::Train))?;
+    let picture = cfg.run.out.join("tokenizer_reconstructions.png");
+    reconstruction_picture(&done.model.valid(), &test, &(0..8.min(test.len())).collect::<Vec<_>>(), &picture)?;
+    Ok(TokenizerSummary { steps, checkpoint: task.checkpoint_path(), picture })
+}
 
-    let ds = Arc::new(ds);
-    let total = (cfg.epochs * spe) as u64;
-    let sched = CosineSchedule { lr: cfg.lr, min_lr: cfg.min_lr, warmup_epochs: cfg.warmup_epochs, epochs: cfg.epochs as f64 };
-    // The same augmentation as the MAE/BEiT pretraining views, so tokens are learned on the images BEiT sees.
-    let transform = Transform::mae_pretrain(model_cfg.img_size);
-    let about = format!(
-        "{} | tokenizer {} ({} codes of {}, one per {}px patch) | batch {} | peak lr {:.2e} | {} epochs x {} iterations",
-        ds.name, cfg.model, model_cfg.vocab_size, model_cfg.code_dim, model_cfg.patch_size, cfg.batch_size, cfg.lr, cfg.epochs, spe
-    );
-    reporter.start(total, it, &about);
-    let started = Instant::now();
-    let mut steps = Vec::new();
-    for epoch in (it / spe as u64)..cfg.epochs as u64 {
-        let first = (it % spe as u64) as usize;
-        let order = epoch_order(ds.len(), cfg.seed, epoch);
-        let loader = Prefetcher::spawn(ds.clone(), transform.clone(), order, cfg.batch_size, first, cfg.seed, epoch, cfg.prefetch);
-        let mut t0 = Instant::now();
-        for (k, batch) in loader.enumerate() {
-            let batch = batch?;
-            let out = model.forward_loss(batch.tensor(&device))?;
-            let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
-            let (loss, recon, commit) = (scalar(&out.loss), scalar(&out.recon_loss), scalar(&out.commit_loss));
-            ensure!(
-                loss.is_finite(),
-                "the loss is {loss} at iteration {it}: training diverged; lower --lr or lengthen --warmup-epochs"
-            );
-            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            let lr = sched.at(epoch as f64 + (first + k) as f64 / spe as f64);
-            model = optim.step(lr, model, grads);
-            let ids = ids_to_host(out.ids);
-            let encodings = out.encodings.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 encodings");
-            let restarted = model.ema_update(&encodings, &ids, &mut rng_for(&[cfg.seed, it, RESTART_STREAM]));
-            usage.push(&ids);
-            it += 1;
-            let (perplexity, _) = code_statistics(&ids, model_cfg.vocab_size);
-            let m = TokenizerMetrics {
-                step: StepMetrics {
-                    iteration: it,
-                    epoch,
-                    loss,
-                    lr,
-                    images_per_sec: batch.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-                    elapsed_s: started.elapsed().as_secs_f64(),
-                },
-                recon_loss: recon,
-                commit_loss: commit,
-                perplexity,
-                codebook_usage: usage.fraction(),
-                restarted,
-            };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?).with_context(|| format!("cannot write '{}'", mpath.display()))?;
-            reporter.step(&m.step);
-            steps.push(m);
-            t0 = Instant::now();
-        }
-        ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
-        if (epoch + 1) % cfg.checkpoint_every as u64 == 0 || epoch + 1 == cfg.epochs as u64 {
-            metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
-            let header = TokenizerHeader {
-                mim_version: env!("CARGO_PKG_VERSION").into(),
-                model: model_cfg.clone(),
-                // Without the output folder: the same run gives the same bytes wherever it is written.
-                train: serde_json::to_value(TokenizerTrainConfig { out: PathBuf::new(), ..cfg.clone() })?,
-                iteration: it,
-                epoch: epoch + 1,
-                usage: usage.clone(),
-                mean: ds.mean.clone(),
-                std: ds.std.clone(),
-            };
-            checkpoint::save_kind(&ckpt_path, Kind::Tokenizer, &header, &model, Some(&optim))?;
-            let last = steps.last().map_or(String::new(), |m| {
-                format!(" (recon {:.4}, perplexity {:.1}, codebook usage {:.1}%)", m.recon_loss, m.perplexity, 100.0 * m.codebook_usage)
-            });
-            reporter.message(&format!("epoch {}: checkpoint written to {}{last}", epoch + 1, ckpt_path.display()));
-        }
+/// Tokenizer training as a [`Task`]: the EMA codebook update (and dead-code restarts) after
+/// every optimizer step.
+struct TokenizerTraining<'a> {
+    cfg: &'a TokenizerTrainConfig,
+    model_cfg: Option<TokenizerConfig>,
+    /// Codebook usage over the last `usage_window` batches.
+    usage: Option<CodeUsage>,
+    /// The training data's per-channel mean and standard deviation (the tokenizer's input convention).
+    stats: (Vec<f32>, Vec<f32>),
+    /// The last batch's reconstruction loss, perplexity and codebook usage, for the epoch's line.
+    last: Option<(f64, f64, f64)>,
+}
+
+/// What a batch's forward leaves for the codebook update.
+struct Codes {
+    ids: Tensor<2, Int>,
+    encodings: Tensor<2>,
+    recon: f64,
+    commit: f64,
+}
+
+impl TokenizerTraining<'_> {
+    fn model_cfg(&self) -> &TokenizerConfig {
+        self.model_cfg.as_ref().expect("prepared")
     }
-    reporter.finish();
-    let test = Dataset::open(&cfg.data, Split::Test).unwrap_or_else(|_| (*ds).clone());
-    let picture = cfg.out.join("tokenizer_reconstructions.png");
-    reconstruction_picture(&model.valid(), &test, &(0..8.min(test.len())).collect::<Vec<_>>(), &picture)?;
-    Ok(TokenizerSummary { steps, checkpoint: ckpt_path, picture })
+}
+
+impl Task for TokenizerTraining<'_> {
+    type Model = VqTokenizer;
+    type Output = Codes;
+    const WHAT: &'static str = "tokenizer run";
+
+    fn run(&self) -> &RunConfig {
+        &self.cfg.run
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        tokenizer_checkpoint_path(&self.cfg.run.out)
+    }
+
+    fn metrics_path(&self) -> PathBuf {
+        tokenizer_metrics_path(&self.cfg.run.out)
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.cfg.validate()
+    }
+
+    fn prepare(&mut self, data: &Dataset) -> Result<()> {
+        self.model_cfg = Some(self.cfg.model_config(data.channels)?);
+        self.stats = (data.mean.clone(), data.std.clone());
+        Ok(())
+    }
+
+    fn start(&mut self, _data: &Dataset, resume: Option<&Path>, device: &Device) -> Result<Start<VqTokenizer>> {
+        let Some(path) = resume else {
+            let model = checkpoint::number_params(self.model_cfg().init(self.cfg.run.seed, device)?);
+            self.usage = Some(CodeUsage::new(self.model_cfg().vocab_size, self.cfg.usage_window));
+            return Ok(Start::fresh(model));
+        };
+        let ck = load_tokenizer(path, device)?;
+        let saved: TokenizerTrainConfig = super::config::from_json(ck.header.train.clone())?;
+        ensure!(
+            &ck.header.model == self.model_cfg(),
+            "checkpoint '{}' holds another tokenizer than this configuration builds: resume with the settings it was trained with, \
+             or start a new run with another --out",
+            path.display()
+        );
+        self.cfg.run.check_resumable(&saved.run, path)?;
+        self.usage = Some(ck.header.usage);
+        let optimizer = (!ck.optimizer.is_empty()).then(|| Bytes::from_bytes_vec(ck.optimizer));
+        Ok(Start { model: ck.model, optimizer, iteration: ck.header.iteration, epoch: ck.header.epoch })
+    }
+
+    fn stepper(&self, model: &VqTokenizer, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<VqTokenizer>> {
+        self.cfg.stepper(model, iters_per_epoch, optimizer)
+    }
+
+    /// The same augmentation as the MAE/BEiT pretraining views, so tokens are learned on the images BEiT sees.
+    fn transform(&self) -> Transform {
+        Transform::mae_pretrain(self.model_cfg().img_size)
+    }
+
+    fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String {
+        let (cfg, m) = (self.cfg, self.model_cfg());
+        format!(
+            "{} | tokenizer {} ({} codes of {}, one per {}px patch) | batch {} | peak lr {:.2e} | {} epochs x {} iterations",
+            data.name,
+            cfg.model,
+            m.vocab_size,
+            m.code_dim,
+            m.patch_size,
+            cfg.run.batch_size,
+            cfg.optim.peak_lr(cfg.run.effective_batch()),
+            cfg.run.epochs,
+            iters_per_epoch
+        )
+    }
+
+    fn loss(&mut self, model: &VqTokenizer, batch: &mut Batch, _iteration: u64, device: &Device) -> Result<(Tensor<1>, Codes)> {
+        let out = model.forward_loss(batch.tensor(device))?;
+        let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
+        let codes = Codes { recon: scalar(&out.recon_loss), commit: scalar(&out.commit_loss), ids: out.ids, encodings: out.encodings };
+        Ok((out.loss, codes))
+    }
+
+    fn after_batch(&mut self, mut model: VqTokenizer, codes: Codes, iteration: u64, _update: Option<&Update>) -> Result<(VqTokenizer, Extras)> {
+        let ids = ids_to_host(codes.ids);
+        let encodings = codes.encodings.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 encodings");
+        let restarted = model.ema_update(&encodings, &ids, &mut rng_for(&[self.cfg.run.seed, iteration, RESTART_STREAM]));
+        let usage = self.usage.as_mut().expect("started");
+        usage.push(&ids);
+        let (perplexity, _) = code_statistics(&ids, self.model_cfg().vocab_size);
+        self.last = Some((codes.recon, perplexity, usage.fraction()));
+        let extras = vec![
+            ("recon_loss", json!(codes.recon)),
+            ("commit_loss", json!(codes.commit)),
+            ("perplexity", json!(perplexity)),
+            ("codebook_usage", json!(usage.fraction())),
+            ("restarted", json!(restarted)),
+        ];
+        Ok((model, extras))
+    }
+
+    fn end_of_epoch(&mut self, _model: &VqTokenizer, end: &EpochEnd) -> Result<EpochReport> {
+        let message = self.last.map(|(recon, perplexity, usage)| {
+            format!("epoch {}: recon {recon:.4}, perplexity {perplexity:.1}, codebook usage {:.1}%", end.progress.epoch, 100.0 * usage)
+        });
+        Ok(EpochReport { message, record: None })
+    }
+
+    fn save(&self, path: &Path, model: &VqTokenizer, optimizer: &ModuleOptimizer, progress: Progress) -> Result<()> {
+        let header = TokenizerHeader {
+            mim_version: env!("CARGO_PKG_VERSION").into(),
+            model: self.model_cfg().clone(),
+            // Without the output folder: the same run gives the same bytes wherever it is written.
+            train: serde_json::to_value(TokenizerTrainConfig { run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() }, ..self.cfg.clone() })?,
+            iteration: progress.iteration,
+            epoch: progress.epoch,
+            usage: self.usage.clone().expect("started"),
+            mean: self.stats.0.clone(),
+            std: self.stats.1.clone(),
+        };
+        checkpoint::save_kind(path, Kind::Tokenizer, &header, model, Some(optimizer))
+    }
 }
 
 /// Saves rows of `original | reconstruction from its tokens` for images `indices` of `ds`

@@ -7,9 +7,10 @@ use anyhow::Result;
 use clap::Args;
 
 use mim::ablate::{AblateConfig, Study, run_study};
-use mim::eval::finetune::FinetuneConfig;
 use mim::eval::linprobe::LinprobeConfig;
+use mim::train::finetune::FinetuneConfig;
 use mim::train::pretrain::PretrainConfig;
+use mim::train::{OptimConfig, RunConfig};
 
 use crate::Bar;
 
@@ -60,27 +61,21 @@ pub fn run_ablate(a: &AblateArgs) -> Result<()> {
     let max_images = a.max_images.or(a.quick.then_some(2000));
     let study_name = serde_json::to_value(a.study)?.as_str().unwrap_or("study").to_string();
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/ablate").join(&study_name));
+    let run = RunConfig { data: a.data.clone(), batch_size: a.batch_size, max_images, seed: a.seed, ..RunConfig::default() };
+    let pretrain_defaults = PretrainConfig::default();
     let base = PretrainConfig {
-        data: a.data.clone(),
+        run: RunConfig { epochs: a.epochs.unwrap_or(if a.quick { 2 } else { 20 }), ..run.clone() },
+        optim: OptimConfig { lr: Some(a.lr), warmup_epochs: Some(if a.quick { 0.3 } else { 1.0 }), ..pretrain_defaults.optim },
         model: Some(a.model.clone()),
-        epochs: a.epochs.unwrap_or(if a.quick { 2 } else { 20 }),
-        batch_size: a.batch_size,
-        lr: Some(a.lr),
-        warmup_epochs: Some(if a.quick { 0.3 } else { 1.0 }),
-        max_images,
-        seed: a.seed,
         tokenizer: a.tokenizer.clone(),
-        ..PretrainConfig::default()
+        ..pretrain_defaults
     };
+    let finetune_defaults = FinetuneConfig::default();
     let finetune = FinetuneConfig {
-        epochs: a.finetune_epochs.unwrap_or(if a.quick { 1 } else { 5 }),
-        batch_size: a.batch_size,
-        lr: Some(1e-3),
-        warmup_epochs: 0.5,
+        run: RunConfig { epochs: a.finetune_epochs.unwrap_or(if a.quick { 1 } else { 5 }), ..run },
+        optim: OptimConfig { lr: Some(1e-3), warmup_epochs: Some(0.5), ..finetune_defaults.optim },
         crop_scale: (0.35, 1.0),
-        max_images,
-        seed: a.seed,
-        ..FinetuneConfig::default()
+        ..finetune_defaults
     };
     let cfg = AblateConfig { study: a.study, base, finetune, probe: LinprobeConfig::default(), probe_images: max_images, quick: a.quick, out: out.clone() };
     let rows = run_study(&cfg, &mut Bar::default())?;

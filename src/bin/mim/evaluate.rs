@@ -7,7 +7,7 @@ use anyhow::{Result, bail, ensure};
 use clap::Args;
 
 use mim::data::{Dataset, Split};
-use mim::eval::finetune::{FinetuneConfig, finetune, last_checkpoint};
+use mim::train::finetune::{FinetuneArgs, FinetuneConfig, finetune, last_checkpoint};
 use mim::eval::knn::{KnnConfig, knn_accuracy};
 use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
 use mim::eval::{Backbone, Features, extract};
@@ -95,114 +95,25 @@ impl BackboneArgs {
 
 /// `mim finetune` flags (over an optional TOML config).
 #[derive(Args)]
-pub struct FinetuneArgs {
+pub struct FinetuneCmd {
     /// TOML file with any FinetuneConfig fields (see configs/).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Pretraining checkpoint whose encoder is fine-tuned.
-    #[arg(long, conflicts_with = "from_scratch")]
-    checkpoint: Option<PathBuf>,
     /// Train --model from random initialisation with the same recipe (the baseline).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "checkpoint")]
     from_scratch: bool,
     /// Continue the run saved in --out.
     #[arg(long)]
     resume: bool,
-    /// Preset for --from-scratch.
-    #[arg(long)]
-    model: Option<String>,
-    /// Dataset (train and test splits).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Token pooling: avg (default, MAE) or cls.
-    #[arg(long)]
-    pool: Option<Pool>,
-    /// Train only the last K blocks (partial fine-tuning).
-    #[arg(long)]
-    trainable_blocks: Option<usize>,
-    /// Epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Images per step.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Gradient accumulation steps.
-    #[arg(long)]
-    accum_iter: Option<usize>,
-    /// Learning rate per 256 images.
-    #[arg(long, allow_negative_numbers = true)]
-    base_lr: Option<f64>,
-    /// Absolute learning rate (overrides --base-lr).
-    #[arg(long, allow_negative_numbers = true)]
-    lr: Option<f64>,
-    /// Final learning rate.
-    #[arg(long, allow_negative_numbers = true)]
-    min_lr: Option<f64>,
-    /// Warmup epochs.
-    #[arg(long, allow_negative_numbers = true)]
-    warmup_epochs: Option<f64>,
-    /// Layer-wise lr decay (1 = off).
-    #[arg(long)]
-    layer_decay: Option<f64>,
-    /// AdamW weight decay.
-    #[arg(long, allow_negative_numbers = true)]
-    weight_decay: Option<f64>,
-    /// Global gradient-norm clipping (default: none, as MAE's main_finetune.py).
-    #[arg(long)]
-    clip_grad: Option<f64>,
-    /// Drop path rate.
-    #[arg(long)]
-    drop_path: Option<f64>,
-    /// Label smoothing.
-    #[arg(long)]
-    smoothing: Option<f64>,
-    /// Mixup alpha (0 = off).
-    #[arg(long)]
-    mixup: Option<f64>,
-    /// CutMix alpha (0 = off).
-    #[arg(long)]
-    cutmix: Option<f64>,
-    /// Seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Use only the first N training images.
-    #[arg(long)]
-    max_images: Option<usize>,
-    /// cpu, or cuda:N in a CUDA build.
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    settings: FinetuneArgs,
 }
 
-impl FinetuneArgs {
+impl FinetuneCmd {
     fn config(&self) -> Result<FinetuneConfig> {
-        let mut c = match &self.config {
-            Some(p) => FinetuneConfig::from_toml_file(p)?,
-            None => FinetuneConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
-        }
-        set!(model, data, out, pool, epochs, batch_size, accum_iter, base_lr, min_lr, warmup_epochs, layer_decay, weight_decay, drop_path, smoothing, mixup, cutmix, seed, device);
-        if self.lr.is_some() {
-            c.lr = self.lr;
-        }
-        if self.clip_grad.is_some() {
-            c.clip_grad = self.clip_grad;
-        }
-        if self.checkpoint.is_some() {
-            c.checkpoint = self.checkpoint.clone();
-        }
+        let mut c: FinetuneConfig = crate::settings(self.config.as_deref(), |c| self.settings.apply(c))?;
         if self.from_scratch {
             c.checkpoint = None;
-        }
-        if self.trainable_blocks.is_some() {
-            c.trainable_blocks = self.trainable_blocks;
-        }
-        if self.max_images.is_some() {
-            c.max_images = self.max_images;
         }
         ensure!(
             c.checkpoint.is_some() || self.from_scratch || self.resume,
@@ -213,17 +124,18 @@ impl FinetuneArgs {
 }
 
 /// Runs `mim finetune`.
-pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
+pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
     let mut cfg = a.config()?;
-    let resume = a.resume.then(|| last_checkpoint(&cfg.out));
+    let resume = a.resume.then(|| last_checkpoint(&cfg.run.out));
     match &resume {
         Some(r) => {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
             let saved = mim::train::checkpoint::read_header(r)?.train;
-            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), &["epochs", "device"], &["data", "checkpoint"], &cfg.out)?;
+            let mutable = &["epochs", "device", "prefetch", "checkpoint_every"];
+            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data", "checkpoint"], &cfg.run.out)?;
         }
         None => {
-            crate::resume::absolute(&mut cfg.data);
+            crate::resume::absolute(&mut cfg.run.data);
             cfg.checkpoint.iter_mut().for_each(crate::resume::absolute);
         }
     }
@@ -236,7 +148,7 @@ pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
         s.best.1,
         s.checkpoints.0.display(),
         s.checkpoints.1.display(),
-        mim::eval::finetune::results_path(&cfg.out).display()
+        mim::train::finetune::results_path(&cfg.run.out).display()
     );
     Ok(())
 }

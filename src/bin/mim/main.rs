@@ -16,7 +16,8 @@ use mim::masking::{Mask, MaskStrategy, SimMimMasking, uniform_noise};
 use mim::models::simmim::SimMim;
 use mim::train::methods::{MimModel, ModelConfig};
 use mim::models::mae::MaskedAutoencoder;
-use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_path, metrics_path, read_metrics};
+use mim::train::pretrain::{PretrainConfig, checkpoint_path, metrics_path, read_metrics};
+use mim::train::{OptimConfig, Reporter, RunConfig, StepMetrics};
 use mim::train::{checkpoint, pretrain};
 
 mod ablate;
@@ -43,7 +44,7 @@ enum Command {
         epochs: usize,
     },
     /// Pretrain by masked image modeling: MAE or SimMIM (config from --config TOML, flags override it).
-    Pretrain(PretrainArgs),
+    Pretrain(PretrainCmd),
     /// Pictures of original | masked | reconstruction | reconstruction + visible, from an MAE or
     /// SimMIM checkpoint (or MAE weights).
     Reconstruct(ReconstructArgs),
@@ -52,7 +53,7 @@ enum Command {
     Bench(BenchArgs),
     /// Fine-tune a pretrained encoder with a classification head (or train it from scratch, the
     /// baseline); --trainable-blocks K for partial fine-tuning.
-    Finetune(evaluate::FinetuneArgs),
+    Finetune(evaluate::FinetuneCmd),
     /// Linear probe on frozen, cached features (BatchNorm without affine + linear head, LARS).
     Linprobe(evaluate::LinprobeArgs),
     /// Weighted k-nearest-neighbour accuracy on frozen features.
@@ -77,7 +78,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct PretrainArgs {
+struct PretrainCmd {
     /// TOML file with any PretrainConfig fields (see configs/).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -87,118 +88,8 @@ struct PretrainArgs {
     /// Continue from this checkpoint instead of the one in --out.
     #[arg(long)]
     resume_from: Option<PathBuf>,
-    /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Method: mae (default), beit (needs --tokenizer) or simmim (a Swin Transformer).
-    #[arg(long)]
-    method: Option<mim::train::methods::Method>,
-    /// Model preset (MAE: mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...; SimMIM:
-    /// swin_tiny_28, swin_tiny_32, swin_tiny_patch4_window7_224, ...).
-    #[arg(long)]
-    model: Option<String>,
-    /// Input side in pixels.
-    #[arg(long)]
-    img_size: Option<usize>,
-    /// Fraction of patches removed, in (0, 1).
-    #[arg(long, allow_negative_numbers = true)]
-    mask_ratio: Option<f64>,
-    /// Per-patch normalised pixel targets (true/false).
-    #[arg(long)]
-    norm_pix_loss: Option<bool>,
-    /// MAE: what the decoder predicts (pixels, pca, or tokens with --tokenizer).
-    #[arg(long, value_enum)]
-    target: Option<mim::train::pretrain::Target>,
-    /// MAE ablation (Table 1c): removed patches enter the encoder as a learned mask token.
-    #[arg(long)]
-    encoder_mask_token: bool,
-    /// Pretraining augmentation (default: the method's; BEiT adds colour jitter).
-    #[arg(long, value_enum)]
-    augmentation: Option<mim::train::pretrain::Augmentation>,
-    #[arg(long)]
-    /// Epochs.
-    epochs: Option<usize>,
-    /// Images per step.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Gradient accumulation steps.
-    #[arg(long)]
-    accum_iter: Option<usize>,
-    /// Learning rate per 256 images.
-    #[arg(long, allow_negative_numbers = true)]
-    base_lr: Option<f64>,
-    /// Absolute learning rate (overrides --base-lr).
-    #[arg(long, allow_negative_numbers = true)]
-    lr: Option<f64>,
-    /// Final learning rate.
-    #[arg(long, allow_negative_numbers = true)]
-    min_lr: Option<f64>,
-    /// Warmup epochs.
-    #[arg(long, allow_negative_numbers = true)]
-    warmup_epochs: Option<f64>,
-    /// AdamW weight decay.
-    #[arg(long, allow_negative_numbers = true)]
-    weight_decay: Option<f64>,
-    /// Learning rate the warm-up starts from (SimMIM's schedule; MAE and BEiT start at 0).
-    #[arg(long)]
-    warmup_lr: Option<f64>,
-    /// Global gradient-norm clipping (default: the method's recipe, MAE none, BEiT 3, SimMIM 5; 0 = off).
-    #[arg(long)]
-    clip_grad: Option<f64>,
-    /// Seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Checkpoint every N epochs.
-    #[arg(long)]
-    checkpoint_every: Option<usize>,
-    /// Use only the first N training images.
-    #[arg(long)]
-    max_images: Option<usize>,
-    /// cpu, or cuda:N in a CUDA build.
-    #[arg(long)]
-    device: Option<String>,
-    /// BEiT: visual tokenizer checkpoint written by `mim tokenizer train`.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// k-NN accuracy on the test split every N epochs (0 = off), written to knn.jsonl.
-    #[arg(long)]
-    eval_every: Option<usize>,
-    /// Training images in the k-NN monitor's memory bank.
-    #[arg(long)]
-    knn_images: Option<usize>,
-}
-
-impl PretrainArgs {
-    fn config(&self) -> Result<PretrainConfig> {
-        let mut c = match &self.config {
-            Some(p) => PretrainConfig::from_toml_file(p)?,
-            None => PretrainConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone().into(); } )* };
-        }
-        set!(data, out, method, model, mask_ratio, tokenizer, norm_pix_loss, augmentation, target, epochs, batch_size, accum_iter, base_lr, min_lr, weight_decay, warmup_lr, seed, checkpoint_every, device, eval_every, knn_images);
-        if self.clip_grad.is_some() {
-            c.clip_grad = self.clip_grad;
-        }
-        if self.img_size.is_some() {
-            c.img_size = self.img_size;
-        }
-        c.encoder_mask_token |= self.encoder_mask_token;
-        if self.lr.is_some() {
-            c.lr = self.lr;
-        }
-        if self.warmup_epochs.is_some() {
-            c.warmup_epochs = self.warmup_epochs;
-        }
-        if self.max_images.is_some() {
-            c.max_images = self.max_images;
-        }
-        Ok(c)
-    }
+    #[command(flatten)]
+    settings: mim::train::pretrain::PretrainArgs,
 }
 
 #[derive(Args)]
@@ -520,14 +411,14 @@ impl Reporter for Bar {
 fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     let t0 = Instant::now();
     let summary = pretrain(cfg, resume, &mut Bar::default())?;
-    let metrics = read_metrics(&metrics_path(&cfg.out))?;
+    let metrics = read_metrics(&metrics_path(&cfg.run.out))?;
     let losses: Vec<(f64, f64)> = metrics.iter().map(|m| (m.iteration as f64, m.loss)).collect();
-    let curve = cfg.out.join("loss.png");
+    let curve = cfg.run.out.join("loss.png");
     mim::viz::loss_curve(&curve, &losses, 20)?;
     // Weights in official MAE naming for other tools (the checkpoint serves mim itself).
     let mut weights = String::new();
     if cfg.method == mim::train::methods::Method::Mae {
-        let path = cfg.out.join("weights.safetensors");
+        let path = cfg.run.out.join("weights.safetensors");
         let ck = checkpoint::load(&summary.checkpoint, &burn::tensor::Device::flex())?;
         mim::io::export_weights(&ck.model, ck.header.model.mae()?, &path)?;
         weights = format!(", weights {}", path.display());
@@ -537,7 +428,7 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
         "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}{weights}",
         t0.elapsed().as_secs_f64(),
         summary.checkpoint.display(),
-        metrics_path(&cfg.out).display(),
+        metrics_path(&cfg.run.out).display(),
         curve.display(),
     );
     Ok(())
@@ -659,23 +550,33 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
 }
 
 /// Pretraining settings a resume may change: none of them alters which run it is.
-const PRETRAIN_MUTABLE: &[&str] = &["epochs", "device", "checkpoint_every", "eval_every", "knn_images"];
+const PRETRAIN_MUTABLE: &[&str] = &["epochs", "device", "prefetch", "checkpoint_every", "eval_every", "knn_images"];
+
+/// A job's settings: the TOML file's (or the defaults), then the flags that were given.
+fn settings<C: Default + serde::Serialize + serde::de::DeserializeOwned>(file: Option<&Path>, flags: impl FnOnce(&mut C)) -> Result<C> {
+    let mut cfg = match file {
+        Some(path) => mim::train::config::read_toml(path)?,
+        None => C::default(),
+    };
+    flags(&mut cfg);
+    Ok(cfg)
+}
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Pretrain(args) => {
-            let mut cfg = args.config()?;
-            let resume = args.resume_from.clone().or(args.resume.then(|| checkpoint_path(&cfg.out)));
+            let mut cfg = settings(args.config.as_deref(), |c| args.settings.apply(c))?;
+            let resume = args.resume_from.clone().or(args.resume.then(|| checkpoint_path(&cfg.run.out)));
             match &resume {
                 Some(r) => {
                     if !r.exists() {
                         bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
                     }
                     let saved = checkpoint::read_header(r)?.train;
-                    cfg = resume::resumed(r, &saved, &cfg, args.config.as_deref(), PRETRAIN_MUTABLE, &["data", "tokenizer"], &cfg.out)?;
+                    cfg = resume::resumed(r, &saved, &cfg, args.config.as_deref(), PRETRAIN_MUTABLE, &["data", "tokenizer"], &cfg.run.out)?;
                 }
                 None => {
-                    resume::absolute(&mut cfg.data);
+                    resume::absolute(&mut cfg.run.data);
                     cfg.tokenizer.iter_mut().for_each(resume::absolute);
                 }
             }
@@ -685,14 +586,12 @@ fn run(cli: Cli) -> Result<()> {
             // Pixel targets, as the official visualisation model: with norm_pix_loss the picture
             // borrows each removed patch's true mean and variance and would flatter the model.
             // Small batches give the few minutes of training more updates.
+            let defaults = PretrainConfig::default();
             let cfg = PretrainConfig {
-                out: out.clone(),
-                epochs,
-                batch_size: 64,
-                lr: Some(1e-3),
-                warmup_epochs: Some(0.3),
+                run: RunConfig { out: out.clone(), epochs, batch_size: 64, ..defaults.run },
+                optim: OptimConfig { lr: Some(1e-3), warmup_epochs: Some(0.3), ..defaults.optim },
                 norm_pix_loss: false,
-                ..PretrainConfig::default()
+                ..defaults
             };
             let ck = checkpoint_path(&out);
             let resume = ck.exists().then_some(ck.as_path());

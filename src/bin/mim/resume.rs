@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use mim::train::config::{flatten, from_json, nest};
+
 /// Ids (field names) of the arguments given on the command line, not defaulted.
 static GIVEN: OnceLock<Vec<String>> = OnceLock::new();
 
@@ -64,7 +66,7 @@ fn same_path(a: &Value, b: &Value) -> bool {
 /// `mutable` settings taken from `requested` (flags and `--config` over defaults), into `out`.
 /// `paths` name path settings: compared as paths, and taken from the command line when the saved
 /// one no longer exists (the data moved); the run's size checks still guard what they hold.
-pub fn resumed<T: Serialize + DeserializeOwned>(
+pub fn resumed<T: Default + Serialize + DeserializeOwned>(
     ckpt: &Path,
     saved: &Value,
     requested: &T,
@@ -73,15 +75,18 @@ pub fn resumed<T: Serialize + DeserializeOwned>(
     paths: &[&str],
     out: &Path,
 ) -> Result<T> {
-    let req = serde_json::to_value(requested)?;
-    let Value::Object(mut merged) = saved.clone() else {
+    // Compared key by key with the `[run]` and `[optim]` tables flattened, as the flags are.
+    let req = flatten(serde_json::to_value(requested)?);
+    let Value::Object(mut merged) = flatten(saved.clone()) else {
         bail!("checkpoint '{}' holds no training configuration: it cannot be resumed", ckpt.display());
     };
     let mut keys: Vec<String> = given().iter().filter(|k| req.get(k.as_str()).is_some()).cloned().collect();
     if let Some(f) = config_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("cannot read config '{}'", f.display()))?;
         let table: toml::Table = toml::from_str(&text).with_context(|| format!("config '{}' is not valid TOML", f.display()))?;
-        keys.extend(table.keys().cloned());
+        if let Value::Object(flat) = flatten(nest(serde_json::to_value(table)?)) {
+            keys.extend(flat.keys().cloned());
+        }
     }
     keys.sort();
     keys.dedup();
@@ -123,5 +128,5 @@ pub fn resumed<T: Serialize + DeserializeOwned>(
         }
     }
     merged.insert("out".into(), serde_json::to_value(out)?);
-    serde_json::from_value(Value::Object(merged)).with_context(|| format!("checkpoint '{}' holds a configuration this mim cannot read", ckpt.display()))
+    from_json(Value::Object(merged)).with_context(|| format!("checkpoint '{}' holds a configuration this mim cannot read", ckpt.display()))
 }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use mim::data::{Dataset, Split};
 use mim::train::tokenizer::{
-    TokenizerTrainConfig, evaluate_tokenizer, load_tokenizer, reconstruction_picture, tokenizer_checkpoint_path, tokenizer_metrics_path,
+    TokenizerTrainArgs, TokenizerTrainConfig, evaluate_tokenizer, load_tokenizer, reconstruction_picture, tokenizer_checkpoint_path, tokenizer_metrics_path,
     train_tokenizer,
 };
 
@@ -41,72 +41,8 @@ struct TrainArgs {
     /// Continue from this checkpoint instead of the one in --out.
     #[arg(long)]
     resume_from: Option<PathBuf>,
-    /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Tokenizer preset (vq_tiny_28, vq_tiny_32).
-    #[arg(long)]
-    model: Option<String>,
-    /// Input side in pixels.
-    #[arg(long)]
-    img_size: Option<usize>,
-    /// Codebook size (the BEiT model's vocab_size).
-    #[arg(long)]
-    vocab_size: Option<usize>,
-    /// Epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Images per step.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long, allow_negative_numbers = true)]
-    lr: Option<f64>,
-    /// Final learning rate.
-    #[arg(long, allow_negative_numbers = true)]
-    min_lr: Option<f64>,
-    /// Warmup epochs.
-    #[arg(long, allow_negative_numbers = true)]
-    warmup_epochs: Option<f64>,
-    /// AdamW weight decay.
-    #[arg(long, allow_negative_numbers = true)]
-    weight_decay: Option<f64>,
-    /// Seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Checkpoint every N epochs.
-    #[arg(long)]
-    checkpoint_every: Option<usize>,
-    /// Use only the first N training images.
-    #[arg(long)]
-    max_images: Option<usize>,
-    /// cpu, or cuda:N in a CUDA build.
-    #[arg(long)]
-    device: Option<String>,
-    /// Batches over which codebook usage is measured.
-    #[arg(long)]
-    usage_window: Option<usize>,
-}
-
-impl TrainArgs {
-    fn config(&self) -> Result<TokenizerTrainConfig> {
-        let mut c = match &self.config {
-            Some(p) => TokenizerTrainConfig::from_toml_file(p)?,
-            None => TokenizerTrainConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
-        }
-        set!(data, out, model, epochs, batch_size, lr, min_lr, warmup_epochs, weight_decay, seed, checkpoint_every, device, usage_window);
-        macro_rules! set_opt {
-            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
-        }
-        set_opt!(img_size, vocab_size, max_images);
-        Ok(c)
-    }
+    #[command(flatten)]
+    settings: TokenizerTrainArgs,
 }
 
 #[derive(Args)]
@@ -143,18 +79,18 @@ pub fn run_tokenizer(a: &TokenizerArgs) -> Result<()> {
 }
 
 fn run_train(a: &TrainArgs) -> Result<()> {
-    let mut cfg = a.config()?;
-    let resume = a.resume_from.clone().or(a.resume.then(|| tokenizer_checkpoint_path(&cfg.out)));
+    let mut cfg: TokenizerTrainConfig = crate::settings(a.config.as_deref(), |c| a.settings.apply(c))?;
+    let resume = a.resume_from.clone().or(a.resume.then(|| tokenizer_checkpoint_path(&cfg.run.out)));
     if let Some(r) = resume.as_ref().filter(|r| !r.exists()) {
         bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
     }
     match &resume {
         Some(r) => {
             let saved = mim::train::tokenizer::read_tokenizer_header(r)?.train;
-            let mutable = &["epochs", "device", "checkpoint_every"];
-            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data"], &cfg.out)?;
+            let mutable = &["epochs", "device", "prefetch", "checkpoint_every"];
+            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data"], &cfg.run.out)?;
         }
-        None => crate::resume::absolute(&mut cfg.data),
+        None => crate::resume::absolute(&mut cfg.run.data),
     }
     let t0 = Instant::now();
     let summary = train_tokenizer(&cfg, resume.as_deref(), &mut Bar::default())?;
@@ -171,7 +107,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
         "done in {:.1} s: checkpoint {}, metrics {}, picture {}{last}",
         t0.elapsed().as_secs_f64(),
         summary.checkpoint.display(),
-        tokenizer_metrics_path(&cfg.out).display(),
+        tokenizer_metrics_path(&cfg.run.out).display(),
         summary.picture.display()
     );
     Ok(())
@@ -181,7 +117,7 @@ fn run_show(a: &ShowArgs) -> Result<()> {
     let ck = load_tokenizer(&a.checkpoint, &burn::tensor::Device::flex())?;
     let data = match &a.data {
         Some(d) => d.clone(),
-        None => serde_json::from_value::<TokenizerTrainConfig>(ck.header.train.clone())?.data,
+        None => mim::train::config::from_json::<TokenizerTrainConfig>(ck.header.train.clone())?.run.data,
     };
     let ds = Dataset::open(&data, a.split)?;
     if let Some(&bad) = a.indices.iter().find(|&&i| i >= ds.len()) {

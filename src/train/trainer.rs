@@ -1,0 +1,333 @@
+//! The one training loop. A job ([`Task`]) says how to build or resume its model, the loss of a
+//! batch, what happens after each batch (an EMA codebook or teacher) and at the end of an epoch
+//! (monitors, test accuracy), and how its checkpoint is written. [`fit`] owns everything else: the
+//! run folder's lock, fresh-or-resume, the data order and prefetching, the optimizer step
+//! ([`Stepper`]), the non-finite stop, per-iteration metrics, per-epoch records, checkpoints and
+//! progress reports, so every job resumes, logs and stops the same way.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::tensor::{Bytes, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::config::RunConfig;
+use super::lock::{RunLock, lock_run_dir};
+use crate::data::augment::Transform;
+use crate::data::loader::{Batch, Prefetcher, epoch_order};
+use crate::data::{Dataset, Split};
+use crate::optim::{Stepper, Update};
+
+/// One training iteration's numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    /// Batches done, counting this one.
+    pub iteration: u64,
+    /// Epoch of this batch (0-based).
+    pub epoch: u64,
+    /// Loss of this batch.
+    pub loss: f64,
+    /// Learning rate of the most recent update.
+    pub lr: f64,
+    /// Training throughput over the last 20 iterations (data wait included).
+    pub images_per_sec: f64,
+    /// Seconds since this process started training.
+    pub elapsed_s: f64,
+}
+
+/// Receives progress (the CLI draws a progress bar; tests collect losses).
+pub trait Reporter {
+    /// Training starts (or resumes at `done` of `total` iterations).
+    fn start(&mut self, _total: u64, _done: u64, _about: &str) {}
+    /// After every iteration.
+    fn step(&mut self, _m: &StepMetrics) {}
+    /// A line of information (checkpoint written, test accuracy, ...).
+    fn message(&mut self, _msg: &str) {}
+    /// Training ended.
+    fn finish(&mut self) {}
+}
+
+/// A reporter that prints nothing.
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// Where a run starts: a fresh model at iteration 0, or what a checkpoint holds.
+pub struct Start<M> {
+    /// The model.
+    pub model: M,
+    /// The optimizer's state, when resuming.
+    pub optimizer: Option<Bytes>,
+    /// Batches already consumed.
+    pub iteration: u64,
+    /// Epochs already completed.
+    pub epoch: u64,
+}
+
+impl<M> Start<M> {
+    /// A fresh run.
+    pub fn fresh(model: M) -> Self {
+        Self { model, optimizer: None, iteration: 0, epoch: 0 }
+    }
+}
+
+/// How far a run has come, for checkpoint headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Batches consumed.
+    pub iteration: u64,
+    /// Optimizer updates applied.
+    pub optimizer_steps: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+}
+
+/// An epoch just ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochEnd {
+    /// Where the run is (`progress.epoch` counts this epoch).
+    pub progress: Progress,
+    /// Mean training loss of the epoch's batches.
+    pub mean_loss: f64,
+    /// Seconds since this process started training.
+    pub elapsed_s: f64,
+}
+
+/// What a job adds to the loop's records at the end of an epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochReport {
+    /// A line for the reporter.
+    pub message: Option<String>,
+    /// A JSON object (with an `epoch` key) appended to the job's epoch log.
+    pub record: Option<Value>,
+}
+
+/// Extra per-iteration metrics a job logs beside [`StepMetrics`], in order.
+pub type Extras = Vec<(&'static str, Value)>;
+
+/// A training job: what [`fit`] needs to know about it.
+pub trait Task {
+    /// The model trained (on the autodiff device).
+    type Model: Module;
+    /// What the loss of a batch hands on to [`Task::after_batch`] (the tokenizer's codes).
+    type Output;
+
+    /// What the output folder holds, for messages ("run", "tokenizer run").
+    const WHAT: &'static str = "run";
+
+    /// The shared run settings.
+    fn run(&self) -> &RunConfig;
+
+    /// The resumable checkpoint of the run.
+    fn checkpoint_path(&self) -> PathBuf {
+        self.run().out.join("checkpoint.mim")
+    }
+
+    /// One JSON line per iteration: [`StepMetrics`] and the job's [`Extras`].
+    fn metrics_path(&self) -> PathBuf {
+        self.run().out.join("metrics.jsonl")
+    }
+
+    /// One JSON line per [`EpochReport::record`], if the job writes any.
+    fn epoch_log(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Checks the settings before anything is read or written, naming the flag to change.
+    fn validate(&self) -> Result<()>;
+
+    /// Learns what it needs of the training data (channels, size) before the folder is touched.
+    fn prepare(&mut self, _data: &Dataset) -> Result<()> {
+        Ok(())
+    }
+
+    /// A fresh model, or the run saved in `resume` after checking it is this run.
+    fn start(&mut self, data: &Dataset, resume: Option<&Path>, device: &Device) -> Result<Start<Self::Model>>;
+
+    /// The optimizer step of this job for `model` (groups, schedule, clipping, layer decay).
+    fn stepper(&self, model: &Self::Model, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<Self::Model>>;
+
+    /// The training augmentation.
+    fn transform(&self) -> Transform;
+
+    /// One line describing the run.
+    fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String;
+
+    /// The loss of micro-batch `iteration` (0-based over the run).
+    fn loss(&mut self, model: &Self::Model, batch: &mut Batch, iteration: u64, device: &Device) -> Result<(Tensor<1>, Self::Output)>;
+
+    /// After the backward of micro-batch `iteration` and the optimizer `update` it completed, if
+    /// any: where an EMA codebook or an EMA teacher follows the trained weights.
+    fn after_batch(&mut self, model: Self::Model, _output: Self::Output, _iteration: u64, _update: Option<&Update>) -> Result<(Self::Model, Extras)> {
+        Ok((model, Vec::new()))
+    }
+
+    /// At the end of each epoch, before its checkpoint.
+    fn end_of_epoch(&mut self, _model: &Self::Model, _end: &EpochEnd) -> Result<EpochReport> {
+        Ok(EpochReport::default())
+    }
+
+    /// Writes the resumable checkpoint.
+    fn save(&self, path: &Path, model: &Self::Model, optimizer: &ModuleOptimizer, progress: Progress) -> Result<()>;
+}
+
+/// What [`fit`] leaves.
+pub struct Fit<M> {
+    /// The trained model.
+    pub model: M,
+    /// This process's iterations (after any resume point), with the job's extras.
+    pub steps: Vec<(StepMetrics, Extras)>,
+    /// The run folder's lock, still held: the caller writes its own files (pictures, exported
+    /// weights) before dropping it, so no other run starts in between.
+    pub lock: RunLock,
+}
+
+/// Keeps the JSON lines of `path` whose `key` is at most `max` (a resumed run rewrites what came
+/// after). A line that does not parse is the tail a killed process left half-written: dropped.
+pub fn keep_records(path: &Path, key: &str, max: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v[key].as_u64().is_some_and(|k| k <= max)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::io::write_atomic(path, &[kept.as_bytes()])
+}
+
+fn append(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+/// Trains `task`; with `resume`, continues the run saved in that checkpoint on exactly the
+/// trajectory an uninterrupted run would have followed.
+pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Fit<T::Model>> {
+    task.validate()?;
+    let run = task.run().clone();
+    let device = crate::runtime::device(&run.device)?.autodiff();
+    let mut ds = Dataset::open(&run.data, Split::Train)?;
+    if let Some(n) = run.max_images {
+        ds.truncate(n);
+    }
+    task.prepare(&ds)?;
+    let spe = ds.len() / run.batch_size;
+    ensure!(spe > 0, "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images", ds.len(), run.batch_size);
+    let ckpt = task.checkpoint_path();
+    // Taken before the folder is looked at, and held to the end: a second run into the same
+    // folder is refused instead of interleaving its checkpoints and metrics with this one's.
+    let lock = lock_run_dir(&run.out)?;
+    if resume.is_none() && ckpt.exists() {
+        bail!(
+            "'{}' already holds a {}: pass --resume to continue it, or choose another --out (nothing was overwritten)",
+            run.out.display(),
+            T::WHAT
+        );
+    }
+    let start = task.start(&ds, resume, &device)?;
+    if let Some(path) = resume {
+        crate::checkpoint::check_iterations_per_epoch(path, start.epoch, start.iteration, spe, &run.data)?;
+    }
+    let mut stepper = task.stepper(&start.model, spe, start.optimizer)?;
+    let (mut model, mut it) = (start.model, start.iteration);
+
+    std::fs::create_dir_all(&run.out).with_context(|| format!("cannot create output folder '{}'", run.out.display()))?;
+    let mpath = task.metrics_path();
+    keep_records(&mpath, "iteration", it)?;
+    let mut metrics = append(&mpath)?;
+    if let Some(log) = task.epoch_log() {
+        keep_records(&log, "epoch", it / spe as u64)?;
+    }
+
+    let ds = Arc::new(ds);
+    let total = (run.epochs * spe) as u64;
+    let transform = task.transform();
+    reporter.start(total, it, &task.about(&ds, spe));
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    let mut recent = VecDeque::new();
+    let (mut lr, mut optimizer_steps) = (0.0, it / run.accum_iter as u64);
+    for epoch in (it / spe as u64)..run.epochs as u64 {
+        let first = (it % spe as u64) as usize;
+        let order = epoch_order(ds.len(), run.seed, epoch);
+        let loader = Prefetcher::spawn(ds.clone(), transform.clone(), order, run.batch_size, first, run.seed, epoch, run.prefetch);
+        let (mut loss_sum, mut batches) = (0.0, 0usize);
+        let mut t0 = Instant::now();
+        for batch in loader {
+            let mut batch = batch?;
+            let b = batch.len();
+            let (loss_t, output) = task.loss(&model, &mut batch, it, &device)?;
+            let loss = loss_t.clone().into_scalar::<f32>() as f64;
+            if !loss.is_finite() {
+                bail!(
+                    "the loss is {loss} at iteration {it}: training diverged; lower the learning rate (--base-lr or --lr) or \
+                     lengthen --warmup-epochs (the last good checkpoint, if any, is '{}')",
+                    ckpt.display()
+                );
+            }
+            let update;
+            (model, update) = stepper.backward(model, loss_t, it);
+            if let Some(u) = &update {
+                lr = u.lr;
+                optimizer_steps += 1;
+            }
+            let extras;
+            (model, extras) = task.after_batch(model, output, it, update.as_ref())?;
+            it += 1;
+            (loss_sum, batches) = (loss_sum + loss, batches + 1);
+            recent.push_back((b, t0.elapsed().as_secs_f64()));
+            if recent.len() > 20 {
+                recent.pop_front();
+            }
+            let rate = recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
+            let m = StepMetrics { iteration: it, epoch, loss, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() };
+            let mut line = serde_json::to_string(&m)?;
+            line.pop();
+            for (k, v) in &extras {
+                line.push_str(&format!(",\"{k}\":{v}"));
+            }
+            writeln!(metrics, "{line}}}").with_context(|| format!("cannot write '{}'", mpath.display()))?;
+            reporter.step(&m);
+            steps.push((m, extras));
+            t0 = Instant::now();
+        }
+        ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
+        metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
+        let progress = Progress { iteration: it, optimizer_steps, epoch: epoch + 1 };
+        let end = EpochEnd { progress, mean_loss: loss_sum / batches.max(1) as f64, elapsed_s: started.elapsed().as_secs_f64() };
+        let report = task.end_of_epoch(&model, &end)?;
+        if let (Some(record), Some(log)) = (&report.record, task.epoch_log()) {
+            writeln!(append(&log)?, "{record}").with_context(|| format!("cannot write '{}'", log.display()))?;
+        }
+        if let Some(msg) = &report.message {
+            reporter.message(msg);
+        }
+        if (epoch + 1) % run.checkpoint_every as u64 == 0 || epoch + 1 == run.epochs as u64 {
+            task.save(&ckpt, &model, stepper.optimizer(), progress)?;
+            reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt.display()));
+        }
+    }
+    reporter.finish();
+    Ok(Fit { model, steps, lock })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_records_drops_later_and_half_written_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("m.jsonl");
+        std::fs::write(&path, "{\"iteration\":1}\n{\"iteration\":2}\n{\"iteration\":3}\n{\"itera").unwrap();
+        keep_records(&path, "iteration", 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"iteration\":1}\n{\"iteration\":2}\n");
+    }
+}
