@@ -11,12 +11,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
-use crate::eval::finetune::{FinetuneConfig, finetune, read_results, results_path};
+use crate::train::finetune::{FinetuneConfig, finetune, read_results, results_path};
 use crate::eval::linprobe::{LinprobeConfig, linear_probe};
 use crate::eval::{Backbone, extract};
 use crate::masking::{BlockMasking, MaskStrategy};
 use crate::models::classifier::Pool;
-use crate::train::methods::ModelConfig;
+use crate::models::pretrain::ModelConfig;
 use crate::train::pretrain::{Augmentation, PretrainConfig, Reporter, Silent, Target, pretrain};
 
 /// A study of MAE Table 1 / figure 5.
@@ -237,7 +237,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         reporter.message(&format!("{}: fine-tuning", s.label));
         let ft_out = s.pretrain.out.join("finetune");
         let ft = FinetuneConfig { checkpoint: Some(summary.checkpoint.clone()), data: s.pretrain.data.clone(), out: ft_out.clone(), ..cfg.finetune.clone() };
-        let ft_resume = crate::eval::finetune::last_checkpoint(&ft_out);
+        let ft_resume = crate::train::finetune::last_checkpoint(&ft_out);
         let finetune_top1 = if ft_resume.exists() && read_results(&results_path(&ft_out))?.len() >= ft.epochs {
             read_results(&results_path(&ft_out))?.iter().map(|r| r.top1).fold(0.0, f64::max)
         } else {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use common::{mim, subset};
-use mim::train::checkpoint;
+use mim::checkpoint;
 use mim::train::pretrain::{StepMetrics, checkpoint_path, metrics_path, read_metrics};
 
 /// Iterations of the run: 1024 images / 64 a batch = 16 an epoch, 4 epochs.

@@ -3,12 +3,12 @@
 //! groups, lr = base_lr x effective batch / 256 with the script's per-iteration warm-up and cosine
 //! schedule, gradient clipping where the recipe clips, gradient accumulation, atomic checkpoints and
 //! exact resume, for every method of [`methods`] (MAE, BEiT, SimMIM). tests/trajectory.rs replays
-//! 50 steps of each script against PyTorch.
+//! 50 steps of each script against PyTorch. Also the other training jobs: the visual tokenizer
+//! ([`tokenizer`]) and fine-tuning ([`finetune`]).
 
-pub mod checkpoint;
+pub mod finetune;
 pub mod lock;
 pub mod methods;
-pub mod optim;
 pub mod pretrain;
 pub mod tokenizer;
 

@@ -9,20 +9,21 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Bytes, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, CheckpointHeader};
-use super::optim::{LrSchedule, Stepper, adamw};
+use super::methods::Method;
+use super::tokenizer::{load_tokenizer, read_tokenizer_header};
+use crate::checkpoint::{self, CheckpointHeader};
 use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
-use super::methods::{Method, MimModel, ModelConfig, StepContext};
-use super::tokenizer::{load_tokenizer, read_tokenizer_header};
-use crate::masking::{MaskStrategy, check_ratio};
 use crate::eval::extract;
 use crate::eval::knn::{KnnConfig, knn_accuracy};
+use crate::masking::{MaskStrategy, check_ratio};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::mae::{MaeConfig, MaeTarget, MaskedAutoencoder};
+use crate::models::pretrain::{MimModel, ModelConfig, StepContext};
 use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
+use crate::optim::{LrSchedule, Stepper, adamw};
 
 /// Random stream id of the masking noise (kept apart from augmentation and shuffling).
 const MASK_STREAM: u64 = 0x4D41534B;
@@ -408,7 +409,7 @@ pub(crate) fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
         .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.iteration <= iteration))
         .map(|l| format!("{l}\n"))
         .collect();
-    checkpoint::write_atomic(path, &[kept.as_bytes()])
+    crate::io::write_atomic(path, &[kept.as_bytes()])
 }
 
 /// Reads a metrics file written by [`pretrain`].

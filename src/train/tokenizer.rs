@@ -14,13 +14,13 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Kind};
-use super::optim::{CosineSchedule, MAE_BETAS, adamw};
 use super::pretrain::{Reporter, StepMetrics, truncate_metrics};
+use crate::checkpoint::{self, Kind};
 use crate::data::augment::Transform;
 use crate::data::loader::{Prefetcher, epoch_order, load_batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::models::tokenizer::{CodeUsage, TokenizerConfig, VqTokenizer, code_statistics};
+use crate::optim::{CosineSchedule, MAE_BETAS, adamw};
 
 /// Random stream id of the dead-code restarts (kept apart from augmentation and shuffling).
 const RESTART_STREAM: u64 = 0x52455354;

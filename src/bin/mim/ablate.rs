@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use mim::ablate::{AblateConfig, Study, run_study};
-use mim::eval::finetune::FinetuneConfig;
+use mim::train::finetune::FinetuneConfig;
 use mim::eval::linprobe::LinprobeConfig;
 use mim::train::pretrain::PretrainConfig;
 

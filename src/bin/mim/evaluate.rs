@@ -7,7 +7,7 @@ use anyhow::{Result, bail, ensure};
 use clap::Args;
 
 use mim::data::{Dataset, Split};
-use mim::eval::finetune::{FinetuneConfig, finetune, last_checkpoint};
+use mim::train::finetune::{FinetuneConfig, finetune, last_checkpoint};
 use mim::eval::knn::{KnnConfig, knn_accuracy};
 use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
 use mim::eval::{Backbone, Features, extract};
@@ -219,7 +219,7 @@ pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
     match &resume {
         Some(r) => {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
-            let saved = mim::train::checkpoint::read_header(r)?.train;
+            let saved = mim::checkpoint::read_header(r)?.train;
             cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), &["epochs", "device"], &["data", "checkpoint"], &cfg.out)?;
         }
         None => {
@@ -236,7 +236,7 @@ pub fn run_finetune(a: &FinetuneArgs) -> Result<()> {
         s.best.1,
         s.checkpoints.0.display(),
         s.checkpoints.1.display(),
-        mim::eval::finetune::results_path(&cfg.out).display()
+        mim::train::finetune::results_path(&cfg.out).display()
     );
     Ok(())
 }

@@ -17,20 +17,19 @@ use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
-use super::{evaluate, smoothed_targets, soft_cross_entropy};
+use super::pretrain::{Reporter, StepMetrics};
+use crate::checkpoint::{self, CheckpointHeader, ClassifierSpec};
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
+use crate::eval::{evaluate, smoothed_targets, soft_cross_entropy};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
+use crate::models::mae::MaeConfig;
+use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
-use crate::train::methods::MimModel;
-use crate::models::mae::MaeConfig;
-use crate::train::checkpoint::{self, CheckpointHeader, ClassifierSpec};
-use crate::train::methods::ModelConfig;
-use crate::train::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
-use crate::train::pretrain::{Reporter, StepMetrics};
+use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
 
 /// Random stream ids (kept apart from augmentation and shuffling).
 const MIX_STREAM: u64 = 0x4D49_5855;
@@ -171,7 +170,7 @@ impl FinetuneConfig {
         ensure!(self.mixup >= 0.0 && self.cutmix >= 0.0, "--mixup and --cutmix are Beta parameters: 0 (off) or positive");
         let (lo, hi) = self.crop_scale;
         ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "crop_scale ({lo}, {hi}) must satisfy 0 < min <= max <= 1");
-        crate::train::pretrain::check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
+        super::pretrain::check_optimizer_numbers(self.peak_lr(), "--base-lr / --lr", self.min_lr, self.warmup_epochs, self.weight_decay)?;
         Ok(())
     }
 }
@@ -280,7 +279,7 @@ fn keep_results_up_to(path: &Path, epoch: u64) -> Result<()> {
         return Ok(());
     }
     let kept: String = read_results(path)?.iter().filter(|r| r.epoch <= epoch).map(|r| format!("{}\n", serde_json::to_string(r).unwrap())).collect();
-    checkpoint::write_atomic(path, &[kept.as_bytes()])
+    crate::io::write_atomic(path, &[kept.as_bytes()])
 }
 
 /// How a classifier family starts a run and comes back from a checkpoint.
@@ -396,7 +395,7 @@ fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dy
 
     // Taken before the folder is looked at, and held to the end: a second run into the same
     // folder is refused instead of interleaving its checkpoints and metrics with this one's.
-    let _lock = crate::train::lock::lock_run_dir(&cfg.out)?;
+    let _lock = super::lock::lock_run_dir(&cfg.out)?;
     let (model_cfg, mut model, optimizer, mut best, start_epoch) = match resume {
         Some(path) => {
             let ck = checkpoint::load_classifier(path, |m, spec| C::empty(m, spec, cfg, &ad))?;
