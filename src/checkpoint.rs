@@ -375,4 +375,31 @@ mod tests {
         assert!(err.contains("is corrupted: parameter 'weight' holds NaN"), "{err}");
         assert!(fill(empty.clone(), model_bytes(&empty).unwrap(), Path::new("c.mim")).is_ok());
     }
+
+    #[test]
+    fn a_checkpoint_header_round_trips_and_an_untagged_one_still_loads() {
+        use crate::models::mae::MaeConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.mim");
+        let header = CheckpointHeader {
+            mim_version: "0.1.0".into(),
+            model: ModelConfig::Mae(MaeConfig::preset("mae_tiny_28").unwrap()),
+            train: serde_json::json!({"epochs": 2}),
+            iteration: 6,
+            optimizer_steps: 3,
+            epoch: 2,
+            seed: 7,
+            classifier: Some(ClassifierSpec { num_classes: 10, pool: Pool::Cls, best: Some((81.5, 1)) }),
+        };
+        let linear = burn::nn::LinearConfig::new(2, 2).init(&Device::flex());
+        save(&path, &header, &linear, None).unwrap();
+        assert_eq!(read_header(&path).unwrap(), header);
+        let (json, _, _) = load_kind::<serde_json::Value>(&path, Kind::Model).unwrap();
+        assert_eq!(json["model"]["family"], "mae", "{json}");
+        // A header of a checkpoint written before the family tag.
+        let mut old = json;
+        old["model"].as_object_mut().unwrap().remove("family");
+        save_kind(&path, Kind::Model, &old, &linear, None).unwrap();
+        assert_eq!(read_header(&path).unwrap(), header);
+    }
 }

@@ -24,9 +24,12 @@ use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
 use crate::models::tokenizer::VqTokenizer;
 
-/// The architecture of any pretrainable model, as checkpoints record it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// The architecture of any pretrainable model, as checkpoints record it: the family's config
+/// tagged with the family (`{"family": "mae", "img_size": 28, ...}`), so that a config is read as
+/// the family that wrote it rather than as the first family whose fields happen to fit. Checkpoints
+/// written before the tag hold the bare config; they still load (see the [`Deserialize`] impl).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "family", rename_all = "lowercase")]
 pub enum ModelConfig {
     /// A masked autoencoder.
     Mae(MaeConfig),
@@ -34,6 +37,52 @@ pub enum ModelConfig {
     Beit(BeitConfig),
     /// A Swin Transformer (pretrained by SimMIM).
     Swin(SwinConfig),
+}
+
+/// [`ModelConfig`] as written now: tagged with its `family`.
+#[derive(Deserialize)]
+#[serde(tag = "family", rename_all = "lowercase")]
+enum Tagged {
+    Mae(MaeConfig),
+    Beit(BeitConfig),
+    Swin(SwinConfig),
+}
+
+/// [`ModelConfig`] as written before the tag (`#[serde(untagged)]`): the bare config, whose family
+/// is the first whose fields match (every family's config denies unknown fields). Its own module
+/// keeps the name `ModelConfig` in serde's error message, as before.
+mod untagged {
+    use super::{BeitConfig, MaeConfig, SwinConfig};
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum ModelConfig {
+        Mae(MaeConfig),
+        Beit(BeitConfig),
+        Swin(SwinConfig),
+    }
+}
+
+/// Reads the tagged form when the object names a `family` (no family's config has such a field),
+/// and otherwise the untagged form of older checkpoints, matched as those were written.
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Ok(if value.get("family").is_some() {
+            match Tagged::deserialize(value).map_err(D::Error::custom)? {
+                Tagged::Mae(c) => ModelConfig::Mae(c),
+                Tagged::Beit(c) => ModelConfig::Beit(c),
+                Tagged::Swin(c) => ModelConfig::Swin(c),
+            }
+        } else {
+            match untagged::ModelConfig::deserialize(value).map_err(D::Error::custom)? {
+                untagged::ModelConfig::Mae(c) => ModelConfig::Mae(c),
+                untagged::ModelConfig::Beit(c) => ModelConfig::Beit(c),
+                untagged::ModelConfig::Swin(c) => ModelConfig::Swin(c),
+            }
+        })
+    }
 }
 
 impl ModelConfig {
@@ -277,4 +326,60 @@ fn simmim_default(model: &SimMim, ratio: f64) -> MaskStrategy {
         model_patch_size: model.encoder.patch_embed.patch_size(),
         mask_ratio: ratio,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> [ModelConfig; 3] {
+        [
+            ModelConfig::Mae(MaeConfig::preset("mae_tiny_28").unwrap()),
+            ModelConfig::Beit(BeitConfig::preset("beit_tiny_28").unwrap()),
+            ModelConfig::Swin(SwinConfig::preset("swin_tiny_28").unwrap()),
+        ]
+    }
+
+    #[test]
+    fn model_configs_are_written_tagged_and_read_back() {
+        for (cfg, family) in configs().into_iter().zip(["mae", "beit", "swin"]) {
+            let json = serde_json::to_value(&cfg).unwrap();
+            assert_eq!(json["family"], family, "{json}");
+            assert_eq!(json["img_size"], 28, "the family's fields sit beside the tag: {json}");
+            assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap(), cfg);
+        }
+    }
+
+    #[test]
+    fn untagged_model_configs_of_older_checkpoints_still_load() {
+        // What `#[serde(untagged)]` wrote: the bare config of the family.
+        for cfg in configs() {
+            let bare = match &cfg {
+                ModelConfig::Mae(c) => serde_json::to_string(c),
+                ModelConfig::Beit(c) => serde_json::to_string(c),
+                ModelConfig::Swin(c) => serde_json::to_string(c),
+            }
+            .unwrap();
+            assert!(!bare.contains("family"), "{bare}");
+            assert_eq!(serde_json::from_str::<ModelConfig>(&bare).unwrap(), cfg, "{bare}");
+        }
+        // A bare MAE config without the fields that have defaults (`encoder_mask_token`, `target`).
+        let old = r#"{"img_size":28,"patch_size":4,"in_chans":1,"embed_dim":192,"depth":12,"num_heads":3,
+            "decoder_embed_dim":128,"decoder_depth":4,"decoder_num_heads":4,"mlp_ratio":4.0,"norm_pix_loss":true}"#;
+        let ModelConfig::Mae(mae) = serde_json::from_str(old).unwrap() else { panic!("an MAE config") };
+        assert_eq!((mae.embed_dim, mae.target, mae.encoder_mask_token), (192, MaeTarget::Pixels, false));
+    }
+
+    #[test]
+    fn a_config_of_the_wrong_family_or_with_unknown_fields_is_refused() {
+        let mut beit = serde_json::to_value(&configs()[1]).unwrap();
+        beit["family"] = "mae".into();
+        assert!(serde_json::from_value::<ModelConfig>(beit).unwrap_err().to_string().contains("unknown field"));
+        let mut swin = serde_json::to_value(&configs()[2]).unwrap();
+        swin["colour"] = 1.into();
+        assert!(serde_json::from_value::<ModelConfig>(swin).is_err());
+        assert!(serde_json::from_str::<ModelConfig>(r#"{"family":"vgg","img_size":28}"#).unwrap_err().to_string().contains("vgg"));
+        let err = serde_json::from_str::<ModelConfig>(r#"{"img_size":28}"#).unwrap_err().to_string();
+        assert!(err.contains("untagged enum ModelConfig"), "{err}");
+    }
 }
