@@ -6,7 +6,7 @@
 //! Each `K=DIR` is a `mim finetune` output folder (`--trainable-blocks K`; all blocks for the last).
 
 use anyhow::{Context, Result, bail};
-use mim::eval::finetune::{read_results, results_path};
+use mim::train::finetune::{read_results, results_path};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

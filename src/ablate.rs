@@ -15,7 +15,7 @@ use crate::eval::linprobe::{LinprobeConfig, linear_probe};
 use crate::eval::{Backbone, extract};
 use crate::masking::{BlockMasking, MaskStrategy};
 use crate::models::classifier::Pool;
-use crate::models::ModelConfig;
+use crate::models::pretrain::ModelConfig;
 use crate::train::RunConfig;
 use crate::train::finetune::{FinetuneConfig, finetune, read_results, results_path};
 use crate::train::pretrain::{Augmentation, PretrainConfig, Target, pretrain};

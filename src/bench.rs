@@ -25,8 +25,8 @@ use crate::data::loader::{load_batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::masking::{Mask, uniform_noise};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
-use crate::train::methods::MimModel;
-use crate::train::optim::{MAE_BETAS, adamw};
+use crate::models::pretrain::MimModel;
+use crate::optim::{MAE_BETAS, adamw};
 
 /// A benchmark workload: a model and a batch size (named as the peer's configs).
 #[derive(Debug, Clone)]

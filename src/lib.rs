@@ -1,16 +1,25 @@
 //! # mim: masked image modeling on burn
 //!
 //! Self-supervised pretraining of vision transformers by masked image modeling, faithful to the
-//! papers: MAE (He et al. 2021) and BEiT (Bao et al. 2021). Modules by concept:
+//! papers: MAE (He et al. 2021) and BEiT (Bao et al. 2021). Modules by concept, in layers: a module
+//! uses only modules of lower layers (tests/architecture.rs checks it).
 //!
-//! - [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader
-//! - [`masking`]: patch masks (MAE random masking, BEiT block-wise, grid, SimMIM)
-//! - [`models`]: the shared ViT blocks, the masked autoencoder, BEiT, the Swin Transformer and SimMIM, the evaluation classifier
-//! - [`train`]: optimizer with the paper's recipe, schedule, checkpoints, the pretraining loop
-//! - [`viz`]: reconstruction grids, mask pictures and loss curves
-//! - [`io`]: weights in and out (safetensors, Hugging Face `ViTMAEForPreTraining` names)
-//! - [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
-//! - [`bench`]: throughput, FLOP/s and memory against the PyTorch peer
+//! 0. [`ops`]: fused CPU kernels (linear, attention, layer norm, GELU, gather, the AdamW step);
+//!    [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader;
+//!    [`masking`]: patch masks (MAE random masking, BEiT block-wise, grid, SimMIM);
+//!    [`runtime`]: CPU process settings, device selection; [`io`]: generic file formats (safetensors,
+//!    atomic writes, TOML, JSON lines)
+//! 1. [`optim`]: AdamW with each script's parameter groups, layer decay, LARS, the official
+//!    schedules, clipping, the training step
+//! 2. [`models`]: the shared ViT blocks, the masked autoencoder, BEiT, the Swin Transformer and
+//!    SimMIM, the evaluation classifiers, the visual tokenizers, and what pretraining needs of a model
+//! 3. [`weights`]: model weights in and out (official MAE and BEiT names, Hugging Face
+//!    `ViTMAEForPreTraining`); [`checkpoint`]: atomic, CRC-checked checkpoints with exact resume;
+//!    [`viz`]: reconstruction grids, mask pictures and loss curves
+//! 4. [`eval`]: features, linear probing, k-NN, test accuracy
+//! 5. [`train`]: the methods' recipes, the pretraining loop, the tokenizer's training, fine-tuning
+//! 6. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer
+//! 7. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
 //!
 //! ```no_run
 //! use mim::{models::mae::MaeConfig, masking::Mask};
@@ -21,12 +30,15 @@
 
 pub mod ablate;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod io;
 pub mod masking;
 pub mod models;
 pub mod ops;
+pub mod optim;
 pub mod runtime;
 pub mod train;
 pub mod viz;
+pub mod weights;

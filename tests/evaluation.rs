@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{assert_clean_error, mim, subset};
 use burn::tensor::Device;
-use mim::eval::finetune::{last_checkpoint, read_results, results_path};
+use mim::train::finetune::{last_checkpoint, read_results, results_path};
 use mim::models::classifier::VitClassifier;
 use mim::models::vit::sincos_pos_embed_2d;
-use mim::train::checkpoint;
+use mim::checkpoint;
 
 fn finetune_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use mim::data::{Split, cifar, folder, idx};
-use mim::train::checkpoint::{self, Kind};
+use mim::checkpoint::{self, Kind};
 use mim::train::pretrain::PretrainConfig;
 
 fn inputs(default: usize) -> usize {

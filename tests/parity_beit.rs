@@ -12,7 +12,8 @@ use common::{assert_gradients_close, max_diff};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use mim::io::{TensorMap, beit_from_official, gradients, load_beit_weights, read_safetensors};
+use mim::io::{TensorMap, gradients, read_safetensors};
+use mim::weights::{beit_from_official, load_beit_weights};
 use mim::masking::BoolMask;
 use mim::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 

@@ -8,7 +8,8 @@ use common::{assert_gradients_close, max_diff, qkv_parts};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use mim::io::{TensorMap, from_pytorch_layout, gradients, hf_to_official, load_weights, mae_config_from_hf, read_safetensors};
+use mim::io::{TensorMap, gradients, read_safetensors};
+use mim::weights::{from_pytorch_layout, hf_to_official, load_weights, mae_config_from_hf};
 use mim::masking::Mask;
 use mim::models::mae::{MaeConfig, MaskedAutoencoder};
 use mim::models::vit::{patchify, sincos_pos_embed_2d};

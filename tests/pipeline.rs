@@ -6,12 +6,13 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{assert_clean_error, max_diff, mim, subset};
-use mim::io::{export_weights, gradients, load_weights, parameters};
+use mim::io::{gradients, parameters};
+use mim::weights::{export_weights, load_weights};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
 use mim::models::mae::MaskedAutoencoder;
-use mim::train::methods::MimModel;
-use mim::train::optim::{MAE_BETAS, adamw};
+use mim::models::pretrain::MimModel;
+use mim::optim::{MAE_BETAS, adamw};
 use mim::train::pretrain::{PretrainConfig, pretrain, read_metrics};
 use mim::train::{OptimConfig, RunConfig, Silent};
 
@@ -137,7 +138,7 @@ fn pca_and_token_targets_pretrain_save_their_basis_and_refuse_what_they_cannot_d
     let pca = tmp.path().join("pca");
     let out = run(&["--target", "pca", "--out", pca.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ck = mim::train::checkpoint::load(&pca.join("checkpoint.mim"), &Device::flex()).unwrap();
+    let ck = mim::checkpoint::load(&pca.join("checkpoint.mim"), &Device::flex()).unwrap();
     let basis = ck.model.pca.as_ref().expect("a PCA basis in the checkpoint");
     assert_eq!(basis.components.dims(), [16, 8]);
     let gram = basis.components.val().transpose().matmul(basis.components.val());
@@ -202,7 +203,7 @@ fn shipped_configs_parse() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy();
         let checked = if name.starts_with("finetune") {
-            mim::eval::finetune::FinetuneConfig::from_toml_file(&p).and_then(|c| c.validate())
+            mim::train::finetune::FinetuneConfig::from_toml_file(&p).and_then(|c| c.validate())
         } else {
             PretrainConfig::from_toml_file(&p).and_then(|c| c.validate())
         };
@@ -251,8 +252,8 @@ fn simmim_pretrains_a_swin_with_the_knn_monitor() {
     assert!(out_dir.join("knn.jsonl").exists());
     let ck = out_dir.join("checkpoint.mim");
     let device = Device::flex();
-    let trained = mim::train::checkpoint::load_model(&ck, &device, <mim::models::simmim::SimMim as mim::train::methods::MimModel>::build).unwrap();
-    let before = parameters(&<mim::models::simmim::SimMim as mim::train::methods::MimModel>::build(&trained.header.model, 0, &device).unwrap());
+    let trained = mim::checkpoint::load_model(&ck, &device, <mim::models::simmim::SimMim as mim::models::pretrain::MimModel>::build).unwrap();
+    let before = parameters(&<mim::models::simmim::SimMim as mim::models::pretrain::MimModel>::build(&trained.header.model, 0, &device).unwrap());
     let after = parameters(&trained.model);
     for (name, (_, v)) in &before {
         assert_ne!(&after[name].1, v, "{name} did not change in training");
@@ -291,8 +292,8 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
     assert!(m[7].loss < m[0].loss, "cross-entropy on visual tokens should fall: {} -> {}", m[0].loss, m[7].loss);
 
     let device = Device::flex();
-    let ck = mim::train::checkpoint::load_model(&run.join("checkpoint.mim"), &device, <mim::models::beit::BeitForMaskedImageModeling as mim::train::methods::MimModel>::build).unwrap();
-    let mim::train::methods::ModelConfig::Beit(cfg) = &ck.header.model else { panic!("a BEiT checkpoint") };
+    let ck = mim::checkpoint::load_model(&run.join("checkpoint.mim"), &device, <mim::models::beit::BeitForMaskedImageModeling as mim::models::pretrain::MimModel>::build).unwrap();
+    let mim::models::pretrain::ModelConfig::Beit(cfg) = &ck.header.model else { panic!("a BEiT checkpoint") };
     let before = parameters(&cfg.init(3, &device).unwrap());
     let after = parameters(&ck.model);
     for (name, (_, v)) in &before {
@@ -305,7 +306,7 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
         "--max-images", "128", "--batch-size", "32", "--epochs", "1", "--lr", "1e-3", "--trainable-blocks", "2",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = mim::eval::finetune::read_results(&mim::eval::finetune::results_path(&ft)).unwrap();
+    let r = mim::train::finetune::read_results(&mim::train::finetune::results_path(&ft)).unwrap();
     assert!(r[0].top5 > 50.0, "{:?}", r[0]);
     // Frozen BEiT features (mean of patch tokens) feed the linear probe.
     let out = mim(&["linprobe", "--checkpoint", run.join("checkpoint.mim").to_str().unwrap(), "--data", data, "--max-images", "500", "--epochs", "5"]);

@@ -74,7 +74,7 @@ fn two_concurrent_runs_into_one_folder_leave_exactly_one_complete_run() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let iterations: Vec<u64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"].as_u64().unwrap()).collect();
     assert_eq!(iterations, (1..=8).collect::<Vec<_>>());
-    let header = mim::train::checkpoint::read_header(&run.join("checkpoint.mim")).unwrap();
+    let header = mim::checkpoint::read_header(&run.join("checkpoint.mim")).unwrap();
     assert_eq!(header.iteration, 8);
     let winner_seed = header.seed;
     assert!(winner_seed == 1 || winner_seed == 2);

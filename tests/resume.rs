@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use common::{mim, subset};
-use mim::train::checkpoint;
+use mim::checkpoint;
 use mim::train::StepMetrics;
 use mim::train::pretrain::{checkpoint_path, metrics_path, read_metrics};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::Device;
 use common::subset;
 use mim::models::mae::MaeConfig;
-use mim::train::checkpoint::{self, CheckpointHeader};
+use mim::checkpoint::{self, CheckpointHeader};
 use mim::train::{RunConfig, Silent};
 use mim::train::tokenizer::{
     TokenizerTrainConfig, load_tokenizer, read_tokenizer_metrics, tokenizer_checkpoint_path, tokenizer_metrics_path, train_tokenizer,
@@ -97,7 +97,7 @@ fn checkpoint_kinds_are_not_confused() {
     let mae_path = tmp.path().join("checkpoint.mim");
     let header = CheckpointHeader {
         mim_version: "test".into(),
-        model: mim::train::methods::ModelConfig::Mae(mae_cfg.clone()),
+        model: mim::models::pretrain::ModelConfig::Mae(mae_cfg.clone()),
         train: serde_json::json!({}),
         iteration: 0,
         optimizer_steps: 0,

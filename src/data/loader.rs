@@ -88,6 +88,16 @@ pub fn load_batch(ds: &Dataset, transform: &Transform, indices: &[usize], seed: 
     })
 }
 
+/// Every image of `ds` in order, resized to `side` (no augmentation), `batch` at a time.
+pub fn for_each_batch(ds: &Dataset, side: usize, batch: usize, mut f: impl FnMut(Batch) -> Result<()>) -> Result<()> {
+    let transform = Transform::Resize { size: side };
+    let all: Vec<usize> = (0..ds.len()).collect();
+    for chunk in all.chunks(batch.max(1)) {
+        f(load_batch(ds, &transform, chunk, 0, 0)?)?;
+    }
+    Ok(())
+}
+
 /// Batches of one epoch, produced by a worker thread a few batches ahead.
 pub struct Prefetcher {
     rx: Receiver<Result<Batch>>,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{Features, host, smoothed_targets, soft_cross_entropy, topk_accuracy};
 use crate::models::init::{InitRng, normal, param};
 use crate::models::vit::Linear;
-use crate::train::optim::{CosineSchedule, Lars};
+use crate::optim::{CosineSchedule, Lars};
 
 /// Optimizer of the probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

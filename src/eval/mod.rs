@@ -1,9 +1,9 @@
-//! Evaluation protocols of the MAE and BEiT papers: end-to-end and partial fine-tuning
-//! ([`finetune`]), linear probing on frozen features ([`linprobe`]), and k-nearest-neighbour
-//! accuracy ([`knn`]), all on features produced here from a pretraining checkpoint, a randomly
-//! initialised encoder (the baseline) or raw pixels (the floor).
+//! Evaluation protocols of the MAE and BEiT papers: linear probing on frozen features
+//! ([`linprobe`]) and k-nearest-neighbour accuracy ([`knn`]), all on features produced here from a
+//! pretraining checkpoint, a randomly initialised encoder (the baseline) or raw pixels (the floor),
+//! and the test accuracy of a classifier ([`evaluate`]). Fine-tuning, a training job, is
+//! [`crate::train::finetune`].
 
-pub mod finetune;
 pub mod knn;
 pub mod linprobe;
 
@@ -12,16 +12,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::checkpoint;
 use crate::data::Dataset;
-use crate::data::augment::Transform;
-use crate::data::loader::{Batch, load_batch};
+use crate::data::loader::for_each_batch;
 use crate::io::TensorMap;
-use crate::models::classifier::{Classifier, Pool, VitClassifier};
 use crate::models::beit::BeitForMaskedImageModeling;
+use crate::models::classifier::{Classifier, Pool, VitClassifier};
 use crate::models::mae::MaeConfig;
+use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
-use crate::train::methods::{MimModel, ModelConfig};
-use crate::train::checkpoint;
 
 /// Where features come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +120,7 @@ impl Features {
         map.insert("features".into(), (vec![self.len(), self.dim], self.values.clone()));
         map.insert("labels".into(), (vec![self.len()], self.labels.iter().map(|&l| l as f32).collect()));
         let bytes = crate::io::safetensors_bytes(&map)?;
-        checkpoint::write_atomic(path, &[&bytes])
+        crate::io::write_atomic(path, &[&bytes])
     }
 
     /// Reads a file written by [`Features::save`].
@@ -133,16 +132,6 @@ impl Features {
         ensure!(shape.len() == 2 && labels.len() == shape[0], bad());
         Ok(Self { dim: shape[1], values, labels: labels.iter().map(|&l| l as u32).collect() })
     }
-}
-
-/// Every image of `ds` in order, resized to `side` (no augmentation), `batch` at a time.
-pub fn for_each_batch(ds: &Dataset, side: usize, batch: usize, mut f: impl FnMut(Batch) -> Result<()>) -> Result<()> {
-    let transform = Transform::Resize { size: side };
-    let all: Vec<usize> = (0..ds.len()).collect();
-    for chunk in all.chunks(batch.max(1)) {
-        f(load_batch(ds, &transform, chunk, 0, 0)?)?;
-    }
-    Ok(())
 }
 
 /// Features of every image of `ds` (resized to `side`): the pooled encoder output, or the

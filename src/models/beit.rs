@@ -6,7 +6,7 @@
 //!
 //! Parameter names follow the official checkpoints (`blocks.0.gamma_1`,
 //! `rel_pos_bias.relative_position_bias_table`, `lm_head.weight`), except that the official
-//! `q_bias`/`v_bias` pair lives in the shared [`Block`]'s full qkv bias (see [`crate::io::beit_from_official`]).
+//! `q_bias`/`v_bias` pair lives in the shared [`Block`]'s full qkv bias (see [`crate::weights::beit_from_official`]).
 
 use anyhow::{Result, ensure};
 use burn::module::{Module, Param};

@@ -378,7 +378,7 @@ mod tests {
         let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Default, &device);
         let loss = model.forward_train(imgs, &mut InitRng::seed_from_u64(0), 0).powi_scalar(2).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = crate::train::optim::adamw(&model, 0.0, crate::train::optim::TORCH_BETAS, |_, _| false).step(1e-2, model, grads);
+        let model = crate::optim::adamw(&model, 0.0, crate::optim::TORCH_BETAS, |_, _| false).step(1e-2, model, grads);
         let after = crate::io::parameters(&model);
         for (path, (_, v)) in &before {
             let trainable = model.layer_id(path) > frozen;

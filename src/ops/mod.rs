@@ -1,6 +1,6 @@
 //! Fused CPU operations with their own backward, added to burn's flex backend through its backend
 //! extension mechanism. Each public function falls back to burn's generic ops on other backends
-//! (the AdamW step leaves that to its optimizer, `train::optim::FusedAdamW`), and tests compare
+//! (the AdamW step leaves that to its optimizer, `optim::FusedAdamW`), and tests compare
 //! the fused path against the generic one (values and gradients).
 
 /// Defines a kernel function compiled twice, for the baseline target and for AVX2 + FMA, and picks

@@ -27,7 +27,7 @@ macro_rules! settings {
     (
         $(#[$meta:meta])*
         pub struct $cfg:ident / $args:ident {
-            $(sections { $( $(#[doc = $sdoc:literal])* $sec:ident : $scfg:ty / $sargs:ty ),* $(,)? })?
+            $(sections { $( $(#[doc = $sdoc:literal])* $sec:ident : $scfg:ident / $sargs:ident ),* $(,)? })?
             fields { $( $(#[doc = $doc:literal])* $field:ident : $ty:ty $([$($arg:tt)*])? ),* $(,)? }
         }
     ) => {

@@ -6,6 +6,7 @@
 //! steps of each official script against PyTorch.
 
 pub mod config;
+pub mod finetune;
 pub mod lock;
 pub mod methods;
 pub mod pretrain;

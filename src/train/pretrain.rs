@@ -25,9 +25,9 @@ use crate::eval::knn::{KnnConfig, knn_accuracy};
 use crate::masking::{MASK_STREAM, MaskStrategy, check_ratio};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::mae::{MaeConfig, MaeTarget, MaskedAutoencoder};
+use crate::models::pretrain::{MimModel, ModelConfig, StepContext};
 use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
-use crate::models::{MimModel, ModelConfig, StepContext};
 use crate::optim::{LrSchedule, Stepper, Update, adamw};
 
 crate::settings! {

@@ -76,7 +76,7 @@ impl Worst {
 /// checked against its own largest entry (same `tol` and 1e-3): checked as one tensor, the largest
 /// part sets the scale and hides relative errors in the others. The key part of a qkv bias is the
 /// exception: a key bias adds `q·b` to a whole row of scores, which softmax ignores, so its gradient
-/// is zero up to rounding on both sides (BEiT's reference is exactly zero, `io::beit_from_official`
+/// is zero up to rounding on both sides (BEiT's reference is exactly zero, `weights::beit_from_official`
 /// fills it in); both must stay below 1e-6. Both summaries are printed before anything is asserted.
 pub fn assert_gradients_close(label: &str, ours: &mim::io::TensorMap, theirs: &mim::io::TensorMap, tol: f32) {
     assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "same parameters have gradients");

@@ -130,7 +130,7 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
     match &resume {
         Some(r) => {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
-            let saved = mim::train::checkpoint::read_header(r)?.train;
+            let saved = mim::checkpoint::read_header(r)?.train;
             let mutable = &["epochs", "device", "prefetch", "checkpoint_every"];
             cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data", "checkpoint"], &cfg.run.out)?;
         }

@@ -9,16 +9,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use mim::checkpoint;
 use mim::data::augment::Transform;
 use mim::data::loader::{load_batch, rng_for};
 use mim::data::{Dataset, Image, Split};
 use mim::masking::{Mask, MaskStrategy, SimMimMasking, uniform_noise};
-use mim::models::simmim::SimMim;
-use mim::train::methods::{MimModel, ModelConfig};
 use mim::models::mae::MaskedAutoencoder;
 use mim::train::pretrain::{PretrainConfig, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{OptimConfig, Reporter, RunConfig, StepMetrics};
-use mim::train::{checkpoint, pretrain};
+use mim::models::pretrain::{MimModel, ModelConfig};
+use mim::models::simmim::SimMim;
+use mim::train::pretrain;
 
 mod ablate;
 mod evaluate;
@@ -420,7 +421,7 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     if cfg.method == mim::train::methods::Method::Mae {
         let path = cfg.run.out.join("weights.safetensors");
         let ck = checkpoint::load(&summary.checkpoint, &burn::tensor::Device::flex())?;
-        mim::io::export_weights(&ck.model, ck.header.model.mae()?, &path)?;
+        mim::weights::export_weights(&ck.model, ck.header.model.mae()?, &path)?;
         weights = format!(", weights {}", path.display());
     }
     let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>() / summary.steps.len().clamp(1, 20) as f64;
@@ -467,12 +468,12 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
             let cfg = match (&a.hf_config, &a.model) {
                 (Some(json), _) => {
                     let text = std::fs::read_to_string(json).with_context(|| format!("cannot read '{}'", json.display()))?;
-                    mim::io::mae_config_from_hf(&serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", json.display()))?)?
+                    mim::weights::mae_config_from_hf(&serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", json.display()))?)?
                 }
                 (None, Some(preset)) => mim::models::mae::MaeConfig::preset(preset)?,
                 (None, None) => bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture"),
             };
-            (Reconstructor::Mae(mim::io::load_weights(cfg.init(0, &device)?, &cfg, weights)?), ModelConfig::Mae(cfg), None)
+            (Reconstructor::Mae(mim::weights::load_weights(cfg.init(0, &device)?, &cfg, weights)?), ModelConfig::Mae(cfg), None)
         }
         (None, None) => bail!("pass --checkpoint or --weights"),
     };
@@ -630,7 +631,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(a) => tokenizer::run_tokenizer(&a),
         Command::Export { checkpoint: ck, out } => {
             let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
-            mim::io::export_weights(&c.model, c.header.model.mae()?, &out)?;
+            mim::weights::export_weights(&c.model, c.header.model.mae()?, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }

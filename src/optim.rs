@@ -40,7 +40,7 @@ pub fn param_ranks<M: Module>(module: &M) -> Vec<(String, usize)> {
 
 /// AdamW (eps 1e-8, PyTorch's) with `betas` and decoupled weight decay `weight_decay`, except on
 /// the parameters for which `no_decay(path, ndim)` holds: the official scripts' two parameter
-/// groups (each model type states its script's rule, e.g. [`crate::train::methods::MimModel::no_weight_decay`]).
+/// groups (each model type states its script's rule, e.g. [`crate::models::pretrain::MimModel::no_weight_decay`]).
 pub fn adamw<M: Module>(model: &M, weight_decay: f64, betas: (f32, f32), no_decay: impl Fn(&str, usize) -> bool) -> ModuleOptimizer {
     let exempt: Vec<String> = param_ranks(model).into_iter().filter(|(p, d)| no_decay(p, *d)).map(|(p, _)| p).collect();
     ModuleOptimizer::from(FusedAdamW::new(weight_decay as f32, betas)).with_group(ParamGroup::from_paths(exempt), FusedAdamW::new(0.0, betas), None)

@@ -25,7 +25,7 @@ use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier,
 use crate::models::mae::MaeConfig;
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
-use crate::models::{MimModel, ModelConfig};
+use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
 use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair};
 use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit};
