@@ -1,5 +1,8 @@
 //! Pictures: MAE reconstruction grids (the paper's figure 2 layout), side-by-side panels (tokenizer
-//! reconstructions), mask samples and loss curves.
+//! reconstructions), mask samples and loss curves; [`reconstructor`] makes the reconstruction
+//! pictures of a pretrained model.
+
+pub mod reconstructor;
 
 use std::path::Path;
 

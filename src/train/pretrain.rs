@@ -25,7 +25,7 @@ use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
 
 /// Random stream id of the masking noise (kept apart from augmentation and shuffling).
-const MASK_STREAM: u64 = 0x4D41534B;
+use crate::masking::MASK_STREAM;
 
 /// Pretraining settings; read from TOML (`mim pretrain --config FILE`) and/or CLI flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,13 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use mim::data::augment::Transform;
-use mim::data::loader::{load_batch, rng_for};
-use mim::data::{Dataset, Image, Split};
-use mim::masking::{Mask, MaskStrategy, SimMimMasking, uniform_noise};
-use mim::models::simmim::SimMim;
-use mim::train::methods::{MimModel, ModelConfig};
-use mim::models::mae::MaskedAutoencoder;
+use mim::data::Split;
+use mim::viz::reconstructor::{Images, MaskChoice, Reconstructor};
 use mim::train::pretrain::{PretrainConfig, Reporter, StepMetrics, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{checkpoint, pretrain};
 
@@ -227,7 +222,7 @@ struct ReconstructArgs {
     /// Image files instead of dataset indices (resized to the model's input).
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
-    /// Fraction of patches removed (default: 0.75 for MAE, 0.6 of mask squares for SimMIM).
+    /// Fraction of patches removed (default: the method's, 0.75 for MAE, 0.6 of mask squares for SimMIM).
     #[arg(long, allow_negative_numbers = true)]
     mask_ratio: Option<f64>,
     /// Seed of the random mask.
@@ -245,6 +240,9 @@ struct ReconstructArgs {
     /// Up-scaling of the pictures.
     #[arg(long, default_value_t = 4)]
     scale: usize,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -543,35 +541,10 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// A mask from an image: the image is resized to the patch grid; bright cells are visible.
-fn mask_from_image(path: &Path, grid: usize, batch: usize) -> Result<Mask> {
-    let img = mim::data::folder::decode(path, 1)?;
-    let small = Transform::Resize { size: grid };
-    let mut cells = vec![0.0; grid * grid];
-    small.apply(&img, &[0.0], &[1.0], &mut rng_for(&[0]), &mut cells);
-    let visible: Vec<usize> = (0..grid * grid).filter(|&i| cells[i] > 0.5).collect();
-    Mask::from_visible(&visible, batch, grid * grid).with_context(|| format!("mask image '{}'", path.display()))
-}
-
-/// A model that predicts the pixels of masked patches.
-enum Reconstructor {
-    Mae(MaskedAutoencoder),
-    SimMim(SimMim),
-}
-
 fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
-    let device = burn::tensor::Device::flex();
-    let (model, cfg, trained_on): (Reconstructor, _, _) = match (&a.checkpoint, &a.weights) {
-        (Some(path), _) if checkpoint::read_header(path)?.model.kind() == "Swin" => {
-            let ck = checkpoint::load_model(path, &device, <SimMim as MimModel>::build)?;
-            let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            (Reconstructor::SimMim(ck.model), ck.header.model, Some(train.data))
-        }
-        (Some(path), _) => {
-            let ck = checkpoint::load(path, &device)?;
-            let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            (Reconstructor::Mae(ck.model), ck.header.model.clone(), Some(train.data))
-        }
+    let device = mim::runtime::device(&a.device)?;
+    let model = match (&a.checkpoint, &a.weights) {
+        (Some(path), _) => Reconstructor::from_checkpoint(path, &device)?,
         (None, Some(weights)) => {
             let cfg = match (&a.hf_config, &a.model) {
                 (Some(json), _) => {
@@ -581,81 +554,30 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
                 (None, Some(preset)) => mim::models::mae::MaeConfig::preset(preset)?,
                 (None, None) => bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture"),
             };
-            (Reconstructor::Mae(mim::io::load_weights(cfg.init(0, &device)?, &cfg, weights)?), ModelConfig::Mae(cfg), None)
+            Reconstructor::from_weights(weights, cfg, &device)?
         }
         (None, None) => bail!("pass --checkpoint or --weights"),
     };
-    let transform = Transform::Resize { size: cfg.img_size() };
-    let data_path = match (a.data.clone(), trained_on) {
-        (Some(d), _) | (None, Some(d)) => d,
-        (None, None) if a.images.is_empty() => bail!("pass --data (or --images) to say which images to reconstruct"),
-        (None, None) => PathBuf::new(),
-    };
-    let ds = Dataset::open(&data_path, if a.images.is_empty() { a.split } else { Split::Train });
-    let (batch, labels, mean, std) = if a.images.is_empty() {
-        let ds = ds?;
-        if let Some(&bad) = a.indices.iter().find(|&&i| i >= ds.len()) {
-            bail!("index {bad} is out of range: the {:?} split of '{}' has {} images", a.split, data_path.display(), ds.len());
-        }
-        let b = load_batch(&ds, &transform, &a.indices, 0, 0)?;
-        let names: Vec<String> = b.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
-        (b, names, ds.mean.clone(), ds.std.clone())
+    let images = if a.images.is_empty() {
+        Images::Dataset { data: a.data.clone(), split: a.split, indices: a.indices.clone() }
     } else {
-        // Files: normalise with the training data's statistics when available.
-        let (mean, std) = ds.map(|d| (d.mean, d.std)).unwrap_or((vec![0.5; cfg.in_chans()], vec![0.25; cfg.in_chans()]));
-        let per = cfg.in_chans() * cfg.img_size() * cfg.img_size();
-        let mut images = vec![0.0; a.images.len() * per];
-        for (k, p) in a.images.iter().enumerate() {
-            let img: Image = mim::data::folder::decode(p, cfg.in_chans())?;
-            transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut images[k * per..(k + 1) * per]);
-        }
-        let n = a.images.len();
-        let b = mim::data::loader::Batch { images, labels: vec![0; n], indices: (0..n).collect(), channels: cfg.in_chans(), side: cfg.img_size() };
-        (b, a.images.iter().map(|p| p.display().to_string()).collect(), mean, std)
+        Images::Files { files: a.images.clone(), data: a.data.clone() }
     };
-    let n = batch.len();
-    let l = cfg.num_patches();
-    let mask = if let Some(p) = &a.mask_image {
-        mask_from_image(p, cfg.grid(), n)?
-    } else if !a.visible.is_empty() {
-        Mask::from_visible(&a.visible, n, l)?
-    } else {
-        let mut rng = rng_for(&[a.seed, 0x4D41534B]);
-        match &model {
-            Reconstructor::Mae(_) => Mask::from_noise(&uniform_noise(&mut rng, n, l), n, a.mask_ratio.unwrap_or(0.75))?,
-            Reconstructor::SimMim(m) => {
-                let squares = SimMimMasking { mask_patch_size: m.encoder_stride(), model_patch_size: cfg.patch_size(), mask_ratio: a.mask_ratio.unwrap_or(0.6) };
-                let masked = MaskStrategy::SimMim(squares).sample((cfg.grid(), cfg.grid()), n, &mut rng)?;
-                // Every image has the same number of masked squares, so this keeps the mask as drawn.
-                let keep = l - masked.row(0).iter().filter(|&&m| m).count();
-                masked.to_mae_mask(keep, &mut rng)?
-            }
-        }
+    let mask = match &a.mask_image {
+        Some(p) => MaskChoice::Image(p.clone()),
+        None if !a.visible.is_empty() => MaskChoice::Visible(a.visible.clone()),
+        None => MaskChoice::Random { ratio: a.mask_ratio, seed: a.seed },
     };
-    let imgs = batch.tensor(&device);
-    let rows = match &model {
-        Reconstructor::Mae(m) => mim::viz::reconstruct(m, imgs, &mask, &mean, &std)?,
-        Reconstructor::SimMim(m) => {
-            let weights = mask.mask_tensor(&device);
-            let pred = m.forward(imgs.clone(), weights).reconstruction;
-            let removed: Vec<bool> = mask.mask.iter().map(|&v| v > 0.5).collect();
-            mim::viz::reconstruction_rows(imgs, pred, &removed, cfg.patch_size(), &mean, &std)
-        }
-    };
-    let (c, s) = (cfg.in_chans(), cfg.img_size());
-    for (k, row) in rows.iter().enumerate() {
-        let path = a.out.join(format!("reconstruction_{k:02}.png"));
-        mim::viz::save_png(&mim::viz::grid_image(std::slice::from_ref(row), c, s, s, a.scale), &path)?;
-    }
-    let all = a.out.join("reconstructions.png");
-    mim::viz::save_png(&mim::viz::grid_image(&rows, c, s, s, a.scale), &all)?;
+    let done = model.write_pictures(&images, &mask, &a.out, a.scale)?;
     eprintln!(
-        "{n} images ({}), {} of {l} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
-        labels.join(", "),
-        l - mask.len_keep,
-        all.display()
+        "{} images ({}), {} of {} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
+        done.labels.len(),
+        done.labels.join(", "),
+        done.removed,
+        done.patches,
+        done.picture.display()
     );
-    Ok(all)
+    Ok(done.picture)
 }
 
 /// Pretraining settings a resume may change: none of them alters which run it is.
@@ -717,6 +639,7 @@ fn run(cli: Cli) -> Result<()> {
                 mask_image: None,
                 out: out.clone(),
                 scale: 4,
+                device: "cpu".into(),
             })?;
             eprintln!("demo picture: {}", picture.display());
             Ok(())
