@@ -69,6 +69,9 @@ enum Command {
         /// Output .safetensors file.
         #[arg(long)]
         out: PathBuf,
+        /// cpu, or cuda:N in a CUDA build.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -530,8 +533,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Knn(a) => evaluate::run_knn(&a),
         Command::Embed(a) => evaluate::run_embed(&a),
         Command::Tokenizer(a) => tokenizer::run_tokenizer(&a),
-        Command::Export { checkpoint: ck, out } => {
-            let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
+        Command::Export { checkpoint: ck, out, device } => {
+            let c = checkpoint::load(&ck, &mim::runtime::device(&device)?)?;
             mim::io::export_weights(&c.model, c.header.model.mae()?, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
