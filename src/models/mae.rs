@@ -14,7 +14,7 @@
 //! decoder block attends over every token as usual, then runs its MLP, the norm and the head on the
 //! removed patches' rows alone. The loss and gradients are those of predicting every patch and
 //! masking the loss, as the official code does, for 3% fewer FLOPs on the small models at 75%
-//! masking (fmnist-tiny's forward and backward 3-7% faster).
+//! masking.
 
 use anyhow::{Context, Result, ensure};
 use burn::module::{Module, Param};
