@@ -1,6 +1,8 @@
 //! Benchmarks (`mim bench`): pretraining step and encoder inference throughput on the PyTorch peer's
 //! workloads (../shared/peer), achieved GFLOP/s against this machine's measured matmul peak, peak
 //! memory, and the data pipeline's throughput; optionally the peer itself in the same invocation.
+//! [`run`] measures [`BenchOptions`] into a [`BenchReport`], whose `Display` is the summary table;
+//! [`speedup`] measures MAE Table 2 ([`SpeedupOptions`]).
 //!
 //! FLOPs are counted as the peer counts them (matmuls only; LayerNorm, softmax, GELU ignored): per
 //! block `2 n (4 d^2 + 2 d m) + 4 n^2 d` for `n` tokens of width `d` and MLP width `m`; patch embedding
@@ -10,11 +12,13 @@
 //! and the head on visible patches, whose predictions the loss never reads; 3.1% of fmnist-tiny's
 //! step), so its training GFLOP/s is the rate of the model's work, not of the arithmetic executed.
 
-use std::path::Path;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -41,11 +45,10 @@ pub struct Workload {
 
 /// The peer's workloads: `fmnist-tiny`, `vit-tiny-32`, `vit-base-224` (HF defaults: no norm_pix_loss).
 pub fn workloads() -> Vec<Workload> {
-    let base = MaeConfig { norm_pix_loss: false, ..MaeConfig::preset("mae_vit_base_patch16").unwrap() };
     vec![
-        Workload { name: "fmnist-tiny", model: MaeConfig::preset("mae_tiny_28").unwrap(), batch: 256 },
-        Workload { name: "vit-tiny-32", model: MaeConfig::preset("mae_tiny_32").unwrap(), batch: 128 },
-        Workload { name: "vit-base-224", model: base, batch: 8 },
+        Workload { name: "fmnist-tiny", model: MaeConfig::tiny_28(), batch: 256 },
+        Workload { name: "vit-tiny-32", model: MaeConfig::tiny_32(), batch: 128 },
+        Workload { name: "vit-base-224", model: MaeConfig { norm_pix_loss: false, ..MaeConfig::vit_base_patch16() }, batch: 8 },
     ]
 }
 
@@ -343,6 +346,264 @@ fn wait_with_peak(child: std::process::Child) -> Result<(bool, Option<f64>)> {
     }
 }
 
+/// What `mim bench` measures: workloads, repetitions, the optional PyTorch peer, and where results go.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Workloads by the peer's config names (see [`workloads`]).
+    pub workloads: Vec<String>,
+    /// Workloads also measured at mask ratio 0 (the encoder sees every token: the paper's Table 2 cost).
+    pub no_mask_variant: Vec<String>,
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Timed iterations (the median is reported).
+    pub iters: usize,
+    /// Python with torch + transformers, to run the PyTorch peer in the same invocation.
+    pub peer: Option<PathBuf>,
+    /// The peer script.
+    pub peer_script: PathBuf,
+    /// Dataset of the data-pipeline measurement.
+    pub data: PathBuf,
+    /// JSON-lines file every result is appended to.
+    pub out: PathBuf,
+    /// Repetitions of everything (mim and the peer alternate per workload in each round).
+    pub rounds: usize,
+}
+
+/// Every measurement of a [`run`]; its `Display` is the summary: medians over rounds, ratios to the
+/// peer and the mask-ratio speed-ups.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Workloads measured, in order.
+    pub workloads: Vec<&'static str>,
+    /// fp32 matmul GFLOP/s of this machine: the peak the GFLOP/s column is a percentage of.
+    pub peak_gflops: f64,
+    /// mim's results, every round.
+    pub ours: Vec<BenchResult>,
+    /// The peer's results, every round (empty without a peer).
+    pub peer: Vec<PeerResult>,
+}
+
+/// Runs the throughput benchmark on `device`: per round and workload, mim at mask ratio 0.75 (and 0
+/// where asked), then the peer when there is one. Each result is appended to `opts.out` as it comes;
+/// progress lines go to `progress`.
+pub fn run(opts: &BenchOptions, device: &Device, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+    let all = workloads();
+    let chosen: Vec<&Workload> = opts
+        .workloads
+        .iter()
+        .map(|n| all.iter().find(|w| w.name == n).with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224")))
+        .collect::<Result<_>>()?;
+    if opts.peer.is_some() {
+        // before any timing, not minutes later at the first workload's turn
+        check_peer_script(&opts.peer_script)?;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    progress(&format!("mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}", env!("CARGO_PKG_VERSION"), opts.warmup, opts.iters));
+    let peak_gflops = matmul_gflops(2048, 10, device);
+    progress(&format!("fp32 matmul 2048^3: {peak_gflops:.0} GFLOP/s (this machine's practical peak for the % column)"));
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&opts.out)?;
+    let (mut ours, mut peer) = (Vec::<BenchResult>::new(), Vec::<PeerResult>::new());
+    // mim and the peer take turns per workload, so that both see the machine in the same state.
+    for round in 0..opts.rounds {
+        if opts.rounds > 1 {
+            progress(&format!("round {} of {}", round + 1, opts.rounds));
+        }
+        for w in &chosen {
+            let no_mask = opts.no_mask_variant.iter().any(|n| n == w.name);
+            for r in if no_mask { vec![0.75, 0.0] } else { vec![0.75] } {
+                let res = BenchResult { round, ..bench_workload(w, r, opts.warmup, opts.iters, device)? };
+                progress(&format!("{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB", w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib));
+                writeln!(log, "{}", serde_json::to_string(&res)?)?;
+                ours.push(res);
+            }
+            if let Some(py) = &opts.peer {
+                let (rows, peak_mib) = run_peer(py, &opts.peer_script, w.name, threads, opts.iters, no_mask)?;
+                let rows: Vec<PeerResult> = rows.into_iter().map(|r| PeerResult { peak_mib: peak_mib.unwrap_or(0.0), round, ..r }).collect();
+                let summary: Vec<String> = rows.iter().map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s)).collect();
+                progress(&format!("peer {}: {}", w.name, summary.join(", ")));
+                peer.extend(rows);
+            }
+        }
+    }
+    Ok(BenchReport { rounds: opts.rounds, workloads: chosen.iter().map(|w| w.name).collect(), peak_gflops, ours, peer })
+}
+
+impl BenchReport {
+    /// mim's results for `config` at `mask` in every round, each with the peer's of the same round.
+    fn rows(&self, config: &str, mask: f64) -> Vec<(&BenchResult, Option<&PeerResult>)> {
+        self.ours
+            .iter()
+            .filter(|r| r.config == config && r.mask_ratio == mask)
+            .map(|r| (r, self.peer.iter().find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio && p.round == r.round)))
+            .collect()
+    }
+
+    /// Measures the data pipeline on `data` when fmnist-tiny was benchmarked and compares it with
+    /// that training step's appetite: the summary's last line (after the report's `Display`).
+    pub fn data_pipeline_line(&self, data: &Path) -> Result<Option<String>> {
+        let Some(step) = self.ours.iter().find(|r| r.mask_ratio == 0.75 && r.config == "fmnist-tiny") else {
+            return Ok(None);
+        };
+        let (pipe, appetite) = (data_pipeline_img_s(data, 28, 256, 8)?, step.train_img_s);
+        Ok(Some(format!(
+            "\ndata pipeline alone (IDX decode + random resized crop + flip + batch, 1 thread): {pipe:.0} img/s, {:.1}x the fmnist-tiny step's appetite of {appetite:.0} img/s",
+            pipe / appetite
+        )))
+    }
+
+    /// Per round, how many times faster the training step of `workload` is at mask ratio 0.75 than
+    /// at 0: mim's and the peer's (empty where either ratio was not measured).
+    fn masking_speedups(&self, workload: &str) -> (Vec<f64>, Vec<f64>) {
+        let per_round = |img_s: &dyn Fn(f64, usize) -> Option<f64>| -> Vec<f64> {
+            (0..self.rounds).filter_map(|round| Some(img_s(0.75, round)? / img_s(0.0, round)?)).collect()
+        };
+        let ours = per_round(&|m, round| self.ours.iter().find(|r| r.config == workload && r.mask_ratio == m && r.round == round).map(|r| r.train_img_s));
+        let peer = per_round(&|m, round| self.peer.iter().find(|p| p.config == workload && p.mask_ratio == m && p.round == round).map(|p| p.train_img_s));
+        (ours, peer)
+    }
+}
+
+/// A ratio's median over rounds, with its range in brackets when there is more than one round.
+fn fmt_spread(ratios: &[f64]) -> String {
+    let (m, lo, hi) = spread(ratios);
+    if ratios.len() > 1 { format!("{m:.2}x ({lo:.2}-{hi:.2})") } else { format!("{m:.2}x") }
+}
+
+impl fmt::Display for BenchReport {
+    /// Medians over rounds; ratios are taken within a round, then summarised (median, and the range
+    /// when there is more than one round).
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let med = |v: Vec<f64>| spread(&v).0;
+        let ratio_or_dash = |v: Vec<f64>| if v.is_empty() { "-".to_string() } else { fmt_spread(&v) };
+        if self.rounds > 1 {
+            writeln!(f, "\nmedians of {} rounds; each ratio is the median of the per-round ratios (their range in brackets)", self.rounds)?;
+        }
+        writeln!(f, "\n| workload | mask | batch | mim train img/s | torch train img/s | mim/torch | mim/torch, fastest steps | mim encoder img/s | torch encoder img/s | mim/torch | mim train GFLOP/s (% of peak) | mim peak MiB (process so far) | torch peak MiB (process) |")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+        for first in self.ours.iter().filter(|r| r.round == 0) {
+            let rows = self.rows(&first.config, first.mask_ratio);
+            let mims = |v: fn(&BenchResult) -> f64| med(rows.iter().map(|(r, _)| v(r)).collect());
+            let torch = |v: fn(&PeerResult) -> f64| {
+                let v: Vec<f64> = rows.iter().filter_map(|(_, p)| p.map(v)).collect();
+                (!v.is_empty()).then(|| med(v))
+            };
+            let ratio = |v: fn(&BenchResult) -> f64, w: fn(&PeerResult) -> f64| ratio_or_dash(rows.iter().filter_map(|(r, p)| p.map(|p| v(r) / w(p))).collect());
+            // Each side's fastest step: other tenants of a shared host only ever add time, so this
+            // ratio moves less between rounds than the medians' one.
+            let fastest = |t: &[f64]| t.iter().copied().fold(f64::INFINITY, f64::min);
+            let best = rows.iter().filter_map(|(r, p)| p.filter(|p| !p.train_times.is_empty()).map(|p| fastest(&p.train_times) / fastest(&r.train_times)));
+            let gflops = mims(|r| r.train_gflops);
+            // Where the kernel does not reset the peak per workload, later rounds start from an earlier
+            // workload's high-water mark: the smallest reading is the closest to this workload's own.
+            writeln!(
+                f,
+                "| {} | {} | {} | {:.1} | {} | {} | {} | {:.1} | {} | {} | {:.0} ({:.0}%) | {:.0} | {} |",
+                first.config,
+                first.mask_ratio,
+                first.batch,
+                mims(|r| r.train_img_s),
+                torch(|p| p.train_img_s).map_or("-".into(), |v| format!("{v:.1}")),
+                ratio(|r| r.train_img_s, |p| p.train_img_s),
+                ratio_or_dash(best.collect()),
+                mims(|r| r.enc_fwd_img_s),
+                torch(|p| p.enc_fwd_img_s).map_or("-".into(), |v| format!("{v:.1}")),
+                ratio(|r| r.enc_fwd_img_s, |p| p.enc_fwd_img_s),
+                gflops,
+                100.0 * gflops / self.peak_gflops,
+                rows.iter().map(|(r, _)| r.peak_mib).fold(f64::INFINITY, f64::min),
+                torch(|p| p.peak_mib).map_or("-".into(), |v| format!("{v:.0}")),
+            )?;
+        }
+        for w in &self.workloads {
+            let (ours, peer) = self.masking_speedups(w);
+            if !ours.is_empty() {
+                let peer = if peer.is_empty() { String::new() } else { format!("; PyTorch {}", fmt_spread(&peer)) };
+                let ours = fmt_spread(&ours);
+                writeln!(f, "\n{w}: training step with mask 0.75 is {ours} faster than with every token in the encoder (paper Table 2: 2.8-4.1x){peer}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `mim bench speedup` measures: MAE Table 2 for some presets.
+#[derive(Debug, Clone)]
+pub struct SpeedupOptions {
+    /// MAE presets.
+    pub models: Vec<String>,
+    /// Images per step, one per model; empty for the defaults (256 below 768 wide, 8 for ViT-B,
+    /// 4 for ViT-L/H).
+    pub batch: Vec<usize>,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps (the median is reported).
+    pub iters: usize,
+    /// JSON-lines file every row is appended to.
+    pub out: PathBuf,
+}
+
+impl SpeedupOptions {
+    /// The models with their batch sizes, or an error when `batch` does not give one per model.
+    fn resolve(&self) -> Result<Vec<(&str, MaeConfig, usize)>> {
+        ensure!(
+            self.batch.is_empty() || self.batch.len() == self.models.len(),
+            "--batch has {} values for {} models: give one per model, or none for the defaults",
+            self.batch.len(),
+            self.models.len()
+        );
+        let default_batch = |cfg: &MaeConfig| match cfg.embed_dim {
+            d if d >= 1024 => 4,
+            d if d >= 768 => 8,
+            _ => 256,
+        };
+        let mut models = Vec::new();
+        for (i, name) in self.models.iter().enumerate() {
+            let cfg = MaeConfig::preset(name)?;
+            let batch = self.batch.get(i).copied().unwrap_or_else(|| default_batch(&cfg));
+            models.push((name.as_str(), cfg, batch));
+        }
+        Ok(models)
+    }
+}
+
+/// Measures MAE Table 2 ([`table2`]) for every model of `opts` on `device`, appending each row to
+/// `opts.out`. The Markdown table goes to `table` line by line as rows come; notes to `progress`.
+pub fn speedup(opts: &SpeedupOptions, device: &Device, progress: &mut dyn FnMut(&str), table: &mut dyn FnMut(&str)) -> Result<Vec<SpeedupRow>> {
+    let models = opts.resolve()?;
+    progress(&format!("MAE Table 2 on this machine: mask ratio 0.75, warmup {}, median of {} steps", opts.warmup, opts.iters));
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&opts.out)?;
+    table("| model | encoder | decoder depth | batch | step (s) | speed-up | paper |\n|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (name, cfg, batch) in models {
+        for r in table2(name, &cfg, batch, opts.warmup, opts.iters, device)? {
+            table(&r.to_string());
+            writeln!(log, "{}", serde_json::to_string(&r)?)?;
+            rows.push(r);
+        }
+    }
+    progress("(paper Table 2: ViT-L 2.8x with the 8-block decoder, 3.7x with 1 block; ViT-H 3.5x / 4.1x)");
+    Ok(rows)
+}
+
+impl fmt::Display for SpeedupRow {
+    /// One row of [`speedup`]'s Markdown table.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "| {} | {} | {} | {} | {:.3} | {} | {} |",
+            self.model,
+            if self.encoder_mask_token { "w/ [M]" } else { "w/o [M]" },
+            self.decoder_depth,
+            self.batch,
+            self.step_s,
+            if self.encoder_mask_token { "-".to_string() } else { format!("{:.2}x", self.speedup) },
+            self.paper.map_or("-".to_string(), |p| format!("{p}x")),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +613,44 @@ mod tests {
         assert_eq!(spread(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
         assert_eq!(spread(&[4.0, 1.0]), (2.5, 1.0, 4.0));
         assert_eq!(spread(&[1.5]), (1.5, 1.5, 1.5));
+    }
+
+    #[test]
+    fn report_takes_medians_over_rounds_and_ratios_within_a_round() {
+        let ours = |mask_ratio: f64, round: usize, train_img_s: f64| BenchResult {
+            config: "fmnist-tiny".into(),
+            mask_ratio,
+            batch: 256,
+            train_img_s,
+            enc_fwd_img_s: 1000.0,
+            train_gflops: 50.0,
+            enc_fwd_gflops: 0.0,
+            peak_mib: 500.0 + round as f64,
+            train_times: vec![1.0],
+            round,
+        };
+        let peer = |mask_ratio: f64, round: usize, train_img_s: f64| PeerResult {
+            config: "fmnist-tiny".into(),
+            mask_ratio,
+            train_img_s,
+            enc_fwd_img_s: 500.0,
+            train_times: vec![2.0],
+            peak_mib: 900.0,
+            round,
+        };
+        let report = BenchReport {
+            rounds: 2,
+            workloads: vec!["fmnist-tiny"],
+            peak_gflops: 100.0,
+            ours: vec![ours(0.75, 0, 300.0), ours(0.0, 0, 100.0), ours(0.75, 1, 400.0), ours(0.0, 1, 100.0)],
+            peer: vec![peer(0.75, 0, 100.0), peer(0.0, 0, 50.0), peer(0.75, 1, 200.0), peer(0.0, 1, 50.0)],
+        };
+        let text = report.to_string();
+        // Train img/s: median 350 against the peer's 150; per-round ratios 3 and 2.
+        let row = "| fmnist-tiny | 0.75 | 256 | 350.0 | 150.0 | 2.50x (2.00-3.00) | 2.00x (2.00-2.00) | 1000.0 | 500.0 | 2.00x (2.00-2.00) | 50 (50%) | 500 | 900 |";
+        assert!(text.contains(row), "{text}");
+        assert!(text.contains("mask 0.75 is 3.50x (3.00-4.00) faster") && text.contains("; PyTorch 3.00x (2.00-4.00)"), "{text}");
+        assert!(text.starts_with("\nmedians of 2 rounds"), "{text}");
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //!    `ViTMAEForPreTraining`); [`checkpoint`]: atomic, CRC-checked checkpoints with exact resume;
 //!    [`viz`]: reconstruction grids, mask pictures and loss curves
 //! 4. [`eval`]: features, linear probing, k-NN, test accuracy
-//! 5. [`train`]: the methods' recipes, the pretraining loop, the tokenizer's training, fine-tuning
-//! 6. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer
+//! 5. [`train`]: the one training loop and its jobs (pretraining with each method's recipe,
+//!    fine-tuning, the tokenizer), their shared `[run]` / `[optim]` settings
+//! 6. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`reconstruct`]:
+//!    reconstruction pictures of a pretrained model
 //! 7. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
 //!
 //! ```no_run
@@ -38,6 +40,7 @@ pub mod masking;
 pub mod models;
 pub mod ops;
 pub mod optim;
+pub mod reconstruct;
 pub mod runtime;
 pub mod train;
 pub mod viz;

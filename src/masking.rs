@@ -17,6 +17,10 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+/// Random stream id of the masking noise (`rng_for(&[seed, .., MASK_STREAM])`), kept apart from the
+/// augmentation and shuffling streams; pretraining and reconstruction pictures draw from it.
+pub const MASK_STREAM: u64 = 0x4D41534B;
+
 /// A batch of patch masks, in the shape the official `random_masking` returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mask {

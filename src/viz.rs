@@ -1,5 +1,6 @@
 //! Pictures: MAE reconstruction grids (the paper's figure 2 layout), side-by-side panels (tokenizer
-//! reconstructions), mask samples and loss curves.
+//! reconstructions), mask samples and loss curves. [`crate::reconstruct`] draws them for a
+//! pretrained model.
 
 use std::path::Path;
 

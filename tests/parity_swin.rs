@@ -204,7 +204,7 @@ fn bad_sizes_are_clear_errors() {
     let e = err(SwinConfig { num_heads: vec![3, 2, 4], ..config() });
     assert!(e.contains("stage 0 width 8 is not divisible by its 3 heads"), "{e}");
     assert!(SwinConfig::preset("swin_huge").unwrap_err().to_string().contains("swin_tiny_patch4_window7_224"));
-    for name in SwinConfig::PRESETS {
+    for (name, _) in SwinConfig::PRESETS {
         SwinConfig::preset(name).unwrap().validate().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     assert!(config().init(0, &Device::flex()).is_ok());

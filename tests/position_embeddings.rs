@@ -71,7 +71,7 @@ fn fresh_models_start_from_sincos_and_pretraining_leaves_them_unchanged() {
     };
     let summary = pretrain(&run, None, &mut Silent).unwrap();
     let trained = checkpoint::load(&summary.checkpoint, &Device::flex()).unwrap().model;
-    let (before, after) = (parameters(&cfg.init(run.seed, &Device::flex()).unwrap()), parameters(&trained));
+    let (before, after) = (parameters(&cfg.init(run.run.seed, &Device::flex()).unwrap()), parameters(&trained));
     assert_ne!(before["patch_embed.proj.weight"], after["patch_embed.proj.weight"], "the run trained nothing");
     for key in ["pos_embed", "decoder_pos_embed"] {
         let d = max_diff(&before[key].1, &after[key].1);

@@ -8,7 +8,7 @@
 //! `rel_pos_bias.relative_position_bias_table`, `lm_head.weight`), except that the official
 //! `q_bias`/`v_bias` pair lives in the shared [`Block`]'s full qkv bias (see [`crate::weights::beit_from_official`]).
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::{InitRng, param, trunc_normal};
+use super::{Preset, find_preset, preset_names};
 use super::vit::{Block, LayerNorm, Linear, PatchEmbed, WeightInit, run_blocks, with_mask_token};
 use crate::masking::BoolMask;
 
@@ -52,36 +53,53 @@ pub struct BeitConfig {
 }
 
 impl BeitConfig {
-    /// Preset names accepted by [`BeitConfig::preset`].
-    pub const PRESETS: &'static [&'static str] = &["beit_base_patch16_224", "beit_large_patch16_224", "beit_tiny_32", "beit_tiny_28"];
+    /// Every preset, by the name [`BeitConfig::preset`] accepts.
+    pub const PRESETS: &'static [Preset<Self>] = &[
+        ("beit_base_patch16_224", Self::base_patch16_224),
+        ("beit_large_patch16_224", Self::large_patch16_224),
+        ("beit_tiny_32", Self::tiny_32),
+        ("beit_tiny_28", Self::tiny_28),
+    ];
 
-    /// A named architecture: the paper's pretraining settings for ViT-B/16 and ViT-L/16 (8192-token
-    /// vocabulary, shared relative position bias, no absolute position embedding, layer scale 0.1
-    /// for base and 1e-5 for large as in the official scripts), and small models for 32 px RGB and
-    /// 28 px greyscale images on a CPU (patch 4, 192 wide, 6 blocks, 512 visual tokens).
+    /// The preset called `name` in [`BeitConfig::PRESETS`].
     pub fn preset(name: &str) -> Result<Self> {
-        let cfg = |img, patch, chans, vocab, dim, depth, heads, layer_scale| BeitConfig {
-            img_size: img,
-            patch_size: patch,
-            in_chans: chans,
-            vocab_size: vocab,
-            embed_dim: dim,
-            depth,
-            num_heads: heads,
+        find_preset(Self::PRESETS, name)
+            .with_context(|| format!("unknown BEiT preset '{name}': choose one of {}", preset_names(Self::PRESETS)))
+    }
+
+    /// The paper's ViT-B/16 pretraining settings: 8192-token vocabulary, a shared relative position
+    /// bias, no absolute position embedding, layer scale 0.1 as in the official scripts.
+    pub fn base_patch16_224() -> Self {
+        BeitConfig {
+            img_size: 224,
+            patch_size: 16,
+            in_chans: 3,
+            vocab_size: 8192,
+            embed_dim: 768,
+            depth: 12,
+            num_heads: 12,
             mlp_ratio: 4.0,
-            layer_scale_init_value: layer_scale,
+            layer_scale_init_value: 0.1,
             use_abs_pos_emb: false,
             use_rel_pos_bias: false,
             use_shared_rel_pos_bias: true,
             init_std: 0.02,
-        };
-        Ok(match name {
-            "beit_base_patch16_224" => cfg(224, 16, 3, 8192, 768, 12, 12, 0.1),
-            "beit_large_patch16_224" => cfg(224, 16, 3, 8192, 1024, 24, 16, 1e-5),
-            "beit_tiny_32" => cfg(32, 4, 3, 512, 192, 6, 3, 0.1),
-            "beit_tiny_28" => cfg(28, 4, 1, 512, 192, 6, 3, 0.1),
-            other => anyhow::bail!("unknown BEiT preset '{other}': choose one of {}", Self::PRESETS.join(", ")),
-        })
+        }
+    }
+
+    /// The paper's ViT-L/16 pretraining settings (layer scale 1e-5, as the official scripts).
+    pub fn large_patch16_224() -> Self {
+        BeitConfig { embed_dim: 1024, depth: 24, num_heads: 16, layer_scale_init_value: 1e-5, ..Self::base_patch16_224() }
+    }
+
+    /// 32 px RGB (CIFAR-10) on a CPU: patch 4, 192 wide, 6 blocks, 512 visual tokens.
+    pub fn tiny_32() -> Self {
+        BeitConfig { img_size: 32, patch_size: 4, vocab_size: 512, embed_dim: 192, depth: 6, num_heads: 3, ..Self::base_patch16_224() }
+    }
+
+    /// 28 px greyscale (Fashion-MNIST): [`BeitConfig::tiny_32`] for one channel.
+    pub fn tiny_28() -> Self {
+        BeitConfig { img_size: 28, in_chans: 1, ..Self::tiny_32() }
     }
 
     /// Patches per side.
@@ -384,7 +402,7 @@ mod tests {
 
     #[test]
     fn presets_validate_and_bad_configs_say_what_to_change() {
-        for name in BeitConfig::PRESETS {
+        for (name, _) in BeitConfig::PRESETS {
             BeitConfig::preset(name).unwrap().validate().unwrap();
         }
         let base = BeitConfig::preset("beit_tiny_32").unwrap();

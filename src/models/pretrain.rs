@@ -89,21 +89,18 @@ impl<'de> Deserialize<'de> for ModelConfig {
 impl ModelConfig {
     /// The architecture of preset `name` of any family (a from-scratch run names only a preset).
     pub fn preset(name: &str) -> Result<Self> {
-        if let Ok(c) = MaeConfig::preset(name) {
-            return Ok(ModelConfig::Mae(c));
-        }
-        if let Ok(c) = BeitConfig::preset(name) {
-            return Ok(ModelConfig::Beit(c));
-        }
-        if let Ok(c) = SwinConfig::preset(name) {
-            return Ok(ModelConfig::Swin(c));
-        }
-        bail!(
+        use super::{find_preset, preset_names};
+        let found = find_preset(MaeConfig::PRESETS, name)
+            .map(ModelConfig::Mae)
+            .or_else(|| find_preset(BeitConfig::PRESETS, name).map(ModelConfig::Beit))
+            .or_else(|| find_preset(SwinConfig::PRESETS, name).map(ModelConfig::Swin));
+        let Some(cfg) = found else { bail!(
             "unknown model preset '{name}': choose an MAE ({}), BEiT ({}) or Swin ({}) preset",
-            MaeConfig::PRESETS.join(", "),
-            BeitConfig::PRESETS.join(", "),
-            SwinConfig::PRESETS.join(", ")
-        )
+            preset_names(MaeConfig::PRESETS),
+            preset_names(BeitConfig::PRESETS),
+            preset_names(SwinConfig::PRESETS)
+        ) };
+        Ok(cfg)
     }
 
     /// The masked autoencoder's architecture, or an error naming what the checkpoint holds.

@@ -13,13 +13,14 @@
 
 use std::path::Path;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::init::{InitRng, param, trunc_normal_matrices};
+use super::{Preset, find_preset, preset_names};
 use super::vit::{Attention, Block, BlockExtras, LayerNorm, Linear, Mlp, PatchEmbed, drop_path_scales};
 use crate::io::{TensorMap, load_tensor_map, pytorch_to_burn_layout, read_safetensors};
 
@@ -56,50 +57,69 @@ pub struct SwinConfig {
 }
 
 impl SwinConfig {
-    /// Preset names accepted by [`SwinConfig::preset`].
-    pub const PRESETS: &'static [&'static str] =
-        &["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224", "swin_tiny_32", "swin_tiny_28"];
+    /// Every preset, by the name `--model` and [`SwinConfig::preset`] accept.
+    pub const PRESETS: &'static [Preset<Self>] = &[
+        ("swin_tiny_patch4_window7_224", Self::tiny_patch4_window7_224),
+        ("swin_small_patch4_window7_224", Self::small_patch4_window7_224),
+        ("swin_base_patch4_window7_224", Self::base_patch4_window7_224),
+        ("swin_tiny_32", Self::tiny_32),
+        ("swin_tiny_28", Self::tiny_28),
+    ];
 
-    /// A named architecture: timm's Swin-T/S/B for 224 px ImageNet (drop path 0.1, timm's default;
-    /// the paper trains them with 0.2/0.3/0.5), and two small models for CPU experiments.
-    ///
-    /// The small ones pick patch and window sizes that divide every stage, so no padding is needed:
-    /// `swin_tiny_32` (32 px RGB, CIFAR-10): patch 2, window 4, stages of 16, 8 and 4 tokens a side
-    /// (the last stage is one window, so it does not shift); `swin_tiny_28` (28 px grey, Fashion-MNIST):
-    /// patch 2, window 7, stages of 14 and 7 tokens a side (7 is prime, so only two stages fit).
+    /// The preset called `name` in [`SwinConfig::PRESETS`].
     pub fn preset(name: &str) -> Result<Self> {
-        let imagenet = |dim, depths: [usize; 4], heads: [usize; 4]| SwinConfig {
+        find_preset(Self::PRESETS, name)
+            .with_context(|| format!("unknown Swin preset '{name}': choose one of {}", preset_names(Self::PRESETS)))
+    }
+
+    /// timm's Swin-T for 224 px ImageNet, with timm's default drop path 0.1 (the paper trains
+    /// Swin-T/S/B with 0.2/0.3/0.5).
+    pub fn tiny_patch4_window7_224() -> Self {
+        SwinConfig {
             img_size: 224,
             patch_size: 4,
             in_chans: 3,
-            embed_dim: dim,
-            depths: depths.to_vec(),
-            num_heads: heads.to_vec(),
+            embed_dim: 96,
+            depths: vec![2, 2, 6, 2],
+            num_heads: vec![3, 6, 12, 24],
             window_size: 7,
             mlp_ratio: 4.0,
             num_classes: 1000,
             drop_path_rate: 0.1,
-        };
-        let small = |img, chans, depths: &[usize], heads: &[usize], window| SwinConfig {
-            img_size: img,
+        }
+    }
+
+    /// timm's Swin-S: Swin-T with 18 blocks in the third stage.
+    pub fn small_patch4_window7_224() -> Self {
+        SwinConfig { depths: vec![2, 2, 18, 2], ..Self::tiny_patch4_window7_224() }
+    }
+
+    /// timm's Swin-B: Swin-S 128 wide.
+    pub fn base_patch4_window7_224() -> Self {
+        SwinConfig { embed_dim: 128, num_heads: vec![4, 8, 16, 32], ..Self::small_patch4_window7_224() }
+    }
+
+    /// 32 px RGB (CIFAR-10) on a CPU: patch 2 and window 4 divide every stage (16, 8 and 4 tokens a
+    /// side), so nothing is padded; the last stage is one window, so it does not shift.
+    pub fn tiny_32() -> Self {
+        SwinConfig {
+            img_size: 32,
             patch_size: 2,
-            in_chans: chans,
+            in_chans: 3,
             embed_dim: 48,
-            depths: depths.to_vec(),
-            num_heads: heads.to_vec(),
-            window_size: window,
+            depths: vec![2, 2, 6],
+            num_heads: vec![3, 6, 12],
+            window_size: 4,
             mlp_ratio: 4.0,
             num_classes: 10,
             drop_path_rate: 0.1,
-        };
-        Ok(match name {
-            "swin_tiny_patch4_window7_224" => imagenet(96, [2, 2, 6, 2], [3, 6, 12, 24]),
-            "swin_small_patch4_window7_224" => imagenet(96, [2, 2, 18, 2], [3, 6, 12, 24]),
-            "swin_base_patch4_window7_224" => imagenet(128, [2, 2, 18, 2], [4, 8, 16, 32]),
-            "swin_tiny_32" => small(32, 3, &[2, 2, 6], &[3, 6, 12], 4),
-            "swin_tiny_28" => small(28, 1, &[2, 6], &[3, 6], 7),
-            other => anyhow::bail!("unknown Swin preset '{other}': choose one of {}", Self::PRESETS.join(", ")),
-        })
+        }
+    }
+
+    /// 28 px greyscale (Fashion-MNIST): patch 2 and window 7 give stages of 14 and 7 tokens a side
+    /// (7 is prime, so only two stages fit).
+    pub fn tiny_28() -> Self {
+        SwinConfig { img_size: 28, in_chans: 1, depths: vec![2, 6], num_heads: vec![3, 6], window_size: 7, ..Self::tiny_32() }
     }
 
     /// Stages.

@@ -23,7 +23,7 @@
 //! (decay 0.99, Laplace-smoothed cluster sizes with eps 1e-5) and restarts every code whose EMA
 //! count fell below a threshold at a random encoding of the batch (as Jukebox).
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use burn::module::{Module, Param};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::beit::BeitConfig;
 use super::init::{InitRng, normal, param};
+use super::{Preset, find_preset, preset_names};
 use super::vit::{Linear, patchify, unpatchify};
 
 /// Architecture and quantiser settings of a [`VqTokenizer`].
@@ -61,29 +62,34 @@ pub struct TokenizerConfig {
 }
 
 impl TokenizerConfig {
-    /// Preset names accepted by [`TokenizerConfig::preset`].
-    pub const PRESETS: &'static [&'static str] = &["vq_tiny_28", "vq_tiny_32"];
+    /// Every preset, by the name `--model` and [`TokenizerConfig::preset`] accept.
+    pub const PRESETS: &'static [Preset<Self>] = &[("vq_tiny_28", Self::tiny_28), ("vq_tiny_32", Self::tiny_32)];
 
-    /// Tokenizers for the small BEiT presets: `vq_tiny_28` (28 px greyscale, patch 4, 512 codes;
-    /// pairs with `beit_tiny_28`) and `vq_tiny_32` (32 px RGB, patch 4, 512 codes; `beit_tiny_32`).
+    /// The preset called `name` in [`TokenizerConfig::PRESETS`].
     pub fn preset(name: &str) -> Result<Self> {
-        let cfg = |img, chans, hidden| TokenizerConfig {
-            img_size: img,
+        find_preset(Self::PRESETS, name)
+            .with_context(|| format!("unknown tokenizer preset '{name}': use one of {}", preset_names(Self::PRESETS)))
+    }
+
+    /// The tokenizer of `beit_tiny_28`: 28 px greyscale, patch 4, 512 codes of width 32, MLPs 128 wide.
+    pub fn tiny_28() -> Self {
+        TokenizerConfig {
+            img_size: 28,
             patch_size: 4,
-            in_chans: chans,
+            in_chans: 1,
             vocab_size: 512,
-            hidden_dim: hidden,
+            hidden_dim: 128,
             code_dim: 32,
             beta: 0.25,
             ema_decay: 0.99,
             ema_eps: 1e-5,
             restart_threshold: 1.0,
-        };
-        Ok(match name {
-            "vq_tiny_28" => cfg(28, 1, 128),
-            "vq_tiny_32" => cfg(32, 3, 256),
-            _ => anyhow::bail!("unknown tokenizer preset '{name}': use one of {}", Self::PRESETS.join(", ")),
-        })
+        }
+    }
+
+    /// The tokenizer of `beit_tiny_32`: 32 px RGB, MLPs 256 wide, otherwise [`TokenizerConfig::tiny_28`].
+    pub fn tiny_32() -> Self {
+        TokenizerConfig { img_size: 32, in_chans: 3, hidden_dim: 256, ..Self::tiny_28() }
     }
 
     /// Tokens per side.

@@ -2,8 +2,8 @@
 //! tokens, and un-shuffling them before the decoder) as one op with its own backward.
 //!
 //! The generic path expands the ids to `[B, K, D]` (a copy), gathers element by element, and its
-//! backward is burn-flex's `scatter_add`, serial on the main thread (3% of an MAE step's wall
-//! time). Here both directions copy whole rows, one parallel task per image; the backward adds
+//! backward is burn-flex's `scatter_add`, serial on the main thread. Here both directions copy
+//! whole rows, one parallel task per image; the backward adds
 //! rows into that image's zeroed gradient, so repeated ids accumulate as in the generic op.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};

@@ -5,14 +5,14 @@
 //! The generic path is a matmul, a broadcast bias add and, in the backward pass, two matmuls on
 //! transposed views and a sum over rows for the bias, each recorded by autodiff. In burn-flex
 //! 0.22 every matmul output is also allocated zero-filled and then copied once more to realign it
-//! (`FlexTensor::empty` goes through `Bytes::from_bytes_vec` of a `Vec<u8>`): 6% of an MAE step's
-//! CPU time, on the main thread. Here outputs are written once: the forward writes `x W` and the
+//! (`FlexTensor::empty` goes through `Bytes::from_bytes_vec` of a `Vec<u8>`), on the main thread.
+//! Here outputs are written once: the forward writes `x W` and the
 //! backward `dy Wᵀ` and `xᵀ dy` directly, and only the gradients autodiff asks for are computed
 //! (no input gradient for images, say).
 //!
 //! The bias is added after the product, in a parallel pass over rows (with GELU, the same pass
-//! applies it): a product accumulating into bias-filled rows ran 8-21% slower than a plain one on
-//! the short-reduction MAE shapes (K = 128-192), adding afterwards 4-9%, and behind GELU nothing.
+//! applies it): on the short-reduction MAE shapes (K = 128-192) a product accumulating into
+//! bias-filled rows is slower than a plain product plus that pass, and behind GELU the add is free.
 //! In the backward pass GELU's derivative and the bias gradient's column sums share one pass too.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
@@ -151,8 +151,7 @@ const WEIGHT_GRAD_CHUNKS: usize = 4;
 /// `xᵀ dy` (`[k, n]`) for `x: [m, k]`, `dy: [m, n]`. gemm parallelises a product over blocks of
 /// its output only, and this output (a few hundred square) has too few of them: it ran at about
 /// one thread's speed. A long reduction over the m rows is split into chunks instead, their
-/// partial products computed in parallel and added in a fixed order (1.3-1.6x faster on the
-/// small MAE shapes).
+/// partial products computed in parallel and added in a fixed order.
 fn weight_gradient(xs: &[f32], dys: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let x_t = |r0: usize| Operand::of(&xs[r0 * k..], k).t();
     let dy = |r0: usize| Operand::of(&dys[r0 * n..], n);

@@ -73,8 +73,8 @@ fn is_flex(device: &Device) -> bool {
 }
 
 /// A vector of `len` values written by `fill`, without the `vec![0.0; len]` first: that is a
-/// serial memset of the whole buffer on the calling thread, 5% of an MAE step's wall time when
-/// every op output started that way. Kernels that accumulate zero their own chunks with [`zeroed`]
+/// serial memset of the whole buffer on the calling thread, for every op output. Kernels that
+/// accumulate zero their own chunks with [`zeroed`]
 /// inside their parallel tasks.
 ///
 /// # Safety

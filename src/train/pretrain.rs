@@ -440,7 +440,10 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
 
     /// The model's own step after an update (an EMA teacher would follow the student here).
     fn after_batch(&mut self, model: M, _output: (), iteration: u64, update: Option<&Update>) -> Result<(M, Extras)> {
-        Ok((update.map_or(model, |u| M::after_update(model, u, iteration)), Vec::new()))
+        Ok((match update {
+            Some(u) => model.after_update(u, iteration),
+            None => model,
+        }, Vec::new()))
     }
 
     /// k-NN accuracy (k = 20) of the encoder's features on the test split, with the first

@@ -324,9 +324,9 @@ impl Task for TokenizerTraining<'_> {
         let ids = ids_to_host(codes.ids);
         let encodings = codes.encodings.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 encodings");
         let restarted = model.ema_update(&encodings, &ids, &mut rng_for(&[self.cfg.run.seed, iteration, RESTART_STREAM]));
+        let (perplexity, _) = code_statistics(&ids, self.model_cfg().vocab_size);
         let usage = self.usage.as_mut().expect("started");
         usage.push(&ids);
-        let (perplexity, _) = code_statistics(&ids, self.model_cfg().vocab_size);
         self.last = Some((codes.recon, perplexity, usage.fraction()));
         let extras = vec![
             ("recon_loss", json!(codes.recon)),

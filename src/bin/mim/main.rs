@@ -9,17 +9,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use mim::bench;
 use mim::checkpoint;
-use mim::data::augment::Transform;
-use mim::data::loader::{load_batch, rng_for};
-use mim::data::{Dataset, Image, Split};
-use mim::masking::{Mask, MaskStrategy, SimMimMasking, uniform_noise};
-use mim::models::mae::MaskedAutoencoder;
+use mim::data::Split;
+use mim::train::pretrain;
 use mim::train::pretrain::{PretrainConfig, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{OptimConfig, Reporter, RunConfig, StepMetrics};
-use mim::models::pretrain::{MimModel, ModelConfig};
-use mim::models::simmim::SimMim;
-use mim::train::pretrain;
+use mim::reconstruct::{Images, MaskChoice, Reconstructor};
 
 mod ablate;
 mod evaluate;
@@ -75,6 +71,9 @@ enum Command {
         /// Output .safetensors file.
         #[arg(long)]
         out: PathBuf,
+        /// cpu, or cuda:N in a CUDA build.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -119,7 +118,7 @@ struct ReconstructArgs {
     /// Image files instead of dataset indices (resized to the model's input).
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
-    /// Fraction of patches removed (default: 0.75 for MAE, 0.6 of mask squares for SimMIM).
+    /// Fraction of patches removed (default: the method's, 0.75 for MAE, 0.6 of mask squares for SimMIM).
     #[arg(long, allow_negative_numbers = true)]
     mask_ratio: Option<f64>,
     /// Seed of the random mask.
@@ -137,6 +136,9 @@ struct ReconstructArgs {
     /// Up-scaling of the pictures.
     #[arg(long, default_value_t = 4)]
     scale: usize,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -174,6 +176,9 @@ struct BenchArgs {
     /// single runs by up to 2x.
     #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -196,160 +201,34 @@ enum BenchTable {
         /// Append every row as JSON lines here.
         #[arg(long, default_value = "bench.jsonl")]
         out: PathBuf,
+        /// cpu, or cuda:N in a CUDA build.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
-fn run_speedup(models: &[String], batch: &[usize], warmup: usize, iters: usize, out: &Path) -> Result<()> {
-    use std::io::Write;
-    let device = burn::tensor::Device::flex();
-    anyhow::ensure!(
-        batch.is_empty() || batch.len() == models.len(),
-        "--batch has {} values for {} models: give one per model, or none for the defaults",
-        batch.len(),
-        models.len()
-    );
-    eprintln!("MAE Table 2 on this machine: mask ratio 0.75, warmup {warmup}, median of {iters} steps");
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
-    println!("| model | encoder | decoder depth | batch | step (s) | speed-up | paper |\n|---|---|---|---|---|---|---|");
-    for (i, name) in models.iter().enumerate() {
-        let cfg = mim::models::mae::MaeConfig::preset(name)?;
-        let b = batch.get(i).copied().unwrap_or(match cfg.embed_dim {
-            d if d >= 1024 => 4,
-            d if d >= 768 => 8,
-            _ => 256,
-        });
-        for r in mim::bench::table2(name, &cfg, b, warmup, iters, &device)? {
-            println!(
-                "| {} | {} | {} | {} | {:.3} | {} | {} |",
-                r.model,
-                if r.encoder_mask_token { "w/ [M]" } else { "w/o [M]" },
-                r.decoder_depth,
-                r.batch,
-                r.step_s,
-                if r.encoder_mask_token { "-".to_string() } else { format!("{:.2}x", r.speedup) },
-                r.paper.map_or("-".to_string(), |p| format!("{p}x")),
-            );
-            writeln!(log, "{}", serde_json::to_string(&r)?)?;
-        }
-    }
-    eprintln!("(paper Table 2: ViT-L 2.8x with the 8-block decoder, 3.7x with 1 block; ViT-H 3.5x / 4.1x)");
-    Ok(())
-}
-
 fn run_bench(a: &BenchArgs) -> Result<()> {
-    use mim::bench::*;
-    if let Some(BenchTable::Speedup { models, batch, warmup, iters, out }) = &a.table {
-        return run_speedup(models, batch, *warmup, *iters, out);
+    let progress = &mut |line: &str| eprintln!("{line}");
+    if let Some(BenchTable::Speedup { models, batch, warmup, iters, out, device }) = &a.table {
+        let opts = bench::SpeedupOptions { models: models.clone(), batch: batch.clone(), warmup: *warmup, iters: *iters, out: out.clone() };
+        bench::speedup(&opts, &mim::runtime::device(device)?, progress, &mut |line| println!("{line}"))?;
+        return Ok(());
     }
-    let device = burn::tensor::Device::flex();
-    let all = workloads();
-    let chosen: Vec<&Workload> = a
-        .workloads
-        .iter()
-        .map(|n| all.iter().find(|w| w.name == n).with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224")))
-        .collect::<Result<_>>()?;
-    if a.peer.is_some() {
-        // before any timing, not minutes later at the first workload's turn
-        check_peer_script(&a.peer_script)?;
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!("mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}", env!("CARGO_PKG_VERSION"), a.warmup, a.iters);
-    let peak = matmul_gflops(2048, 10, &device);
-    eprintln!("fp32 matmul 2048^3: {peak:.0} GFLOP/s (this machine's practical peak for the % column)");
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&a.out)?;
-    let (mut ours, mut peer) = (Vec::<BenchResult>::new(), Vec::<PeerResult>::new());
-    // mim and the peer take turns per workload, so that both see the machine in the same state.
-    for round in 0..a.rounds {
-        if a.rounds > 1 {
-            eprintln!("round {} of {}", round + 1, a.rounds);
-        }
-        for w in &chosen {
-            let no_mask = a.no_mask_variant.iter().any(|n| n == w.name);
-            for r in if no_mask { vec![0.75, 0.0] } else { vec![0.75] } {
-                let res = BenchResult { round, ..bench_workload(w, r, a.warmup, a.iters, &device)? };
-                eprintln!("{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB", w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib);
-                use std::io::Write;
-                writeln!(log, "{}", serde_json::to_string(&res)?)?;
-                ours.push(res);
-            }
-            if let Some(py) = &a.peer {
-                let (rows, peak_mib) = run_peer(py, &a.peer_script, w.name, threads, a.iters, no_mask)?;
-                let rows: Vec<PeerResult> = rows.into_iter().map(|r| PeerResult { peak_mib: peak_mib.unwrap_or(0.0), round, ..r }).collect();
-                eprintln!("peer {}: {}", w.name, rows.iter().map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s)).collect::<Vec<_>>().join(", "));
-                peer.extend(rows);
-            }
-        }
-    }
-    // Medians over rounds; ratios are taken within a round, then summarised (median, and the range
-    // when there is more than one round).
-    let med = |v: Vec<f64>| spread(&v).0;
-    let fmt_spread = |v: Vec<f64>| {
-        let (m, lo, hi) = spread(&v);
-        if v.len() > 1 { format!("{m:.2}x ({lo:.2}-{hi:.2})") } else { format!("{m:.2}x") }
+    let opts = bench::BenchOptions {
+        workloads: a.workloads.clone(),
+        no_mask_variant: a.no_mask_variant.clone(),
+        warmup: a.warmup,
+        iters: a.iters,
+        peer: a.peer.clone(),
+        peer_script: a.peer_script.clone(),
+        data: a.data.clone(),
+        out: a.out.clone(),
+        rounds: a.rounds,
     };
-    let rows_of = |config: &str, mask: f64| -> Vec<(&BenchResult, Option<&PeerResult>)> {
-        ours.iter()
-            .filter(|r| r.config == config && r.mask_ratio == mask)
-            .map(|r| (r, peer.iter().find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio && p.round == r.round)))
-            .collect()
-    };
-    if a.rounds > 1 {
-        println!("\nmedians of {} rounds; each ratio is the median of the per-round ratios (their range in brackets)", a.rounds);
-    }
-    println!("\n| workload | mask | batch | mim train img/s | torch train img/s | mim/torch | mim/torch, fastest steps | mim encoder img/s | torch encoder img/s | mim/torch | mim train GFLOP/s (% of peak) | mim peak MiB (process so far) | torch peak MiB (process) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for first in ours.iter().filter(|r| r.round == 0) {
-        let rows = rows_of(&first.config, first.mask_ratio);
-        let mims = |f: fn(&BenchResult) -> f64| med(rows.iter().map(|(r, _)| f(r)).collect());
-        let torch = |f: fn(&PeerResult) -> f64| {
-            let v: Vec<f64> = rows.iter().filter_map(|(_, p)| p.map(f)).collect();
-            (!v.is_empty()).then(|| med(v))
-        };
-        let ratio = |f: fn(&BenchResult) -> f64, g: fn(&PeerResult) -> f64| {
-            let v: Vec<f64> = rows.iter().filter_map(|(r, p)| p.map(|p| f(r) / g(p))).collect();
-            if v.is_empty() { "-".to_string() } else { fmt_spread(v) }
-        };
-        // Each side's fastest step: other tenants of a shared host only ever add time, so this
-        // ratio moves less between rounds than the medians' one.
-        let fastest = |t: &[f64]| t.iter().copied().fold(f64::INFINITY, f64::min);
-        let best: Vec<f64> = rows.iter().filter_map(|(r, p)| p.filter(|p| !p.train_times.is_empty()).map(|p| fastest(&p.train_times) / fastest(&r.train_times))).collect();
-        let gflops = mims(|r| r.train_gflops);
-        // Where the kernel does not reset the peak per workload, later rounds start from an earlier
-        // workload's high-water mark: the smallest reading is the closest to this workload's own.
-        println!(
-            "| {} | {} | {} | {:.1} | {} | {} | {} | {:.1} | {} | {} | {:.0} ({:.0}%) | {:.0} | {} |",
-            first.config,
-            first.mask_ratio,
-            first.batch,
-            mims(|r| r.train_img_s),
-            torch(|p| p.train_img_s).map_or("-".into(), |v| format!("{v:.1}")),
-            ratio(|r| r.train_img_s, |p| p.train_img_s),
-            if best.is_empty() { "-".to_string() } else { fmt_spread(best) },
-            mims(|r| r.enc_fwd_img_s),
-            torch(|p| p.enc_fwd_img_s).map_or("-".into(), |v| format!("{v:.1}")),
-            ratio(|r| r.enc_fwd_img_s, |p| p.enc_fwd_img_s),
-            gflops,
-            100.0 * gflops / peak,
-            rows.iter().map(|(r, _)| r.peak_mib).fold(f64::INFINITY, f64::min),
-            torch(|p| p.peak_mib).map_or("-".into(), |v| format!("{v:.0}")),
-        );
-    }
-    for w in &chosen {
-        let per_round = |src: &dyn Fn(f64, usize) -> Option<f64>| -> Vec<f64> { (0..a.rounds).filter_map(|round| Some(src(0.75, round)? / src(0.0, round)?)).collect() };
-        let ours_speedup = per_round(&|m, round| ours.iter().find(|r| r.config == w.name && r.mask_ratio == m && r.round == round).map(|r| r.train_img_s));
-        let torch_speedup = per_round(&|m, round| peer.iter().find(|p| p.config == w.name && p.mask_ratio == m && p.round == round).map(|p| p.train_img_s));
-        if !ours_speedup.is_empty() {
-            println!(
-                "\n{}: training step with mask 0.75 is {} faster than with every token in the encoder (paper Table 2: 2.8-4.1x){}",
-                w.name,
-                fmt_spread(ours_speedup),
-                if torch_speedup.is_empty() { String::new() } else { format!("; PyTorch {}", fmt_spread(torch_speedup)) }
-            );
-        }
-    }
-    if let Some(first) = ours.iter().find(|r| r.mask_ratio == 0.75 && r.config == "fmnist-tiny") {
-        let pipe = data_pipeline_img_s(&a.data, 28, 256, 8)?;
-        println!("\ndata pipeline alone (IDX decode + random resized crop + flip + batch, 1 thread): {pipe:.0} img/s, {:.1}x the fmnist-tiny step's appetite of {:.0} img/s", pipe / first.train_img_s, first.train_img_s);
+    let report = bench::run(&opts, &mim::runtime::device(&a.device)?, progress)?;
+    print!("{report}");
+    if let Some(line) = report.data_pipeline_line(&a.data)? {
+        println!("{line}");
     }
     Ok(())
 }
@@ -435,35 +314,10 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// A mask from an image: the image is resized to the patch grid; bright cells are visible.
-fn mask_from_image(path: &Path, grid: usize, batch: usize) -> Result<Mask> {
-    let img = mim::data::folder::decode(path, 1)?;
-    let small = Transform::Resize { size: grid };
-    let mut cells = vec![0.0; grid * grid];
-    small.apply(&img, &[0.0], &[1.0], &mut rng_for(&[0]), &mut cells);
-    let visible: Vec<usize> = (0..grid * grid).filter(|&i| cells[i] > 0.5).collect();
-    Mask::from_visible(&visible, batch, grid * grid).with_context(|| format!("mask image '{}'", path.display()))
-}
-
-/// A model that predicts the pixels of masked patches.
-enum Reconstructor {
-    Mae(MaskedAutoencoder),
-    SimMim(SimMim),
-}
-
 fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
-    let device = burn::tensor::Device::flex();
-    let (model, cfg, trained_on): (Reconstructor, _, _) = match (&a.checkpoint, &a.weights) {
-        (Some(path), _) if checkpoint::read_header(path)?.model.kind() == "Swin" => {
-            let ck = checkpoint::load_model(path, &device, <SimMim as MimModel>::build)?;
-            let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            (Reconstructor::SimMim(ck.model), ck.header.model, Some(train.data))
-        }
-        (Some(path), _) => {
-            let ck = checkpoint::load(path, &device)?;
-            let train: PretrainConfig = serde_json::from_value(ck.header.train.clone())?;
-            (Reconstructor::Mae(ck.model), ck.header.model.clone(), Some(train.data))
-        }
+    let device = mim::runtime::device(&a.device)?;
+    let model = match (&a.checkpoint, &a.weights) {
+        (Some(path), _) => Reconstructor::from_checkpoint(path, &device)?,
         (None, Some(weights)) => {
             let cfg = match (&a.hf_config, &a.model) {
                 (Some(json), _) => {
@@ -473,81 +327,30 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
                 (None, Some(preset)) => mim::models::mae::MaeConfig::preset(preset)?,
                 (None, None) => bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture"),
             };
-            (Reconstructor::Mae(mim::weights::load_weights(cfg.init(0, &device)?, &cfg, weights)?), ModelConfig::Mae(cfg), None)
+            Reconstructor::from_weights(weights, cfg, &device)?
         }
         (None, None) => bail!("pass --checkpoint or --weights"),
     };
-    let transform = Transform::Resize { size: cfg.img_size() };
-    let data_path = match (a.data.clone(), trained_on) {
-        (Some(d), _) | (None, Some(d)) => d,
-        (None, None) if a.images.is_empty() => bail!("pass --data (or --images) to say which images to reconstruct"),
-        (None, None) => PathBuf::new(),
-    };
-    let ds = Dataset::open(&data_path, if a.images.is_empty() { a.split } else { Split::Train });
-    let (batch, labels, mean, std) = if a.images.is_empty() {
-        let ds = ds?;
-        if let Some(&bad) = a.indices.iter().find(|&&i| i >= ds.len()) {
-            bail!("index {bad} is out of range: the {:?} split of '{}' has {} images", a.split, data_path.display(), ds.len());
-        }
-        let b = load_batch(&ds, &transform, &a.indices, 0, 0)?;
-        let names: Vec<String> = b.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
-        (b, names, ds.mean.clone(), ds.std.clone())
+    let images = if a.images.is_empty() {
+        Images::Dataset { data: a.data.clone(), split: a.split, indices: a.indices.clone() }
     } else {
-        // Files: normalise with the training data's statistics when available.
-        let (mean, std) = ds.map(|d| (d.mean, d.std)).unwrap_or((vec![0.5; cfg.in_chans()], vec![0.25; cfg.in_chans()]));
-        let per = cfg.in_chans() * cfg.img_size() * cfg.img_size();
-        let mut images = vec![0.0; a.images.len() * per];
-        for (k, p) in a.images.iter().enumerate() {
-            let img: Image = mim::data::folder::decode(p, cfg.in_chans())?;
-            transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut images[k * per..(k + 1) * per]);
-        }
-        let n = a.images.len();
-        let b = mim::data::loader::Batch { images, labels: vec![0; n], indices: (0..n).collect(), channels: cfg.in_chans(), side: cfg.img_size() };
-        (b, a.images.iter().map(|p| p.display().to_string()).collect(), mean, std)
+        Images::Files { files: a.images.clone(), data: a.data.clone() }
     };
-    let n = batch.len();
-    let l = cfg.num_patches();
-    let mask = if let Some(p) = &a.mask_image {
-        mask_from_image(p, cfg.grid(), n)?
-    } else if !a.visible.is_empty() {
-        Mask::from_visible(&a.visible, n, l)?
-    } else {
-        let mut rng = rng_for(&[a.seed, 0x4D41534B]);
-        match &model {
-            Reconstructor::Mae(_) => Mask::from_noise(&uniform_noise(&mut rng, n, l), n, a.mask_ratio.unwrap_or(0.75))?,
-            Reconstructor::SimMim(m) => {
-                let squares = SimMimMasking { mask_patch_size: m.encoder_stride(), model_patch_size: cfg.patch_size(), mask_ratio: a.mask_ratio.unwrap_or(0.6) };
-                let masked = MaskStrategy::SimMim(squares).sample((cfg.grid(), cfg.grid()), n, &mut rng)?;
-                // Every image has the same number of masked squares, so this keeps the mask as drawn.
-                let keep = l - masked.row(0).iter().filter(|&&m| m).count();
-                masked.to_mae_mask(keep, &mut rng)?
-            }
-        }
+    let mask = match &a.mask_image {
+        Some(p) => MaskChoice::Image(p.clone()),
+        None if !a.visible.is_empty() => MaskChoice::Visible(a.visible.clone()),
+        None => MaskChoice::Random { ratio: a.mask_ratio, seed: a.seed },
     };
-    let imgs = batch.tensor(&device);
-    let rows = match &model {
-        Reconstructor::Mae(m) => mim::viz::reconstruct(m, imgs, &mask, &mean, &std)?,
-        Reconstructor::SimMim(m) => {
-            let weights = mask.mask_tensor(&device);
-            let pred = m.forward(imgs.clone(), weights).reconstruction;
-            let removed: Vec<bool> = mask.mask.iter().map(|&v| v > 0.5).collect();
-            mim::viz::reconstruction_rows(imgs, pred, &removed, cfg.patch_size(), &mean, &std)
-        }
-    };
-    let (c, s) = (cfg.in_chans(), cfg.img_size());
-    for (k, row) in rows.iter().enumerate() {
-        let path = a.out.join(format!("reconstruction_{k:02}.png"));
-        mim::viz::save_png(&mim::viz::grid_image(std::slice::from_ref(row), c, s, s, a.scale), &path)?;
-    }
-    let all = a.out.join("reconstructions.png");
-    mim::viz::save_png(&mim::viz::grid_image(&rows, c, s, s, a.scale), &all)?;
+    let done = model.write_pictures(&images, &mask, &a.out, a.scale)?;
     eprintln!(
-        "{n} images ({}), {} of {l} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
-        labels.join(", "),
-        l - mask.len_keep,
-        all.display()
+        "{} images ({}), {} of {} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
+        done.labels.len(),
+        done.labels.join(", "),
+        done.removed,
+        done.patches,
+        done.picture.display()
     );
-    Ok(all)
+    Ok(done.picture)
 }
 
 /// Pretraining settings a resume may change: none of them alters which run it is.
@@ -617,6 +420,7 @@ fn run(cli: Cli) -> Result<()> {
                 mask_image: None,
                 out: out.clone(),
                 scale: 4,
+                device: "cpu".into(),
             })?;
             eprintln!("demo picture: {}", picture.display());
             Ok(())
@@ -629,8 +433,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Knn(a) => evaluate::run_knn(&a),
         Command::Embed(a) => evaluate::run_embed(&a),
         Command::Tokenizer(a) => tokenizer::run_tokenizer(&a),
-        Command::Export { checkpoint: ck, out } => {
-            let c = checkpoint::load(&ck, &burn::tensor::Device::flex())?;
+        Command::Export { checkpoint: ck, out, device } => {
+            let c = checkpoint::load(&ck, &mim::runtime::device(&device)?)?;
             mim::weights::export_weights(&c.model, c.header.model.mae()?, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())

@@ -68,6 +68,9 @@ struct ShowArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/tokenizer-show")]
     out: PathBuf,
+    /// cpu, or cuda:N in a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Runs `mim tokenizer ...`.
@@ -114,7 +117,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
 }
 
 fn run_show(a: &ShowArgs) -> Result<()> {
-    let ck = load_tokenizer(&a.checkpoint, &burn::tensor::Device::flex())?;
+    let ck = load_tokenizer(&a.checkpoint, &mim::runtime::device(&a.device)?)?;
     let data = match &a.data {
         Some(d) => d.clone(),
         None => mim::train::config::from_json::<TokenizerTrainConfig>(ck.header.train.clone())?.run.data,

@@ -1,0 +1,215 @@
+//! Reconstruction pictures from a pretrained model (`mim reconstruct`): load an MAE or SimMIM
+//! checkpoint (or MAE weights), pick images, mask them, and draw each image as
+//! `original | masked | reconstruction | reconstruction + visible`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+
+use crate::data::augment::Transform;
+use crate::data::loader::{Batch, load_batch, rng_for};
+use crate::data::{Dataset, Split};
+use crate::masking::{MASK_STREAM, Mask, MaskStrategy, SimMimMasking, uniform_noise};
+use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::models::simmim::SimMim;
+use crate::checkpoint;
+use crate::models::pretrain::{MimModel, ModelConfig};
+use crate::train::methods::Method;
+use crate::train::pretrain::PretrainConfig;
+use crate::viz::{ReconstructionRow, grid_image, reconstruction_rows, save_png};
+
+/// Which images to reconstruct.
+#[derive(Debug, Clone)]
+pub enum Images {
+    /// Dataset images by index; `data: None` means the dataset the model was trained on.
+    Dataset {
+        /// Dataset path.
+        data: Option<PathBuf>,
+        /// Split the indices refer to.
+        split: Split,
+        /// Dataset indices.
+        indices: Vec<usize>,
+    },
+    /// Image files, resized to the model's input.
+    Files {
+        /// The files.
+        files: Vec<PathBuf>,
+        /// Dataset whose statistics normalise the files (default: the training data; where
+        /// neither opens, mean 0.5 and std 0.25).
+        data: Option<PathBuf>,
+    },
+}
+
+/// Which patches are removed.
+#[derive(Debug, Clone)]
+pub enum MaskChoice {
+    /// A random mask removing `ratio` of the patches (`None`: the method's default ratio; SimMIM's
+    /// removes mask squares), drawn from `seed`.
+    Random {
+        /// Fraction removed.
+        ratio: Option<f64>,
+        /// Seed of the draw.
+        seed: u64,
+    },
+    /// These patches (row-major indices) are visible in every image, the others removed.
+    Visible(Vec<usize>),
+    /// Visible where this image, resized to the patch grid, is bright.
+    Image(PathBuf),
+}
+
+/// The pictures [`Reconstructor::write_pictures`] wrote, and what they show.
+#[derive(Debug, Clone)]
+pub struct Reconstructions {
+    /// The picture with one row per image (`reconstructions.png`).
+    pub picture: PathBuf,
+    /// Each image's name: its class for dataset images, its path for files.
+    pub labels: Vec<String>,
+    /// Patches per image.
+    pub patches: usize,
+    /// Patches removed per image.
+    pub removed: usize,
+}
+
+/// The two model families that predict the pixels of removed patches.
+enum Model {
+    Mae(MaskedAutoencoder),
+    SimMim(SimMim),
+}
+
+/// A pretrained model that reconstructs masked images, with its architecture and training data.
+pub struct Reconstructor {
+    model: Model,
+    config: ModelConfig,
+    trained_on: Option<PathBuf>,
+    device: Device,
+}
+
+impl Reconstructor {
+    /// Loads an MAE or SimMIM checkpoint written by `mim pretrain` onto `device`.
+    pub fn from_checkpoint(path: &Path, device: &Device) -> Result<Self> {
+        let (model, config, train) = if checkpoint::read_header(path)?.model.kind() == "Swin" {
+            let ck = checkpoint::load_model(path, device, <SimMim as MimModel>::build)?;
+            (Model::SimMim(ck.model), ck.header.model, ck.header.train)
+        } else {
+            let ck = checkpoint::load(path, device)?;
+            (Model::Mae(ck.model), ck.header.model, ck.header.train)
+        };
+        let train: PretrainConfig = crate::train::config::from_json(train)?;
+        Ok(Reconstructor { model, config, trained_on: Some(train.run.data), device: device.clone() })
+    }
+
+    /// Loads MAE weights in safetensors (`mim export` / official MAE names, or Hugging Face ViTMAE
+    /// names) of architecture `config` onto `device`.
+    pub fn from_weights(path: &Path, config: MaeConfig, device: &Device) -> Result<Self> {
+        let model = crate::weights::load_weights(config.init(0, device)?, &config, path)?;
+        Ok(Reconstructor { model: Model::Mae(model), config: ModelConfig::Mae(config), trained_on: None, device: device.clone() })
+    }
+
+    /// The model's architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Loads `images` at the model's input size: the batch (normalised), each image's name, and the
+    /// normalisation's per-channel mean and std.
+    pub fn load_images(&self, images: &Images) -> Result<(Batch, Vec<String>, Vec<f32>, Vec<f32>)> {
+        let cfg = &self.config;
+        let transform = Transform::Resize { size: cfg.img_size() };
+        match images {
+            Images::Dataset { data, split, indices } => {
+                let Some(path) = data.as_ref().or(self.trained_on.as_ref()) else {
+                    bail!("pass --data (or --images) to say which images to reconstruct");
+                };
+                let ds = Dataset::open(path, *split)?;
+                if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
+                    bail!("index {bad} is out of range: the {split:?} split of '{}' has {} images", path.display(), ds.len());
+                }
+                let batch = load_batch(&ds, &transform, indices, 0, 0)?;
+                let names = batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
+                Ok((batch, names, ds.mean, ds.std))
+            }
+            Images::Files { files, data } => {
+                let c = cfg.in_chans();
+                let stats = data.as_ref().or(self.trained_on.as_ref()).and_then(|d| Dataset::open(d, Split::Train).ok());
+                let (mean, std) = stats.map_or((vec![0.5; c], vec![0.25; c]), |d| (d.mean, d.std));
+                let per = c * cfg.img_size() * cfg.img_size();
+                let mut pixels = vec![0.0; files.len() * per];
+                for (k, p) in files.iter().enumerate() {
+                    let img = crate::data::folder::decode(p, c)?;
+                    transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
+                }
+                let n = files.len();
+                let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side: cfg.img_size() };
+                Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
+            }
+        }
+    }
+
+    /// The mask of `batch` images that `choice` describes.
+    pub fn mask(&self, choice: &MaskChoice, batch: usize) -> Result<Mask> {
+        let (l, grid) = (self.config.num_patches(), self.config.grid());
+        match choice {
+            MaskChoice::Image(path) => mask_from_image(path, grid, batch),
+            MaskChoice::Visible(visible) => Mask::from_visible(visible, batch, l),
+            MaskChoice::Random { ratio, seed } => {
+                let mut rng = rng_for(&[*seed, MASK_STREAM]);
+                match &self.model {
+                    Model::Mae(_) => {
+                        let ratio = ratio.unwrap_or(Method::Mae.default_mask_ratio());
+                        Mask::from_noise(&uniform_noise(&mut rng, batch, l), batch, ratio)
+                    }
+                    Model::SimMim(m) => {
+                        let squares = SimMimMasking {
+                            mask_patch_size: m.encoder_stride(),
+                            model_patch_size: self.config.patch_size(),
+                            mask_ratio: ratio.unwrap_or(Method::Simmim.default_mask_ratio()),
+                        };
+                        let masked = MaskStrategy::SimMim(squares).sample((grid, grid), batch, &mut rng)?;
+                        // Every image has the same number of masked squares, so this keeps the mask as drawn.
+                        let keep = l - masked.row(0).iter().filter(|&&m| m).count();
+                        masked.to_mae_mask(keep, &mut rng)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The panels of each image of `batch` under `mask`, un-normalised with `mean`/`std`.
+    pub fn reconstruct(&self, batch: &Batch, mask: &Mask, mean: &[f32], std: &[f32]) -> Result<Vec<ReconstructionRow>> {
+        let imgs = batch.tensor(&self.device);
+        match &self.model {
+            Model::Mae(m) => crate::viz::reconstruct(m, imgs, mask, mean, std),
+            Model::SimMim(m) => {
+                let pred = m.forward(imgs.clone(), mask.mask_tensor(&self.device)).reconstruction;
+                let removed: Vec<bool> = mask.mask.iter().map(|&v| v > 0.5).collect();
+                Ok(reconstruction_rows(imgs, pred, &removed, self.config.patch_size(), mean, std))
+            }
+        }
+    }
+
+    /// Reconstructs `images` under `mask` and writes `reconstruction_NN.png` per image and
+    /// `reconstructions.png` with all of them into `out`, panels scaled up `scale` times.
+    pub fn write_pictures(&self, images: &Images, mask: &MaskChoice, out: &Path, scale: usize) -> Result<Reconstructions> {
+        let (batch, labels, mean, std) = self.load_images(images)?;
+        let mask = self.mask(mask, batch.len())?;
+        let rows = self.reconstruct(&batch, &mask, &mean, &std)?;
+        let (c, s) = (self.config.in_chans(), self.config.img_size());
+        for (k, row) in rows.iter().enumerate() {
+            save_png(&grid_image(std::slice::from_ref(row), c, s, s, scale), &out.join(format!("reconstruction_{k:02}.png")))?;
+        }
+        let picture = out.join("reconstructions.png");
+        save_png(&grid_image(&rows, c, s, s, scale), &picture)?;
+        let patches = self.config.num_patches();
+        Ok(Reconstructions { picture, labels, patches, removed: patches - mask.len_keep })
+    }
+}
+
+/// A mask from an image: the image is resized to the `grid x grid` patch grid; bright cells are visible.
+pub fn mask_from_image(path: &Path, grid: usize, batch: usize) -> Result<Mask> {
+    let img = crate::data::folder::decode(path, 1)?;
+    let mut cells = vec![0.0; grid * grid];
+    Transform::Resize { size: grid }.apply(&img, &[0.0], &[1.0], &mut rng_for(&[0]), &mut cells);
+    let visible: Vec<usize> = (0..grid * grid).filter(|&i| cells[i] > 0.5).collect();
+    Mask::from_visible(&visible, batch, grid * grid).with_context(|| format!("mask image '{}'", path.display()))
+}
