@@ -88,7 +88,7 @@ pub struct Reconstructor {
 impl Reconstructor {
     /// Loads an MAE or SimMIM checkpoint written by `mim pretrain` onto `device`.
     pub fn from_checkpoint(path: &Path, device: &Device) -> Result<Self> {
-        let (model, config, train) = if checkpoint::read_header(path)?.model.kind() == "Swin" {
+        let (model, config, train) = if matches!(checkpoint::read_header(path)?.model, ModelConfig::Swin(_)) {
             let ck = checkpoint::load_model(path, device, <SimMim as MimModel>::build)?;
             (Model::SimMim(ck.model), ck.header.model, ck.header.train)
         } else {

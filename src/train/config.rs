@@ -4,7 +4,7 @@
 //! A job's configuration (pretraining, fine-tuning, tokenizer training) nests two shared tables,
 //! `[run]` ([`RunConfig`]: data, output, length, batch, seed, checkpoints, device) and `[optim]`
 //! ([`OptimConfig`]: learning rate, warm-up, weight decay, clipping), beside its own fields.
-//! [`settings!`] declares a configuration once and derives from it the command line's flags (one
+//! The `settings!` macro declares a configuration once and derives from it the command line's flags (one
 //! per field, the tables' flags flattened in): a flag overrides the TOML file or the default only
 //! when it is given. Files written before the tables existed (flat `epochs = 10`) still read.
 
@@ -22,7 +22,6 @@ use serde_json::{Map, Value};
 /// (clap; every field an `Option`, its doc comment the help, the sections' flags flattened in) with
 /// `Args::apply(&self, &mut Config)` writing the flags that were given. A field of type `Option<T>`
 /// takes `--flag VALUE`, and a bare `--flag` unsets it.
-#[macro_export]
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -55,6 +54,7 @@ macro_rules! settings {
         }
     };
 }
+pub(crate) use settings;
 
 settings! {
     /// Where a run reads and writes, how long it trains and on what: the `[run]` table of every job.

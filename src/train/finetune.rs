@@ -27,14 +27,14 @@ use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
-use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair};
+use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings, parse_pair};
 use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit};
 
 /// Random stream ids (kept apart from augmentation and shuffling).
 const MIX_STREAM: u64 = 0x4D49_5855;
 const DROP_STREAM: u64 = 0x4452_4F50;
 
-crate::settings! {
+settings! {
     /// Fine-tuning settings; defaults follow MAE's ViT-B fine-tuning recipe (mixup/cutmix off unless set).
     pub struct FinetuneConfig / FinetuneArgs {
         sections {

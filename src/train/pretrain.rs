@@ -12,7 +12,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_toml_table};
+use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings, parse_toml_table};
 use super::methods::Method;
 use super::tokenizer::{load_tokenizer, read_tokenizer_header};
 use super::trainer::{EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit};
@@ -30,7 +30,7 @@ use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
 use crate::optim::{LrSchedule, Stepper, Update, adamw};
 
-crate::settings! {
+settings! {
     /// Pretraining settings; read from TOML (`mim pretrain --config FILE`) and/or flags.
     pub struct PretrainConfig / PretrainArgs {
         sections {

@@ -12,7 +12,7 @@ use burn::tensor::{Bytes, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig};
+use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings};
 use super::trainer::{EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit};
 use crate::checkpoint::{self, Kind};
 use crate::data::augment::Transform;
@@ -24,7 +24,7 @@ use crate::optim::{LrSchedule, MAE_BETAS, ScheduleKind, Stepper, Update, adamw};
 /// Random stream id of the dead-code restarts (kept apart from augmentation and shuffling).
 const RESTART_STREAM: u64 = 0x52455354;
 
-crate::settings! {
+settings! {
     /// Tokenizer training settings (TOML and/or flags).
     pub struct TokenizerTrainConfig / TokenizerTrainArgs {
         sections {
