@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
         ("random 0.75", MaskStrategy::Random { ratio: 0.75 }),
         ("BEiT block-wise 75/196", MaskStrategy::Block(BlockMasking::beit(75))),
         ("grid (keep 1 of 2x2)", MaskStrategy::Grid),
-        ("SimMIM 32 px squares 0.6", MaskStrategy::SimMim(SimMimMasking { mask_patch_size: 32, model_patch_size: 16, mask_ratio: 0.6 })),
+        (
+            "SimMIM 32 px squares 0.6",
+            MaskStrategy::SimMim(SimMimMasking { mask_patch_size: 32, model_patch_size: 16, mask_ratio: 0.6 }),
+        ),
     ];
     let mut rows = Vec::new();
     for (name, strategy) in &strategies {
@@ -27,7 +30,11 @@ fn main() -> anyhow::Result<()> {
     // The BEiT row's masks with the visible count made exactly 49 for MAE (random top-up / trim).
     let mae = rows[1].to_mae_mask(49, &mut rng)?;
     let topped = BoolMask::new(mae.mask.iter().map(|&v| v > 0.5).collect(), n, grid)?;
-    println!("{:>26}: masked fraction {:.3}", "BEiT blocks, 49 visible", topped.count() as f64 / topped.masked.len() as f64);
+    println!(
+        "{:>26}: masked fraction {:.3}",
+        "BEiT blocks, 49 visible",
+        topped.count() as f64 / topped.masked.len() as f64
+    );
     rows.push(topped);
     let cells: Vec<&BoolMask> = rows.iter().collect();
     mim::viz::save_png(&mim::viz::mask_grid_image(&cells, 8), std::path::Path::new(&out))?;

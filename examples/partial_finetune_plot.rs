@@ -20,7 +20,13 @@ fn main() -> Result<()> {
         points.push((k, best));
     }
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    mim::viz::line_chart(out.as_ref(), "Partial fine-tuning", "fine-tuned blocks", "test top-1 (%)", &[("MAE pretrained", points)])?;
+    mim::viz::line_chart(
+        out.as_ref(),
+        "Partial fine-tuning",
+        "fine-tuned blocks",
+        "test top-1 (%)",
+        &[("MAE pretrained", points)],
+    )?;
     println!("wrote {out}");
     Ok(())
 }

@@ -44,7 +44,10 @@ fn main() -> anyhow::Result<()> {
         x.mean_dim(1).squeeze_dim::<2>(1)
     };
 
-    println!("{:>6} {:>8} {:>14} {:>14} {:>14} {:>14}", "pixels", "tokens", "Swin ms/img", "x prev", "ViT ms/img", "x prev");
+    println!(
+        "{:>6} {:>8} {:>14} {:>14} {:>14} {:>14}",
+        "pixels", "tokens", "Swin ms/img", "x prev", "ViT ms/img", "x prev"
+    );
     let mut prev: Option<(f64, f64)> = None;
     for size in SIZES {
         let cfg = SwinConfig { img_size: size, window_size: 8, ..SwinConfig::preset("swin_tiny_patch4_window7_224")? };

@@ -111,10 +111,13 @@ impl Study {
         };
         match self {
             Study::MaskRatio => {
-                let ratios: &[f64] = if quick { &[0.25, 0.5, 0.75, 0.9] } else { &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9] };
+                let ratios: &[f64] =
+                    if quick { &[0.25, 0.5, 0.75, 0.9] } else { &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9] };
                 ratios
                     .iter()
-                    .map(|&r| with(format!("ratio {r}"), &|p| p.mask_ratio = Some(r), (r == 0.75).then_some((84.9, 73.5))))
+                    .map(|&r| {
+                        with(format!("ratio {r}"), &|p| p.mask_ratio = Some(r), (r == 0.75).then_some((84.9, 73.5)))
+                    })
                     .collect()
             }
             Study::DecoderDepth => {
@@ -150,9 +153,21 @@ impl Study {
             }
             Study::Augmentation => vec![
                 with("none".into(), &|p| p.augmentation = Some(Augmentation::None), Some((84.0, 65.7))),
-                with("crop, fixed size".into(), &|p| p.augmentation = Some(Augmentation::FixedCrop), Some((84.7, 73.1))),
-                with("crop, rand size".into(), &|p| p.augmentation = Some(Augmentation::RandomResizedCrop), Some((84.9, 73.5))),
-                with("crop + color jit".into(), &|p| p.augmentation = Some(Augmentation::RandomResizedCropColorJitter), Some((84.3, 71.9))),
+                with(
+                    "crop, fixed size".into(),
+                    &|p| p.augmentation = Some(Augmentation::FixedCrop),
+                    Some((84.7, 73.1)),
+                ),
+                with(
+                    "crop, rand size".into(),
+                    &|p| p.augmentation = Some(Augmentation::RandomResizedCrop),
+                    Some((84.9, 73.5)),
+                ),
+                with(
+                    "crop + color jit".into(),
+                    &|p| p.augmentation = Some(Augmentation::RandomResizedCropColorJitter),
+                    Some((84.3, 71.9)),
+                ),
             ],
             Study::MaskSampling => {
                 // Block counts from the model's own patch grid (the default preset's when unset).
@@ -230,7 +245,9 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             train.truncate(n);
         }
         let test = Dataset::open(&s.pretrain.run.data, Split::Test)?;
-        let (encoder, mcfg) = Backbone::Checkpoint(summary.checkpoint.clone()).encoder(train.channels, Pool::Cls, &device)?.expect("an encoder");
+        let (encoder, mcfg) = Backbone::Checkpoint(summary.checkpoint.clone())
+            .encoder(train.channels, Pool::Cls, &device)?
+            .expect("an encoder");
         let f_train = extract(Some(encoder.as_ref()), &train, mcfg.img_size(), 256, &device, &mut |_| {})?;
         let f_test = extract(Some(encoder.as_ref()), &test, mcfg.img_size(), 256, &device, &mut |_| {})?;
         let probe = linear_probe(&f_train, &f_test, train.classes.len(), &cfg.probe, &device, &mut |_| {})?;
@@ -256,9 +273,17 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             step_seconds,
             encoder_gflops: encoder_gflops(&s.pretrain, &mcfg),
         };
-        reporter.message(&format!("{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)", row.label, row.finetune, row.linear, row.seconds));
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&results).with_context(|| format!("cannot write '{}'", results.display()))?;
-        writeln!(f, "{}", serde_json::to_string(&row)?).with_context(|| format!("cannot write '{}'", results.display()))?;
+        reporter.message(&format!(
+            "{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)",
+            row.label, row.finetune, row.linear, row.seconds
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&results)
+            .with_context(|| format!("cannot write '{}'", results.display()))?;
+        writeln!(f, "{}", serde_json::to_string(&row)?)
+            .with_context(|| format!("cannot write '{}'", results.display()))?;
         rows.push(row);
     }
     let ordered: Vec<Row> = settings.iter().filter_map(|s| rows.iter().find(|r| r.label == s.label).cloned()).collect();
@@ -309,7 +334,15 @@ mod tests {
     #[test]
     fn settings_of_a_study_differ_and_write_to_their_own_folders() {
         let base = PretrainConfig::default();
-        for study in [Study::MaskRatio, Study::DecoderDepth, Study::DecoderWidth, Study::MaskToken, Study::Target, Study::Augmentation, Study::MaskSampling] {
+        for study in [
+            Study::MaskRatio,
+            Study::DecoderDepth,
+            Study::DecoderWidth,
+            Study::MaskToken,
+            Study::Target,
+            Study::Augmentation,
+            Study::MaskSampling,
+        ] {
             for quick in [true, false] {
                 let s = study.settings(&base, quick);
                 assert!(s.len() >= 2, "{study:?}");
@@ -317,10 +350,19 @@ mod tests {
                 outs.sort();
                 outs.dedup();
                 assert_eq!(outs.len(), s.len(), "{study:?}: settings share an output folder");
-                let without_out = |p: &PretrainConfig| PretrainConfig { run: RunConfig { out: PathBuf::new(), ..p.run.clone() }, ..p.clone() };
+                let without_out = |p: &PretrainConfig| PretrainConfig {
+                    run: RunConfig { out: PathBuf::new(), ..p.run.clone() },
+                    ..p.clone()
+                };
                 for (i, a) in s.iter().enumerate() {
                     for b in &s[i + 1..] {
-                        assert_ne!(without_out(&a.pretrain), without_out(&b.pretrain), "{study:?}: {} and {} train the same", a.label, b.label);
+                        assert_ne!(
+                            without_out(&a.pretrain),
+                            without_out(&b.pretrain),
+                            "{study:?}: {} and {} train the same",
+                            a.label,
+                            b.label
+                        );
                     }
                 }
             }

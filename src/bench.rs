@@ -48,7 +48,11 @@ pub fn workloads() -> Vec<Workload> {
     vec![
         Workload { name: "fmnist-tiny", model: MaeConfig::tiny_28(), batch: 256 },
         Workload { name: "vit-tiny-32", model: MaeConfig::tiny_32(), batch: 128 },
-        Workload { name: "vit-base-224", model: MaeConfig { norm_pix_loss: false, ..MaeConfig::vit_base_patch16() }, batch: 8 },
+        Workload {
+            name: "vit-base-224",
+            model: MaeConfig { norm_pix_loss: false, ..MaeConfig::vit_base_patch16() },
+            batch: 8,
+        },
     ]
 }
 
@@ -112,7 +116,9 @@ pub fn reset_peak_memory() {
 pub fn peak_memory_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -144,7 +150,13 @@ pub struct BenchResult {
 }
 
 /// Measures one workload at `mask_ratio` (0 for the full-encoder variant).
-pub fn bench_workload(w: &Workload, mask_ratio: f64, warmup: usize, iters: usize, device: &Device) -> Result<BenchResult> {
+pub fn bench_workload(
+    w: &Workload,
+    mask_ratio: f64,
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<BenchResult> {
     reset_peak_memory();
     let cfg = &w.model;
     let b = w.batch;
@@ -182,7 +194,14 @@ fn bench_mask(cfg: &MaeConfig, batch: usize, mask_ratio: f64) -> Result<Mask> {
 
 /// Times training steps (forward + backward + AdamW) of a fresh `cfg` on random images under
 /// `mask`: the images, the trained model, the median step and every timed step, seconds.
-fn time_training(cfg: &MaeConfig, b: usize, mask: &Mask, warmup: usize, iters: usize, device: &Device) -> Result<(Tensor<4>, MaskedAutoencoder, f64, Vec<f64>)> {
+fn time_training(
+    cfg: &MaeConfig,
+    b: usize,
+    mask: &Mask,
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<(Tensor<4>, MaskedAutoencoder, f64, Vec<f64>)> {
     let ad = device.clone().autodiff();
     let fresh = cfg.init(0, &ad)?;
     let mut optim = adamw(&fresh, 0.05, MAE_BETAS, <MaskedAutoencoder as MimModel>::no_weight_decay);
@@ -222,7 +241,14 @@ pub struct SpeedupRow {
 
 /// MAE Table 2 for one model: the training step at mask ratio 0.75 with the mask token in the
 /// encoder (the baseline), then without it with the preset's decoder and with a 1-block decoder.
-pub fn table2(name: &str, model: &MaeConfig, batch: usize, warmup: usize, iters: usize, device: &Device) -> Result<Vec<SpeedupRow>> {
+pub fn table2(
+    name: &str,
+    model: &MaeConfig,
+    batch: usize,
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<Vec<SpeedupRow>> {
     // The paper's speed-ups (Table 2, decoder depth 8 and 1; no ViT-B row).
     let paper = |depth: usize| match (model.embed_dim, depth) {
         (1024, 8) => Some(2.8),
@@ -236,7 +262,8 @@ pub fn table2(name: &str, model: &MaeConfig, batch: usize, warmup: usize, iters:
     for (encoder_mask_token, decoder_depth) in variants {
         // Training steps only: the throughput benchmark's encoder-inference timing is not needed here.
         let cfg = MaeConfig { encoder_mask_token, decoder_depth, ..model.clone() };
-        let (_, _, step_s, step_times) = time_training(&cfg, batch, &bench_mask(&cfg, batch, 0.75)?, warmup, iters, device)?;
+        let (_, _, step_s, step_times) =
+            time_training(&cfg, batch, &bench_mask(&cfg, batch, 0.75)?, warmup, iters, device)?;
         let base = rows.first().map_or(step_s, |b| b.step_s);
         rows.push(SpeedupRow {
             model: name.to_string(),
@@ -306,7 +333,14 @@ pub fn check_peer_script(script: &Path) -> Result<()> {
 
 /// Runs `../shared/peer/peer_torch.py` for one config in its own process and returns its results
 /// and that process's peak resident memory.
-pub fn run_peer(python: &Path, script: &Path, config: &str, threads: usize, iters: usize, no_mask: bool) -> Result<(Vec<PeerResult>, Option<f64>)> {
+pub fn run_peer(
+    python: &Path,
+    script: &Path,
+    config: &str,
+    threads: usize,
+    iters: usize,
+    no_mask: bool,
+) -> Result<(Vec<PeerResult>, Option<f64>)> {
     check_peer_script(script)?;
     let out = std::env::temp_dir().join(format!("mim-peer-{}-{config}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&out);
@@ -316,7 +350,9 @@ pub fn run_peer(python: &Path, script: &Path, config: &str, threads: usize, iter
         .args(["--iters-big", &iters.to_string(), "--no-mask-variant", if no_mask { config } else { "" }, "--out"])
         .arg(&out)
         .stdout(std::process::Stdio::null());
-    let child = cmd.spawn().with_context(|| format!("cannot run the peer with '{}': is it the venv's python?", python.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run the peer with '{}': is it the venv's python?", python.display()))?;
     let (ok, peak) = wait_with_peak(child)?;
     if !ok {
         bail!("the PyTorch peer failed on {config}: run it by hand to see why (../shared/peer/README.md)");
@@ -393,14 +429,23 @@ pub fn run(opts: &BenchOptions, device: &Device, progress: &mut dyn FnMut(&str))
     let chosen: Vec<&Workload> = opts
         .workloads
         .iter()
-        .map(|n| all.iter().find(|w| w.name == n).with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224")))
+        .map(|n| {
+            all.iter()
+                .find(|w| w.name == n)
+                .with_context(|| format!("unknown workload '{n}': use fmnist-tiny, vit-tiny-32, vit-base-224"))
+        })
         .collect::<Result<_>>()?;
     if opts.peer.is_some() {
         // before any timing, not minutes later at the first workload's turn
         check_peer_script(&opts.peer_script)?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    progress(&format!("mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}", env!("CARGO_PKG_VERSION"), opts.warmup, opts.iters));
+    progress(&format!(
+        "mim {} | burn 0.22.1 flex | {threads} threads | warmup {} | median of {}",
+        env!("CARGO_PKG_VERSION"),
+        opts.warmup,
+        opts.iters
+    ));
     let peak_gflops = matmul_gflops(2048, 10, device);
     progress(&format!("fp32 matmul 2048^3: {peak_gflops:.0} GFLOP/s (this machine's practical peak for the % column)"));
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&opts.out)?;
@@ -414,14 +459,21 @@ pub fn run(opts: &BenchOptions, device: &Device, progress: &mut dyn FnMut(&str))
             let no_mask = opts.no_mask_variant.iter().any(|n| n == w.name);
             for r in if no_mask { vec![0.75, 0.0] } else { vec![0.75] } {
                 let res = BenchResult { round, ..bench_workload(w, r, opts.warmup, opts.iters, device)? };
-                progress(&format!("{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB", w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib));
+                progress(&format!(
+                    "{} mask {r}: train {:.1} img/s, encoder {:.1} img/s, peak {:.0} MiB",
+                    w.name, res.train_img_s, res.enc_fwd_img_s, res.peak_mib
+                ));
                 writeln!(log, "{}", serde_json::to_string(&res)?)?;
                 ours.push(res);
             }
             if let Some(py) = &opts.peer {
                 let (rows, peak_mib) = run_peer(py, &opts.peer_script, w.name, threads, opts.iters, no_mask)?;
-                let rows: Vec<PeerResult> = rows.into_iter().map(|r| PeerResult { peak_mib: peak_mib.unwrap_or(0.0), round, ..r }).collect();
-                let summary: Vec<String> = rows.iter().map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s)).collect();
+                let rows: Vec<PeerResult> =
+                    rows.into_iter().map(|r| PeerResult { peak_mib: peak_mib.unwrap_or(0.0), round, ..r }).collect();
+                let summary: Vec<String> = rows
+                    .iter()
+                    .map(|r| format!("mask {} train {:.1} enc {:.1}", r.mask_ratio, r.train_img_s, r.enc_fwd_img_s))
+                    .collect();
                 progress(&format!("peer {}: {}", w.name, summary.join(", ")));
                 peer.extend(rows);
             }
@@ -436,7 +488,14 @@ impl BenchReport {
         self.ours
             .iter()
             .filter(|r| r.config == config && r.mask_ratio == mask)
-            .map(|r| (r, self.peer.iter().find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio && p.round == r.round)))
+            .map(|r| {
+                (
+                    r,
+                    self.peer
+                        .iter()
+                        .find(|p| p.config == r.config && p.mask_ratio == r.mask_ratio && p.round == r.round),
+                )
+            })
             .collect()
     }
 
@@ -459,8 +518,18 @@ impl BenchReport {
         let per_round = |img_s: &dyn Fn(f64, usize) -> Option<f64>| -> Vec<f64> {
             (0..self.rounds).filter_map(|round| Some(img_s(0.75, round)? / img_s(0.0, round)?)).collect()
         };
-        let ours = per_round(&|m, round| self.ours.iter().find(|r| r.config == workload && r.mask_ratio == m && r.round == round).map(|r| r.train_img_s));
-        let peer = per_round(&|m, round| self.peer.iter().find(|p| p.config == workload && p.mask_ratio == m && p.round == round).map(|p| p.train_img_s));
+        let ours = per_round(&|m, round| {
+            self.ours
+                .iter()
+                .find(|r| r.config == workload && r.mask_ratio == m && r.round == round)
+                .map(|r| r.train_img_s)
+        });
+        let peer = per_round(&|m, round| {
+            self.peer
+                .iter()
+                .find(|p| p.config == workload && p.mask_ratio == m && p.round == round)
+                .map(|p| p.train_img_s)
+        });
         (ours, peer)
     }
 }
@@ -478,9 +547,16 @@ impl fmt::Display for BenchReport {
         let med = |v: Vec<f64>| spread(&v).0;
         let ratio_or_dash = |v: Vec<f64>| if v.is_empty() { "-".to_string() } else { fmt_spread(&v) };
         if self.rounds > 1 {
-            writeln!(f, "\nmedians of {} rounds; each ratio is the median of the per-round ratios (their range in brackets)", self.rounds)?;
+            writeln!(
+                f,
+                "\nmedians of {} rounds; each ratio is the median of the per-round ratios (their range in brackets)",
+                self.rounds
+            )?;
         }
-        writeln!(f, "\n| workload | mask | batch | mim train img/s | torch train img/s | mim/torch | mim/torch, fastest steps | mim encoder img/s | torch encoder img/s | mim/torch | mim train GFLOP/s (% of peak) | mim peak MiB (process so far) | torch peak MiB (process) |")?;
+        writeln!(
+            f,
+            "\n| workload | mask | batch | mim train img/s | torch train img/s | mim/torch | mim/torch, fastest steps | mim encoder img/s | torch encoder img/s | mim/torch | mim train GFLOP/s (% of peak) | mim peak MiB (process so far) | torch peak MiB (process) |"
+        )?;
         writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for first in self.ours.iter().filter(|r| r.round == 0) {
             let rows = self.rows(&first.config, first.mask_ratio);
@@ -489,11 +565,15 @@ impl fmt::Display for BenchReport {
                 let v: Vec<f64> = rows.iter().filter_map(|(_, p)| p.map(v)).collect();
                 (!v.is_empty()).then(|| med(v))
             };
-            let ratio = |v: fn(&BenchResult) -> f64, w: fn(&PeerResult) -> f64| ratio_or_dash(rows.iter().filter_map(|(r, p)| p.map(|p| v(r) / w(p))).collect());
+            let ratio = |v: fn(&BenchResult) -> f64, w: fn(&PeerResult) -> f64| {
+                ratio_or_dash(rows.iter().filter_map(|(r, p)| p.map(|p| v(r) / w(p))).collect())
+            };
             // Each side's fastest step: other tenants of a shared host only ever add time, so this
             // ratio moves less between rounds than the medians' one.
             let fastest = |t: &[f64]| t.iter().copied().fold(f64::INFINITY, f64::min);
-            let best = rows.iter().filter_map(|(r, p)| p.filter(|p| !p.train_times.is_empty()).map(|p| fastest(&p.train_times) / fastest(&r.train_times)));
+            let best = rows.iter().filter_map(|(r, p)| {
+                p.filter(|p| !p.train_times.is_empty()).map(|p| fastest(&p.train_times) / fastest(&r.train_times))
+            });
             let gflops = mims(|r| r.train_gflops);
             // Where the kernel does not reset the peak per workload, later rounds start from an earlier
             // workload's high-water mark: the smallest reading is the closest to this workload's own.
@@ -521,7 +601,10 @@ impl fmt::Display for BenchReport {
             if !ours.is_empty() {
                 let peer = if peer.is_empty() { String::new() } else { format!("; PyTorch {}", fmt_spread(&peer)) };
                 let ours = fmt_spread(&ours);
-                writeln!(f, "\n{w}: training step with mask 0.75 is {ours} faster than with every token in the encoder (paper Table 2: 2.8-4.1x){peer}")?;
+                writeln!(
+                    f,
+                    "\n{w}: training step with mask 0.75 is {ours} faster than with every token in the encoder (paper Table 2: 2.8-4.1x){peer}"
+                )?;
             }
         }
         Ok(())
@@ -570,9 +653,17 @@ impl SpeedupOptions {
 
 /// Measures MAE Table 2 ([`table2`]) for every model of `opts` on `device`, appending each row to
 /// `opts.out`. The Markdown table goes to `table` line by line as rows come; notes to `progress`.
-pub fn speedup(opts: &SpeedupOptions, device: &Device, progress: &mut dyn FnMut(&str), table: &mut dyn FnMut(&str)) -> Result<Vec<SpeedupRow>> {
+pub fn speedup(
+    opts: &SpeedupOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(&str),
+    table: &mut dyn FnMut(&str),
+) -> Result<Vec<SpeedupRow>> {
     let models = opts.resolve()?;
-    progress(&format!("MAE Table 2 on this machine: mask ratio 0.75, warmup {}, median of {} steps", opts.warmup, opts.iters));
+    progress(&format!(
+        "MAE Table 2 on this machine: mask ratio 0.75, warmup {}, median of {} steps",
+        opts.warmup, opts.iters
+    ));
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&opts.out)?;
     table("| model | encoder | decoder depth | batch | step (s) | speed-up | paper |\n|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
@@ -649,7 +740,10 @@ mod tests {
         // Train img/s: median 350 against the peer's 150; per-round ratios 3 and 2.
         let row = "| fmnist-tiny | 0.75 | 256 | 350.0 | 150.0 | 2.50x (2.00-3.00) | 2.00x (2.00-2.00) | 1000.0 | 500.0 | 2.00x (2.00-2.00) | 50 (50%) | 500 | 900 |";
         assert!(text.contains(row), "{text}");
-        assert!(text.contains("mask 0.75 is 3.50x (3.00-4.00) faster") && text.contains("; PyTorch 3.00x (2.00-4.00)"), "{text}");
+        assert!(
+            text.contains("mask 0.75 is 3.50x (3.00-4.00) faster") && text.contains("; PyTorch 3.00x (2.00-4.00)"),
+            "{text}"
+        );
         assert!(text.starts_with("\nmedians of 2 rounds"), "{text}");
     }
 

@@ -123,16 +123,29 @@ fn canonical_burnpack(bytes: Bytes) -> Result<Vec<u8>> {
 const VERSION: u8 = b'2';
 
 /// Saves model, optimizer and header to `path` atomically.
-pub fn save<M: Module>(path: &Path, header: &CheckpointHeader, model: &M, optim: Option<&ModuleOptimizer>) -> Result<()> {
+pub fn save<M: Module>(
+    path: &Path,
+    header: &CheckpointHeader,
+    model: &M,
+    optim: Option<&ModuleOptimizer>,
+) -> Result<()> {
     save_kind(path, Kind::Model, header, model, optim)
 }
 
 /// Saves a checkpoint of `kind` with any serialisable header, atomically.
-pub fn save_kind<M: Module>(path: &Path, kind: Kind, header: &impl Serialize, model: &M, optim: Option<&ModuleOptimizer>) -> Result<()> {
+pub fn save_kind<M: Module>(
+    path: &Path,
+    kind: Kind,
+    header: &impl Serialize,
+    model: &M,
+    optim: Option<&ModuleOptimizer>,
+) -> Result<()> {
     let head = serde_json::to_vec(header)?;
     let model = model_bytes(model)?;
     let opt = match optim {
-        Some(o) => canonical_burnpack(o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?)?,
+        Some(o) => {
+            canonical_burnpack(o.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?)?
+        }
         None => Vec::new(),
     };
     let mut magic = kind.prefix().to_vec();
@@ -153,24 +166,36 @@ fn sections(bytes: &[u8], path: &Path, kind: Kind) -> Result<Vec<Vec<u8>>> {
     let with_crc = match bytes[7] {
         b'1' => false,
         b'2' => true,
-        v => bail!("'{}' is a checkpoint of format version {} that this mim cannot read: use the mim that wrote it", path.display(), v as char),
+        v => bail!(
+            "'{}' is a checkpoint of format version {} that this mim cannot read: use the mim that wrote it",
+            path.display(),
+            v as char
+        ),
     };
-    let corrupted = |what: String| format!("checkpoint '{}' is corrupted ({what}): use an intact copy of it", path.display());
+    let corrupted =
+        |what: String| format!("checkpoint '{}' is corrupted ({what}): use an intact copy of it", path.display());
     let mut at = 8usize;
     let mut out = Vec::new();
     for name in SECTIONS {
         let frame = if with_crc { 12 } else { 8 };
-        let head = bytes.get(at..at + frame).with_context(|| corrupted(format!("truncated before its {name} section")))?;
+        let head =
+            bytes.get(at..at + frame).with_context(|| corrupted(format!("truncated before its {name} section")))?;
         let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
         at += frame;
         // A length field is untrusted: compare it with what is left of the file in u64, so a value
         // near u64::MAX can neither wrap nor become an allocation.
         let left = (bytes.len() - at) as u64;
-        ensure!(n <= left, corrupted(format!("its {name} section claims {n} bytes but only {left} remain: truncated or damaged")));
+        ensure!(
+            n <= left,
+            corrupted(format!("its {name} section claims {n} bytes but only {left} remain: truncated or damaged"))
+        );
         let body = &bytes[at..at + n as usize];
         if with_crc {
             let crc = u32::from_le_bytes(head[8..].try_into().expect("4 bytes"));
-            ensure!(crc32fast::hash(body) == crc, corrupted(format!("the CRC-32 of its {name} section does not match")));
+            ensure!(
+                crc32fast::hash(body) == crc,
+                corrupted(format!("the CRC-32 of its {name} section does not match"))
+            );
         }
         out.push(body.to_vec());
         at += n as usize;
@@ -200,7 +225,11 @@ pub fn load_kind<H: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(H, Vec
 
 /// Loads a pretraining checkpoint onto `device`, building the empty model with `build` (e.g.
 /// [`MimModel::build`]).
-pub fn load_model<M: Module>(path: &Path, device: &Device, build: impl FnOnce(&ModelConfig, u64, &Device) -> Result<M>) -> Result<Checkpoint<M>> {
+pub fn load_model<M: Module>(
+    path: &Path,
+    device: &Device,
+    build: impl FnOnce(&ModelConfig, u64, &Device) -> Result<M>,
+) -> Result<Checkpoint<M>> {
     let (header, model_bytes, opt) = load_parts(path)?;
     ensure!(
         header.classifier.is_none(),
@@ -223,7 +252,10 @@ pub fn load_classifier<C: Module>(
 ) -> Result<Checkpoint<C>> {
     let (header, model_bytes, opt) = load_parts(path)?;
     let Some(spec) = header.classifier.clone() else {
-        bail!("'{}' is a pretraining checkpoint, not a classifier: fine-tune it first with `mim finetune`", path.display());
+        bail!(
+            "'{}' is a pretraining checkpoint, not a classifier: fine-tune it first with `mim finetune`",
+            path.display()
+        );
     };
     let model = fill(build(&header.model, &spec)?, model_bytes, path)?;
     Ok(Checkpoint { header, model, optimizer: (!opt.is_empty()).then(|| Bytes::from_bytes_vec(opt)) })
@@ -242,15 +274,24 @@ pub fn number_params<M: Module>(module: M) -> M {
         }
     }
     impl burn::module::ModuleMapper for Numbering {
-        fn map_float<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D>>) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        fn map_float<const D: usize>(
+            &mut self,
+            mut p: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
             p.id = self.next(p.id);
             p
         }
-        fn map_int<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>>) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>> {
+        fn map_int<const D: usize>(
+            &mut self,
+            mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Int>> {
             p.id = self.next(p.id);
             p
         }
-        fn map_bool<const D: usize>(&mut self, mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>>) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>> {
+        fn map_bool<const D: usize>(
+            &mut self,
+            mut p: burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D, burn::tensor::Bool>> {
             p.id = self.next(p.id);
             p
         }
@@ -286,14 +327,18 @@ pub fn fill<M: Module>(mut model: M, bytes: Vec<u8>, path: &Path) -> Result<M> {
         .map_err(|e| anyhow::anyhow!("checkpoint '{}' does not fit its own model config: {e}", path.display()))?;
     // Checkpoints written before position embeddings were saved lack them; those runs used the
     // fresh model's sin-cos, which the model already holds.
-    let missing: Vec<_> = result.missing.iter().filter(|(p, _)| !matches!(p.as_str(), "pos_embed" | "decoder_pos_embed")).collect();
+    let missing: Vec<_> =
+        result.missing.iter().filter(|(p, _)| !matches!(p.as_str(), "pos_embed" | "decoder_pos_embed")).collect();
     if !result.errors.is_empty() || !missing.is_empty() {
         bail!("checkpoint '{}' is inconsistent: missing {:?}, errors {:?}", path.display(), missing, result.errors);
     }
     // A diverged run stops before it saves, so NaN or infinite weights mean damage; using them
     // would only give black pictures and NaN features with exit status 0.
     if let Some(name) = first_non_finite(&model) {
-        bail!("checkpoint '{}' is corrupted: parameter '{name}' holds NaN or infinite values; use an intact copy of it", path.display());
+        bail!(
+            "checkpoint '{}' is corrupted: parameter '{name}' holds NaN or infinite values; use an intact copy of it",
+            path.display()
+        );
     }
     Ok(model)
 }
@@ -370,7 +415,8 @@ mod tests {
         let dev = Device::flex();
         let empty = burn::nn::LinearConfig::new(2, 2).init(&dev);
         let mut nan = empty.clone();
-        nan.weight = Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.0f32, f32::NAN, 0.0, 0.0], [2, 2]), &dev));
+        nan.weight =
+            Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.0f32, f32::NAN, 0.0, 0.0], [2, 2]), &dev));
         let err = fill(empty.clone(), model_bytes(&nan).unwrap(), Path::new("c.mim")).unwrap_err().to_string();
         assert!(err.contains("is corrupted: parameter 'weight' holds NaN"), "{err}");
         assert!(fill(empty.clone(), model_bytes(&empty).unwrap(), Path::new("c.mim")).is_ok());

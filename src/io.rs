@@ -71,7 +71,9 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
             Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
             Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-            Dtype::BF16 => d.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+            Dtype::BF16 => {
+                d.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
+            }
             Dtype::F16 => d.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
             other => bail!("tensor '{name}' in '{}' has unsupported dtype {other:?}", path.display()),
         };
@@ -84,7 +86,13 @@ fn f16_to_f32(h: u16) -> f32 {
     let (sign, exp, frac) = ((h >> 15) as u32, ((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f32);
     let mag = match exp {
         0 => frac * 2f32.powi(-24),
-        31 => if frac == 0.0 { f32::INFINITY } else { f32::NAN },
+        31 => {
+            if frac == 0.0 {
+                f32::INFINITY
+            } else {
+                f32::NAN
+            }
+        }
         e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
     };
     if sign == 1 { -mag } else { mag }
@@ -92,8 +100,10 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Serialises tensors as f32 safetensors bytes.
 pub fn safetensors_bytes(map: &TensorMap) -> Result<Vec<u8>> {
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> =
-        map.iter().map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = map
+        .iter()
+        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
     let views: Vec<(String, TensorView)> = raw
         .iter()
         .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
@@ -142,7 +152,11 @@ pub fn check_pos_embed_shape(key: &str, shape: &[usize], grid: usize, dim: usize
     let theirs = match shape {
         [1, n, d] => {
             let g = ((n.saturating_sub(1)) as f64).sqrt().round() as usize;
-            if g * g + 1 == *n { format!(" (a {g}x{g} patch grid plus the cls slot, width {d})") } else { String::new() }
+            if g * g + 1 == *n {
+                format!(" (a {g}x{g} patch grid plus the cls slot, width {d})")
+            } else {
+                String::new()
+            }
         }
         _ => String::new(),
     };
@@ -166,7 +180,10 @@ pub fn load_tensor_map<M: Module>(model: M, burn_map: &TensorMap, source: &str) 
     );
     for (k, (s, _)) in burn_map {
         let want = &expected[k].0;
-        ensure!(s == want, "'{k}' in '{source}' has shape {s:?}, the model needs {want:?}: the weights are for another configuration");
+        ensure!(
+            s == want,
+            "'{k}' in '{source}' has shape {s:?}, the model needs {want:?}: the weights are for another configuration"
+        );
     }
     let mut store = SafetensorsStore::from_bytes(Some(safetensors_bytes(burn_map)?));
     let mut model = model;
@@ -186,7 +203,12 @@ pub fn pytorch_to_burn_layout(torch: &TensorMap) -> Result<TensorMap> {
             2 if k.ends_with(".weight") => transpose(s, v),
             4 if k.ends_with(".weight") => {
                 let (d, c, p) = (s[0], s[1], s[2]);
-                ensure!(s[3] == p, "'{k}' is a {}x{} convolution; only square kernels map to patch embeddings", s[2], s[3]);
+                ensure!(
+                    s[3] == p,
+                    "'{k}' is a {}x{} convolution; only square kernels map to patch embeddings",
+                    s[2],
+                    s[3]
+                );
                 (vec![p * p * c, d], convert_patch_weight((p, c, d), v, false))
             }
             _ => (s.clone(), v.clone()),
@@ -212,7 +234,10 @@ pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {
     };
     let result = write()
         .with_context(|| format!("cannot write '{}' (for '{}')", tmp.display(), path.display()))
-        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("cannot move '{}' to '{}'", tmp.display(), path.display())));
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot move '{}' to '{}'", tmp.display(), path.display()))
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -228,7 +253,9 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 /// Reads a JSON-lines file (metrics, results) written by mim; `what` names it in errors.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
-    text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display()))).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display())))
+        .collect()
 }
 
 #[cfg(test)]

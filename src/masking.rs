@@ -61,7 +61,11 @@ impl Mask {
     /// MAE random masking from noise `[B * L]`: patches with the smallest noise stay visible.
     pub fn from_noise(noise: &[f32], batch: usize, mask_ratio: f64) -> Result<Self> {
         check_ratio(mask_ratio)?;
-        ensure!(batch > 0 && noise.len() % batch == 0, "noise of length {} does not split into {batch} rows", noise.len());
+        ensure!(
+            batch > 0 && noise.len() % batch == 0,
+            "noise of length {} does not split into {batch} rows",
+            noise.len()
+        );
         let l = noise.len() / batch;
         let keep = len_keep(l, mask_ratio);
         ensure!(keep > 0, "mask ratio {mask_ratio} leaves no visible patch out of {l}: lower it");
@@ -78,7 +82,10 @@ impl Mask {
     pub fn from_visible(visible: &[usize], batch: usize, num_patches: usize) -> Result<Self> {
         let mut seen = vec![false; num_patches];
         for &i in visible {
-            ensure!(i < num_patches, "visible patch index {i} is out of range: the image has {num_patches} patches (0..{num_patches})");
+            ensure!(
+                i < num_patches,
+                "visible patch index {i} is out of range: the image has {num_patches} patches (0..{num_patches})"
+            );
             ensure!(!seen[i], "visible patch index {i} is listed twice");
             seen[i] = true;
         }
@@ -136,7 +143,10 @@ impl Mask {
     /// over all patches).
     pub fn ids_target(&self) -> Vec<usize> {
         let all = !self.removes_any();
-        (0..self.batch * self.num_patches).filter(|&i| all || self.mask[i] > 0.5).map(|i| i % self.num_patches).collect()
+        (0..self.batch * self.num_patches)
+            .filter(|&i| all || self.mask[i] > 0.5)
+            .map(|i| i % self.num_patches)
+            .collect()
     }
 
     /// `[B, R]` [`Mask::ids_target`] on `device`.
@@ -219,7 +229,11 @@ impl BoolMask {
     /// order in `ids_keep`.
     pub fn to_mae_mask(&self, len_keep: usize, rng: &mut impl Rng) -> Result<Mask> {
         let l = self.num_patches();
-        ensure!(len_keep > 0 && len_keep < l, "an MAE mask must keep between 1 and {} of {l} patches, not {len_keep}", l - 1);
+        ensure!(
+            len_keep > 0 && len_keep < l,
+            "an MAE mask must keep between 1 and {} of {l} patches, not {len_keep}",
+            l - 1
+        );
         let shuffles: Vec<Vec<usize>> = (0..self.batch)
             .map(|b| {
                 let (mut visible, mut masked): (Vec<usize>, Vec<usize>) = (0..l).partition(|&i| !self.row(b)[i]);
@@ -306,7 +320,10 @@ impl BlockMasking {
         );
         ensure!(self.min_num_patches > 0, "block masking needs min_num_patches >= 1 (BEiT uses 16)");
         let (lo, hi) = self.aspect_range();
-        ensure!(lo > 0.0 && lo <= hi, "block aspect range [{lo}, {hi}] is empty or not positive: use e.g. min_aspect 0.3");
+        ensure!(
+            lo > 0.0 && lo <= hi,
+            "block aspect range [{lo}, {hi}] is empty or not positive: use e.g. min_aspect 0.3"
+        );
         Ok(())
     }
 
@@ -331,7 +348,13 @@ impl BlockMasking {
 
     /// The official `_mask`: up to ten draws of (area, aspect); a rectangle that fits strictly
     /// inside the grid and adds between 1 and `max_mask_patches` new patches is masked.
-    fn place_block(&self, mask: &mut [bool], grid: (usize, usize), max_mask_patches: usize, rng: &mut impl Rng) -> Option<MaskBlock> {
+    fn place_block(
+        &self,
+        mask: &mut [bool],
+        grid: (usize, usize),
+        max_mask_patches: usize,
+        rng: &mut impl Rng,
+    ) -> Option<MaskBlock> {
         let (gh, gw) = grid;
         let (lo, hi) = self.aspect_range();
         for _ in 0..BLOCK_ATTEMPTS {
@@ -558,7 +581,11 @@ mod tests {
             }
         }
         let mean = total as f64 / n as f64;
-        eprintln!("block masking 14x14 target 75: mean {mean:.2} masked ({:.4} of 196), {short}/{n} images short, {:.2} blocks per image", mean / 196.0, blocks_seen as f64 / n as f64);
+        eprintln!(
+            "block masking 14x14 target 75: mean {mean:.2} masked ({:.4} of 196), {short}/{n} images short, {:.2} blocks per image",
+            mean / 196.0,
+            blocks_seen as f64 / n as f64
+        );
         assert!(mean > 74.0 && mean <= 75.0, "mean masked {mean}");
     }
 
@@ -620,7 +647,12 @@ mod tests {
     #[test]
     fn strategies_round_trip_through_json() {
         let sim = SimMimMasking { mask_patch_size: 32, model_patch_size: 4, mask_ratio: 0.6 };
-        for s in [MaskStrategy::Random { ratio: 0.75 }, MaskStrategy::Block(BlockMasking::beit(75)), MaskStrategy::Grid, MaskStrategy::SimMim(sim)] {
+        for s in [
+            MaskStrategy::Random { ratio: 0.75 },
+            MaskStrategy::Block(BlockMasking::beit(75)),
+            MaskStrategy::Grid,
+            MaskStrategy::SimMim(sim),
+        ] {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(serde_json::from_str::<MaskStrategy>(&json).unwrap(), s, "{json}");
         }

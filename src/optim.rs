@@ -5,7 +5,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup};
 use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLearningRate, ModuleLrScheduler};
-use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsAccumulator, GradientsParams, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsAccumulator, GradientsParams, LearningRate,
+    ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource,
+};
 use burn::tensor::{Device, Tensor};
 
 use crate::ops::{self, adamw::AdamWStep};
@@ -41,9 +44,18 @@ pub fn param_ranks<M: Module>(module: &M) -> Vec<(String, usize)> {
 /// AdamW (eps 1e-8, PyTorch's) with `betas` and decoupled weight decay `weight_decay`, except on
 /// the parameters for which `no_decay(path, ndim)` holds: the official scripts' two parameter
 /// groups (each model type states its script's rule, e.g. [`crate::models::pretrain::MimModel::no_weight_decay`]).
-pub fn adamw<M: Module>(model: &M, weight_decay: f64, betas: (f32, f32), no_decay: impl Fn(&str, usize) -> bool) -> ModuleOptimizer {
+pub fn adamw<M: Module>(
+    model: &M,
+    weight_decay: f64,
+    betas: (f32, f32),
+    no_decay: impl Fn(&str, usize) -> bool,
+) -> ModuleOptimizer {
     let exempt: Vec<String> = param_ranks(model).into_iter().filter(|(p, d)| no_decay(p, *d)).map(|(p, _)| p).collect();
-    ModuleOptimizer::from(FusedAdamW::new(weight_decay as f32, betas)).with_group(ParamGroup::from_paths(exempt), FusedAdamW::new(0.0, betas), None)
+    ModuleOptimizer::from(FusedAdamW::new(weight_decay as f32, betas)).with_group(
+        ParamGroup::from_paths(exempt),
+        FusedAdamW::new(0.0, betas),
+        None,
+    )
 }
 
 /// burn's AdamW (same update, same state record: checkpoints of either load into the other) with
@@ -74,7 +86,13 @@ impl FusedAdamW {
 impl Optimizer for FusedAdamW {
     type State<const D: usize> = AdamWState<D>;
 
-    fn step<const D: usize>(&self, lr: LearningRate, tensor: Tensor<D>, grad: Tensor<D>, state: Option<AdamWState<D>>) -> (Tensor<D>, Option<AdamWState<D>>) {
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<AdamWState<D>>,
+    ) -> (Tensor<D>, Option<AdamWState<D>>) {
         if !(ops::adamw::supported(&tensor) && ops::adamw::supported(&grad)) {
             return self.burn.step(lr, tensor, grad, state);
         }
@@ -82,7 +100,14 @@ impl Optimizer for FusedAdamW {
             Some(s) => (s.momentum.time + 1, s.momentum.moment_1, s.momentum.moment_2),
             None => (1, grad.zeros_like(), grad.zeros_like()),
         };
-        let step = AdamWStep { lr, beta_1: self.betas.0, beta_2: self.betas.1, epsilon: Self::EPSILON, weight_decay: self.weight_decay, time };
+        let step = AdamWStep {
+            lr,
+            beta_1: self.betas.0,
+            beta_2: self.betas.1,
+            epsilon: Self::EPSILON,
+            weight_decay: self.weight_decay,
+            time,
+        };
         let (p, m, v) = ops::adamw::adamw_step(tensor, grad, m, v, step);
         (p, Some(AdamWState::new(AdaptiveMomentumState::new(time, m, v))))
     }
@@ -133,7 +158,12 @@ pub struct LayerDecay {
 
 impl LayerDecay {
     /// Groups the parameter `paths` by `layer_of(path)` (in `0..=num_layers`).
-    pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>, num_layers: usize, decay: f64, layer_of: impl Fn(&str) -> usize) -> Self {
+    pub fn new<'a>(
+        paths: impl IntoIterator<Item = &'a str>,
+        num_layers: usize,
+        decay: f64,
+        layer_of: impl Fn(&str) -> usize,
+    ) -> Self {
         let mut by_layer: Vec<Vec<String>> = vec![Vec::new(); num_layers + 1];
         for p in paths {
             by_layer[layer_of(p).min(num_layers)].push(p.to_string());
@@ -295,11 +325,19 @@ impl LrSchedule {
         let spe = self.iters_per_epoch.max(1) as u64;
         let total = self.epochs as u64 * spe;
         let warmup = (self.warmup_epochs * spe as f64) as u64;
-        let cosine = |t: f64, len: f64| self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t / len).cos());
+        let cosine = |t: f64, len: f64| {
+            self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t / len).cos())
+        };
         match self.kind {
             ScheduleKind::Mae => {
                 let epoch = (iteration / spe) as f64 + (iteration % spe) as f64 / spe as f64;
-                CosineSchedule { lr: self.lr, min_lr: self.min_lr, warmup_epochs: self.warmup_epochs, epochs: self.epochs as f64 }.at(epoch)
+                CosineSchedule {
+                    lr: self.lr,
+                    min_lr: self.min_lr,
+                    warmup_epochs: self.warmup_epochs,
+                    epochs: self.epochs as f64,
+                }
+                .at(epoch)
             }
             ScheduleKind::Beit if iteration < warmup => match warmup {
                 1 => 0.0,
@@ -348,7 +386,15 @@ pub struct Stepper<M: Module> {
 impl<M: Module> Stepper<M> {
     /// Steps `optim` every `accum_iter` micro-batches at `schedule`'s learning rate.
     pub fn new(optim: ModuleOptimizer, schedule: LrSchedule, accum_iter: usize) -> Self {
-        Self { optim, schedule, accum_iter: accum_iter.max(1), clip_grad: None, layer_decay: None, accum: GradientsAccumulator::new(), pending: 0 }
+        Self {
+            optim,
+            schedule,
+            accum_iter: accum_iter.max(1),
+            clip_grad: None,
+            layer_decay: None,
+            accum: GradientsAccumulator::new(),
+            pending: 0,
+        }
     }
 
     /// Clips the global gradient norm of each update to `max_norm` (`None` or a non-positive value: no clipping).
@@ -416,7 +462,8 @@ mod tests {
 
     #[test]
     fn layer_decay_scales_by_depth_from_the_head() {
-        let paths = ["cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.norm1.bias", "head.weight"];
+        let paths =
+            ["cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.norm1.bias", "head.weight"];
         let layer_of = |p: &str| match p {
             "cls_token" | "patch_embed.proj.weight" => 0,
             "blocks.0.attn.qkv.weight" => 1,
@@ -448,7 +495,11 @@ mod tests {
             }
             let (a, b) = (s1.unwrap().momentum, s2.unwrap().momentum);
             assert_eq!(a.time, b.time);
-            for (name, x, y) in [("parameter", p1, p2), ("first moment", a.moment_1, b.moment_1), ("second moment", a.moment_2, b.moment_2)] {
+            for (name, x, y) in [
+                ("parameter", p1, p2),
+                ("first moment", a.moment_1, b.moment_1),
+                ("second moment", a.moment_2, b.moment_2),
+            ] {
                 let diff = (x - y.clone()).abs().max().into_scalar::<f32>() / y.abs().max().into_scalar::<f32>();
                 assert!(diff < 1e-6, "{name} differs by {diff} (relative) with weight decay {wd}");
             }
@@ -457,7 +508,15 @@ mod tests {
 
     #[test]
     fn official_schedules() {
-        let base = LrSchedule { kind: ScheduleKind::Mae, lr: 1.0, min_lr: 0.1, warmup_lr: 0.01, warmup_epochs: 2.0, epochs: 10, iters_per_epoch: 4 };
+        let base = LrSchedule {
+            kind: ScheduleKind::Mae,
+            lr: 1.0,
+            min_lr: 0.1,
+            warmup_lr: 0.01,
+            warmup_epochs: 2.0,
+            epochs: 10,
+            iters_per_epoch: 4,
+        };
         // MAE: the fractional epoch of the update's first micro-batch.
         assert!((base.at(4) - 0.5).abs() < 1e-12);
         assert!((base.at(24) - 0.55).abs() < 1e-12);
@@ -485,7 +544,10 @@ mod tests {
             b: Param<Tensor<2>>,
         }
         let device = Device::flex().autodiff();
-        let m = Two { a: Param::from_tensor(Tensor::from_floats([1.0, 2.0], &device)), b: Param::from_tensor(Tensor::from_floats([[3.0], [4.0]], &device)) };
+        let m = Two {
+            a: Param::from_tensor(Tensor::from_floats([1.0, 2.0], &device)),
+            b: Param::from_tensor(Tensor::from_floats([[3.0], [4.0]], &device)),
+        };
         // d/dp of sum(p^2)/2 is p: the gradient's global norm is |(1, 2, 3, 4)| = sqrt(30).
         let loss = m.a.val().powi_scalar(2).sum() / 2.0 + m.b.val().powi_scalar(2).sum() / 2.0;
         let grads = GradientsParams::from_grads(loss.backward(), &m);
@@ -494,7 +556,11 @@ mod tests {
         let a = grads.get::<1>(m.a.id).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let f = 1.0 / (30f64.sqrt() + 1e-6);
         assert!((a[1] as f64 - 2.0 * f).abs() < 1e-6, "{a:?}");
-        let (_, unclipped) = clip_grad_norm(&m, GradientsParams::from_grads((m.a.val().sum() * 0.0 + m.b.val().sum() * 0.0).backward(), &m), 1.0);
+        let (_, unclipped) = clip_grad_norm(
+            &m,
+            GradientsParams::from_grads((m.a.val().sum() * 0.0 + m.b.val().sum() * 0.0).backward(), &m),
+            1.0,
+        );
         assert_eq!(unclipped, 0.0);
     }
 }

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
+use crate::checkpoint;
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, load_batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::masking::{MASK_STREAM, Mask, MaskStrategy, SimMimMasking, uniform_noise};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
-use crate::models::simmim::SimMim;
-use crate::checkpoint;
 use crate::models::pretrain::{MimModel, ModelConfig};
+use crate::models::simmim::SimMim;
 use crate::train::methods::Method;
 use crate::train::pretrain::PretrainConfig;
 use crate::viz::{ReconstructionRow, grid_image, reconstruction_rows, save_png};
@@ -103,7 +103,12 @@ impl Reconstructor {
     /// names) of architecture `config` onto `device`.
     pub fn from_weights(path: &Path, config: MaeConfig, device: &Device) -> Result<Self> {
         let model = crate::weights::load_weights(config.init(0, device)?, &config, path)?;
-        Ok(Reconstructor { model: Model::Mae(model), config: ModelConfig::Mae(config), trained_on: None, device: device.clone() })
+        Ok(Reconstructor {
+            model: Model::Mae(model),
+            config: ModelConfig::Mae(config),
+            trained_on: None,
+            device: device.clone(),
+        })
     }
 
     /// The model's architecture.
@@ -123,15 +128,21 @@ impl Reconstructor {
                 };
                 let ds = Dataset::open(path, *split)?;
                 if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
-                    bail!("index {bad} is out of range: the {split:?} split of '{}' has {} images", path.display(), ds.len());
+                    bail!(
+                        "index {bad} is out of range: the {split:?} split of '{}' has {} images",
+                        path.display(),
+                        ds.len()
+                    );
                 }
                 let batch = load_batch(&ds, &transform, indices, 0, 0)?;
-                let names = batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
+                let names =
+                    batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
                 Ok((batch, names, ds.mean, ds.std))
             }
             Images::Files { files, data } => {
                 let c = cfg.in_chans();
-                let stats = data.as_ref().or(self.trained_on.as_ref()).and_then(|d| Dataset::open(d, Split::Train).ok());
+                let stats =
+                    data.as_ref().or(self.trained_on.as_ref()).and_then(|d| Dataset::open(d, Split::Train).ok());
                 let (mean, std) = stats.map_or((vec![0.5; c], vec![0.25; c]), |d| (d.mean, d.std));
                 let per = c * cfg.img_size() * cfg.img_size();
                 let mut pixels = vec![0.0; files.len() * per];
@@ -140,7 +151,13 @@ impl Reconstructor {
                     transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
                 }
                 let n = files.len();
-                let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side: cfg.img_size() };
+                let batch = Batch {
+                    images: pixels,
+                    labels: vec![0; n],
+                    indices: (0..n).collect(),
+                    channels: c,
+                    side: cfg.img_size(),
+                };
                 Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
             }
         }
@@ -190,13 +207,22 @@ impl Reconstructor {
 
     /// Reconstructs `images` under `mask` and writes `reconstruction_NN.png` per image and
     /// `reconstructions.png` with all of them into `out`, panels scaled up `scale` times.
-    pub fn write_pictures(&self, images: &Images, mask: &MaskChoice, out: &Path, scale: usize) -> Result<Reconstructions> {
+    pub fn write_pictures(
+        &self,
+        images: &Images,
+        mask: &MaskChoice,
+        out: &Path,
+        scale: usize,
+    ) -> Result<Reconstructions> {
         let (batch, labels, mean, std) = self.load_images(images)?;
         let mask = self.mask(mask, batch.len())?;
         let rows = self.reconstruct(&batch, &mask, &mean, &std)?;
         let (c, s) = (self.config.in_chans(), self.config.img_size());
         for (k, row) in rows.iter().enumerate() {
-            save_png(&grid_image(std::slice::from_ref(row), c, s, s, scale), &out.join(format!("reconstruction_{k:02}.png")))?;
+            save_png(
+                &grid_image(std::slice::from_ref(row), c, s, s, scale),
+                &out.join(format!("reconstruction_{k:02}.png")),
+            )?;
         }
         let picture = out.join("reconstructions.png");
         save_png(&grid_image(&rows, c, s, s, scale), &picture)?;

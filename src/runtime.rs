@@ -24,7 +24,11 @@ pub fn device(name: &str) -> Result<Device> {
         #[cfg(feature = "cuda")]
         s if s.starts_with("cuda") => {
             let idx = s.strip_prefix("cuda").unwrap().trim_start_matches(':');
-            let idx: usize = if idx.is_empty() { 0 } else { idx.parse().map_err(|_| anyhow::anyhow!("bad device '{s}': use cuda:0"))? };
+            let idx: usize = if idx.is_empty() {
+                0
+            } else {
+                idx.parse().map_err(|_| anyhow::anyhow!("bad device '{s}': use cuda:0"))?
+            };
             Ok(Device::cuda(idx))
         }
         s if s.starts_with("cuda") => bail!("device '{s}' needs a CUDA build: cargo build --release --features cuda"),

@@ -29,7 +29,13 @@ pub struct ReconstructionRow {
 
 /// Runs the model on `imgs: [B, C, H, W]` (normalised with `mean`/`std`) under `mask` and returns
 /// the panels of each image, un-normalised to `[0, 1]` (an error for a token-target MAE).
-pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean: &[f32], std: &[f32]) -> anyhow::Result<Vec<ReconstructionRow>> {
+pub fn reconstruct(
+    model: &MaskedAutoencoder,
+    imgs: Tensor<4>,
+    mask: &Mask,
+    mean: &[f32],
+    std: &[f32],
+) -> anyhow::Result<Vec<ReconstructionRow>> {
     let pred = model.predict_pixels(imgs.clone(), mask)?;
     let removed: Vec<bool> = mask.mask.iter().map(|&m| m > 0.5).collect();
     Ok(reconstruction_rows(imgs, pred, &removed, model.patch_size(), mean, std))
@@ -37,7 +43,14 @@ pub fn reconstruct(model: &MaskedAutoencoder, imgs: Tensor<4>, mask: &Mask, mean
 
 /// The panels of each image from inputs and predictions `[B, C, H, W]` (both normalised with
 /// `mean`/`std`) and the removed patches `[B * L]` of a `p`-pixel patch grid.
-pub fn reconstruction_rows(imgs: Tensor<4>, pred: Tensor<4>, removed: &[bool], p: usize, mean: &[f32], std: &[f32]) -> Vec<ReconstructionRow> {
+pub fn reconstruction_rows(
+    imgs: Tensor<4>,
+    pred: Tensor<4>,
+    removed: &[bool],
+    p: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Vec<ReconstructionRow> {
     let [b, c, h, w] = imgs.dims();
     let pred: Vec<f32> = pred.into_data().try_to_vec::<f32>().expect("f32 prediction");
     let orig: Vec<f32> = imgs.into_data().try_to_vec::<f32>().expect("f32 images");
@@ -100,7 +113,11 @@ const GUTTER: usize = 2;
 
 fn panel_canvas(cols: usize, rows: usize, h: usize, w: usize, scale: usize) -> RgbImage {
     let (pw, ph) = (w * scale, h * scale);
-    RgbImage::from_pixel((cols * (pw + GUTTER) + GUTTER) as u32, (rows * (ph + GUTTER) + GUTTER) as u32, Rgb([255, 255, 255]))
+    RgbImage::from_pixel(
+        (cols * (pw + GUTTER) + GUTTER) as u32,
+        (rows * (ph + GUTTER) + GUTTER) as u32,
+        Rgb([255, 255, 255]),
+    )
 }
 
 /// RGB of pixel `(y, x)` of a `[C * H * W]` image in `[0, 1]` (grey repeated when C = 1).
@@ -108,7 +125,15 @@ fn channels(v: &[f32], c: usize, h: usize, w: usize, y: usize, x: usize) -> [u8;
     [0, 1, 2].map(|k| (v[(k.min(c - 1) * h + y) * w + x] * 255.0).round() as u8)
 }
 
-fn draw_panel(img: &mut RgbImage, row: usize, col: usize, h: usize, w: usize, scale: usize, pixel: impl Fn(usize, usize) -> [u8; 3]) {
+fn draw_panel(
+    img: &mut RgbImage,
+    row: usize,
+    col: usize,
+    h: usize,
+    w: usize,
+    scale: usize,
+    pixel: impl Fn(usize, usize) -> [u8; 3],
+) {
     let (x0, y0) = (GUTTER + col * (w * scale + GUTTER), GUTTER + row * (h * scale + GUTTER));
     for y in 0..h * scale {
         for x in 0..w * scale {
@@ -134,7 +159,13 @@ pub fn mask_grid_image(rows: &[&BoolMask], cell: usize) -> RgbImage {
             for y in 0..ph {
                 for x in 0..pw {
                     let on_line = x % (cell + 1) == 0 || y % (cell + 1) == 0;
-                    let v = if on_line { 160 } else if m.row(b)[(y / (cell + 1)) * m.grid.1 + x / (cell + 1)] { 40 } else { 235 };
+                    let v = if on_line {
+                        160
+                    } else if m.row(b)[(y / (cell + 1)) * m.grid.1 + x / (cell + 1)] {
+                        40
+                    } else {
+                        235
+                    };
                     img.put_pixel((x0 + x) as u32, (y0 + y) as u32, Rgb([v; 3]));
                 }
             }
@@ -156,12 +187,22 @@ fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Embedded so charts need no system fonts (DejaVu Sans, free licence: assets/README.md).
-        let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"));
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            plotters::style::FontStyle::Normal,
+            include_bytes!("../assets/DejaVuSans.ttf"),
+        );
     });
 }
 
 /// Plots `(x, y)` series as a line chart PNG (e.g. loss per iteration and its moving average).
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<()> {
     use plotters::prelude::*;
     register_font();
     let pts = series.iter().flat_map(|(_, s)| s.iter());
@@ -205,5 +246,11 @@ pub fn loss_curve(path: &Path, losses: &[(f64, f64)], window: usize) -> Result<(
             (x, losses[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - lo) as f64)
         })
         .collect();
-    line_chart(path, "MAE pretraining loss", "iteration", "loss (masked patches)", &[("loss", losses.to_vec()), (&format!("mean of {window}"), smooth)])
+    line_chart(
+        path,
+        "MAE pretraining loss",
+        "iteration",
+        "loss (masked patches)",
+        &[("loss", losses.to_vec()), (&format!("mean of {window}"), smooth)],
+    )
 }

@@ -14,7 +14,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::io::{
-    TensorMap, check_pos_embed_shape, convert_patch_weight, load_tensor_map, parameters, read_safetensors, safetensors_bytes, transpose,
+    TensorMap, check_pos_embed_shape, convert_patch_weight, load_tensor_map, parameters, read_safetensors,
+    safetensors_bytes, transpose,
 };
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling, relative_position_index};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
@@ -25,7 +26,10 @@ pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
     let mut out = TensorMap::new();
     for (k, (s, v)) in burn {
         let t = if k == "patch_embed.proj.weight" {
-            (vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size], convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, true))
+            (
+                vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size],
+                convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, true),
+            )
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
         } else {
@@ -42,8 +46,14 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
     for (k, (s, v)) in torch {
         let t = if k == "patch_embed.proj.weight" {
             let want = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
-            ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
-            (vec![cfg.patch_dim(), cfg.embed_dim], convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, false))
+            ensure!(
+                s == &want,
+                "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration"
+            );
+            (
+                vec![cfg.patch_dim(), cfg.embed_dim],
+                convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, false),
+            )
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
         } else {
@@ -71,9 +81,13 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
                 "attention.output.dense" | "attention.o_proj" => "attn.proj",
                 "intermediate.dense" | "mlp.fc1" => "mlp.fc1",
                 "output.dense" | "mlp.fc2" => "mlp.fc2",
-                "attention.attention.query" | "attention.q_proj" => return Some(format!("{prefix}.{i}.qkv:query.{param}")),
+                "attention.attention.query" | "attention.q_proj" => {
+                    return Some(format!("{prefix}.{i}.qkv:query.{param}"));
+                }
                 "attention.attention.key" | "attention.k_proj" => return Some(format!("{prefix}.{i}.qkv:key.{param}")),
-                "attention.attention.value" | "attention.v_proj" => return Some(format!("{prefix}.{i}.qkv:value.{param}")),
+                "attention.attention.value" | "attention.v_proj" => {
+                    return Some(format!("{prefix}.{i}.qkv:value.{param}"));
+                }
                 _ => return None,
             };
             Some(format!("{prefix}.{i}.{ours}.{param}"))
@@ -83,11 +97,15 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
             "vit.embeddings.position_embeddings" => Some("pos_embed".to_string()),
             "decoder.decoder_pos_embed" => Some("decoder_pos_embed".to_string()),
             "decoder.mask_token" => Some("mask_token".to_string()),
-            k if k.starts_with("vit.embeddings.patch_embeddings.projection.") => Some(k.replacen("vit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1)),
+            k if k.starts_with("vit.embeddings.patch_embeddings.projection.") => {
+                Some(k.replacen("vit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1))
+            }
             k if k.starts_with("vit.layernorm.") => Some(k.replacen("vit.layernorm", "norm", 1)),
             k if k.starts_with("vit.encoder.layer.") => block(&k["vit.encoder.layer.".len()..], "blocks"),
             k if k.starts_with("vit.layers.") => block(&k["vit.layers.".len()..], "blocks"),
-            k if k.starts_with("decoder.decoder_layers.") => block(&k["decoder.decoder_layers.".len()..], "decoder_blocks"),
+            k if k.starts_with("decoder.decoder_layers.") => {
+                block(&k["decoder.decoder_layers.".len()..], "decoder_blocks")
+            }
             k if k.starts_with("decoder.") => Some(k["decoder.".len()..].to_string()),
             _ => None,
         };
@@ -117,12 +135,17 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
 
 /// A model configuration from a Hugging Face `config.json` of `ViTMAEForPreTraining`.
 pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
-    let get = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("config.json lacks '{k}'"));
+    let get = |k: &str| {
+        json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("config.json lacks '{k}'"))
+    };
     let hidden = get("hidden_size")?;
     let inter = get("intermediate_size")?;
     let dec = get("decoder_hidden_size")?;
     let dec_inter = get("decoder_intermediate_size")?;
-    ensure!(inter * dec == dec_inter * hidden, "mim uses one MLP ratio for encoder and decoder; this config has {inter}/{hidden} and {dec_inter}/{dec}");
+    ensure!(
+        inter * dec == dec_inter * hidden,
+        "mim uses one MLP ratio for encoder and decoder; this config has {inter}/{hidden} and {dec_inter}/{dec}"
+    );
     let cfg = MaeConfig {
         img_size: get("image_size")?,
         patch_size: get("patch_size")?,
@@ -176,7 +199,10 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
     let mut q_v: BTreeMap<String, [Option<Vec<f32>>; 2]> = BTreeMap::new();
     for (k, (s, v)) in torch {
         if k.ends_with("relative_position_index") {
-            ensure!(v == &index, "'{k}' is not the relative position index of a {g}x{g} patch grid: the weights are for another image or patch size");
+            ensure!(
+                v == &index,
+                "'{k}' is not the relative position index of a {g}x{g} patch grid: the weights are for another image or patch size"
+            );
             continue;
         }
         if let Some((prefix, which)) = k.split_once(".attn.").filter(|(_, w)| *w == "q_bias" || *w == "v_bias") {
@@ -189,7 +215,10 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
         };
         let t = if k == "patch_embed.proj.weight" {
             let want = [d, c, p, p];
-            ensure!(s == &want, "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration");
+            ensure!(
+                s == &want,
+                "'{k}' has shape {s:?} but this model needs {want:?}: the weights are for another configuration"
+            );
             (vec![p * p * c, d], convert_patch_weight((p, c, d), v, false))
         } else if s.len() == 2 && k.ends_with(".weight") {
             transpose(s, v)
@@ -211,7 +240,11 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
 
 /// Loads a BEiT masked-image-modeling model from a safetensors file in official naming (see
 /// [`beit_from_official`]); every parameter must be present and of the right shape.
-pub fn load_beit_weights(model: BeitForMaskedImageModeling, cfg: &BeitConfig, path: &Path) -> Result<BeitForMaskedImageModeling> {
+pub fn load_beit_weights(
+    model: BeitForMaskedImageModeling,
+    cfg: &BeitConfig,
+    path: &Path,
+) -> Result<BeitForMaskedImageModeling> {
     load_tensor_map(model, &beit_from_official(cfg, &read_safetensors(path)?)?, &path.display().to_string())
 }
 

@@ -109,7 +109,13 @@ fn crate_paths(code: &str) -> Vec<(String, String)> {
             }
             out.push(item.trim().to_string());
         } else {
-            out.push(rest.chars().take_while(|&c| ident(c) || c == ':').collect::<String>().trim_end_matches(':').to_string());
+            out.push(
+                rest.chars()
+                    .take_while(|&c| ident(c) || c == ':')
+                    .collect::<String>()
+                    .trim_end_matches(':')
+                    .to_string(),
+            );
         }
     }
     out.into_iter()

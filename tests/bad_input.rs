@@ -14,7 +14,8 @@ fn missing_data_path_names_the_fix() {
 fn corrupt_idx_header_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("train-images-idx3-ubyte"), [0u8, 0, 9, 9, 0, 0, 0, 1]).unwrap();
-    let out = mim(&["pretrain", "--data", tmp.path().to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap()]);
+    let out =
+        mim(&["pretrain", "--data", tmp.path().to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap()]);
     assert_clean_error(&out, "corrupt IDX header");
 }
 
@@ -31,8 +32,19 @@ fn truncated_image_in_a_folder_is_named() {
     bytes.truncate(bytes.len() / 2);
     std::fs::write(class.join("broken.png"), bytes).unwrap();
     let out = mim(&[
-        "pretrain", "--data", tmp.path().to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap(), "--model", "mae_micro",
-        "--img-size", "32", "--batch-size", "4", "--epochs", "1",
+        "pretrain",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+        "--model",
+        "mae_micro",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
     ]);
     assert_clean_error(&out, "broken.png");
 }
@@ -46,7 +58,8 @@ fn image_size_not_divisible_by_patch_is_rejected() {
 #[test]
 fn mask_ratio_outside_unit_interval_is_rejected() {
     for r in ["1.0", "0", "-0.5"] {
-        let out = mim(&["pretrain", "--data", subset().to_str().unwrap(), "--out", "/tmp/mim-never", "--mask-ratio", r]);
+        let out =
+            mim(&["pretrain", "--data", subset().to_str().unwrap(), "--out", "/tmp/mim-never", "--mask-ratio", r]);
         assert_clean_error(&out, "outside (0, 1)");
     }
 }
@@ -57,7 +70,19 @@ fn existing_run_is_not_overwritten_and_other_config_cannot_resume_it() {
     let out_dir = tmp.path().join("run");
     let o = out_dir.to_str().unwrap();
     let data = subset();
-    let base = ["pretrain", "--data", data.to_str().unwrap(), "--out", o, "--max-images", "128", "--batch-size", "64", "--epochs", "1"];
+    let base = [
+        "pretrain",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        o,
+        "--max-images",
+        "128",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+    ];
     let with_model = |m: &'static str, extra: &[&'static str]| [&base[..], &["--model", m], extra].concat();
     assert!(mim(&with_model("mae_micro", &[])).status.success());
     let ckpt = out_dir.join("checkpoint.mim");
@@ -70,5 +95,8 @@ fn existing_run_is_not_overwritten_and_other_config_cannot_resume_it() {
     let garbage = tmp.path().join("garbage.mim");
     std::fs::write(&garbage, b"not a checkpoint").unwrap();
     assert_clean_error(&mim(&["reconstruct", "--checkpoint", garbage.to_str().unwrap()]), "not a mim checkpoint");
-    assert_clean_error(&mim(&["reconstruct", "--checkpoint", ckpt.to_str().unwrap(), "--indices", "5000"]), "out of range");
+    assert_clean_error(
+        &mim(&["reconstruct", "--checkpoint", ckpt.to_str().unwrap(), "--indices", "5000"]),
+        "out of range",
+    );
 }

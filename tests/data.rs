@@ -64,7 +64,8 @@ fn prefetcher_yields_the_same_batches_as_direct_loading() {
     let ds = Arc::new(ds);
     let t = Transform::mae_pretrain(28);
     let order = epoch_order(ds.len(), 5, 2);
-    let batches: Vec<_> = Prefetcher::spawn(ds.clone(), t.clone(), order.clone(), 32, 1, 5, 2, 2).map(Result::unwrap).collect();
+    let batches: Vec<_> =
+        Prefetcher::spawn(ds.clone(), t.clone(), order.clone(), 32, 1, 5, 2, 2).map(Result::unwrap).collect();
     assert_eq!(batches.len(), 2, "100 images in batches of 32, starting at batch 1, drop the partial last one");
     let direct = load_batch(&ds, &t, &order[32..64], 5, 2).unwrap();
     assert_eq!(batches[0].images, direct.images);

@@ -7,18 +7,41 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_clean_error, mim, subset};
 use burn::tensor::Device;
-use mim::train::finetune::{last_checkpoint, read_results, results_path};
+use common::{assert_clean_error, mim, subset};
+use mim::checkpoint;
 use mim::models::classifier::VitClassifier;
 use mim::models::vit::sincos_pos_embed_2d;
-use mim::checkpoint;
+use mim::train::finetune::{last_checkpoint, read_results, results_path};
 
 fn finetune_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "finetune", "--from-scratch", "--model", "mae_micro", "--data", data, "--out", out, "--max-images", "512", "--batch-size",
-        "64", "--epochs", "3", "--lr", "1e-3", "--warmup-epochs", "0.5", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.1",
-        "--seed", "5",
+        "finetune",
+        "--from-scratch",
+        "--model",
+        "mae_micro",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-images",
+        "512",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+        "--warmup-epochs",
+        "0.5",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--drop-path",
+        "0.1",
+        "--seed",
+        "5",
     ]
 }
 
@@ -34,7 +57,11 @@ fn finetune_resume_after_kill_matches_uninterrupted_run() {
     let reference = read_results(&results_path(&full)).unwrap();
     assert_eq!(reference.len(), 3);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mim")).args(finetune_args(data, cut.to_str().unwrap())).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mim"))
+        .args(finetune_args(data, cut.to_str().unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while !last_checkpoint(&cut).exists() {
         assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint written");
@@ -51,7 +78,12 @@ fn finetune_resume_after_kill_matches_uninterrupted_run() {
     let after = read_results(&results_path(&cut)).unwrap();
     assert_eq!(after.len(), 3, "one result per epoch after resume");
     for (a, b) in reference.iter().zip(&after) {
-        assert_eq!((a.epoch, a.train_loss, a.top1, a.top5), (b.epoch, b.train_loss, b.top1, b.top5), "epoch {} differs after resume", a.epoch);
+        assert_eq!(
+            (a.epoch, a.train_loss, a.top1, a.top5),
+            (b.epoch, b.train_loss, b.top1, b.top5),
+            "epoch {} differs after resume",
+            a.epoch
+        );
     }
     assert!(
         std::fs::read(last_checkpoint(&cut)).unwrap() == std::fs::read(last_checkpoint(&full)).unwrap(),
@@ -67,7 +99,10 @@ fn finetune_resume_after_kill_matches_uninterrupted_run() {
 /// The position embeddings of a fine-tuned ViT classifier checkpoint.
 fn classifier_pos_embed(path: &Path) -> Vec<f32> {
     let device = Device::flex();
-    let ck = checkpoint::load_classifier(path, |m, spec| VitClassifier::from_scratch(m.mae()?, spec.num_classes, spec.pool, 0, &device)).unwrap();
+    let ck = checkpoint::load_classifier(path, |m, spec| {
+        VitClassifier::from_scratch(m.mae()?, spec.num_classes, spec.pool, 0, &device)
+    })
+    .unwrap();
     ck.model.pos_embed.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
@@ -78,26 +113,67 @@ fn pretrain_monitor_then_finetune_the_pretrained_encoder() {
     let data = data.to_str().unwrap();
     let pre = tmp.path().join("pre");
     let out = mim(&[
-        "pretrain", "--model", "mae_micro", "--data", data, "--out", pre.to_str().unwrap(), "--max-images", "512", "--batch-size", "64",
-        "--epochs", "1", "--lr", "1e-3", "--eval-every", "1", "--knn-images", "1000",
+        "pretrain",
+        "--model",
+        "mae_micro",
+        "--data",
+        data,
+        "--out",
+        pre.to_str().unwrap(),
+        "--max-images",
+        "512",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--eval-every",
+        "1",
+        "--knn-images",
+        "1000",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let knn = std::fs::read_to_string(pre.join("knn.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(knn.lines().next().unwrap()).unwrap();
-    assert!(line["top1"].as_f64().unwrap() > 20.0, "k-NN of a (barely) trained encoder should beat chance (10%): {line}");
+    assert!(
+        line["top1"].as_f64().unwrap() > 20.0,
+        "k-NN of a (barely) trained encoder should beat chance (10%): {line}"
+    );
 
     let ck = pre.join("checkpoint.mim");
     let ft = tmp.path().join("ft");
     let out = mim(&[
-        "finetune", "--checkpoint", ck.to_str().unwrap(), "--data", data, "--out", ft.to_str().unwrap(), "--max-images", "512",
-        "--batch-size", "64", "--epochs", "1", "--trainable-blocks", "1",
+        "finetune",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        ft.to_str().unwrap(),
+        "--max-images",
+        "512",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--trainable-blocks",
+        "1",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let results = read_results(&results_path(&ft)).unwrap();
     assert_eq!(results.len(), 1);
     assert!(results[0].top1 > 10.0 && results[0].top5 >= results[0].top1);
     // Partial fine-tuning keeps the embedding, position embeddings included, as pretrained.
-    let pretrained = checkpoint::load(&ck, &Device::flex()).unwrap().model.pos_embed.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let pretrained = checkpoint::load(&ck, &Device::flex())
+        .unwrap()
+        .model
+        .pos_embed
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert_eq!(classifier_pos_embed(&last_checkpoint(&ft)), pretrained);
 
     // A classifier checkpoint is not a pretraining checkpoint.
@@ -117,10 +193,18 @@ fn pixel_baselines_are_far_above_chance() {
     let data = data.to_str().unwrap();
     let out = mim(&["knn", "--pixels", "--data", data]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(top1(&out.stdout) > 75.0, "k-NN on Fashion-MNIST pixels reaches ~80%: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        top1(&out.stdout) > 75.0,
+        "k-NN on Fashion-MNIST pixels reaches ~80%: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = mim(&["linprobe", "--pixels", "--data", data]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(top1(&out.stdout) > 75.0, "a linear probe on pixels reaches ~80%: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        top1(&out.stdout) > 75.0,
+        "a linear probe on pixels reaches ~80%: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -140,23 +224,64 @@ fn simmim_encoder_finetunes_as_a_swin_classifier() {
     let data = data.to_str().unwrap();
     let pre = tmp.path().join("pre");
     let out = mim(&[
-        "pretrain", "--method", "simmim", "--data", data, "--out", pre.to_str().unwrap(), "--max-images", "256", "--batch-size", "32",
-        "--epochs", "1", "--lr", "1e-3",
+        "pretrain",
+        "--method",
+        "simmim",
+        "--data",
+        data,
+        "--out",
+        pre.to_str().unwrap(),
+        "--max-images",
+        "256",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ck = pre.join("checkpoint.mim");
     let ft = tmp.path().join("ft");
     let out = mim(&[
-        "finetune", "--checkpoint", ck.to_str().unwrap(), "--data", data, "--out", ft.to_str().unwrap(), "--max-images", "256",
-        "--batch-size", "32", "--epochs", "1", "--lr", "1e-3",
+        "finetune",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        ft.to_str().unwrap(),
+        "--max-images",
+        "256",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let results = read_results(&results_path(&ft)).unwrap();
     assert!(results[0].top1 > 10.0, "a Swin fine-tuned from SimMIM should beat chance: {:?}", results[0]);
     // Partial fine-tuning: the last Swin block (plus the norm and head) trains.
     let out = mim(&[
-        "finetune", "--checkpoint", ck.to_str().unwrap(), "--data", data, "--out", tmp.path().join("p").to_str().unwrap(),
-        "--max-images", "256", "--batch-size", "32", "--epochs", "1", "--lr", "1e-3", "--trainable-blocks", "1",
+        "finetune",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        tmp.path().join("p").to_str().unwrap(),
+        "--max-images",
+        "256",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--trainable-blocks",
+        "1",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("last 1 of"), "{}", String::from_utf8_lossy(&out.stderr));
@@ -167,7 +292,21 @@ fn ablation_sweeps_write_a_table_beside_the_paper_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let data = subset();
     let out = tmp.path().join("target");
-    let args = ["ablate", "target", "--quick", "--model", "mae_micro", "--max-images", "256", "--batch-size", "64", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let args = [
+        "ablate",
+        "target",
+        "--quick",
+        "--model",
+        "mae_micro",
+        "--max-images",
+        "256",
+        "--batch-size",
+        "64",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     let first = mim(&args);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();

@@ -10,8 +10,8 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use mim::data::{Split, cifar, folder, idx};
 use mim::checkpoint::{self, Kind};
+use mim::data::{Split, cifar, folder, idx};
 use mim::train::pretrain::PretrainConfig;
 
 fn inputs(default: usize) -> usize {
@@ -154,9 +154,10 @@ fn safetensors_reader_never_panics() {
 
 #[test]
 fn toml_config_reader_never_panics() {
-    let seed = b"data = \"data/fashion-mnist-subset\"\nout = \"runs/x\"\nmodel = \"mae_micro\"\nepochs = 2\nbatch_size = 64\n\
+    let seed =
+        b"data = \"data/fashion-mnist-subset\"\nout = \"runs/x\"\nmodel = \"mae_micro\"\nepochs = 2\nbatch_size = 64\n\
         base_lr = 1.5e-4\nmask_ratio = 0.75\nnorm_pix_loss = true\n[mask]\nkind = \"block\"\n"
-        .to_vec();
+            .to_vec();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
     fuzz("TOML", &[seed], inputs(4000) / 2, |b| {
@@ -199,10 +200,16 @@ fn checkpoint_reader_never_panics() {
     fuzz("checkpoint", &[good, huge], inputs(4000) / 4, read);
     // Behind the CRC: mutated model sections (burnpack) and headers (JSON), correctly framed.
     let mut rng = ChaCha8Rng::seed_from_u64(26);
-    let framed: Vec<Vec<u8>> = (0..inputs(4000) / 4).map(|i| {
-        let (h, m) = if i % 4 == 0 { (mutate(br#"{"iteration":3}"#, &mut rng), model_bytes.clone()) } else { (br#"{}"#.to_vec(), mutate(&model_bytes, &mut rng)) };
-        frame(&[&h, &m, &[]])
-    }).collect();
+    let framed: Vec<Vec<u8>> = (0..inputs(4000) / 4)
+        .map(|i| {
+            let (h, m) = if i % 4 == 0 {
+                (mutate(br#"{"iteration":3}"#, &mut rng), model_bytes.clone())
+            } else {
+                (br#"{}"#.to_vec(), mutate(&model_bytes, &mut rng))
+            };
+            frame(&[&h, &m, &[]])
+        })
+        .collect();
     for (i, b) in framed.iter().enumerate() {
         if catch_unwind(AssertUnwindSafe(|| read(b))).is_err() {
             panic!("checkpoint behind the CRC: mutant {i} panicked");

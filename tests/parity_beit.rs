@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mim::io::{TensorMap, gradients, read_safetensors};
-use mim::weights::{beit_from_official, load_beit_weights};
 use mim::masking::BoolMask;
 use mim::models::beit::{BeitConfig, BeitForMaskedImageModeling};
+use mim::weights::{beit_from_official, load_beit_weights};
 
 /// Largest tolerated absolute difference (values are O(1); PyTorch and burn differ in reduction order).
 const TOL: f32 = 1e-4;
@@ -33,7 +33,8 @@ struct Case {
 
 impl Case {
     fn new(variant: &str) -> Self {
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("beit_tiny_config.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("beit_tiny_config.json")).unwrap()).unwrap();
         Case {
             cfg: serde_json::from_value(json["models"][variant].clone()).unwrap(),
             io: read_safetensors(&fixture(&format!("beit_tiny_{variant}_io.safetensors"))).unwrap(),
@@ -82,7 +83,10 @@ fn forward_and_loss_match(variant: &str) {
     let logits = model.forward(c.pixels(), &mask);
     assert_eq!(logits.dims(), [mask.count(), c.cfg.vocab_size]);
     assert_close(&format!("{variant}: masked logits"), &values(logits.clone()), &c.io["logits"].1);
-    let loss = BeitForMaskedImageModeling::forward_loss(logits, BeitForMaskedImageModeling::masked_targets(c.token_ids(), &mask));
+    let loss = BeitForMaskedImageModeling::forward_loss(
+        logits,
+        BeitForMaskedImageModeling::masked_targets(c.token_ids(), &mask),
+    );
     assert_close(&format!("{variant}: loss"), &values(loss), &c.io["loss"].1);
 }
 
@@ -91,12 +95,16 @@ fn gradients_match(variant: &str) {
     let model = c.model();
     let mask = c.mask();
     let logits = model.forward(c.pixels(), &mask);
-    let loss = BeitForMaskedImageModeling::forward_loss(logits, BeitForMaskedImageModeling::masked_targets(c.token_ids(), &mask));
+    let loss = BeitForMaskedImageModeling::forward_loss(
+        logits,
+        BeitForMaskedImageModeling::masked_targets(c.token_ids(), &mask),
+    );
     let ours = gradients(&model, &loss.backward());
 
     // The loader's conversion applies to gradients as to weights; the key part of the qkv bias
     // gets zeros (BEiT has no key bias), which ours must match up to rounding.
-    let torch: TensorMap = c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
+    let torch: TensorMap =
+        c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
     let theirs = beit_from_official(&c.cfg, &torch).unwrap();
     assert_gradients_close(variant, &ours, &theirs, TOL);
     let key_bias = ours

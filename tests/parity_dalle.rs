@@ -44,7 +44,10 @@ fn logits_and_ids_match_pytorch() {
     }
     let decided = margins.iter().filter(|&&m| m > 2.0 * diff).count();
     eprintln!("ids: {decided} of {} compared and equal", margins.len());
-    assert!(decided == margins.len(), "some argmax margins are below the float error: regenerate the fixture with another seed");
+    assert!(
+        decided == margins.len(),
+        "some argmax margins are below the float error: regenerate the fixture with another seed"
+    );
 }
 
 /// Top-1 minus top-2 logit per token of `[B, V, h, w]` logits, in `[B, h*w]` order.

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use mim::io::{TensorMap, gradients, read_safetensors};
-use mim::weights::{from_pytorch_layout, hf_to_official, load_weights, mae_config_from_hf};
 use mim::masking::Mask;
 use mim::models::mae::{MaeConfig, MaskedAutoencoder};
 use mim::models::vit::{patchify, sincos_pos_embed_2d};
+use mim::weights::{from_pytorch_layout, hf_to_official, load_weights, mae_config_from_hf};
 
 /// Largest tolerated absolute difference (values are O(1); PyTorch and burn differ in reduction order).
 const TOL: f32 = 1e-4;
@@ -29,8 +29,13 @@ struct Case {
 
 impl Case {
     fn new() -> Self {
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("mae_tiny_config.json")).unwrap()).unwrap();
-        Case { cfg: mae_config_from_hf(&json).unwrap(), io: read_safetensors(&fixture("mae_tiny_io.safetensors")).unwrap(), device: Device::flex().autodiff() }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("mae_tiny_config.json")).unwrap()).unwrap();
+        Case {
+            cfg: mae_config_from_hf(&json).unwrap(),
+            io: read_safetensors(&fixture("mae_tiny_io.safetensors")).unwrap(),
+            device: Device::flex().autodiff(),
+        }
     }
 
     fn model(&self, cfg: &MaeConfig) -> MaskedAutoencoder {
@@ -73,7 +78,9 @@ fn sincos_position_embeddings_match_hf() {
     let c = Case::new();
     let w = read_safetensors(&fixture("mae_tiny_weights.safetensors")).unwrap();
     let g = (c.cfg.grid(), c.cfg.grid());
-    assert!(max_diff(&sincos_pos_embed_2d(c.cfg.embed_dim, g, true), &w["vit.embeddings.position_embeddings"].1) < 1e-6);
+    assert!(
+        max_diff(&sincos_pos_embed_2d(c.cfg.embed_dim, g, true), &w["vit.embeddings.position_embeddings"].1) < 1e-6
+    );
     assert!(max_diff(&sincos_pos_embed_2d(c.cfg.decoder_embed_dim, g, true), &w["decoder.decoder_pos_embed"].1) < 1e-6);
 }
 
@@ -84,12 +91,20 @@ fn forward_and_loss_match_hf() {
     let mask = c.mask();
     let x = c.tensor::<4>("pixel_values");
     assert_close("patchify", &values(patchify(x.clone(), c.cfg.patch_size)), &c.io["patchified"].1);
-    assert_close("encoder output", &values(model.forward_encoder(x.clone(), &mask)), &c.io["encoder_last_hidden_state"].1);
+    assert_close(
+        "encoder output",
+        &values(model.forward_encoder(x.clone(), &mask)),
+        &c.io["encoder_last_hidden_state"].1,
+    );
     let latent = model.forward_encoder(x.clone(), &mask);
     assert_close("decoder predictions", &values(model.forward_decoder(latent.clone(), &mask)), &c.io["logits"].1);
     let removed = mask.ids_target_tensor(&c.device).unsqueeze_dim::<3>(2).repeat_dim(2, c.cfg.pred_dim());
     let hf_removed = values(c.tensor::<3>("logits").gather(1, removed));
-    assert_close("predictions of the removed patches", &values(model.forward_decoder_targets(latent, &mask)), &hf_removed);
+    assert_close(
+        "predictions of the removed patches",
+        &values(model.forward_decoder_targets(latent, &mask)),
+        &hf_removed,
+    );
     assert_close("loss (norm_pix_loss)", &values(model.forward(x.clone(), &mask).loss), &c.io["loss"].1);
 
     let raw_cfg = MaeConfig { norm_pix_loss: false, ..c.cfg.clone() };
@@ -104,7 +119,8 @@ fn gradients_of_every_parameter_match_hf() {
     let out = model.forward(c.tensor::<4>("pixel_values"), &c.mask());
     let ours = gradients(&model, &out.loss.backward());
 
-    let hf: TensorMap = c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
+    let hf: TensorMap =
+        c.io.iter().filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))).collect();
     let theirs = from_pytorch_layout(&c.cfg, &hf_to_official(&hf).unwrap()).unwrap();
     // The per-part split of the fused gradients is HF's own q, k and v gradients (PyTorch [out, in],
     // transposed here to burn's [in, out]).

@@ -13,7 +13,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use mim::io::{TensorMap, gradients, pytorch_to_burn_layout, read_safetensors};
 use mim::models::simmim::{SimMim, load_official, official_to_burn, upsample_mask};
 use mim::models::swin::{
-    SwinConfig, SwinTransformer, load_timm, relative_position_index, shifted_window_mask, timm_to_burn, window_partition, window_reverse,
+    SwinConfig, SwinTransformer, load_timm, relative_position_index, shifted_window_mask, timm_to_burn,
+    window_partition, window_reverse,
 };
 
 /// Largest tolerated absolute difference of forward values (O(1); reduction orders differ).
@@ -54,7 +55,8 @@ impl Case {
     }
 
     fn simmim(&self) -> SimMim {
-        load_official(SimMim::new(&config(), 7, &self.device).unwrap(), &fixture("swin_tiny_simmim.safetensors")).unwrap()
+        load_official(SimMim::new(&config(), 7, &self.device).unwrap(), &fixture("swin_tiny_simmim.safetensors"))
+            .unwrap()
     }
 
     fn tensor<const D: usize>(&self, name: &str) -> Tensor<D> {
@@ -227,7 +229,9 @@ fn official_checkpoint_layout_loads_like_timm() {
         .iter()
         .map(|(k, t)| {
             let k = match k.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
-                Some((i, rest)) if rest.starts_with("downsample.") => format!("layers.{}.{rest}", i.parse::<usize>().unwrap() - 1),
+                Some((i, rest)) if rest.starts_with("downsample.") => {
+                    format!("layers.{}.{rest}", i.parse::<usize>().unwrap() - 1)
+                }
                 _ => k.replace("head.fc.", "head."),
             };
             (k, t.clone())

@@ -7,7 +7,6 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{assert_clean_error, max_diff, mim, subset};
 use mim::io::{gradients, parameters};
-use mim::weights::{export_weights, load_weights};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
 use mim::models::mae::MaskedAutoencoder;
@@ -15,6 +14,7 @@ use mim::models::pretrain::MimModel;
 use mim::optim::{MAE_BETAS, adamw};
 use mim::train::pretrain::{PretrainConfig, pretrain, read_metrics};
 use mim::train::{OptimConfig, RunConfig, Silent};
+use mim::weights::{export_weights, load_weights};
 
 fn micro() -> MaeConfig {
     MaeConfig::preset("mae_micro").unwrap()
@@ -41,7 +41,10 @@ fn removed_patches_never_reach_the_prediction_with_or_without_the_encoder_mask_t
             let p = model.forward_decoder(model.forward_encoder(x.clone(), &mask), &mask);
             p.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
         };
-        assert!(max_diff(&pred(&imgs), &pred(&other)) < 1e-6, "encoder_mask_token {encoder_mask_token}: removed pixels leaked");
+        assert!(
+            max_diff(&pred(&imgs), &pred(&other)) < 1e-6,
+            "encoder_mask_token {encoder_mask_token}: removed pixels leaked"
+        );
         let loss = model.forward(imgs.clone(), &mask).loss;
         let grads = loss.backward();
         if let Some(token) = &model.encoder_mask_token {
@@ -93,7 +96,14 @@ fn same_seed_gives_the_same_run() {
     let run = |name: &str| {
         let defaults = PretrainConfig::default();
         let cfg = PretrainConfig {
-            run: RunConfig { data: subset(), out: tmp.path().join(name), max_images: Some(256), batch_size: 64, epochs: 1, ..defaults.run },
+            run: RunConfig {
+                data: subset(),
+                out: tmp.path().join(name),
+                max_images: Some(256),
+                batch_size: 64,
+                epochs: 1,
+                ..defaults.run
+            },
             optim: OptimConfig { lr: Some(1e-3), ..defaults.optim },
             model: Some("mae_micro".into()),
             ..defaults
@@ -145,25 +155,59 @@ fn pca_and_token_targets_pretrain_save_their_basis_and_refuse_what_they_cannot_d
     let eye = Tensor::<2>::eye(8, &Device::flex());
     assert!((gram - eye).abs().max().into_scalar::<f32>() < 1e-4, "the basis is orthonormal");
     let pics = tmp.path().join("pics");
-    let out = mim(&["reconstruct", "--checkpoint", pca.join("checkpoint.mim").to_str().unwrap(), "--indices", "0", "--out", pics.to_str().unwrap()]);
+    let out = mim(&[
+        "reconstruct",
+        "--checkpoint",
+        pca.join("checkpoint.mim").to_str().unwrap(),
+        "--indices",
+        "0",
+        "--out",
+        pics.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Tokens: the ids of a (briefly trained) tokenizer with the MAE's patch grid.
     let tok = tmp.path().join("tok");
-    let out = mim(&["tokenizer", "train", "--data", d, "--out", tok.to_str().unwrap(), "--max-images", "256", "--batch-size", "64", "--epochs", "1"]);
+    let out = mim(&[
+        "tokenizer",
+        "train",
+        "--data",
+        d,
+        "--out",
+        tok.to_str().unwrap(),
+        "--max-images",
+        "256",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tokenizer = tok.join("tokenizer.mim");
     let tokens = tmp.path().join("tokens");
     assert_clean_error(&run(&["--target", "tokens", "--out", tokens.to_str().unwrap()]), "pass --tokenizer");
-    let out = run(&["--target", "tokens", "--tokenizer", tokenizer.to_str().unwrap(), "--out", tokens.to_str().unwrap()]);
+    let out =
+        run(&["--target", "tokens", "--tokenizer", tokenizer.to_str().unwrap(), "--out", tokens.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let first = read_metrics(&tokens.join("metrics.jsonl")).unwrap()[0].loss;
     // Cross-entropy over the tokenizer's vocabulary starts near ln(vocab).
-    let vocab = mim::train::tokenizer::load_tokenizer(&tokenizer, &Device::flex()).unwrap().header.model.vocab_size as f64;
+    let vocab =
+        mim::train::tokenizer::load_tokenizer(&tokenizer, &Device::flex()).unwrap().header.model.vocab_size as f64;
     assert!((first - vocab.ln()).abs() < 1.0, "first loss {first} vs ln {vocab} = {}", vocab.ln());
-    let out = mim(&["reconstruct", "--checkpoint", tokens.join("checkpoint.mim").to_str().unwrap(), "--indices", "0", "--out", pics.to_str().unwrap()]);
+    let out = mim(&[
+        "reconstruct",
+        "--checkpoint",
+        tokens.join("checkpoint.mim").to_str().unwrap(),
+        "--indices",
+        "0",
+        "--out",
+        pics.to_str().unwrap(),
+    ]);
     assert_clean_error(&out, "predicts visual-token ids");
-    assert_clean_error(&run(&["--method", "simmim", "--target", "pca", "--out", tmp.path().join("x").to_str().unwrap()]), "MAE option");
+    assert_clean_error(
+        &run(&["--method", "simmim", "--target", "pca", "--out", tmp.path().join("x").to_str().unwrap()]),
+        "MAE option",
+    );
 }
 
 #[test]
@@ -172,8 +216,19 @@ fn pretrain_then_reconstruct_writes_the_figure() {
     let run = tmp.path().join("run");
     let data = subset();
     let out = mim(&[
-        "pretrain", "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--model", "mae_micro", "--max-images", "256",
-        "--batch-size", "64", "--epochs", "1",
+        "pretrain",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--model",
+        "mae_micro",
+        "--max-images",
+        "256",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for f in ["checkpoint.mim", "metrics.jsonl", "loss.png", "weights.safetensors"] {
@@ -181,14 +236,34 @@ fn pretrain_then_reconstruct_writes_the_figure() {
     }
     let pics = tmp.path().join("pics");
     let ck = run.join("checkpoint.mim");
-    let out = mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0,1,2", "--out", pics.to_str().unwrap()]);
+    let out = mim(&[
+        "reconstruct",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--indices",
+        "0,1,2",
+        "--out",
+        pics.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let grid = image::open(pics.join("reconstructions.png")).unwrap();
     // 4 panels of 28 px x 4 with 2 px gutters; 3 rows.
     assert_eq!((grid.width(), grid.height()), (4 * 112 + 5 * 2, 3 * (112 + 2) + 2));
     assert!(pics.join("reconstruction_02.png").is_file());
     // An explicit mask: the masked panel shows exactly the listed patches.
-    let out = mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0", "--visible", "0,8,48", "--out", pics.to_str().unwrap(), "--scale", "1"]);
+    let out = mim(&[
+        "reconstruct",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--indices",
+        "0",
+        "--visible",
+        "0,8,48",
+        "--out",
+        pics.to_str().unwrap(),
+        "--scale",
+        "1",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let g = image::open(pics.join("reconstruction_00.png")).unwrap().to_rgb8();
     let masked_panel_px = |x: u32, y: u32| *g.get_pixel(2 + 28 + 2 + x, 2 + y);
@@ -224,13 +299,26 @@ fn reconstruct_from_hugging_face_weights() {
     let img = tmp.path().join("in.png");
     image::RgbImage::from_fn(20, 12, |x, y| image::Rgb([(x * 12) as u8, (y * 20) as u8, 99])).save(&img).unwrap();
     let out = mim(&[
-        "reconstruct", "--weights", fx.join("mae_tiny_weights.safetensors").to_str().unwrap(), "--hf-config",
-        fx.join("mae_tiny_config.json").to_str().unwrap(), "--images", img.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(),
+        "reconstruct",
+        "--weights",
+        fx.join("mae_tiny_weights.safetensors").to_str().unwrap(),
+        "--hf-config",
+        fx.join("mae_tiny_config.json").to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--out",
+        tmp.path().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let grid = image::open(tmp.path().join("reconstructions.png")).unwrap();
     assert_eq!(grid.width(), 4 * 64 + 10, "16 px model input at scale 4");
-    let out = mim(&["reconstruct", "--weights", fx.join("mae_tiny_weights.safetensors").to_str().unwrap(), "--images", img.to_str().unwrap()]);
+    let out = mim(&[
+        "reconstruct",
+        "--weights",
+        fx.join("mae_tiny_weights.safetensors").to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+    ]);
     common::assert_clean_error(&out, "--hf-config");
 }
 
@@ -240,8 +328,25 @@ fn simmim_pretrains_a_swin_with_the_knn_monitor() {
     let data = subset();
     let out_dir = tmp.path().join("simmim");
     let out = mim(&[
-        "pretrain", "--method", "simmim", "--data", data.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--max-images", "256",
-        "--batch-size", "32", "--epochs", "2", "--lr", "1e-3", "--eval-every", "2", "--knn-images", "500",
+        "pretrain",
+        "--method",
+        "simmim",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--max-images",
+        "256",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--eval-every",
+        "2",
+        "--knn-images",
+        "500",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let m = read_metrics(&out_dir.join("metrics.jsonl")).unwrap();
@@ -252,24 +357,60 @@ fn simmim_pretrains_a_swin_with_the_knn_monitor() {
     assert!(out_dir.join("knn.jsonl").exists());
     let ck = out_dir.join("checkpoint.mim");
     let device = Device::flex();
-    let trained = mim::checkpoint::load_model(&ck, &device, <mim::models::simmim::SimMim as mim::models::pretrain::MimModel>::build).unwrap();
-    let before = parameters(&<mim::models::simmim::SimMim as mim::models::pretrain::MimModel>::build(&trained.header.model, 0, &device).unwrap());
+    let trained = mim::checkpoint::load_model(
+        &ck,
+        &device,
+        <mim::models::simmim::SimMim as mim::models::pretrain::MimModel>::build,
+    )
+    .unwrap();
+    let before = parameters(
+        &<mim::models::simmim::SimMim as mim::models::pretrain::MimModel>::build(&trained.header.model, 0, &device)
+            .unwrap(),
+    );
     let after = parameters(&trained.model);
     for (name, (_, v)) in &before {
         assert_ne!(&after[name].1, v, "{name} did not change in training");
     }
     // Frozen Swin features (pooled last stage) feed k-NN.
-    let out = mim(&["knn", "--checkpoint", ck.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-images", "500"]);
+    let out =
+        mim(&["knn", "--checkpoint", ck.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-images", "500"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Reconstruction pictures of SimMIM.
     let pics = tmp.path().join("pics");
-    let out = mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap(), "--indices", "0,1", "--out", pics.to_str().unwrap()]);
+    let out = mim(&[
+        "reconstruct",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--indices",
+        "0,1",
+        "--out",
+        pics.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(pics.join("reconstructions.png").exists());
     // An MAE-only command says what the checkpoint holds.
-    assert_clean_error(&mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", tmp.path().join("w.safetensors").to_str().unwrap()]), "Swin");
+    assert_clean_error(
+        &mim(&[
+            "export",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--out",
+            tmp.path().join("w.safetensors").to_str().unwrap(),
+        ]),
+        "Swin",
+    );
     // A Swin preset is required.
-    let bad = mim(&["pretrain", "--method", "simmim", "--model", "mae_tiny_28", "--data", data.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    let bad = mim(&[
+        "pretrain",
+        "--method",
+        "simmim",
+        "--model",
+        "mae_tiny_28",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
     assert_clean_error(&bad, "Swin");
 }
 
@@ -279,12 +420,42 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
     let data = subset();
     let data = data.to_str().unwrap();
     let tok = tmp.path().join("tok");
-    let out = mim(&["tokenizer", "train", "--data", data, "--out", tok.to_str().unwrap(), "--epochs", "1", "--max-images", "512"]);
+    let out = mim(&[
+        "tokenizer",
+        "train",
+        "--data",
+        data,
+        "--out",
+        tok.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--max-images",
+        "512",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = tmp.path().join("beit");
     let tok_ck = tok.join("tokenizer.mim");
-    let args = ["pretrain", "--method", "beit", "--tokenizer", tok_ck.to_str().unwrap(), "--data", data, "--out", run.to_str().unwrap(),
-        "--max-images", "128", "--batch-size", "32", "--epochs", "2", "--lr", "1e-3", "--seed", "3"];
+    let args = [
+        "pretrain",
+        "--method",
+        "beit",
+        "--tokenizer",
+        tok_ck.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        run.to_str().unwrap(),
+        "--max-images",
+        "128",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "3",
+    ];
     let out = mim(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let m = read_metrics(&run.join("metrics.jsonl")).unwrap();
@@ -292,7 +463,12 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
     assert!(m[7].loss < m[0].loss, "cross-entropy on visual tokens should fall: {} -> {}", m[0].loss, m[7].loss);
 
     let device = Device::flex();
-    let ck = mim::checkpoint::load_model(&run.join("checkpoint.mim"), &device, <mim::models::beit::BeitForMaskedImageModeling as mim::models::pretrain::MimModel>::build).unwrap();
+    let ck = mim::checkpoint::load_model(
+        &run.join("checkpoint.mim"),
+        &device,
+        <mim::models::beit::BeitForMaskedImageModeling as mim::models::pretrain::MimModel>::build,
+    )
+    .unwrap();
     let mim::models::pretrain::ModelConfig::Beit(cfg) = &ck.header.model else { panic!("a BEiT checkpoint") };
     let before = parameters(&cfg.init(3, &device).unwrap());
     let after = parameters(&ck.model);
@@ -302,14 +478,39 @@ fn beit_pretrains_on_tokenizer_ids_and_every_weight_learns() {
     // The pretrained encoder fine-tunes as a classifier (here: its last 2 blocks).
     let ft = tmp.path().join("ft");
     let out = mim(&[
-        "finetune", "--checkpoint", run.join("checkpoint.mim").to_str().unwrap(), "--data", data, "--out", ft.to_str().unwrap(),
-        "--max-images", "128", "--batch-size", "32", "--epochs", "1", "--lr", "1e-3", "--trainable-blocks", "2",
+        "finetune",
+        "--checkpoint",
+        run.join("checkpoint.mim").to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        ft.to_str().unwrap(),
+        "--max-images",
+        "128",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--trainable-blocks",
+        "2",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = mim::train::finetune::read_results(&mim::train::finetune::results_path(&ft)).unwrap();
     assert!(r[0].top5 > 50.0, "{:?}", r[0]);
     // Frozen BEiT features (mean of patch tokens) feed the linear probe.
-    let out = mim(&["linprobe", "--checkpoint", run.join("checkpoint.mim").to_str().unwrap(), "--data", data, "--max-images", "500", "--epochs", "5"]);
+    let out = mim(&[
+        "linprobe",
+        "--checkpoint",
+        run.join("checkpoint.mim").to_str().unwrap(),
+        "--data",
+        data,
+        "--max-images",
+        "500",
+        "--epochs",
+        "5",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Without a tokenizer BEiT has no targets.
     let mut no_tok: Vec<&str> = args.to_vec();

@@ -10,18 +10,18 @@ use std::path::{Path, PathBuf};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use common::{max_diff, subset};
+use mim::checkpoint::{self, CheckpointHeader};
 use mim::io::{TensorMap, parameters, read_safetensors, safetensors_bytes};
-use mim::weights::{export_weights, load_weights, mae_config_from_hf};
 use mim::masking::Mask;
 use mim::models::classifier::{Classifier, Pool, VitClassifier};
 use mim::models::init::InitRng;
 use mim::models::mae::{MaeConfig, MaskedAutoencoder};
+use mim::models::pretrain::ModelConfig;
 use mim::models::vit::sincos_pos_embed_2d;
 use mim::ops::gather::gather_rows;
-use mim::checkpoint::{self, CheckpointHeader};
-use mim::models::pretrain::ModelConfig;
 use mim::train::pretrain::{PretrainConfig, pretrain};
 use mim::train::{OptimConfig, RunConfig, Silent};
+use mim::weights::{export_weights, load_weights, mae_config_from_hf};
 use rand::SeedableRng;
 
 fn fixture(name: &str) -> PathBuf {
@@ -33,7 +33,10 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 fn hf_config() -> MaeConfig {
-    mae_config_from_hf(&serde_json::from_str(&std::fs::read_to_string(fixture("mae_tiny_config.json")).unwrap()).unwrap()).unwrap()
+    mae_config_from_hf(
+        &serde_json::from_str(&std::fs::read_to_string(fixture("mae_tiny_config.json")).unwrap()).unwrap(),
+    )
+    .unwrap()
 }
 
 fn write(path: &Path, map: &TensorMap) {
@@ -64,7 +67,14 @@ fn fresh_models_start_from_sincos_and_pretraining_leaves_them_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let defaults = PretrainConfig::default();
     let run = PretrainConfig {
-        run: RunConfig { data: subset(), out: tmp.path().join("run"), max_images: Some(256), batch_size: 64, epochs: 1, ..defaults.run },
+        run: RunConfig {
+            data: subset(),
+            out: tmp.path().join("run"),
+            max_images: Some(256),
+            batch_size: 64,
+            epochs: 1,
+            ..defaults.run
+        },
         optim: OptimConfig { lr: Some(1e-2), weight_decay: 0.5, ..defaults.optim },
         model: Some("mae_micro".into()),
         ..defaults
@@ -77,7 +87,10 @@ fn fresh_models_start_from_sincos_and_pretraining_leaves_them_unchanged() {
         let d = max_diff(&before[key].1, &after[key].1);
         assert!(before[key] == after[key], "{key} changed in pretraining (lr 1e-2, weight decay 0.5) by up to {d}");
     }
-    assert!(!fresh.pos_embed.is_require_grad() && !fresh.decoder_pos_embed.is_require_grad(), "never trained: no gradient");
+    assert!(
+        !fresh.pos_embed.is_require_grad() && !fresh.decoder_pos_embed.is_require_grad(),
+        "never trained: no gradient"
+    );
 }
 
 #[test]
@@ -117,7 +130,8 @@ fn zero_position_embeddings_of_transformers_5_load_as_they_are_and_round_trip() 
     assert!(d < 1e-5, "encoder with zero position embeddings differs from the reference by {d}");
     let d = max_diff(&values(latent.clone()), &values(sincos.forward_encoder(imgs, &mask)));
     assert!(d > 1e-2, "zero and sin-cos position embeddings give the same encoder output (max difference {d})");
-    let d = max_diff(&values(zero.forward_decoder(latent.clone(), &mask)), &values(sincos.forward_decoder(latent, &mask)));
+    let d =
+        max_diff(&values(zero.forward_decoder(latent.clone(), &mask)), &values(sincos.forward_decoder(latent, &mask)));
     assert!(d > 1e-2, "zero and sin-cos decoder position embeddings give the same predictions (max difference {d})");
 
     // Exported as they are (official names), and loaded back exactly.
@@ -150,7 +164,9 @@ fn position_embeddings_of_another_grid_are_refused_naming_the_fix() {
     other.insert("pos_embed".into(), (vec![1, 17, 64], sincos_pos_embed_2d(64, (4, 4), true)));
     write(&path, &other);
     let err = format!("{:#}", load_weights(cfg.init(0, &device).unwrap(), &cfg, &path).unwrap_err());
-    for needle in ["'pos_embed'", "another configuration", "[1, 17, 64]", "4x4 patch grid", "[1, 50, 64]", "7x7", "--img-size"] {
+    for needle in
+        ["'pos_embed'", "another configuration", "[1, 17, 64]", "4x4 patch grid", "[1, 50, 64]", "7x7", "--img-size"]
+    {
         assert!(err.contains(needle), "error lacks '{needle}': {err}");
     }
 
@@ -172,7 +188,11 @@ fn finetuning_trains_the_position_embeddings_from_the_pretrained_ones() {
     let model = VitClassifier::from_mae(mae, 10, Pool::Avg, 0.01, 0);
     assert_eq!(values(model.pos_embed.val()), pretrained);
     assert!(model.pos_embed.is_require_grad());
-    assert_eq!(model.layer_id("pos_embed"), 0, "position embeddings belong to the embedding layer (layer-wise lr decay)");
+    assert_eq!(
+        model.layer_id("pos_embed"),
+        0,
+        "position embeddings belong to the embedding layer (layer-wise lr decay)"
+    );
     assert!(parameters(&model).contains_key("pos_embed"));
 
     let imgs = Tensor::<4>::random([4, 1, 28, 28], Distribution::Normal(0.0, 1.0), &device);

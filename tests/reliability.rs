@@ -7,10 +7,24 @@ use std::process::{Command, Stdio};
 
 fn pretrain_args(out: &str) -> Vec<String> {
     let data = subset();
-    ["pretrain", "--data", data.to_str().unwrap(), "--out", out, "--model", "mae_micro", "--max-images", "256", "--batch-size", "64", "--epochs", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "pretrain",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out,
+        "--model",
+        "mae_micro",
+        "--max-images",
+        "256",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[test]
@@ -23,7 +37,10 @@ fn idx_with_zero_columns_is_refused_before_the_run_folder_is_touched() {
     bytes.extend(vec![0u8; 64 * 28]);
     std::fs::write(tmp.path().join("train-images-idx3-ubyte"), bytes).unwrap();
     let out = tmp.path().join("o");
-    assert_clean_error(&mim(&["pretrain", "--data", tmp.path().to_str().unwrap(), "--out", out.to_str().unwrap()]), "include a zero");
+    assert_clean_error(
+        &mim(&["pretrain", "--data", tmp.path().to_str().unwrap(), "--out", out.to_str().unwrap()]),
+        "include a zero",
+    );
     assert!(!out.exists(), "a refused run must not leave a folder (or a metrics.jsonl) behind");
 }
 
@@ -36,7 +53,10 @@ fn checkpoint_with_a_huge_section_length_is_a_clean_error() {
     bytes.extend(b"{}");
     std::fs::write(&ck, bytes).unwrap();
     let st = tmp.path().join("x.safetensors");
-    assert_clean_error(&mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]), "is corrupted");
+    assert_clean_error(
+        &mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]),
+        "is corrupted",
+    );
     assert_clean_error(&mim(&["reconstruct", "--checkpoint", ck.to_str().unwrap()]), "is corrupted");
 }
 
@@ -48,7 +68,10 @@ fn a_folder_locked_by_another_process_is_refused_with_its_pid() {
     let args = pretrain_args(run.to_str().unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_mim")).args(&args).output().unwrap();
     assert_clean_error(&out, &format!("is in use by process {}", std::process::id()));
-    assert!(!run.join("checkpoint.mim").exists() && !run.join("metrics.jsonl").exists(), "the refused run wrote into the folder");
+    assert!(
+        !run.join("checkpoint.mim").exists() && !run.join("metrics.jsonl").exists(),
+        "the refused run wrote into the folder"
+    );
 }
 
 #[test]
@@ -72,7 +95,10 @@ fn two_concurrent_runs_into_one_folder_leave_exactly_one_complete_run() {
     assert_clean_error(failed, "");
     // The folder holds one run: 2 epochs x 4 iterations of metrics, the checkpoint of the same seed.
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let iterations: Vec<u64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"].as_u64().unwrap()).collect();
+    let iterations: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"].as_u64().unwrap())
+        .collect();
     assert_eq!(iterations, (1..=8).collect::<Vec<_>>());
     let header = mim::checkpoint::read_header(&run.join("checkpoint.mim")).unwrap();
     assert_eq!(header.iteration, 8);
@@ -113,7 +139,25 @@ fn resume_takes_the_run_from_its_checkpoint_from_any_directory() {
     let full = tmp.path().join("full");
     // Started with a relative --data and --lr; resumed from another directory with --out alone.
     let start = |out: &std::path::Path, epochs: &str, resume: bool| {
-        let mut a = vec!["pretrain", "--data", "data", "--out", out.to_str().unwrap(), "--model", "mae_micro", "--max-images", "256", "--batch-size", "64", "--lr", "1e-3", "--seed", "3", "--epochs", epochs];
+        let mut a = vec![
+            "pretrain",
+            "--data",
+            "data",
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            "mae_micro",
+            "--max-images",
+            "256",
+            "--batch-size",
+            "64",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "3",
+            "--epochs",
+            epochs,
+        ];
         a.extend(resume.then_some("--resume"));
         let o = mim_in(tmp.path(), &a);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -140,10 +184,12 @@ fn resume_takes_the_run_from_its_checkpoint_from_any_directory() {
     assert_clean_error(&o, "does not exist from here: pass --data");
     tiny_idx(&tmp.path().join("small"), 128);
     let small = tmp.path().join("small");
-    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", small.to_str().unwrap()]);
+    let o =
+        mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", small.to_str().unwrap()]);
     assert_clean_error(&o, "4 iterations per epoch");
     let moved = tmp.path().join("moved");
-    let o = mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", moved.to_str().unwrap()]);
+    let o =
+        mim_in(&elsewhere, &["pretrain", "--out", r, "--resume", "--epochs", "3", "--data", moved.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -174,7 +220,8 @@ fn a_damaged_checkpoint_is_refused_and_an_intact_one_loads() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let good = std::fs::read(run.join("checkpoint.mim")).unwrap();
     let st = tmp.path().join("w.safetensors");
-    let export = |ck: &std::path::Path| mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]);
+    let export =
+        |ck: &std::path::Path| mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", st.to_str().unwrap()]);
     let bad = tmp.path().join("bad.mim");
     // One flipped byte anywhere after the magic: header, model or optimizer section, or a frame.
     for at in [9, 20, 200, good.len() / 2, good.len() - 1] {

@@ -22,8 +22,23 @@ const TOTAL: usize = 64;
 
 fn args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "pretrain", "--model", "mae_micro", "--data", data, "--out", out, "--max-images", "1024", "--batch-size", "64",
-        "--epochs", "4", "--lr", "1e-3", "--seed", "7",
+        "pretrain",
+        "--model",
+        "mae_micro",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-images",
+        "1024",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "4",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "7",
     ]
 }
 
@@ -34,7 +49,14 @@ fn metric_lines(path: &Path) -> Vec<(u64, String)> {
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     complete
         .lines()
-        .map(|l| (serde_json::from_str::<StepMetrics>(l).unwrap_or_else(|e| panic!("bad metrics line {l}: {e}")).iteration, l.to_string()))
+        .map(|l| {
+            (
+                serde_json::from_str::<StepMetrics>(l)
+                    .unwrap_or_else(|e| panic!("bad metrics line {l}: {e}"))
+                    .iteration,
+                l.to_string(),
+            )
+        })
         .collect()
 }
 
@@ -51,16 +73,26 @@ fn wait_for(what: &str, child: &mut Child, mut done: impl FnMut() -> bool) {
 /// metrics two iterations past it, and returns the iteration the checkpoint holds and every line
 /// the killed process wrote.
 fn run_and_kill(data: &str, out: &Path) -> (u64, Vec<(u64, String)>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mim")).args(args(data, out.to_str().unwrap())).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mim"))
+        .args(args(data, out.to_str().unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let ckpt = checkpoint_path(out);
     wait_for("the first checkpoint", &mut child, || ckpt.exists());
     let first = checkpoint::read_header(&ckpt).unwrap().iteration;
-    wait_for("metrics past the checkpoint", &mut child, || metric_lines(&metrics_path(out)).iter().any(|(i, _)| *i >= first + 2));
+    wait_for("metrics past the checkpoint", &mut child, || {
+        metric_lines(&metrics_path(out)).iter().any(|(i, _)| *i >= first + 2)
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     // Read again: another checkpoint may have been written before the kill landed.
     let header = checkpoint::read_header(&ckpt).unwrap();
-    assert!(header.iteration > 0 && header.iteration + 2 <= TOTAL as u64, "checkpoint at iteration {}", header.iteration);
+    assert!(
+        header.iteration > 0 && header.iteration + 2 <= TOTAL as u64,
+        "checkpoint at iteration {}",
+        header.iteration
+    );
     assert_eq!(header.optimizer_steps, header.iteration, "one optimizer update per batch (no accumulation)");
     (header.iteration, metric_lines(&metrics_path(out)))
 }
@@ -107,16 +139,26 @@ fn resume_after_kill_continues_from_the_checkpoint_and_matches_the_uninterrupted
 
     let after = resume(data, &cut);
     let iterations: Vec<u64> = after.iter().map(|(i, _)| *i).collect();
-    assert_eq!(iterations, (1..=TOTAL as u64).collect::<Vec<_>>(), "metrics after resume must cover every iteration exactly once");
+    assert_eq!(
+        iterations,
+        (1..=TOTAL as u64).collect::<Vec<_>>(),
+        "metrics after resume must cover every iteration exactly once"
+    );
     // Up to the checkpoint: the killed process's lines, byte for byte (a run restarted from zero
     // would have rewritten them with its own timings).
     for ((_, kept), (i, written)) in after[..s].iter().zip(&killed[..s]) {
-        assert_eq!(kept, written, "iteration {i} (before the checkpoint at {saved}) was rewritten by the resumed process");
+        assert_eq!(
+            kept, written,
+            "iteration {i} (before the checkpoint at {saved}) was rewritten by the resumed process"
+        );
     }
     // After it: the resumed process's lines, from iteration saved + 1 on. The killed process wrote
     // some of these iterations too; the resumed process measured its own timings for them.
     for ((i, resumed), (_, killed_line)) in after[s..].iter().zip(&killed[s..]) {
-        assert_ne!(resumed, killed_line, "iteration {i} (after the checkpoint at {saved}) is the killed process's line: it was not rerun");
+        assert_ne!(
+            resumed, killed_line,
+            "iteration {i} (after the checkpoint at {saved}) is the killed process's line: it was not rerun"
+        );
     }
     // The trajectory is the uninterrupted run's.
     for (a, (_, line)) in reference.iter().zip(&after) {
@@ -139,5 +181,9 @@ fn resume_after_kill_continues_from_the_checkpoint_and_matches_the_uninterrupted
     assert_eq!(without.len(), TOTAL);
     assert_eq!(parse(&without[s].1).loss, reference[s].loss, "the stripped checkpoint must hold the same weights");
     let diverged = (s + 1..TOTAL).filter(|&k| parse(&without[k].1).loss != reference[k].loss).count();
-    assert_eq!(diverged, TOTAL - s - 1, "resuming without the optimizer state reproduced some losses of the uninterrupted run");
+    assert_eq!(
+        diverged,
+        TOTAL - s - 1,
+        "resuming without the optimizer state reproduced some losses of the uninterrupted run"
+    );
 }

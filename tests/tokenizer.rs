@@ -12,19 +12,29 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use common::subset;
-use mim::models::mae::MaeConfig;
 use mim::checkpoint::{self, CheckpointHeader};
-use mim::train::{RunConfig, Silent};
+use mim::models::mae::MaeConfig;
 use mim::train::tokenizer::{
-    TokenizerTrainConfig, load_tokenizer, read_tokenizer_metrics, tokenizer_checkpoint_path, tokenizer_metrics_path, train_tokenizer,
+    TokenizerTrainConfig, load_tokenizer, read_tokenizer_metrics, tokenizer_checkpoint_path, tokenizer_metrics_path,
+    train_tokenizer,
 };
+use mim::train::{RunConfig, Silent};
 
 const CHILD_OUT: &str = "MIM_TOKENIZER_TEST_CHILD_OUT";
 const ITERATIONS: usize = 4 * 1024 / 64;
 
 fn cfg(out: &Path) -> TokenizerTrainConfig {
     let defaults = TokenizerTrainConfig::default();
-    let run = RunConfig { data: subset(), out: out.to_path_buf(), max_images: Some(1024), batch_size: 64, epochs: 4, seed: 7, prefetch: 2, ..defaults.run };
+    let run = RunConfig {
+        data: subset(),
+        out: out.to_path_buf(),
+        max_images: Some(1024),
+        batch_size: 64,
+        epochs: 4,
+        seed: 7,
+        prefetch: 2,
+        ..defaults.run
+    };
     TokenizerTrainConfig { run, ..defaults }
 }
 
@@ -46,7 +56,12 @@ fn resume_after_kill_matches_uninterrupted_run() {
     let reference = read_tokenizer_metrics(&tokenizer_metrics_path(&full)).unwrap();
     assert_eq!(reference.len(), ITERATIONS);
     let last = reference.last().unwrap();
-    assert!(last.recon_loss < reference[0].recon_loss * 0.7, "reconstruction did not improve: {} -> {}", reference[0].recon_loss, last.recon_loss);
+    assert!(
+        last.recon_loss < reference[0].recon_loss * 0.7,
+        "reconstruction did not improve: {} -> {}",
+        reference[0].recon_loss,
+        last.recon_loss
+    );
     assert!(last.codebook_usage > 0.2, "codebook collapsed: {} in use", last.codebook_usage);
 
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -77,7 +92,8 @@ fn resume_after_kill_matches_uninterrupted_run() {
     let after = read_tokenizer_metrics(&tokenizer_metrics_path(&cut)).unwrap();
     assert_eq!(after.len(), ITERATIONS, "metrics after resume must cover every iteration exactly once");
     assert!(
-        std::fs::read(tokenizer_checkpoint_path(&cut)).unwrap() == std::fs::read(tokenizer_checkpoint_path(&full)).unwrap(),
+        std::fs::read(tokenizer_checkpoint_path(&cut)).unwrap()
+            == std::fs::read(tokenizer_checkpoint_path(&full)).unwrap(),
         "the resumed tokenizer checkpoint differs from the uninterrupted run's (cmp)"
     );
     for (a, b) in reference.iter().zip(&after) {
@@ -85,7 +101,11 @@ fn resume_after_kill_matches_uninterrupted_run() {
         assert_eq!(it, b.step.iteration);
         assert_eq!(a.step.loss, b.step.loss, "iteration {it}: resumed loss differs");
         assert_eq!(a.step.lr, b.step.lr);
-        assert_eq!((a.perplexity, a.codebook_usage, a.restarted), (b.perplexity, b.codebook_usage, b.restarted), "iteration {it}");
+        assert_eq!(
+            (a.perplexity, a.codebook_usage, a.restarted),
+            (b.perplexity, b.codebook_usage, b.restarted),
+            "iteration {it}"
+        );
     }
 }
 
@@ -107,7 +127,10 @@ fn checkpoint_kinds_are_not_confused() {
     };
     checkpoint::save(&mae_path, &header, &mae_cfg.init(0, &device).unwrap(), None).unwrap();
     let err = load_tokenizer(&mae_path, &device).err().unwrap().to_string();
-    assert!(err.contains("is a model checkpoint written by `mim pretrain`") && err.contains("not a tokenizer checkpoint"), "{err}");
+    assert!(
+        err.contains("is a model checkpoint written by `mim pretrain`") && err.contains("not a tokenizer checkpoint"),
+        "{err}"
+    );
 
     let mut tok = cfg(&tmp.path().join("tok"));
     (tok.run.max_images, tok.run.epochs) = (Some(128), 1);

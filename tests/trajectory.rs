@@ -27,20 +27,20 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mim::data::loader::Batch;
-use mim::train::finetune::{FinetuneConfig, batch_loss};
 use mim::io::{TensorMap, gradients, load_tensor_map, parameters, pytorch_to_burn_layout, read_safetensors};
-use mim::weights::{beit_from_official, from_pytorch_layout, hf_to_official, mae_config_from_hf};
 use mim::masking::{BoolMask, Mask};
 use mim::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use mim::models::classifier::{Classifier, Pool, VitClassifier};
 use mim::models::mae::{MaeConfig, MaskedAutoencoder};
+use mim::models::pretrain::MimModel;
 use mim::models::simmim::{SimMim, official_to_burn};
 use mim::models::swin::SwinConfig;
-use mim::models::pretrain::MimModel;
-use mim::train::methods::Method;
 use mim::optim::{Stepper, param_ranks};
+use mim::train::finetune::{FinetuneConfig, batch_loss};
+use mim::train::methods::Method;
 use mim::train::pretrain::PretrainConfig;
 use mim::train::{OptimConfig, RunConfig};
+use mim::weights::{beit_from_official, from_pytorch_layout, hf_to_official, mae_config_from_hf};
 
 const LOSS_TOL: f64 = 1e-5;
 const LR_TOL: f64 = 2e-7;
@@ -65,7 +65,8 @@ struct Case {
 
 impl Case {
     fn new(name: &str) -> Self {
-        let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("trajectory.json")).unwrap()).unwrap();
+        let all: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("trajectory.json")).unwrap()).unwrap();
         let json = all["cases"][name].clone();
         let t = read_safetensors(&fixture(json["file"].as_str().unwrap())).unwrap();
         Case { json, t, device: Device::flex().autodiff() }
@@ -173,7 +174,11 @@ fn replay<M: Module>(
     let trained = gradients(&model, &loss(&model, 0).backward());
     let mut covered: Vec<&String> = groups.iter().flat_map(|(_, ours)| ours).collect();
     covered.sort();
-    assert_eq!(covered, trained.keys().collect::<Vec<_>>(), "the official groups cover every parameter mim trains, once");
+    assert_eq!(
+        covered,
+        trained.keys().collect::<Vec<_>>(),
+        "the official groups cover every parameter mim trains, once"
+    );
 
     let (steps, lr, wd) = (&case.t["loss"].1, &case.t["lr"], &case.t["weight_decay"]);
     let g_count = lr.0[1];
@@ -196,13 +201,25 @@ fn replay<M: Module>(
         let o = update_index;
         for (gi, (group, ours)) in groups.iter().enumerate() {
             let (want_lr, want_wd) = (lr.1[o * g_count + gi] as f64, wd.1[o * g_count + gi] as f64);
-            assert!((want_wd - group.weight_decay).abs() <= LR_TOL * group.weight_decay, "the fixture's group {} changed its weight decay", group.name);
+            assert!(
+                (want_wd - group.weight_decay).abs() <= LR_TOL * group.weight_decay,
+                "the fixture's group {} changed its weight decay",
+                group.name
+            );
             for p in ours {
                 let got = stepper.lr_of(p, update.lr);
                 worst_lr = worst_lr.max((got - want_lr).abs() / want_lr.abs().max(1e-12));
-                assert!((got - want_lr).abs() <= LR_TOL * want_lr.abs().max(1e-12), "update {o}, '{p}' (group {}): lr {got} against {want_lr}", group.name);
+                assert!(
+                    (got - want_lr).abs() <= LR_TOL * want_lr.abs().max(1e-12),
+                    "update {o}, '{p}' (group {}): lr {got} against {want_lr}",
+                    group.name
+                );
                 let got_wd = if exempt(p, ranks[p]) { 0.0 } else { weight_decay };
-                assert!((got_wd - want_wd).abs() <= LR_TOL * want_wd, "'{p}' (official group {}): weight decay {got_wd}, the official script uses {want_wd}", group.name);
+                assert!(
+                    (got_wd - want_wd).abs() <= LR_TOL * want_wd,
+                    "'{p}' (official group {}): weight decay {got_wd}, the official script uses {want_wd}",
+                    group.name
+                );
             }
         }
         if clips {
@@ -237,7 +254,10 @@ fn replay<M: Module>(
         if clips { format!("{worst_norm:.1e}") } else { "(no clipping)".into() },
         samples.join(", ")
     );
-    assert!(worst <= PARAM_TOL, "after {update_index} updates '{at}' differs from PyTorch by {worst:.2e} of its largest entry");
+    assert!(
+        worst <= PARAM_TOL,
+        "after {update_index} updates '{at}' differs from PyTorch by {worst:.2e} of its largest entry"
+    );
     model
 }
 
@@ -262,10 +282,19 @@ fn mae_case(name: &str) {
     assert_eq!(run.peak_lr(), c.hyper("lr"), "lr = blr x effective batch / 256");
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let b = run.run.batch_size;
-    replay(&c, model, stepper, run.optim.weight_decay, MaskedAutoencoder::no_weight_decay, to_burn, |m: &MaskedAutoencoder, s| {
-        let mask = Mask::from_noise(&c.row("noise", s).1, b, c.json["model"]["mask_ratio"].as_f64().unwrap()).unwrap();
-        m.forward(c.images(s), &mask).loss
-    });
+    replay(
+        &c,
+        model,
+        stepper,
+        run.optim.weight_decay,
+        MaskedAutoencoder::no_weight_decay,
+        to_burn,
+        |m: &MaskedAutoencoder, s| {
+            let mask =
+                Mask::from_noise(&c.row("noise", s).1, b, c.json["model"]["mask_ratio"].as_f64().unwrap()).unwrap();
+            m.forward(c.images(s), &mask).loss
+        },
+    );
 }
 
 #[test]
@@ -292,12 +321,24 @@ fn beit_pretraining_follows_run_beit_pretraining() {
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let (b, grid) = (run.run.batch_size, cfg.grid());
     let n = c.t["images"].0[0];
-    replay(&c, model, stepper, run.optim.weight_decay, BeitForMaskedImageModeling::no_weight_decay, to_burn, |m: &BeitForMaskedImageModeling, s| {
-        let mask = BoolMask::new(c.row("bool_masked_pos", s).1.iter().map(|&v| v > 0.5).collect(), b, (grid, grid)).unwrap();
-        let ids: Vec<i64> = c.row("token_ids", s % n).1.iter().map(|&v| v as i64).collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, grid * grid]), &c.device);
-        BeitForMaskedImageModeling::forward_loss(m.forward(c.images(s), &mask), BeitForMaskedImageModeling::masked_targets(ids, &mask))
-    });
+    replay(
+        &c,
+        model,
+        stepper,
+        run.optim.weight_decay,
+        BeitForMaskedImageModeling::no_weight_decay,
+        to_burn,
+        |m: &BeitForMaskedImageModeling, s| {
+            let mask = BoolMask::new(c.row("bool_masked_pos", s).1.iter().map(|&v| v > 0.5).collect(), b, (grid, grid))
+                .unwrap();
+            let ids: Vec<i64> = c.row("token_ids", s % n).1.iter().map(|&v| v as i64).collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, grid * grid]), &c.device);
+            BeitForMaskedImageModeling::forward_loss(
+                m.forward(c.images(s), &mask),
+                BeitForMaskedImageModeling::masked_targets(ids, &mask),
+            )
+        },
+    );
 }
 
 #[test]
@@ -318,7 +359,8 @@ fn simmim_pretraining_follows_main_simmim() {
         drop_path_rate: 0.0,
     };
     let to_burn = |m: &TensorMap| official_to_burn(m).unwrap();
-    let model = load_tensor_map(SimMim::new(&cfg, 0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "simmim").unwrap();
+    let model =
+        load_tensor_map(SimMim::new(&cfg, 0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "simmim").unwrap();
     let run = c.pretrain_config(Method::Simmim);
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let b = run.run.batch_size;
@@ -346,11 +388,18 @@ fn mae_finetuning_follows_main_finetune() {
     };
     let classes = get("num_classes");
     // mim's classifier calls models_vit's `fc_norm` (after the pooled tokens) `norm`.
-    let to_burn = |m: &TensorMap| pytorch_to_burn_layout(m).unwrap().into_iter().map(|(k, t)| (k.replacen("fc_norm.", "norm.", 1), t)).collect();
+    let to_burn = |m: &TensorMap| {
+        pytorch_to_burn_layout(m).unwrap().into_iter().map(|(k, t)| (k.replacen("fc_norm.", "norm.", 1), t)).collect()
+    };
     let fresh = VitClassifier::from_scratch(&mae, classes, Pool::Avg, 0, &c.device).unwrap();
     let model = load_tensor_map(fresh, &to_burn(&c.weights("init.")), "mae_finetune").unwrap();
     let run = FinetuneConfig {
-        run: RunConfig { epochs: c.count("epochs"), batch_size: c.count("batch_size"), accum_iter: c.count("accum_iter"), ..RunConfig::default() },
+        run: RunConfig {
+            epochs: c.count("epochs"),
+            batch_size: c.count("batch_size"),
+            accum_iter: c.count("accum_iter"),
+            ..RunConfig::default()
+        },
         optim: OptimConfig {
             base_lr: c.hyper("blr"),
             min_lr: c.hyper("min_lr"),
@@ -366,10 +415,19 @@ fn mae_finetuning_follows_main_finetune() {
     assert_eq!(run.peak_lr(), c.hyper("lr"));
     let stepper = run.stepper(&model, c.count("iters_per_epoch"), None).unwrap();
     let n = c.t["images"].0[0];
-    replay(&c, model, stepper, run.optim.weight_decay, VitClassifier::no_weight_decay, to_burn, |m: &VitClassifier, s| {
-        let (shape, images) = c.row("images", s % n);
-        let labels = c.row("labels", s % n).1.iter().map(|&l| l as u32).collect::<Vec<_>>();
-        let mut batch = Batch { indices: (0..labels.len()).collect(), labels, images, channels: shape[1], side: shape[2] };
-        batch_loss(m, &mut batch, classes, &run, s as u64, 0, &c.device)
-    });
+    replay(
+        &c,
+        model,
+        stepper,
+        run.optim.weight_decay,
+        VitClassifier::no_weight_decay,
+        to_burn,
+        |m: &VitClassifier, s| {
+            let (shape, images) = c.row("images", s % n);
+            let labels = c.row("labels", s % n).1.iter().map(|&l| l as u32).collect::<Vec<_>>();
+            let mut batch =
+                Batch { indices: (0..labels.len()).collect(), labels, images, channels: shape[1], side: shape[2] };
+            batch_loss(m, &mut batch, classes, &run, s as u64, 0, &c.device)
+        },
+    );
 }

@@ -1,7 +1,7 @@
 //! Image transforms to normalised `[C, S, S]` floats: MAE's pretraining augmentation (random
 //! resized crop, scale 0.2-1.0, ratio 3/4-4/3, then horizontal flip), BEiT's (the same plus
-//! torchvision's colour jitter) and a plain resize for evaluation and pictures. Resampling is bilinear with half-pixel centres (the official code
-//! uses bicubic; on 28-32 px images the difference is below the augmentation's own noise).
+//! torchvision's colour jitter) and a plain resize for evaluation and pictures. Resampling is bilinear with half-pixel
+//! centres (the official code uses bicubic; on 28-32 px images the difference is below the augmentation's own noise).
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -38,12 +38,24 @@ pub enum Transform {
 impl Transform {
     /// MAE's pretraining augmentation at `size` pixels.
     pub fn mae_pretrain(size: usize) -> Self {
-        Transform::RandomResizedCrop { size, scale: (0.2, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 }
+        Transform::RandomResizedCrop {
+            size,
+            scale: (0.2, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: true,
+            color_jitter: 0.0,
+        }
     }
 
     /// BEiT's pretraining augmentation at `size` pixels: MAE's plus colour jitter 0.4.
     pub fn beit_pretrain(size: usize) -> Self {
-        Transform::RandomResizedCrop { size, scale: (0.2, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.4 }
+        Transform::RandomResizedCrop {
+            size,
+            scale: (0.2, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: true,
+            color_jitter: 0.4,
+        }
     }
 
     /// Output side in pixels.
@@ -82,7 +94,9 @@ fn color_jitter(img: &mut [f32], channels: usize, s: f32, rng: &mut impl Rng) {
     let factors: Vec<f32> = (0..3).map(|_| rng.gen_range((1.0 - s).max(0.0)..=1.0 + s)).collect();
     let n = img.len() / channels;
     // ITU-R 601-2 luma, as torchvision's rgb_to_grayscale; a grey image is its own grey.
-    let grey = |img: &[f32], i: usize| if channels == 3 { 0.299 * img[i] + 0.587 * img[n + i] + 0.114 * img[2 * n + i] } else { img[i] };
+    let grey = |img: &[f32], i: usize| {
+        if channels == 3 { 0.299 * img[i] + 0.587 * img[n + i] + 0.114 * img[2 * n + i] } else { img[i] }
+    };
     let blend = |v: &mut f32, f: f32, other: f32| *v = (f * *v + (1.0 - f) * other).clamp(0.0, 1.0);
     for op in order {
         let f = factors[op];
@@ -135,7 +149,9 @@ fn resize_bilinear(img: &Image, crop: (f64, f64, f64, f64), size: usize, flip: b
     let px = |x: usize, y: usize, k: usize| img.pixels[(y * img.width + x) * c + k] as f32;
     let sample = |src: f64, start: f64, len: f64, limit: usize| {
         // half-pixel centres, clamped to the crop and the image
-        let s = (start + (src + 0.5) * len / size as f64 - 0.5).clamp(start, start + len - 1.0).clamp(0.0, (limit - 1) as f64);
+        let s = (start + (src + 0.5) * len / size as f64 - 0.5)
+            .clamp(start, start + len - 1.0)
+            .clamp(0.0, (limit - 1) as f64);
         let i0 = s.floor() as usize;
         let i1 = (i0 + 1).min(limit - 1);
         (i0, i1, (s - i0 as f64) as f32)
@@ -208,7 +224,8 @@ mod tests {
             assert!(f.iter().all(|f| (0.6..=1.4).contains(f)));
             let mut want = rgb.clone();
             for op in order {
-                let grey: Vec<f32> = (0..n).map(|i| 0.299 * want[i] + 0.587 * want[n + i] + 0.114 * want[2 * n + i]).collect();
+                let grey: Vec<f32> =
+                    (0..n).map(|i| 0.299 * want[i] + 0.587 * want[n + i] + 0.114 * want[2 * n + i]).collect();
                 let mean = grey.iter().sum::<f32>() / n as f32;
                 for (j, v) in want.iter_mut().enumerate() {
                     let other = [0.0, mean, grey[j % n]][op];
@@ -222,7 +239,13 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let (mut a, mut b) = (vec![0.0; 16], vec![0.0; 16]);
         t.apply(&ramp(), &[0.0], &[1.0], &mut rng, &mut a);
-        let plain = Transform::RandomResizedCrop { size: 4, scale: (0.2, 1.0), ratio: (0.75, 4.0 / 3.0), hflip: true, color_jitter: 0.0 };
+        let plain = Transform::RandomResizedCrop {
+            size: 4,
+            scale: (0.2, 1.0),
+            ratio: (0.75, 4.0 / 3.0),
+            hflip: true,
+            color_jitter: 0.0,
+        };
         plain.apply(&ramp(), &[0.0], &[1.0], &mut rand_chacha::ChaCha8Rng::seed_from_u64(1), &mut b);
         assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
         assert_ne!(a, b);

@@ -79,7 +79,9 @@ mod tests {
     fn partial_records_bad_labels_and_missing_batches_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("test_batch.bin");
-        for (bytes, needle) in [(vec![0u8; RECORD + 1], "multiple"), (vec![], "multiple"), (vec![10u8; RECORD], "label 10")] {
+        for (bytes, needle) in
+            [(vec![0u8; RECORD + 1], "multiple"), (vec![], "multiple"), (vec![10u8; RECORD], "label 10")]
+        {
             std::fs::write(&f, bytes).unwrap();
             let err = open(&f, Split::Test).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, ensure};
 use super::{Dataset, Image, Split, Storage};
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -63,7 +65,12 @@ pub fn decode(path: &Path, channels: usize) -> Result<Image> {
         .with_context(|| format!("cannot open image '{}'", path.display()))?
         .with_guessed_format()?
         .decode()
-        .with_context(|| format!("cannot decode image '{}': the file is unreadable or truncated; remove or re-export it", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot decode image '{}': the file is unreadable or truncated; remove or re-export it",
+                path.display()
+            )
+        })?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let pixels = if channels == 1 { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() };
     Ok(Image { width, height, channels, pixels })

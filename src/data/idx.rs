@@ -63,7 +63,12 @@ fn payload_len(dims: &[u8]) -> Option<u64> {
 /// Parses an IDX `u8` file: returns its dimensions and payload, checking magic and length.
 pub fn parse(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let what = if expected_magic == IMAGES_MAGIC { "images (magic 0x00000803)" } else { "labels (magic 0x00000801)" };
-    ensure!(bytes.len() >= 4, "corrupt IDX header in '{}': file has only {} bytes; re-download it", path.display(), bytes.len());
+    ensure!(
+        bytes.len() >= 4,
+        "corrupt IDX header in '{}': file has only {} bytes; re-download it",
+        path.display(),
+        bytes.len()
+    );
     let magic = u32::from_be_bytes(bytes[..4].try_into().unwrap());
     if magic != expected_magic {
         bail!(
@@ -73,7 +78,11 @@ pub fn parse(bytes: &[u8], expected_magic: u32, path: &Path) -> Result<(Vec<usiz
     }
     let ndim = (magic & 0xff) as usize;
     let header = 4 + 4 * ndim;
-    ensure!(bytes.len() >= header, "corrupt IDX header in '{}': truncated before its {ndim} dimensions; re-download it", path.display());
+    ensure!(
+        bytes.len() >= header,
+        "corrupt IDX header in '{}': truncated before its {ndim} dimensions; re-download it",
+        path.display()
+    );
     let dims: Vec<usize> =
         (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     // A zero dimension gives images of no pixels (or no images), which later code cannot use.
@@ -106,7 +115,10 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
     } else {
         let s = stem(split);
         let images = find(path, &format!("{s}-images-idx3-ubyte")).with_context(|| {
-            format!("no {s}-images-idx3-ubyte[.gz] in '{}' for the {split:?} split: pick a split that exists", path.display())
+            format!(
+                "no {s}-images-idx3-ubyte[.gz] in '{}' for the {split:?} split: pick a split that exists",
+                path.display()
+            )
         })?;
         (images, find(path, &format!("{s}-labels-idx1-ubyte")))
     };
@@ -119,7 +131,11 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
             ensure!(ld[0] == n, "'{}' has {} labels for {n} images in '{}'", p.display(), ld[0], images.display());
             // Labels index the 10 classes (a classifier's one-hot, k-NN votes): a larger one is damage.
             if let Some(bad) = l.iter().position(|&v| v >= 10) {
-                bail!("'{}' has label {} at index {bad}, outside the 10 classes 0-9: the file is damaged, re-download it", p.display(), l[bad]);
+                bail!(
+                    "'{}' has label {} at index {bad}, outside the 10 classes 0-9: the file is damaged, re-download it",
+                    p.display(),
+                    l[bad]
+                );
             }
             l.into_iter().map(u32::from).collect()
         }
@@ -131,7 +147,11 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         channels: 1,
         storage: Storage::Memory { width: dims[2], height: dims[1], pixels },
         labels,
-        classes: if fashion { FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect() } else { (0..10).map(|i| i.to_string()).collect() },
+        classes: if fashion {
+            FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..10).map(|i| i.to_string()).collect()
+        },
         mean: vec![mean],
         std: vec![std],
     })

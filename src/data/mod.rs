@@ -119,7 +119,12 @@ impl Dataset {
         match &self.storage {
             Storage::Memory { width, height, pixels } => {
                 let n = width * height * self.channels;
-                Ok(Image { width: *width, height: *height, channels: self.channels, pixels: pixels[i * n..(i + 1) * n].to_vec() })
+                Ok(Image {
+                    width: *width,
+                    height: *height,
+                    channels: self.channels,
+                    pixels: pixels[i * n..(i + 1) * n].to_vec(),
+                })
             }
             Storage::Files(paths) => folder::decode(&paths[i], self.channels),
         }

@@ -34,9 +34,20 @@ fn normalised(f: &Features) -> Features {
 }
 
 /// Top-1 and top-5 accuracy (percent) of `test` classified by its neighbours in `train`.
-pub fn knn_accuracy(train: &Features, test: &Features, classes: usize, cfg: KnnConfig, device: &Device) -> Result<(f64, f64)> {
+pub fn knn_accuracy(
+    train: &Features,
+    test: &Features,
+    classes: usize,
+    cfg: KnnConfig,
+    device: &Device,
+) -> Result<(f64, f64)> {
     ensure!(train.dim == test.dim, "train and test features differ in width ({} vs {})", train.dim, test.dim);
-    ensure!(cfg.k > 0 && cfg.k <= train.len(), "k = {} must be between 1 and the {} training vectors", cfg.k, train.len());
+    ensure!(
+        cfg.k > 0 && cfg.k <= train.len(),
+        "k = {} must be between 1 and the {} training vectors",
+        cfg.k,
+        train.len()
+    );
     let (train, test) = (normalised(train), normalised(test));
     let bank = train.tensor(device).transpose();
     let mut scores = Vec::with_capacity(test.len() * classes);
@@ -67,12 +78,14 @@ mod tests {
     #[test]
     fn neighbours_in_the_same_direction_decide_the_class() {
         // Class 0 points along x, class 1 along y; test points lean clearly one way.
-        let train = Features { dim: 2, values: vec![1.0, 0.1, 2.0, -0.1, 0.1, 1.0, -0.1, 3.0], labels: vec![0, 0, 1, 1] };
+        let train =
+            Features { dim: 2, values: vec![1.0, 0.1, 2.0, -0.1, 0.1, 1.0, -0.1, 3.0], labels: vec![0, 0, 1, 1] };
         let test = Features { dim: 2, values: vec![5.0, 1.0, 0.5, 4.0], labels: vec![0, 1] };
         let (top1, _) = knn_accuracy(&train, &test, 2, KnnConfig { k: 2, temperature: 0.07 }, &Device::flex()).unwrap();
         assert_eq!(top1, 100.0);
         let wrong = Features { dim: 2, values: test.values.clone(), labels: vec![1, 0] };
-        let (top1, _) = knn_accuracy(&train, &wrong, 2, KnnConfig { k: 2, temperature: 0.07 }, &Device::flex()).unwrap();
+        let (top1, _) =
+            knn_accuracy(&train, &wrong, 2, KnnConfig { k: 2, temperature: 0.07 }, &Device::flex()).unwrap();
         assert_eq!(top1, 0.0);
     }
 }

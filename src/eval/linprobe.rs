@@ -52,7 +52,15 @@ pub struct LinprobeConfig {
 
 impl Default for LinprobeConfig {
     fn default() -> Self {
-        Self { epochs: 90, batch_size: 16384, base_lr: 0.1, weight_decay: 0.0, warmup_epochs: 10.0, optimizer: ProbeOptimizer::Lars, seed: 0 }
+        Self {
+            epochs: 90,
+            batch_size: 16384,
+            base_lr: 0.1,
+            weight_decay: 0.0,
+            warmup_epochs: 10.0,
+            optimizer: ProbeOptimizer::Lars,
+            seed: 0,
+        }
     }
 }
 
@@ -91,7 +99,10 @@ pub fn linear_probe(
     progress: &mut dyn FnMut(&ProbeEpoch),
 ) -> Result<Vec<ProbeEpoch>> {
     ensure!(train.dim == test.dim, "train and test features differ in width ({} vs {})", train.dim, test.dim);
-    ensure!(!train.is_empty() && cfg.epochs > 0 && cfg.batch_size > 0, "the probe needs features, --epochs >= 1 and --batch-size >= 1");
+    ensure!(
+        !train.is_empty() && cfg.epochs > 0 && cfg.batch_size > 0,
+        "the probe needs features, --epochs >= 1 and --batch-size >= 1"
+    );
     let d = train.dim;
     let n = train.len() as f64;
     let mut mean = vec![0.0f64; d];
@@ -106,17 +117,27 @@ pub fn linear_probe(
 
     let ad = device.clone().autodiff();
     let mut rng = InitRng::seed_from_u64(cfg.seed);
-    let mut head = Linear { weight: param(normal(&mut rng, d * classes, 0.01), [d, classes], &ad), bias: Some(param(vec![0.0; classes], [classes], &ad)) };
+    let mut head = Linear {
+        weight: param(normal(&mut rng, d * classes, 0.01), [d, classes], &ad),
+        bias: Some(param(vec![0.0; classes], [classes], &ad)),
+    };
     let mut optim: ModuleOptimizer = match cfg.optimizer {
         ProbeOptimizer::Lars => Lars { weight_decay: cfg.weight_decay, momentum: 0.9, trust_coefficient: 0.001 }.into(),
         ProbeOptimizer::Sgd => SgdConfig::new()
             .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
-            .with_weight_decay((cfg.weight_decay > 0.0).then(|| burn::optim::decay::WeightDecayConfig::new(cfg.weight_decay as f32)))
+            .with_weight_decay(
+                (cfg.weight_decay > 0.0).then(|| burn::optim::decay::WeightDecayConfig::new(cfg.weight_decay as f32)),
+            )
             .init(),
     };
     let batch = cfg.batch_size.min(train.len());
     let steps = train.len().div_ceil(batch);
-    let sched = CosineSchedule { lr: cfg.base_lr * batch as f64 / 256.0, min_lr: 0.0, warmup_epochs: cfg.warmup_epochs, epochs: cfg.epochs as f64 };
+    let sched = CosineSchedule {
+        lr: cfg.base_lr * batch as f64 / 256.0,
+        min_lr: 0.0,
+        warmup_epochs: cfg.warmup_epochs,
+        epochs: cfg.epochs as f64,
+    };
     let test_x = test.tensor(device);
     let mut history = Vec::new();
     for epoch in 0..cfg.epochs {
@@ -128,7 +149,10 @@ pub fn linear_probe(
             idx.iter().for_each(|&i| x.extend_from_slice(&train.values[i * d..(i + 1) * d]));
             let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
             let x = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), d]), &ad);
-            let t = Tensor::<2>::from_data(TensorData::new(smoothed_targets(&labels, classes, 0.0), [idx.len(), classes]), &ad);
+            let t = Tensor::<2>::from_data(
+                TensorData::new(smoothed_targets(&labels, classes, 0.0), [idx.len(), classes]),
+                &ad,
+            );
             let loss = soft_cross_entropy(head.forward(x), t);
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
@@ -154,13 +178,21 @@ mod tests {
         let make = |n: usize, rng: &mut InitRng| {
             let noise = normal(rng, n * 4, 0.3);
             let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-            let values = (0..n * 4).map(|k| noise[k] + if k % 4 == labels[k / 4] as usize { 2.0 } else { 0.0 }).collect();
+            let values =
+                (0..n * 4).map(|k| noise[k] + if k % 4 == labels[k / 4] as usize { 2.0 } else { 0.0 }).collect();
             Features { dim: 4, values, labels }
         };
         let (train, test) = (make(300, &mut rng), make(90, &mut rng));
         // LARS steps are `lr x 0.001 x |w|`: it needs MAE's large learning rate (6.4 at its batch).
         for (optimizer, base_lr) in [(ProbeOptimizer::Lars, 25.6), (ProbeOptimizer::Sgd, 0.1)] {
-            let cfg = LinprobeConfig { epochs: 30, batch_size: 64, base_lr, warmup_epochs: 2.0, optimizer, ..Default::default() };
+            let cfg = LinprobeConfig {
+                epochs: 30,
+                batch_size: 64,
+                base_lr,
+                warmup_epochs: 2.0,
+                optimizer,
+                ..Default::default()
+            };
             let h = linear_probe(&train, &test, 3, &cfg, &Device::flex(), &mut |_| {}).unwrap();
             assert!(h.last().unwrap().top1 > 95.0, "{optimizer:?}: {:?}", h.last());
             assert!(h.last().unwrap().loss < h[0].loss);

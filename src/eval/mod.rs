@@ -160,7 +160,13 @@ pub fn extract(
 }
 
 /// Top-1 and top-5 test accuracy (percent) of a classifier on every image of `ds`.
-pub fn evaluate<C: Classifier>(model: &C, ds: &Dataset, side: usize, batch: usize, device: &Device) -> Result<(f64, f64)> {
+pub fn evaluate<C: Classifier>(
+    model: &C,
+    ds: &Dataset,
+    side: usize,
+    batch: usize,
+    device: &Device,
+) -> Result<(f64, f64)> {
     let mut scores = Vec::new();
     let mut classes = 0;
     for_each_batch(ds, side, batch, |b| {
@@ -182,7 +188,8 @@ pub fn topk_accuracy(scores: &[f32], classes: usize, labels: &[u32]) -> (f64, f6
     let (mut top1, mut top5) = (0usize, 0usize);
     for (row, &label) in scores.chunks(classes).zip(labels) {
         let target = row[label as usize];
-        let better = row.iter().enumerate().filter(|&(c, &s)| s > target || (s == target && c < label as usize)).count();
+        let better =
+            row.iter().enumerate().filter(|&(c, &s)| s > target || (s == target && c < label as usize)).count();
         top1 += (better == 0) as usize;
         top5 += (better < 5) as usize;
     }

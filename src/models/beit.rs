@@ -16,8 +16,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::{InitRng, param, trunc_normal};
-use super::{Preset, find_preset, preset_names};
 use super::vit::{Block, LayerNorm, Linear, PatchEmbed, WeightInit, run_blocks, with_mask_token};
+use super::{Preset, find_preset, preset_names};
 use crate::masking::BoolMask;
 
 /// Architecture of a BEiT for masked image modeling.
@@ -89,12 +89,26 @@ impl BeitConfig {
 
     /// The paper's ViT-L/16 pretraining settings (layer scale 1e-5, as the official scripts).
     pub fn large_patch16_224() -> Self {
-        BeitConfig { embed_dim: 1024, depth: 24, num_heads: 16, layer_scale_init_value: 1e-5, ..Self::base_patch16_224() }
+        BeitConfig {
+            embed_dim: 1024,
+            depth: 24,
+            num_heads: 16,
+            layer_scale_init_value: 1e-5,
+            ..Self::base_patch16_224()
+        }
     }
 
     /// 32 px RGB (CIFAR-10) on a CPU: patch 4, 192 wide, 6 blocks, 512 visual tokens.
     pub fn tiny_32() -> Self {
-        BeitConfig { img_size: 32, patch_size: 4, vocab_size: 512, embed_dim: 192, depth: 6, num_heads: 3, ..Self::base_patch16_224() }
+        BeitConfig {
+            img_size: 32,
+            patch_size: 4,
+            vocab_size: 512,
+            embed_dim: 192,
+            depth: 6,
+            num_heads: 3,
+            ..Self::base_patch16_224()
+        }
     }
 
     /// 28 px greyscale (Fashion-MNIST): [`BeitConfig::tiny_32`] for one channel.
@@ -130,9 +144,16 @@ impl BeitConfig {
         );
         ensure!(self.in_chans > 0, "in_chans must be positive (1 for greyscale, 3 for RGB)");
         ensure!(self.depth > 0, "depth must be at least 1 block");
-        ensure!(self.vocab_size >= 2, "vocab_size {} is too small: set it to the tokenizer's codebook size (8192 for DALL-E)", self.vocab_size);
+        ensure!(
+            self.vocab_size >= 2,
+            "vocab_size {} is too small: set it to the tokenizer's codebook size (8192 for DALL-E)",
+            self.vocab_size
+        );
         ensure!(self.mlp_ratio > 0.0, "mlp_ratio must be positive (4 in BEiT)");
-        ensure!(self.layer_scale_init_value >= 0.0, "layer_scale_init_value must be >= 0 (0 disables layer scale; BEiT uses 0.1)");
+        ensure!(
+            self.layer_scale_init_value >= 0.0,
+            "layer_scale_init_value must be >= 0 (0 disables layer scale; BEiT uses 0.1)"
+        );
         ensure!(self.init_std > 0.0, "init_std must be positive (0.02 in BEiT)");
         Ok(())
     }
@@ -178,7 +199,11 @@ impl BeitConfig {
             pos_embed,
             rel_pos_bias: self.use_shared_rel_pos_bias.then(rel),
             blocks,
-            block_rel_pos_bias: if self.use_rel_pos_bias { (0..self.depth).map(|_| rel()).collect() } else { Vec::new() },
+            block_rel_pos_bias: if self.use_rel_pos_bias {
+                (0..self.depth).map(|_| rel()).collect()
+            } else {
+                Vec::new()
+            },
             norm: LayerNorm::new(d, device),
             lm_head: Linear::with_init(d, self.vocab_size, w, &mut rng, device),
             grid: window,
@@ -295,7 +320,13 @@ impl BeitForMaskedImageModeling {
     /// (if any) replaced by the mask token; stochastic depth at rate `drop_path.0` for the last
     /// block (linear from 0) drawn from `drop_path.1`; the first `frozen_blocks` blocks and the
     /// embedding without gradient. Fine-tuning pools this (BEiT's mean pooling + `fc_norm`).
-    pub fn encode(&self, imgs: Tensor<4>, mask: Option<&BoolMask>, drop_path: Option<(f64, &mut InitRng)>, frozen_blocks: usize) -> Tensor<3> {
+    pub fn encode(
+        &self,
+        imgs: Tensor<4>,
+        mask: Option<&BoolMask>,
+        drop_path: Option<(f64, &mut InitRng)>,
+        frozen_blocks: usize,
+    ) -> Tensor<3> {
         let device = imgs.device();
         let b = imgs.dims()[0];
         let mut x = self.patch_embed.forward(imgs);
@@ -387,13 +418,17 @@ mod tests {
         let device = Device::flex().autodiff();
         let model = cfg.init(1, &device).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let strategy = crate::masking::MaskStrategy::Block(crate::masking::BlockMasking { min_num_patches: 4, ..crate::masking::BlockMasking::beit(24) });
+        let strategy = crate::masking::MaskStrategy::Block(crate::masking::BlockMasking {
+            min_num_patches: 4,
+            ..crate::masking::BlockMasking::beit(24)
+        });
         let mask = strategy.sample((8, 8), 3, &mut rng).unwrap();
         let imgs = Tensor::<4>::random([3, 3, 32, 32], burn::tensor::Distribution::Default, &device);
         let ids = Tensor::<2, Int>::random([3, 64], burn::tensor::Distribution::Uniform(0.0, 512.0), &device);
         let logits = model.forward(imgs, &mask);
         assert_eq!(logits.dims(), [mask.count(), 512]);
-        let loss = BeitForMaskedImageModeling::forward_loss(logits, BeitForMaskedImageModeling::masked_targets(ids, &mask));
+        let loss =
+            BeitForMaskedImageModeling::forward_loss(logits, BeitForMaskedImageModeling::masked_targets(ids, &mask));
         let l = loss.clone().into_scalar::<f32>();
         assert!((l - 512f32.ln()).abs() < 0.5, "initial loss {l} is near ln(vocab)");
         let grads = crate::io::gradients(&model, &loss.backward());

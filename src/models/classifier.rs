@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use anyhow::{Result, ensure};
 
-use super::init::{InitRng, normal, param};
 use super::beit::BeitForMaskedImageModeling;
+use super::init::{InitRng, normal, param};
 use super::mae::MaskedAutoencoder;
 use super::simmim::SimMim;
 use super::swin::{ClassifierHead, SwinConfig, SwinTransformer};
@@ -113,7 +113,12 @@ impl VitClassifier {
     /// depth rate of the last block (linearly increasing from 0 over the blocks, as timm), drawn
     /// from `rng`; the first `frozen_blocks` blocks (and the embedding) get no gradient (partial
     /// fine-tuning).
-    pub fn forward_features(&self, imgs: Tensor<4>, drop_path: Option<(f64, &mut InitRng)>, frozen_blocks: usize) -> Tensor<2> {
+    pub fn forward_features(
+        &self,
+        imgs: Tensor<4>,
+        drop_path: Option<(f64, &mut InitRng)>,
+        frozen_blocks: usize,
+    ) -> Tensor<2> {
         let b = imgs.dims()[0];
         let x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, PatchTokens::All);
         let x = run_blocks(&self.blocks, x, drop_path, frozen_blocks, |_| None);
@@ -143,7 +148,13 @@ impl VitClassifier {
     }
 
     /// A fresh classifier of the architecture of `mae_cfg` (the from-scratch baseline).
-    pub fn from_scratch(mae_cfg: &super::mae::MaeConfig, num_classes: usize, pool: Pool, seed: u64, device: &Device) -> anyhow::Result<Self> {
+    pub fn from_scratch(
+        mae_cfg: &super::mae::MaeConfig,
+        num_classes: usize,
+        pool: Pool,
+        seed: u64,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         Ok(Self::from_mae(mae_cfg.init(seed, device)?, num_classes, pool, 2e-5, seed))
     }
 }
@@ -260,7 +271,9 @@ impl Classifier for BeitClassifier {
     /// unilm `run_class_finetuning.py`'s `get_parameter_groups`: 1-D parameters, biases and the
     /// model's `no_weight_decay()` = `pos_embed`, `cls_token` (here under `encoder.`).
     fn no_weight_decay(path: &str, ndim: usize) -> bool {
-        ndim == 1 || path.ends_with(".bias") || matches!(path.strip_prefix("encoder.").unwrap_or(path), "pos_embed" | "cls_token")
+        ndim == 1
+            || path.ends_with(".bias")
+            || matches!(path.strip_prefix("encoder.").unwrap_or(path), "pos_embed" | "cls_token")
     }
     /// Also freezes the shared relative position bias, which the frozen blocks use too.
     fn freeze_first(self, blocks: usize) -> Self {
@@ -274,7 +287,12 @@ impl Classifier for BeitClassifier {
         e.pos_embed = e.pos_embed.map(|p| p.set_require_grad(false));
         e.rel_pos_bias = e.rel_pos_bias.map(|r| r.no_grad());
         e.blocks = freeze_blocks(e.blocks, blocks);
-        e.block_rel_pos_bias = e.block_rel_pos_bias.into_iter().enumerate().map(|(i, r)| if i < blocks { r.no_grad() } else { r }).collect();
+        e.block_rel_pos_bias = e
+            .block_rel_pos_bias
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| if i < blocks { r.no_grad() } else { r })
+            .collect();
         Self { encoder: e, ..self }
     }
 }
@@ -282,7 +300,13 @@ impl Classifier for BeitClassifier {
 /// A Swin classifier from the encoder of a SimMIM model: a fresh `SwinConfig` with `num_classes`
 /// outputs and stochastic depth `drop_path` (baked into the stages), the pretrained encoder weights
 /// copied in, a new head.
-pub fn swin_from_simmim(simmim: SimMim, cfg: &SwinConfig, num_classes: usize, drop_path: f64, seed: u64) -> Result<SwinTransformer> {
+pub fn swin_from_simmim(
+    simmim: SimMim,
+    cfg: &SwinConfig,
+    num_classes: usize,
+    drop_path: f64,
+    seed: u64,
+) -> Result<SwinTransformer> {
     let device = simmim.mask_token.val().device();
     let fresh = swin_from_scratch(cfg, num_classes, drop_path, seed, &device)?;
     let mut weights = crate::io::parameters(&simmim.encoder);
@@ -291,14 +315,23 @@ pub fn swin_from_simmim(simmim: SimMim, cfg: &SwinConfig, num_classes: usize, dr
 }
 
 /// A fresh Swin classifier of architecture `cfg` with `num_classes` outputs.
-pub fn swin_from_scratch(cfg: &SwinConfig, num_classes: usize, drop_path: f64, seed: u64, device: &Device) -> Result<SwinTransformer> {
+pub fn swin_from_scratch(
+    cfg: &SwinConfig,
+    num_classes: usize,
+    drop_path: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<SwinTransformer> {
     ensure!(num_classes > 0, "a classifier needs at least one class");
     let mut model = SwinConfig { num_classes, drop_path_rate: drop_path, ..cfg.clone() }.init(seed, device)?;
     // As the official fine-tuning: a small head so the pretrained features start unperturbed.
     let mut rng = InitRng::seed_from_u64(seed ^ 0x4845_4144);
     let d = cfg.num_features();
     model.head = Some(ClassifierHead {
-        fc: Linear { weight: param(normal(&mut rng, d * num_classes, 2e-5), [d, num_classes], device), bias: Some(param(vec![0.0; num_classes], [num_classes], device)) },
+        fc: Linear {
+            weight: param(normal(&mut rng, d * num_classes, 2e-5), [d, num_classes], device),
+            bias: Some(param(vec![0.0; num_classes], [num_classes], device)),
+        },
     });
     Ok(model)
 }
@@ -336,7 +369,10 @@ impl Classifier for SwinTransformer {
     /// `absolute_pos_embed` and every `relative_position_bias_table` (the keyword matches the
     /// unprefixed names here).
     fn no_weight_decay(path: &str, ndim: usize) -> bool {
-        ndim == 1 || path.ends_with(".bias") || path == "absolute_pos_embed" || path.contains("relative_position_bias_table")
+        ndim == 1
+            || path.ends_with(".bias")
+            || path == "absolute_pos_embed"
+            || path.contains("relative_position_bias_table")
     }
     /// Freezes every parameter whose layer id is at most `blocks` (the embedding, the first
     /// `blocks` blocks across stages, and the patch merging of a stage whose preceding blocks are
@@ -382,7 +418,13 @@ mod tests {
         let after = crate::io::parameters(&model);
         for (path, (_, v)) in &before {
             let trainable = model.layer_id(path) > frozen;
-            assert_eq!(&after[path].1 != v, trainable, "{path} (layer {}) should {}train", model.layer_id(path), if trainable { "" } else { "not " });
+            assert_eq!(
+                &after[path].1 != v,
+                trainable,
+                "{path} (layer {}) should {}train",
+                model.layer_id(path),
+                if trainable { "" } else { "not " }
+            );
         }
     }
 
@@ -418,7 +460,10 @@ mod tests {
         let imgs = Tensor::<4>::random([2, 1, 28, 28], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(model.forward(imgs.clone()).dims(), [2, 10]);
         let model = model.freeze_first(1);
-        assert!(!model.blocks[0].attn.qkv.weight.val().is_require_grad() && !model.patch_embed.proj.weight.val().is_require_grad());
+        assert!(
+            !model.blocks[0].attn.qkv.weight.val().is_require_grad()
+                && !model.patch_embed.proj.weight.val().is_require_grad()
+        );
         assert!(model.blocks[1].attn.qkv.weight.val().is_require_grad() && model.head.weight.val().is_require_grad());
         let grads = model.head.forward(model.forward_features(imgs, None, 1)).sum().backward();
         assert!(model.blocks[0].attn.qkv.weight.grad(&grads).is_none(), "a frozen block must get no gradient");

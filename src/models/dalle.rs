@@ -63,13 +63,19 @@ impl DalleEncoderConfig {
     pub fn from_tensors(map: &TensorMap) -> Result<Self> {
         let shape = |name: &str| {
             map.get(name).map(|t| t.0.clone()).with_context(|| {
-                format!("'{name}' is missing: the file is not a DALL-E encoder converted by tools/convert_dalle_encoder.py")
+                format!(
+                    "'{name}' is missing: the file is not a DALL-E encoder converted by tools/convert_dalle_encoder.py"
+                )
             })
         };
         let input = shape("blocks.input.w")?;
         let output = shape("blocks.output.conv.w")?;
-        ensure!(input.len() == 4 && output.len() == 4, "blocks.input.w and blocks.output.conv.w must be 4-D convolution weights");
-        let n_blk_per_group = (1..).take_while(|i| map.contains_key(&format!("blocks.group_1.block_{i}.res_path.conv_1.w"))).count();
+        ensure!(
+            input.len() == 4 && output.len() == 4,
+            "blocks.input.w and blocks.output.conv.w must be 4-D convolution weights"
+        );
+        let n_blk_per_group =
+            (1..).take_while(|i| map.contains_key(&format!("blocks.group_1.block_{i}.res_path.conv_1.w"))).count();
         ensure!(n_blk_per_group > 0, "no blocks.group_1.block_1.* tensors: the file is not a DALL-E encoder");
         Ok(Self { n_hid: input[0], n_blk_per_group, input_channels: input[1], vocab_size: output[0] })
     }
@@ -88,7 +94,8 @@ impl DalleConv {
     fn load(map: &TensorMap, name: &str, shape: [usize; 4], device: &Device) -> Result<Self> {
         let get = |suffix: &str, want: &[usize]| {
             let key = format!("{name}.{suffix}");
-            let (s, v) = map.get(&key).with_context(|| format!("'{key}' is missing from the DALL-E encoder weights"))?;
+            let (s, v) =
+                map.get(&key).with_context(|| format!("'{key}' is missing from the DALL-E encoder weights"))?;
             ensure!(s == want, "'{key}' has shape {s:?}, expected {want:?} for this encoder");
             Ok(v.clone())
         };
@@ -161,10 +168,15 @@ impl DalleEncoder {
             for i in 0..cfg.n_blk_per_group {
                 let n_in = if i == 0 && g > 0 { width / 2 } else { width };
                 let name = format!("blocks.group_{}.block_{}", g + 1, i + 1);
-                let conv = |k: usize, n_in: usize, n_out: usize, kw: usize| DalleConv::load(map, &format!("{name}.res_path.conv_{k}"), [n_out, n_in, kw, kw], device);
+                let conv = |k: usize, n_in: usize, n_out: usize, kw: usize| {
+                    DalleConv::load(map, &format!("{name}.res_path.conv_{k}"), [n_out, n_in, kw, kw], device)
+                };
                 let hid = width / 4;
-                let res_path = vec![conv(1, n_in, hid, 3)?, conv(2, hid, hid, 3)?, conv(3, hid, hid, 3)?, conv(4, hid, width, 1)?];
-                let id_path = (n_in != width).then(|| DalleConv::load(map, &format!("{name}.id_path"), [width, n_in, 1, 1], device)).transpose()?;
+                let res_path =
+                    vec![conv(1, n_in, hid, 3)?, conv(2, hid, hid, 3)?, conv(3, hid, hid, 3)?, conv(4, hid, width, 1)?];
+                let id_path = (n_in != width)
+                    .then(|| DalleConv::load(map, &format!("{name}.id_path"), [width, n_in, 1, 1], device))
+                    .transpose()?;
                 blocks.push(EncoderBlock { id_path, res_path, post_gain });
             }
             groups.push(blocks);

@@ -37,10 +37,12 @@ fn standard_normal(rng: &mut InitRng) -> f64 {
 pub fn trunc_normal(rng: &mut InitRng, n: usize, std: f32, bound: f32) -> Vec<f32> {
     let k = (bound / std) as f64;
     (0..n)
-        .map(|_| loop {
-            let z = standard_normal(rng);
-            if z.abs() <= k {
-                break z as f32 * std;
+        .map(|_| {
+            loop {
+                let z = standard_normal(rng);
+                if z.abs() <= k {
+                    break z as f32 * std;
+                }
             }
         })
         .collect()

@@ -24,8 +24,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
+use super::vit::{
+    Block, BlockExtras, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, fixed_pos_embed, patchify, token,
+    unpatchify,
+};
 use super::{Preset, find_preset, preset_names};
-use super::vit::{Block, BlockExtras, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, fixed_pos_embed, patchify, token, unpatchify};
 use crate::masking::Mask;
 use crate::ops::gather::gather_rows;
 
@@ -193,7 +196,9 @@ impl MaeConfig {
             self.patch_size,
             (self.img_size / self.patch_size).max(1) * self.patch_size
         );
-        for (what, dim, heads) in [("encoder", self.embed_dim, self.num_heads), ("decoder", self.decoder_embed_dim, self.decoder_num_heads)] {
+        for (what, dim, heads) in
+            [("encoder", self.embed_dim, self.num_heads), ("decoder", self.decoder_embed_dim, self.decoder_num_heads)]
+        {
             ensure!(heads > 0 && dim % heads == 0, "{what} width {dim} is not divisible by its {heads} heads");
             ensure!(dim % 4 == 0, "{what} width {dim} must be a multiple of 4 for 2-D sin-cos position embeddings");
         }
@@ -206,7 +211,9 @@ impl MaeConfig {
                 self.patch_dim(),
                 self.patch_dim()
             ),
-            MaeTarget::Tokens { vocab_size } => ensure!(vocab_size > 1, "a token target needs a vocabulary of at least 2 codes"),
+            MaeTarget::Tokens { vocab_size } => {
+                ensure!(vocab_size > 1, "a token target needs a vocabulary of at least 2 codes")
+            }
         }
         Ok(())
     }
@@ -216,7 +223,9 @@ impl MaeConfig {
         self.validate()?;
         let mut rng = InitRng::seed_from_u64(seed);
         let g = (self.grid(), self.grid());
-        let blocks = |n, dim, heads, rng: &mut InitRng| (0..n).map(|_| Block::new(dim, heads, self.mlp_ratio, rng, device)).collect();
+        let blocks = |n, dim, heads, rng: &mut InitRng| {
+            (0..n).map(|_| Block::new(dim, heads, self.mlp_ratio, rng, device)).collect()
+        };
         Ok(MaskedAutoencoder {
             patch_embed: PatchEmbed::new(self.patch_size, self.in_chans, self.embed_dim, &mut rng, device),
             cls_token: token(self.embed_dim, &mut rng, device),
@@ -232,7 +241,12 @@ impl MaeConfig {
             decoder_pred: Linear::new(self.decoder_embed_dim, self.pred_dim(), &mut rng, device),
             pca: match self.target {
                 // A placeholder until `with_pca` sets the basis fitted on the data.
-                MaeTarget::Pca { components } => Some(PcaBasis::new(vec![0.0; self.patch_dim()], vec![0.0; self.patch_dim() * components], components, device)),
+                MaeTarget::Pca { components } => Some(PcaBasis::new(
+                    vec![0.0; self.patch_dim()],
+                    vec![0.0; self.patch_dim() * components],
+                    components,
+                    device,
+                )),
                 _ => None,
             },
             target: self.target,
@@ -307,10 +321,16 @@ impl PcaBasis {
         let device = patches.device();
         let mean = patches.clone().mean_dim(0);
         let centred = patches - mean.clone();
-        let cov: Vec<f32> = (centred.clone().transpose().matmul(centred) / (n as f64 - 1.0)).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let cov: Vec<f32> = (centred.clone().transpose().matmul(centred) / (n as f64 - 1.0))
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let (_, vectors) = symmetric_eigen(&cov.iter().map(|&v| v as f64).collect::<Vec<_>>(), p);
-        let components: Vec<f32> = (0..p).flat_map(|row| (0..k).map(move |c| (row, c))).map(|(row, c)| vectors[row * p + c] as f32).collect();
-        let mean: Vec<f32> = mean.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let components: Vec<f32> =
+            (0..p).flat_map(|row| (0..k).map(move |c| (row, c))).map(|(row, c)| vectors[row * p + c] as f32).collect();
+        let mean: Vec<f32> =
+            mean.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(Self::new(mean, components, k, &device))
     }
 
@@ -326,7 +346,8 @@ impl PcaBasis {
     pub fn reconstruct(&self, coefficients: Tensor<3>) -> Tensor<3> {
         let [b, l, k] = coefficients.dims();
         let p = self.mean.dims()[1];
-        let x = coefficients.reshape([b * l, k]).matmul(self.components.val().detach().transpose()) + self.mean.val().detach();
+        let x = coefficients.reshape([b * l, k]).matmul(self.components.val().detach().transpose())
+            + self.mean.val().detach();
         x.reshape([b, l, p])
     }
 }
@@ -339,7 +360,10 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v: Vec<f64> = (0..n * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect();
     let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
         if off <= 1e-24 * scale {
             break;
         }
@@ -375,7 +399,8 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| a[j * n + j].total_cmp(&a[i * n + i]));
     let values = order.iter().map(|&i| a[i * n + i]).collect();
-    let vectors = (0..n).flat_map(|row| order.iter().map(move |&col| (row, col))).map(|(row, col)| v[row * n + col]).collect();
+    let vectors =
+        (0..n).flat_map(|row| order.iter().map(move |&col| (row, col))).map(|(row, col)| v[row * n + col]).collect();
     (values, vectors)
 }
 
@@ -437,7 +462,9 @@ impl MaskedAutoencoder {
         let device = imgs.device();
         let tokens = match &self.encoder_mask_token {
             None => PatchTokens::Keep(mask.ids_keep_tensor(&device)),
-            Some(token) => PatchTokens::Replace { weights: mask.mask_tensor(&device).unsqueeze_dim(2), token: token.val() },
+            Some(token) => {
+                PatchTokens::Replace { weights: mask.mask_tensor(&device).unsqueeze_dim(2), token: token.val() }
+            }
         };
         let mut x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, tokens);
         for block in &self.blocks {
@@ -573,7 +600,11 @@ fn target_rows(pred: Tensor<3>, ids: &Tensor<2, Int>, mask: &Mask) -> Tensor<3> 
     if n == r {
         return pred;
     }
-    assert_eq!(n, mask.num_patches, "predictions of {n} patches per image: expected {} (every patch) or {r} (the removed ones)", mask.num_patches);
+    assert_eq!(
+        n, mask.num_patches,
+        "predictions of {n} patches per image: expected {} (every patch) or {r} (the removed ones)",
+        mask.num_patches
+    );
     gather_rows(pred, ids.clone())
 }
 
@@ -600,9 +631,11 @@ mod tests {
         let masked_mean = |per_patch: Tensor<2>| scalar((per_patch * weights.clone()).sum() / weights.clone().sum());
 
         // Without decoder blocks the rows are picked before the norm and the head.
-        let no_blocks = MaeConfig { decoder_depth: 0, ..MaeConfig::preset("mae_tiny_28").unwrap() }.init(0, &device).unwrap();
+        let no_blocks =
+            MaeConfig { decoder_depth: 0, ..MaeConfig::preset("mae_tiny_28").unwrap() }.init(0, &device).unwrap();
         let latent = no_blocks.forward_encoder(imgs.clone(), &mask);
-        let (full, removed) = (no_blocks.forward_decoder(latent.clone(), &mask), no_blocks.forward_decoder_targets(latent, &mask));
+        let (full, removed) =
+            (no_blocks.forward_decoder(latent.clone(), &mask), no_blocks.forward_decoder_targets(latent, &mask));
         let diff = scalar((gather_rows(full, ids.clone()) - removed).abs().max().reshape([1]));
         assert!(diff < 1e-5, "without decoder blocks, predictions of the removed patches differ by {diff}");
 
@@ -613,7 +646,8 @@ mod tests {
         let diff = scalar((gather_rows(full.clone(), ids.clone()) - removed.clone()).abs().max().reshape([1]));
         assert!(diff < 1e-5, "predictions of the removed patches differ by {diff}");
         // The official loss: per-patch MSE, averaged over the removed patches.
-        let official = masked_mean((full.clone() - model.target(imgs.clone())).powi_scalar(2).mean_dim(2).squeeze_dim(2));
+        let official =
+            masked_mean((full.clone() - model.target(imgs.clone())).powi_scalar(2).mean_dim(2).squeeze_dim(2));
         for (what, loss) in [
             ("every patch", model.forward_loss(imgs.clone(), full, &mask)),
             ("removed patches", model.forward_loss(imgs.clone(), removed, &mask)),
@@ -622,13 +656,22 @@ mod tests {
             assert!((scalar(loss) - official).abs() < 1e-6, "loss from {what} differs from the official one");
         }
 
-        let cfg = MaeConfig { target: MaeTarget::Tokens { vocab_size: vocab }, ..MaeConfig::preset("mae_tiny_28").unwrap() };
+        let cfg =
+            MaeConfig { target: MaeTarget::Tokens { vocab_size: vocab }, ..MaeConfig::preset("mae_tiny_28").unwrap() };
         let model = cfg.init(0, &device).unwrap();
-        let token_ids = Tensor::<2, Int>::from_data(TensorData::new((0..b * l).map(|i| (i * 5 % vocab) as i64).collect::<Vec<_>>(), [b, l]), &device);
+        let token_ids = Tensor::<2, Int>::from_data(
+            TensorData::new((0..b * l).map(|i| (i * 5 % vocab) as i64).collect::<Vec<_>>(), [b, l]),
+            &device,
+        );
         let latent = model.forward_encoder(imgs, &mask);
         let full = model.forward_decoder(latent.clone(), &mask);
-        let official = masked_mean(log_softmax(full.clone(), 2).gather(2, token_ids.clone().unsqueeze_dim(2)).squeeze_dim(2).neg());
-        for loss in [model.forward_token_loss(full, token_ids.clone(), &mask), model.forward_token_loss(model.forward_decoder_targets(latent, &mask), token_ids, &mask)] {
+        let official = masked_mean(
+            log_softmax(full.clone(), 2).gather(2, token_ids.clone().unsqueeze_dim(2)).squeeze_dim(2).neg(),
+        );
+        for loss in [
+            model.forward_token_loss(full, token_ids.clone(), &mask),
+            model.forward_token_loss(model.forward_decoder_targets(latent, &mask), token_ids, &mask),
+        ] {
             assert!((scalar(loss) - official).abs() < 1e-5, "token loss differs from the official one");
         }
     }
@@ -648,7 +691,8 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let b: Vec<f64> = (0..n * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
         // A = B B^T: symmetric positive semi-definite.
-        let a: Vec<f64> = (0..n * n).map(|ij| (0..n).map(|k| b[(ij / n) * n + k] * b[(ij % n) * n + k]).sum()).collect();
+        let a: Vec<f64> =
+            (0..n * n).map(|ij| (0..n).map(|k| b[(ij / n) * n + k] * b[(ij % n) * n + k]).sum()).collect();
         let (values, v) = symmetric_eigen(&a, n);
         assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
         for i in 0..n {

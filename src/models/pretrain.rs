@@ -94,12 +94,14 @@ impl ModelConfig {
             .map(ModelConfig::Mae)
             .or_else(|| find_preset(BeitConfig::PRESETS, name).map(ModelConfig::Beit))
             .or_else(|| find_preset(SwinConfig::PRESETS, name).map(ModelConfig::Swin));
-        let Some(cfg) = found else { bail!(
-            "unknown model preset '{name}': choose an MAE ({}), BEiT ({}) or Swin ({}) preset",
-            preset_names(MaeConfig::PRESETS),
-            preset_names(BeitConfig::PRESETS),
-            preset_names(SwinConfig::PRESETS)
-        ) };
+        let Some(cfg) = found else {
+            bail!(
+                "unknown model preset '{name}': choose an MAE ({}), BEiT ({}) or Swin ({}) preset",
+                preset_names(MaeConfig::PRESETS),
+                preset_names(BeitConfig::PRESETS),
+                preset_names(SwinConfig::PRESETS)
+            )
+        };
         Ok(cfg)
     }
 
@@ -281,7 +283,10 @@ impl MimModel for BeitForMaskedImageModeling {
         let b = imgs.dims()[0];
         let l = ctx.grid.0 * ctx.grid.1;
         let ids = token_ids(ctx, batch, device)?;
-        let strategy = ctx.strategy.clone().unwrap_or_else(|| MaskStrategy::Block(BlockMasking::beit((ctx.ratio * l as f64).round() as usize)));
+        let strategy = ctx
+            .strategy
+            .clone()
+            .unwrap_or_else(|| MaskStrategy::Block(BlockMasking::beit((ctx.ratio * l as f64).round() as usize)));
         let mask = strategy.sample(ctx.grid, b, rng)?;
         let logits = self.forward(imgs, &mask);
         Ok(Self::forward_loss(logits, Self::masked_targets(ids, &mask)))
@@ -315,7 +320,13 @@ impl MimModel for SimMim {
         ndim == 1 || path.ends_with(".bias") || matches!(path, "mask_token" | "encoder.absolute_pos_embed")
     }
 
-    fn batch_loss(&self, batch: &Batch, device: &Device, masking: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
+    fn batch_loss(
+        &self,
+        batch: &Batch,
+        device: &Device,
+        masking: &StepContext,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor<1>> {
         let imgs = batch.tensor(device);
         let b = imgs.dims()[0];
         let strategy = masking.strategy.clone().unwrap_or_else(|| simmim_default(self, masking.ratio));
@@ -336,7 +347,9 @@ pub const PCA_IMAGES: usize = 2000;
 /// The visual tokenizer's ids `[B, L]` of the batch's images (the same augmented views the model
 /// sees). The tokenizer is frozen: it runs outside autodiff.
 fn token_ids(ctx: &StepContext, batch: &Batch, device: &Device) -> Result<Tensor<2, Int>> {
-    let Some(tokenizer) = &ctx.tokenizer else { bail!("token targets need a tokenizer: pass --tokenizer FILE (train one with `mim tokenizer train`)") };
+    let Some(tokenizer) = &ctx.tokenizer else {
+        bail!("token targets need a tokenizer: pass --tokenizer FILE (train one with `mim tokenizer train`)")
+    };
     let tokenizer_device = tokenizer.codebook.val().device();
     Ok(tokenizer.encode_ids(batch.tensor(&tokenizer_device))?.to_device(device))
 }
@@ -401,7 +414,12 @@ mod tests {
         let mut swin = serde_json::to_value(&configs()[2]).unwrap();
         swin["colour"] = 1.into();
         assert!(serde_json::from_value::<ModelConfig>(swin).is_err());
-        assert!(serde_json::from_str::<ModelConfig>(r#"{"family":"vgg","img_size":28}"#).unwrap_err().to_string().contains("vgg"));
+        assert!(
+            serde_json::from_str::<ModelConfig>(r#"{"family":"vgg","img_size":28}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("vgg")
+        );
         let err = serde_json::from_str::<ModelConfig>(r#"{"img_size":28}"#).unwrap_err().to_string();
         assert!(err.contains("untagged enum ModelConfig"), "{err}");
     }

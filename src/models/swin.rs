@@ -20,8 +20,8 @@ use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::init::{InitRng, param, trunc_normal_matrices};
-use super::{Preset, find_preset, preset_names};
 use super::vit::{Attention, Block, BlockExtras, LayerNorm, Linear, Mlp, PatchEmbed, drop_path_scales};
+use super::{Preset, find_preset, preset_names};
 use crate::io::{TensorMap, load_tensor_map, pytorch_to_burn_layout, read_safetensors};
 
 /// LayerNorm epsilon of Swin: PyTorch's default, as timm builds Swin with plain `nn.LayerNorm`.
@@ -119,7 +119,14 @@ impl SwinConfig {
     /// 28 px greyscale (Fashion-MNIST): patch 2 and window 7 give stages of 14 and 7 tokens a side
     /// (7 is prime, so only two stages fit).
     pub fn tiny_28() -> Self {
-        SwinConfig { img_size: 28, in_chans: 1, depths: vec![2, 6], num_heads: vec![3, 6], window_size: 7, ..Self::tiny_32() }
+        SwinConfig {
+            img_size: 28,
+            in_chans: 1,
+            depths: vec![2, 6],
+            num_heads: vec![3, 6],
+            window_size: 7,
+            ..Self::tiny_32()
+        }
     }
 
     /// Stages.
@@ -164,7 +171,10 @@ impl SwinConfig {
 
     /// Checks the sizes fit together, with an error that says what to change.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.img_size > 0 && self.patch_size > 0 && self.window_size > 0, "image, patch and window sizes must be positive");
+        ensure!(
+            self.img_size > 0 && self.patch_size > 0 && self.window_size > 0,
+            "image, patch and window sizes must be positive"
+        );
         ensure!(self.in_chans > 0, "in_chans must be positive");
         ensure!(
             self.img_size % self.patch_size == 0,
@@ -212,7 +222,8 @@ impl SwinConfig {
         let mut rng = InitRng::seed_from_u64(seed);
         let ln = |d| LayerNorm::with_eps(d, SWIN_LN_EPS, device);
         let total: usize = self.depths.iter().sum();
-        let mut rates = (0..total).map(|k| if total > 1 { self.drop_path_rate * k as f64 / (total - 1) as f64 } else { 0.0 });
+        let mut rates =
+            (0..total).map(|k| if total > 1 { self.drop_path_rate * k as f64 / (total - 1) as f64 } else { 0.0 });
         let layers = (0..self.num_stages())
             .map(|i| {
                 let (dim, heads, window) = (self.stage_dim(i), self.num_heads[i], self.stage_window(i));
@@ -220,14 +231,24 @@ impl SwinConfig {
                     .map(|_| {
                         let mut attn = Attention::new(dim, heads, &mut rng, device);
                         let entries = (2 * window - 1) * (2 * window - 1);
-                        attn.relative_position_bias_table = Some(param(vec![0.0; entries * heads], [entries, heads], device));
+                        attn.relative_position_bias_table =
+                            Some(param(vec![0.0; entries * heads], [entries, heads], device));
                         let hidden = (dim as f64 * self.mlp_ratio) as usize;
-                        Block { norm1: ln(dim), attn, norm2: ln(dim), mlp: Mlp::new(dim, hidden, &mut rng, device), gamma_1: None, gamma_2: None }
+                        Block {
+                            norm1: ln(dim),
+                            attn,
+                            norm2: ln(dim),
+                            mlp: Mlp::new(dim, hidden, &mut rng, device),
+                            gamma_1: None,
+                            gamma_2: None,
+                        }
                     })
                     .collect();
                 // Stage i > 0 starts by merging 2x2 tokens of width dim / 2 into one of width dim.
-                let downsample =
-                    (i > 0).then(|| PatchMerging { norm: ln(2 * dim), reduction: Linear::without_bias(2 * dim, dim, &mut rng, device) });
+                let downsample = (i > 0).then(|| PatchMerging {
+                    norm: ln(2 * dim),
+                    reduction: Linear::without_bias(2 * dim, dim, &mut rng, device),
+                });
                 SwinStage::new(
                     downsample,
                     blocks,
@@ -240,7 +261,8 @@ impl SwinConfig {
             })
             .collect();
         let model = SwinTransformer {
-            patch_embed: PatchEmbed::new(self.patch_size, self.in_chans, self.embed_dim, &mut rng, device).with_norm(ln(self.embed_dim)),
+            patch_embed: PatchEmbed::new(self.patch_size, self.in_chans, self.embed_dim, &mut rng, device)
+                .with_norm(ln(self.embed_dim)),
             layers,
             norm: ln(self.num_features()),
             head: (self.num_classes > 0)
@@ -345,8 +367,9 @@ impl SwinStage {
         let n = window * window;
         let index = Tensor::from_data(TensorData::new(relative_position_index(window), [n * n]), device);
         let nw = (resolution / window).pow(2);
-        let shift_mask =
-            (shift > 0).then(|| Tensor::from_data(TensorData::new(shifted_window_mask(resolution, window, shift), [nw, 1, n, n]), device));
+        let shift_mask = (shift > 0).then(|| {
+            Tensor::from_data(TensorData::new(shifted_window_mask(resolution, window, shift), [nw, 1, n, n]), device)
+        });
         Self { downsample, blocks, resolution, window, shift, drop_path, relative_position_index: index, shift_mask }
     }
 
@@ -390,14 +413,21 @@ impl SwinStage {
 
     /// The relative position bias of `block`, `[1, H, w*w, w*w]`, gathered from its table.
     pub fn relative_position_bias(&self, block: &Block) -> Tensor<4> {
-        let table = block.attn.relative_position_bias_table.as_ref().expect("Swin blocks own a relative position table").val();
+        let table =
+            block.attn.relative_position_bias_table.as_ref().expect("Swin blocks own a relative position table").val();
         let (n, heads) = (self.window * self.window, table.dims()[1]);
         table.select(0, self.relative_position_index.clone()).reshape([n, n, heads]).permute([2, 0, 1]).unsqueeze_dim(0)
     }
 
     /// One Swin block on `x: [B, H, W, C]`: roll by `-shift` (shifted blocks), partition into windows,
     /// run the block on the windows with the relative position bias (plus the shift mask), undo both.
-    fn forward_block(&self, block: &Block, x: Tensor<4>, shifted: bool, drop_path: Option<[Tensor<3>; 2]>) -> Tensor<4> {
+    fn forward_block(
+        &self,
+        block: &Block,
+        x: Tensor<4>,
+        shifted: bool,
+        drop_path: Option<[Tensor<3>; 2]>,
+    ) -> Tensor<4> {
         let [b, h, w, _] = x.dims();
         let s = if shifted { self.shift as i64 } else { 0 };
         let x = if shifted { x.roll(&[-s, -s], &[1, 2]) } else { x };

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::beit::BeitConfig;
 use super::init::{InitRng, normal, param};
-use super::{Preset, find_preset, preset_names};
 use super::vit::{Linear, patchify, unpatchify};
+use super::{Preset, find_preset, preset_names};
 
 /// Architecture and quantiser settings of a [`VqTokenizer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,12 +113,27 @@ impl TokenizerConfig {
             self.patch_size
         );
         ensure!(self.in_chans > 0, "in_chans must be at least 1 (1 for greyscale, 3 for RGB)");
-        ensure!(self.vocab_size >= 2, "vocab_size {} is too small: use at least 2 codes (512 in the presets)", self.vocab_size);
+        ensure!(
+            self.vocab_size >= 2,
+            "vocab_size {} is too small: use at least 2 codes (512 in the presets)",
+            self.vocab_size
+        );
         ensure!(self.hidden_dim > 0 && self.code_dim > 0, "hidden_dim and code_dim must be positive");
-        ensure!(self.beta >= 0.0 && self.beta.is_finite(), "beta {} must be a finite non-negative weight (0.25 in the paper)", self.beta);
-        ensure!(self.ema_decay > 0.0 && self.ema_decay < 1.0, "ema_decay {} must be in (0, 1): use 0.99", self.ema_decay);
+        ensure!(
+            self.beta >= 0.0 && self.beta.is_finite(),
+            "beta {} must be a finite non-negative weight (0.25 in the paper)",
+            self.beta
+        );
+        ensure!(
+            self.ema_decay > 0.0 && self.ema_decay < 1.0,
+            "ema_decay {} must be in (0, 1): use 0.99",
+            self.ema_decay
+        );
         ensure!(self.ema_eps > 0.0, "ema_eps {} must be positive: use 1e-5", self.ema_eps);
-        ensure!(self.restart_threshold >= 0.0, "restart_threshold must be non-negative (0 disables dead-code restarts)");
+        ensure!(
+            self.restart_threshold >= 0.0,
+            "restart_threshold must be non-negative (0 disables dead-code restarts)"
+        );
         Ok(())
     }
 
@@ -319,7 +334,14 @@ impl VqTokenizer {
         let recon_loss = (reconstruction.clone() - imgs).powi_scalar(2).mean();
         let loss = recon_loss.clone() + commit_loss.clone().mul_scalar(self.beta);
         let l = self.grid * self.grid;
-        Ok(TokenizerOutput { loss, recon_loss, commit_loss, ids: ids.reshape([b, l]), encodings: z_e.detach(), reconstruction })
+        Ok(TokenizerOutput {
+            loss,
+            recon_loss,
+            commit_loss,
+            ids: ids.reshape([b, l]),
+            encodings: z_e.detach(),
+            reconstruction,
+        })
     }
 
     /// Moves the codebook towards the mean of the `encodings` (`[N, D]`, row-major) assigned to each
@@ -329,18 +351,29 @@ impl VqTokenizer {
         let [k, d] = self.codebook.dims();
         let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tensor");
         let mut state = EmaState {
-            cluster_size: self.ema_cluster_size.val().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tensor"),
+            cluster_size: self
+                .ema_cluster_size
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 tensor"),
             embed_sum: host(self.ema_embed_sum.val()),
             codebook: host(self.codebook.val()),
             dim: d,
         };
         let restarted = ema_step(&mut state, encodings, ids, self.ema_decay, self.ema_eps, self.restart_threshold, rng);
         let device = self.codebook.device();
-        let put = |v: Vec<f32>, id| Param::initialized(id, Tensor::<2>::from_data(TensorData::new(v, [k, d]), &device)).set_require_grad(false);
+        let put = |v: Vec<f32>, id| {
+            Param::initialized(id, Tensor::<2>::from_data(TensorData::new(v, [k, d]), &device)).set_require_grad(false)
+        };
         self.codebook = put(state.codebook, self.codebook.id);
         self.ema_embed_sum = put(state.embed_sum, self.ema_embed_sum.id);
-        self.ema_cluster_size =
-            Param::initialized(self.ema_cluster_size.id, Tensor::from_data(TensorData::new(state.cluster_size, [k]), &device)).set_require_grad(false);
+        self.ema_cluster_size = Param::initialized(
+            self.ema_cluster_size.id,
+            Tensor::from_data(TensorData::new(state.cluster_size, [k]), &device),
+        )
+        .set_require_grad(false);
         restarted
     }
 }
@@ -372,7 +405,15 @@ pub struct EmaState {
 /// `N_k <- γ N_k + (1-γ) n_k`, `m_k <- γ m_k + (1-γ) s_k`, `Ñ_k = (N_k + ε) / (Σ N + K ε) · Σ N`,
 /// `e_k = m_k / Ñ_k`. Every code with `N_k < threshold` then moves to a random encoding of the
 /// batch, its sum set to `e_k Ñ_k` so later updates keep it there until it is used.
-pub fn ema_step(state: &mut EmaState, encodings: &[f32], ids: &[u32], decay: f64, eps: f64, threshold: f64, rng: &mut impl Rng) -> usize {
+pub fn ema_step(
+    state: &mut EmaState,
+    encodings: &[f32],
+    ids: &[u32],
+    decay: f64,
+    eps: f64,
+    threshold: f64,
+    rng: &mut impl Rng,
+) -> usize {
     let d = state.dim;
     let k = state.cluster_size.len();
     assert_eq!(encodings.len(), ids.len() * d, "one encoding per id");
@@ -393,7 +434,8 @@ pub fn ema_step(state: &mut EmaState, encodings: &[f32], ids: &[u32], decay: f64
         *m = (g * *m as f64 + (1.0 - g) * s) as f32;
     }
     let total: f64 = state.cluster_size.iter().map(|&n| n as f64).sum();
-    let smoothed: Vec<f64> = state.cluster_size.iter().map(|&n| (n as f64 + eps) / (total + k as f64 * eps) * total).collect();
+    let smoothed: Vec<f64> =
+        state.cluster_size.iter().map(|&n| (n as f64 + eps) / (total + k as f64 * eps) * total).collect();
     for c in 0..k {
         for j in 0..d {
             state.codebook[c * d + j] = (state.embed_sum[c * d + j] as f64 / smoothed[c]) as f32;
@@ -468,13 +510,22 @@ mod tests {
     use burn::optim::GradientsParams;
 
     fn tiny() -> TokenizerConfig {
-        TokenizerConfig { img_size: 8, patch_size: 4, in_chans: 1, vocab_size: 4, hidden_dim: 8, code_dim: 2, ..TokenizerConfig::preset("vq_tiny_28").unwrap() }
+        TokenizerConfig {
+            img_size: 8,
+            patch_size: 4,
+            in_chans: 1,
+            vocab_size: 4,
+            hidden_dim: 8,
+            code_dim: 2,
+            ..TokenizerConfig::preset("vq_tiny_28").unwrap()
+        }
     }
 
     #[test]
     fn ema_step_matches_hand_computation() {
         // Two codes in 1-D; three encodings go to code 0, none to code 1.
-        let mut s = EmaState { cluster_size: vec![1.0, 1.0], embed_sum: vec![2.0, 4.0], codebook: vec![2.0, 4.0], dim: 1 };
+        let mut s =
+            EmaState { cluster_size: vec![1.0, 1.0], embed_sum: vec![2.0, 4.0], codebook: vec![2.0, 4.0], dim: 1 };
         let mut rng = InitRng::seed_from_u64(0);
         let restarted = ema_step(&mut s, &[1.0, 2.0, 3.0], &[0, 0, 0], 0.5, 1e-5, 0.0, &mut rng);
         assert_eq!(restarted, 0);
@@ -488,7 +539,8 @@ mod tests {
 
     #[test]
     fn dead_codes_restart_at_batch_encodings() {
-        let mut s = EmaState { cluster_size: vec![1.0, 1.0, 1.0], embed_sum: vec![0.0; 3], codebook: vec![0.0; 3], dim: 1 };
+        let mut s =
+            EmaState { cluster_size: vec![1.0, 1.0, 1.0], embed_sum: vec![0.0; 3], codebook: vec![0.0; 3], dim: 1 };
         let enc = [7.0, 8.0, 9.0, 10.0];
         let restarted = ema_step(&mut s, &enc, &[0, 0, 0, 0], 0.99, 1e-5, 1.0, &mut InitRng::seed_from_u64(3));
         assert_eq!(restarted, 2, "codes 1 and 2 were unused and fell below 1");
@@ -559,7 +611,8 @@ mod tests {
         let x = Tensor::<4>::random([2, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
         let out = model.forward_loss(x).unwrap();
         let enc = out.encodings.into_data().try_to_vec::<f32>().unwrap();
-        let ids: Vec<u32> = out.ids.into_data().convert::<i64>().try_to_vec::<i64>().unwrap().into_iter().map(|i| i as u32).collect();
+        let ids: Vec<u32> =
+            out.ids.into_data().convert::<i64>().try_to_vec::<i64>().unwrap().into_iter().map(|i| i as u32).collect();
         let w0 = model.encoder.layers[0].weight.val().into_data();
         let restarted = model.ema_update(&enc, &ids, &mut InitRng::seed_from_u64(0));
         assert!(restarted <= 4);

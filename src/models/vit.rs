@@ -71,7 +71,11 @@ impl Linear {
         self.apply(x, crate::ops::linear::linear_gelu)
     }
 
-    fn apply<const D: usize>(&self, x: Tensor<D>, op: fn(Tensor<2>, Tensor<2>, Option<Tensor<1>>) -> Tensor<2>) -> Tensor<D> {
+    fn apply<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        op: fn(Tensor<2>, Tensor<2>, Option<Tensor<1>>) -> Tensor<2>,
+    ) -> Tensor<D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
@@ -134,7 +138,12 @@ impl Attention {
     /// As [`Attention::new`] with weights drawn by `init`.
     pub fn with_init(dim: usize, num_heads: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
         let qkv = Linear::with_init(dim, 3 * dim, init, rng, device);
-        Self { qkv, proj: Linear::with_init(dim, dim, init, rng, device), relative_position_bias_table: None, num_heads }
+        Self {
+            qkv,
+            proj: Linear::with_init(dim, dim, init, rng, device),
+            relative_position_bias_table: None,
+            num_heads,
+        }
     }
 
     /// `x: [B, N, D] -> [B, N, D]`: `softmax(q kᵀ / √hd) v` per head, then the output projection.
@@ -213,7 +222,14 @@ impl Block {
     }
 
     /// As [`Block::new`] with linear weights drawn by `init`.
-    pub fn with_init(dim: usize, num_heads: usize, mlp_ratio: f64, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
+    pub fn with_init(
+        dim: usize,
+        num_heads: usize,
+        mlp_ratio: f64,
+        init: WeightInit,
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Self {
         Self {
             norm1: LayerNorm::new(dim, device),
             attn: Attention::with_init(dim, num_heads, init, rng, device),
@@ -302,7 +318,9 @@ pub fn run_blocks(
     for (i, block) in blocks.iter().enumerate() {
         let rate = drop_path.as_ref().map_or(0.0, |(r, _)| r * i as f64 / (depth - 1).max(1) as f64);
         let scales = match drop_path.as_mut() {
-            Some((_, rng)) if rate > 0.0 && i >= frozen => Some([drop_path_scales(rate, b, *rng, &device), drop_path_scales(rate, b, *rng, &device)]),
+            Some((_, rng)) if rate > 0.0 && i >= frozen => {
+                Some([drop_path_scales(rate, b, *rng, &device), drop_path_scales(rate, b, *rng, &device)])
+            }
             _ => None,
         };
         x = block.forward_with(x, &BlockExtras { attn_bias: attn_bias(i), drop_path: scales, rows: None });
@@ -346,8 +364,19 @@ impl PatchEmbed {
     }
 
     /// As [`PatchEmbed::new`] with the weight drawn by `init`.
-    pub fn with_init(patch_size: usize, in_chans: usize, dim: usize, init: WeightInit, rng: &mut InitRng, device: &Device) -> Self {
-        Self { proj: Linear::with_init(patch_size * patch_size * in_chans, dim, init, rng, device), norm: None, patch_size }
+    pub fn with_init(
+        patch_size: usize,
+        in_chans: usize,
+        dim: usize,
+        init: WeightInit,
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Self {
+        Self {
+            proj: Linear::with_init(patch_size * patch_size * in_chans, dim, init, rng, device),
+            norm: None,
+            patch_size,
+        }
     }
 
     /// The embedding followed by `norm` (Swin's `patch_norm`).
@@ -390,7 +419,13 @@ pub enum PatchTokens {
 /// The token sequence entering a ViT encoder, `[B, 1 + K, D]`: patch embeddings chosen by `tokens`
 /// plus position embeddings, with the cls token (plus its position embedding) first.
 /// `pos_embed: [1, 1 + L, D]` has the cls slot first.
-pub fn embed_with_cls(patch_embed: &PatchEmbed, cls_token: &Param<Tensor<3>>, pos_embed: &Param<Tensor<3>>, imgs: Tensor<4>, tokens: PatchTokens) -> Tensor<3> {
+pub fn embed_with_cls(
+    patch_embed: &PatchEmbed,
+    cls_token: &Param<Tensor<3>>,
+    pos_embed: &Param<Tensor<3>>,
+    imgs: Tensor<4>,
+    tokens: PatchTokens,
+) -> Tensor<3> {
     let b = imgs.dims()[0];
     let pos_embed = pos_embed.val();
     let n = pos_embed.dims()[1];

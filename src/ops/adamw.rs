@@ -64,10 +64,14 @@ fn step_kernel(p: &[f32], g: &[f32], m: &[f32], v: &[f32], s: AdamWStep) -> [Vec
         init_f32(n, |po| {
             m1 = init_f32(n, |mo| {
                 v1 = init_f32(n, |vo| {
-                    po.par_chunks_mut(CHUNK).zip(mo.par_chunks_mut(CHUNK)).zip(vo.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, ((po, mo), vo))| {
-                        let r = c * CHUNK..c * CHUNK + po.len();
-                        step_chunk([&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]], s, [po, mo, vo]);
-                    })
+                    po.par_chunks_mut(CHUNK)
+                        .zip(mo.par_chunks_mut(CHUNK))
+                        .zip(vo.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, ((po, mo), vo))| {
+                            let r = c * CHUNK..c * CHUNK + po.len();
+                            step_chunk([&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]], s, [po, mo, vo]);
+                        })
                 })
             })
         })
@@ -89,9 +93,16 @@ pub trait AdamWBackend: burn::backend::Backend {
 }
 
 impl AdamWBackend for Flex {
-    fn fused_adamw_step(p: FlexTensor, g: FlexTensor, m: FlexTensor, v: FlexTensor, step: AdamWStep) -> (FlexTensor, FlexTensor, FlexTensor) {
+    fn fused_adamw_step(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        step: AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = p.shape();
-        let [p1, m1, v1] = step_kernel(&contiguous_f32(&p), &contiguous_f32(&g), &contiguous_f32(&m), &contiguous_f32(&v), step);
+        let [p1, m1, v1] =
+            step_kernel(&contiguous_f32(&p), &contiguous_f32(&g), &contiguous_f32(&m), &contiguous_f32(&v), step);
         let t = |x: Vec<f32>| FlexTensor::from_data(TensorData::new(x, shape.clone()));
         (t(p1), t(m1), t(v1))
     }
@@ -104,7 +115,14 @@ pub fn supported<const D: usize>(t: &Tensor<D>) -> bool {
 
 /// One AdamW step of parameter `p` with gradient `g` and moments `m`, `v` (all plain flex f32,
 /// see [`supported`]): the new parameter and moments.
-pub fn adamw_step<const D: usize>(p: Tensor<D>, g: Tensor<D>, m: Tensor<D>, v: Tensor<D>, step: AdamWStep) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-    let (p, m, v) = Dispatch::fused_adamw_step(p.into_dispatch(), g.into_dispatch(), m.into_dispatch(), v.into_dispatch(), step);
+pub fn adamw_step<const D: usize>(
+    p: Tensor<D>,
+    g: Tensor<D>,
+    m: Tensor<D>,
+    v: Tensor<D>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (p, m, v) =
+        Dispatch::fused_adamw_step(p.into_dispatch(), g.into_dispatch(), m.into_dispatch(), v.into_dispatch(), step);
     (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
 }

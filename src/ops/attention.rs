@@ -198,7 +198,11 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let probs = unsafe {
         init_f32(b * h * n * n, |probs| {
             out = init_f32(b * n * d, |out| {
-                probs.par_chunks_mut(h * n * n).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| forward_image(image(qkv, img, n * 3 * d), dm, zeroed(p), zeroed(o)))
+                probs
+                    .par_chunks_mut(h * n * n)
+                    .zip(out.par_chunks_mut(n * d))
+                    .enumerate()
+                    .for_each(|(img, (p, o))| forward_image(image(qkv, img, n * 3 * d), dm, zeroed(p), zeroed(o)))
             })
         })
     };
@@ -242,7 +246,13 @@ fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f3
     // One task per image, zeroing its own rows (hot in cache) only to hand them over as
     // initialised values: every head writes all of its columns.
     // SAFETY: the chunks cover the buffer and `zeroed` writes every value of each.
-    unsafe { init_f32(b * x, |dqkv| dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| backward_image(image(qkv, img, x), image(probs, img, h * n * n), image(dout, img, n * d), dm, zeroed(g)))) }
+    unsafe {
+        init_f32(b * x, |dqkv| {
+            dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| {
+                backward_image(image(qkv, img, x), image(probs, img, h * n * n), image(dout, img, n * d), dm, zeroed(g))
+            })
+        })
+    }
 }
 
 /// The backend operation: implemented for flex and for autodiff over flex.
@@ -257,7 +267,12 @@ pub trait AttentionKernels: burn::backend::Backend {
     /// Output and the attention probabilities kept for the backward pass.
     fn fused_attention_forward(qkv: FloatTensor<Self>, heads: usize) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// Gradient with respect to qkv.
-    fn fused_attention_backward(qkv: FloatTensor<Self>, probs: FloatTensor<Self>, dout: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+    fn fused_attention_backward(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self>;
 }
 
 impl AttentionKernels for Flex {

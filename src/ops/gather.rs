@@ -21,7 +21,12 @@ use super::{contiguous_f32, init_f32, on_flex_f32, zeroed};
 fn row_ids(ids: FlexTensor, n: usize) -> Vec<usize> {
     let ids: Vec<i64> = ids.into_data().convert::<i64>().try_to_vec().expect("integer ids");
     ids.into_iter()
-        .map(|i| usize::try_from(i).ok().filter(|&i| i < n).unwrap_or_else(|| panic!("gather index {i} out of range for {n} rows")))
+        .map(|i| {
+            usize::try_from(i)
+                .ok()
+                .filter(|&i| i < n)
+                .unwrap_or_else(|| panic!("gather index {i} out of range for {n} rows"))
+        })
         .collect()
 }
 
@@ -139,7 +144,11 @@ mod tests {
         device.seed(0);
         let (b, n, d) = (3, 7, 5);
         // Fewer, more (with repeats) and as many rows as the input.
-        for ids in [vec![6, 0, 2, 1, 1, 5], vec![0, 0, 3, 6, 6, 6, 2, 1, 4, 5, 5, 0], (0..21).map(|i| (i * 5) % 7).collect::<Vec<i64>>()] {
+        for ids in [
+            vec![6, 0, 2, 1, 1, 5],
+            vec![0, 0, 3, 6, 6, 6, 2, 1, 4, 5, 5, 0],
+            (0..21).map(|i| (i * 5) % 7).collect::<Vec<i64>>(),
+        ] {
             let k = ids.len() / b;
             let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, k]), &device);
             let x = Tensor::<3>::random([b, n, d], Distribution::Normal(0.0, 1.0), &device).require_grad();

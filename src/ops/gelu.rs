@@ -64,7 +64,11 @@ fn forward_kernel(x: FlexTensor) -> FlexTensor {
     let shape = x.shape();
     let xs = contiguous_f32(&x);
     // SAFETY: the chunks cover the buffer and forward_chunk writes each of its values.
-    let y = unsafe { init_f32(xs.len(), |y| y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(yc, xc)| forward_chunk(xc, yc))) };
+    let y = unsafe {
+        init_f32(xs.len(), |y| {
+            y.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(yc, xc)| forward_chunk(xc, yc))
+        })
+    };
     FlexTensor::from_data(TensorData::new(y, shape))
 }
 
@@ -73,7 +77,12 @@ fn backward_kernel(x: FlexTensor, dy: FlexTensor) -> FlexTensor {
     let (xs, dys) = (contiguous_f32(&x), contiguous_f32(&dy));
     // SAFETY: the chunks cover the buffer and backward_chunk writes each of its values.
     let dx = unsafe {
-        init_f32(xs.len(), |dx| dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(dys.par_chunks(CHUNK)).for_each(|((dc, xc), gc)| backward_chunk(xc, gc, dc)))
+        init_f32(xs.len(), |dx| {
+            dx.par_chunks_mut(CHUNK)
+                .zip(xs.par_chunks(CHUNK))
+                .zip(dys.par_chunks(CHUNK))
+                .for_each(|((dc, xc), gc)| backward_chunk(xc, gc, dc))
+        })
     };
     FlexTensor::from_data(TensorData::new(dx, shape))
 }

@@ -67,7 +67,12 @@ fn flex(v: Vec<f32>, shape: Shape) -> FlexTensor {
 #[backend_extension(Flex, Autodiff)]
 pub trait LayerNormBackend: burn::backend::Backend {
     /// `(x - mean) / sqrt(var + eps) * gamma + beta` over the last dimension.
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
 }
 
 /// The raw kernels, on the concrete backend that runs them.
@@ -90,7 +95,12 @@ pub trait LayerNormKernels: burn::backend::Backend {
 }
 
 impl LayerNormKernels for Flex {
-    fn fused_layer_norm_forward(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, eps: f32) -> (FlexTensor, FlexTensor, FlexTensor) {
+    fn fused_layer_norm_forward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        eps: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / d;
@@ -109,11 +119,23 @@ impl LayerNormKernels for Flex {
         (flex(y, shape), flex(mean, Shape::from(vec![rows])), flex(rstd, Shape::from(vec![rows])))
     }
 
-    fn fused_layer_norm_backward(x: FlexTensor, gamma: FlexTensor, mean: FlexTensor, rstd: FlexTensor, dy: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+    fn fused_layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        rstd: FlexTensor,
+        dy: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = x.shape();
         let d = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / d;
-        let (xs, gs, ms, rs, dys) = (contiguous_f32(&x), contiguous_f32(&gamma), contiguous_f32(&mean), contiguous_f32(&rstd), contiguous_f32(&dy));
+        let (xs, gs, ms, rs, dys) = (
+            contiguous_f32(&x),
+            contiguous_f32(&gamma),
+            contiguous_f32(&mean),
+            contiguous_f32(&rstd),
+            contiguous_f32(&dy),
+        );
         let mut partials: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
         // SAFETY: the chunks cover the buffer and backward_rows writes every value of its rows.
         let dx = unsafe {
@@ -124,7 +146,16 @@ impl LayerNormKernels for Flex {
                     .map(|(t, dxc)| {
                         let (r0, n) = (t * ROWS_PER_TASK, dxc.len() / d);
                         let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
-                        backward_rows(&xs[r0 * d..(r0 + n) * d], &gs, &ms[r0..r0 + n], &rs[r0..r0 + n], &dys[r0 * d..(r0 + n) * d], dxc, &mut dg, &mut db);
+                        backward_rows(
+                            &xs[r0 * d..(r0 + n) * d],
+                            &gs,
+                            &ms[r0..r0 + n],
+                            &rs[r0..r0 + n],
+                            &dys[r0 * d..(r0 + n) * d],
+                            dxc,
+                            &mut dg,
+                            &mut db,
+                        );
                         (dg, db)
                     })
                     .collect()
@@ -143,7 +174,12 @@ impl LayerNormBackend for Flex {
 }
 
 impl<B: LayerNormBackend + LayerNormKernels, C: CheckpointStrategy> LayerNormBackend for Autodiff<B, C> {
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LayerNormBackward;
 
@@ -166,10 +202,17 @@ impl<B: LayerNormBackend + LayerNormKernels, C: CheckpointStrategy> LayerNormBac
 
         match LayerNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (y, mean, rstd) = B::fused_layer_norm_forward(x.primitive().clone(), gamma.primitive().clone(), beta.primitive().clone(), eps);
+                let (y, mean, rstd) = B::fused_layer_norm_forward(
+                    x.primitive().clone(),
+                    gamma.primitive().clone(),
+                    beta.primitive().clone(),
+                    eps,
+                );
                 prep.finish((x.into_primitive(), gamma.into_primitive(), mean, rstd), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), eps)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_layer_norm(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), eps))
+            }
         }
     }
 }
@@ -178,7 +221,12 @@ impl<B: LayerNormBackend + LayerNormKernels, C: CheckpointStrategy> LayerNormBac
 /// own elsewhere.
 pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
     if on_flex_f32(&x) && on_flex_f32(&gamma) && on_flex_f32(&beta) {
-        return Tensor::from_dispatch(Dispatch::fused_layer_norm(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), eps as f32));
+        return Tensor::from_dispatch(Dispatch::fused_layer_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            eps as f32,
+        ));
     }
     burn::tensor::module::layer_norm(x, gamma, Some(beta), eps)
 }

@@ -58,7 +58,18 @@ impl Operand {
 unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, lhs: Operand, rhs: Operand) {
     let parallel = m * n * k >= PARALLEL_THRESHOLD;
     // SAFETY: the caller's contract.
-    unsafe { gemm_with(m, n, k, dst, accumulate, lhs, rhs, if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None }) }
+    unsafe {
+        gemm_with(
+            m,
+            n,
+            k,
+            dst,
+            accumulate,
+            lhs,
+            rhs,
+            if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None },
+        )
+    }
 }
 
 /// [`gemm_f32`] with the parallelism given.
@@ -66,12 +77,38 @@ unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool
 /// # Safety
 /// As [`gemm_f32`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_with(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, lhs: Operand, rhs: Operand, parallelism: gemm::Parallelism) {
+unsafe fn gemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    parallelism: gemm::Parallelism,
+) {
     // SAFETY: the caller's contract; dst = 1 * dst + 1 * lhs rhs.
     unsafe {
         gemm::gemm(
-            m, n, k, dst, 1, n as isize, accumulate, lhs.ptr, lhs.col_stride, lhs.row_stride, rhs.ptr, rhs.col_stride, rhs.row_stride, 1.0,
-            1.0, false, false, false, parallelism,
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr,
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
         );
     }
 }
@@ -90,8 +127,12 @@ fn forward_kernel(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, gelu: bool) ->
     let ((m, k), (_, n)) = (dims2(x), dims2(w));
     let (xs, ws, bs) = (contiguous_f32(x), contiguous_f32(w), contiguous_f32(b));
     // SAFETY: the GEMM writes all of h (m x n) from xs (m x k) and ws (k x n), row-major.
-    let mut h = unsafe { init_f32(m * n, |h| gemm_f32(m, n, k, h.as_mut_ptr().cast(), false, Operand::of(&xs, k), Operand::of(&ws, n))) };
-    let add_bias = |rows: &mut [f32]| rows.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(bs.iter()).for_each(|(o, &v)| *o += v));
+    let mut h = unsafe {
+        init_f32(m * n, |h| gemm_f32(m, n, k, h.as_mut_ptr().cast(), false, Operand::of(&xs, k), Operand::of(&ws, n)))
+    };
+    let add_bias = |rows: &mut [f32]| {
+        rows.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(bs.iter()).for_each(|(o, &v)| *o += v))
+    };
     if !gelu {
         h.par_chunks_mut(n * ROWS_PER_TASK).for_each(add_bias);
         return (flex(h, [m, n]), None);
@@ -162,14 +203,20 @@ fn weight_gradient(xs: &[f32], dys: &[f32], m: usize, k: usize, n: usize) -> Vec
         return unsafe { init_f32(k * n, |dst| gemm_f32(k, n, m, dst.as_mut_ptr().cast(), false, x_t(0), dy(0))) };
     }
     // More threads than chunks: each chunk's product also spreads over output blocks.
-    let inner = if rayon::current_num_threads() > WEIGHT_GRAD_CHUNKS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let inner = if rayon::current_num_threads() > WEIGHT_GRAD_CHUNKS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     let rows = m.div_ceil(WEIGHT_GRAD_CHUNKS);
     let partials: Vec<Vec<f32>> = (0..WEIGHT_GRAD_CHUNKS)
         .into_par_iter()
         .map(|c| {
             let (r0, r1) = (c * rows, ((c + 1) * rows).min(m));
             // SAFETY: the GEMM writes all of dst (k x n) from the chunk's xᵀ (k x rows) and dy (rows x n).
-            unsafe { init_f32(k * n, |dst| gemm_with(k, n, r1 - r0, dst.as_mut_ptr().cast(), false, x_t(r0), dy(r0), inner)) }
+            unsafe {
+                init_f32(k * n, |dst| gemm_with(k, n, r1 - r0, dst.as_mut_ptr().cast(), false, x_t(r0), dy(r0), inner))
+            }
         })
         .collect();
     sum_in_order(partials)
@@ -188,7 +235,13 @@ pub struct Wanted {
 
 /// `(dz Wᵀ, xᵀ dz, Σ_rows dz)`, each only when wanted, where `dz` is `dy`, or `dy GELU'(h)` when
 /// the op applied GELU to the pre-activation `h`.
-fn backward_kernel(x: &FlexTensor, w: &FlexTensor, h: Option<&FlexTensor>, dy: &FlexTensor, wanted: Wanted) -> [Option<FlexTensor>; 3] {
+fn backward_kernel(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    h: Option<&FlexTensor>,
+    dy: &FlexTensor,
+    wanted: Wanted,
+) -> [Option<FlexTensor>; 3] {
     let ((m, k), (_, n)) = (dims2(x), dims2(w));
     let (dz, db) = match h {
         Some(h) => {
@@ -204,7 +257,14 @@ fn backward_kernel(x: &FlexTensor, w: &FlexTensor, h: Option<&FlexTensor>, dy: &
     let dx = wanted.x.then(|| {
         let ws = contiguous_f32(w);
         // SAFETY: the GEMM writes all of dst (m x k) from dz (m x n) and Wᵀ (n x k).
-        flex(unsafe { init_f32(m * k, |dst| gemm_f32(m, k, n, dst.as_mut_ptr().cast(), false, Operand::of(&dz, n), Operand::of(&ws, n).t())) }, [m, k])
+        flex(
+            unsafe {
+                init_f32(m * k, |dst| {
+                    gemm_f32(m, k, n, dst.as_mut_ptr().cast(), false, Operand::of(&dz, n), Operand::of(&ws, n).t())
+                })
+            },
+            [m, k],
+        )
     });
     let dw = wanted.w.then(|| flex(weight_gradient(&contiguous_f32(x), &dz, m, k, n), [k, n]));
     let db = db.map(|db| FlexTensor::from_data(TensorData::new(db, Shape::from(vec![n]))));
@@ -221,10 +281,21 @@ pub trait LinearBackend: burn::backend::Backend {
 /// The raw kernels, on the concrete backend that runs them.
 pub trait LinearKernels: burn::backend::Backend {
     /// The output and, with `gelu`, the pre-activation `x W + b` the backward pass needs.
-    fn fused_linear_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, gelu: bool) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+    fn fused_linear_forward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        gelu: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
     /// Gradients with respect to x, W and b, each only when wanted; `h` is the pre-activation of
     /// an op with GELU.
-    fn fused_linear_backward(x: FloatTensor<Self>, w: FloatTensor<Self>, h: Option<FloatTensor<Self>>, dy: FloatTensor<Self>, wanted: Wanted) -> [Option<FloatTensor<Self>>; 3];
+    fn fused_linear_backward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        h: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        wanted: Wanted,
+    ) -> [Option<FloatTensor<Self>>; 3];
 }
 
 impl LinearBackend for Flex {
@@ -234,11 +305,22 @@ impl LinearBackend for Flex {
 }
 
 impl LinearKernels for Flex {
-    fn fused_linear_forward(x: FlexTensor, w: FlexTensor, b: FlexTensor, gelu: bool) -> (FlexTensor, Option<FlexTensor>) {
+    fn fused_linear_forward(
+        x: FlexTensor,
+        w: FlexTensor,
+        b: FlexTensor,
+        gelu: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
         forward_kernel(&x, &w, &b, gelu)
     }
 
-    fn fused_linear_backward(x: FlexTensor, w: FlexTensor, h: Option<FlexTensor>, dy: FlexTensor, wanted: Wanted) -> [Option<FlexTensor>; 3] {
+    fn fused_linear_backward(
+        x: FlexTensor,
+        w: FlexTensor,
+        h: Option<FlexTensor>,
+        dy: FlexTensor,
+        wanted: Wanted,
+    ) -> [Option<FlexTensor>; 3] {
         backward_kernel(&x, &w, h.as_ref(), &dy, wanted)
     }
 }
@@ -268,10 +350,13 @@ impl<B: LinearBackend + LinearKernels, C: CheckpointStrategy> LinearBackend for 
 
         match LinearBackward.prepare::<C>([x.node(), w.node(), b.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (y, h) = B::fused_linear_forward(x.primitive().clone(), w.primitive().clone(), b.into_primitive(), gelu);
+                let (y, h) =
+                    B::fused_linear_forward(x.primitive().clone(), w.primitive().clone(), b.into_primitive(), gelu);
                 prep.finish((x.into_primitive(), w.into_primitive(), h), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(x.into_primitive(), w.into_primitive(), b.into_primitive(), gelu)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_linear(x.into_primitive(), w.into_primitive(), b.into_primitive(), gelu))
+            }
         }
     }
 }
@@ -290,7 +375,12 @@ pub fn linear_gelu(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<2
 fn affine(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>, gelu: bool) -> Tensor<2> {
     let y = match b {
         Some(b) if on_flex_f32(&x) && on_flex_f32(&w) && on_flex_f32(&b) => {
-            return Tensor::from_dispatch(Dispatch::fused_linear(x.into_dispatch(), w.into_dispatch(), b.into_dispatch(), gelu));
+            return Tensor::from_dispatch(Dispatch::fused_linear(
+                x.into_dispatch(),
+                w.into_dispatch(),
+                b.into_dispatch(),
+                gelu,
+            ));
         }
         Some(b) => x.matmul(w) + b.unsqueeze_dim(0),
         None => x.matmul(w),

@@ -108,7 +108,12 @@ pub(crate) unsafe fn assume_init(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 /// compiler). The values are taken in whole 8-wide chunks: a closure indexing the slices itself
 /// kept its bounds checks, and with them every reduction of the softmax and LayerNorm, scalar.
 #[inline(always)]
-pub(crate) fn fold8<const K: usize>(s: [&[f32]; K], init: f32, op: impl Fn(f32, f32) -> f32, f: impl Fn([f32; K]) -> f32) -> f32 {
+pub(crate) fn fold8<const K: usize>(
+    s: [&[f32]; K],
+    init: f32,
+    op: impl Fn(f32, f32) -> f32,
+    f: impl Fn([f32; K]) -> f32,
+) -> f32 {
     let n = s[0].len();
     debug_assert!(s.iter().all(|x| x.len() == n));
     let main = n / 8 * 8;

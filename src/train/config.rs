@@ -17,11 +17,10 @@ use serde_json::{Map, Value};
 
 /// Declares a configuration struct and its command-line mirror from one list of fields.
 ///
-/// `pub struct Config / Args { sections { run: RunConfig / RunArgs } fields { /// doc  name: Type [clap attributes] } }`
-/// gives `Config` (serde, unknown keys refused, missing keys from `Config::default()`) and `Args`
-/// (clap; every field an `Option`, its doc comment the help, the sections' flags flattened in) with
-/// `Args::apply(&self, &mut Config)` writing the flags that were given. A field of type `Option<T>`
-/// takes `--flag VALUE`, and a bare `--flag` unsets it.
+/// `pub struct Config / Args { sections { run: RunConfig / RunArgs } fields { /// doc  name: Type [clap attributes] }
+/// }` gives `Config` (serde, unknown keys refused, missing keys from `Config::default()`) and `Args` (clap; every field
+/// an `Option`, its doc comment the help, the sections' flags flattened in) with `Args::apply(&self, &mut Config)`
+/// writing the flags that were given. A field of type `Option<T>` takes `--flag VALUE`, and a bare `--flag` unsets it.
 macro_rules! settings {
     (
         $(#[$meta:meta])*
@@ -154,7 +153,15 @@ settings! {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { base_lr: 1.5e-4, lr: None, min_lr: 0.0, warmup_epochs: None, warmup_lr: 0.0, weight_decay: 0.05, clip_grad: None }
+        Self {
+            base_lr: 1.5e-4,
+            lr: None,
+            min_lr: 0.0,
+            warmup_epochs: None,
+            warmup_lr: 0.0,
+            weight_decay: 0.05,
+            clip_grad: None,
+        }
     }
 }
 
@@ -254,7 +261,8 @@ pub fn from_json<T: Default + Serialize + DeserializeOwned>(value: Value) -> Res
 /// (a typo should not silently fall back to a default).
 pub fn read_toml<T: Default + Serialize + DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config '{}'", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("config '{}' is not valid TOML", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("config '{}' is not valid TOML", path.display()))?;
     from_json(serde_json::to_value(table)?).with_context(|| format!("config '{}'", path.display()))
 }
 
@@ -269,7 +277,8 @@ pub fn parse_pair(s: &str) -> Result<(f64, f64), String> {
 
 /// Parses a TOML inline table into `T` (a flag such as `--mask '{ kind = "grid" }'`).
 pub fn parse_toml_table<T: DeserializeOwned>(s: &str) -> Result<T, String> {
-    let table: toml::Table = toml::from_str(&format!("value = {s}")).map_err(|e| format!("'{s}' is not a TOML inline table: {e}"))?;
+    let table: toml::Table =
+        toml::from_str(&format!("value = {s}")).map_err(|e| format!("'{s}' is not a TOML inline table: {e}"))?;
     table["value"].clone().try_into().map_err(|e: toml::de::Error| e.to_string())
 }
 
@@ -295,14 +304,19 @@ mod tests {
 
     impl Default for Job {
         fn default() -> Self {
-            Self { run: RunConfig { epochs: 7, ..RunConfig::default() }, optim: OptimConfig { min_lr: 1e-6, ..OptimConfig::default() }, width: 3 }
+            Self {
+                run: RunConfig { epochs: 7, ..RunConfig::default() },
+                optim: OptimConfig { min_lr: 1e-6, ..OptimConfig::default() },
+                width: 3,
+            }
         }
     }
 
     #[test]
     fn flat_and_nested_files_read_alike_and_keep_the_jobs_defaults() {
         let flat: Job = from_json(serde_json::json!({"width": 5, "batch_size": 8, "lr": 0.1})).unwrap();
-        let nested: Job = from_json(serde_json::json!({"width": 5, "run": {"batch_size": 8}, "optim": {"lr": 0.1}})).unwrap();
+        let nested: Job =
+            from_json(serde_json::json!({"width": 5, "run": {"batch_size": 8}, "optim": {"lr": 0.1}})).unwrap();
         assert_eq!(flat, nested);
         assert_eq!((flat.run.epochs, flat.run.batch_size, flat.optim.min_lr, flat.optim.lr), (7, 8, 1e-6, Some(0.1)));
         assert_eq!(flatten(serde_json::to_value(&flat).unwrap())["batch_size"], 8);

@@ -23,11 +23,11 @@ use crate::eval::{evaluate, smoothed_targets, soft_cross_entropy};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
 use crate::models::mae::MaeConfig;
+use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
-use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
-use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings, parse_pair};
+use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair, settings};
 use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit};
 
 /// Random stream ids (kept apart from augmentation and shuffling).
@@ -50,7 +50,8 @@ settings! {
             model: String,
             /// Token pooling before the head: avg (MAE's fine-tuning) or cls.
             pool: Pool,
-            /// Train only the last K blocks (plus norm and head; the paper's partial fine-tuning); unset trains everything.
+            /// Train only the last K blocks (plus norm and head; the paper's partial fine-tuning); unset trains
+            /// everything.
             trainable_blocks: Option<usize>,
             /// Layer-wise lr decay (1 = none).
             layer_decay: f64,
@@ -60,8 +61,8 @@ settings! {
             smoothing: f64,
             /// Mixup Beta(α, α) parameter (0 = off; the recipe uses 0.8).
             mixup: f64,
-            /// CutMix Beta(α, α) parameter (0 = off; the recipe uses 1.0). With both on, one of the two is picked per batch
-            /// with probability 0.5.
+            /// CutMix Beta(α, α) parameter (0 = off; the recipe uses 1.0). With both on, one of the two is picked per
+            /// batch with probability 0.5.
             cutmix: f64,
             /// Area range of the random resized crop, as MIN,MAX.
             crop_scale: (f64, f64) [value_parser = parse_pair],
@@ -72,7 +73,12 @@ settings! {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         Self {
-            run: RunConfig { out: PathBuf::from("runs/finetune"), epochs: 100, batch_size: 128, ..RunConfig::default() },
+            run: RunConfig {
+                out: PathBuf::from("runs/finetune"),
+                epochs: 100,
+                batch_size: 128,
+                ..RunConfig::default()
+            },
             optim: OptimConfig { base_lr: 5e-4, min_lr: 1e-6, warmup_epochs: Some(5.0), ..OptimConfig::default() },
             checkpoint: None,
             model: "mae_tiny_28".into(),
@@ -92,14 +98,22 @@ impl FinetuneConfig {
     /// The training step of `model` as MAE's `main_finetune.py`: AdamW with PyTorch's betas, the
     /// model's weight-decay exemptions, layer-wise lr decay (`param_groups_lrd`), the per-iteration
     /// half-cosine schedule and optional clipping; `optimizer` state when resuming.
-    pub fn stepper<C: Classifier>(&self, model: &C, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<C>> {
+    pub fn stepper<C: Classifier>(
+        &self,
+        model: &C,
+        iters_per_epoch: usize,
+        optimizer: Option<Bytes>,
+    ) -> Result<Stepper<C>> {
         let mut optim = adamw(model, self.optim.weight_decay, TORCH_BETAS, C::no_weight_decay);
         if let Some(bytes) = optimizer {
-            optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
+            optim = optim
+                .from_bytes(bytes)
+                .map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
         }
         let paths = param_ranks(model);
         let depth = model.depth();
-        let decay = LayerDecay::new(paths.iter().map(|(p, _)| p.as_str()), depth + 1, self.layer_decay, |p| model.layer_id(p));
+        let decay =
+            LayerDecay::new(paths.iter().map(|(p, _)| p.as_str()), depth + 1, self.layer_decay, |p| model.layer_id(p));
         let schedule = LrSchedule {
             kind: ScheduleKind::Mae,
             lr: self.peak_lr(),
@@ -109,7 +123,9 @@ impl FinetuneConfig {
             epochs: self.run.epochs,
             iters_per_epoch,
         };
-        Ok(Stepper::new(optim, schedule, self.run.accum_iter).with_clip_grad(self.optim.clip_grad).with_layer_decay(decay))
+        Ok(Stepper::new(optim, schedule, self.run.accum_iter)
+            .with_clip_grad(self.optim.clip_grad)
+            .with_layer_decay(decay))
     }
 
     /// Reads a TOML file (see [`crate::train::config::read_toml`]); unknown keys are errors.
@@ -126,10 +142,17 @@ impl FinetuneConfig {
     pub fn validate(&self) -> Result<()> {
         self.run.validate()?;
         self.optim.validate(self.run.effective_batch())?;
-        ensure!(self.layer_decay > 0.0 && self.layer_decay <= 1.0, "--layer-decay {} must be in (0, 1]", self.layer_decay);
+        ensure!(
+            self.layer_decay > 0.0 && self.layer_decay <= 1.0,
+            "--layer-decay {} must be in (0, 1]",
+            self.layer_decay
+        );
         ensure!((0.0..1.0).contains(&self.drop_path), "--drop-path {} must be in [0, 1)", self.drop_path);
         ensure!((0.0..1.0).contains(&self.smoothing), "--smoothing {} must be in [0, 1)", self.smoothing);
-        ensure!(self.mixup >= 0.0 && self.cutmix >= 0.0, "--mixup and --cutmix are Beta parameters: 0 (off) or positive");
+        ensure!(
+            self.mixup >= 0.0 && self.cutmix >= 0.0,
+            "--mixup and --cutmix are Beta parameters: 0 (off) or positive"
+        );
         let (lo, hi) = self.crop_scale;
         ensure!(0.0 < lo && lo <= hi && hi <= 1.0, "--crop-scale {lo},{hi} must satisfy 0 < min <= max <= 1");
         Ok(())
@@ -164,11 +187,20 @@ pub struct FinetuneSummary {
 /// The training loss of micro-batch `iteration`: mixup / cutmix and label smoothing of the
 /// targets, stochastic depth (both drawn from the run's seed and `iteration`), soft-target
 /// cross-entropy (timm's `LabelSmoothingCrossEntropy` when nothing is mixed).
-pub fn batch_loss<C: Classifier>(model: &C, batch: &mut Batch, classes: usize, cfg: &FinetuneConfig, iteration: u64, frozen_blocks: usize, device: &Device) -> Tensor<1> {
+pub fn batch_loss<C: Classifier>(
+    model: &C,
+    batch: &mut Batch,
+    classes: usize,
+    cfg: &FinetuneConfig,
+    iteration: u64,
+    frozen_blocks: usize,
+    device: &Device,
+) -> Tensor<1> {
     let b = batch.len();
     let targets = mix_batch(batch, classes, cfg, &mut rng_for(&[cfg.run.seed, iteration, MIX_STREAM]));
     let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, classes]), device);
-    let logits = model.forward_train(batch.tensor(device), &mut rng_for(&[cfg.run.seed, iteration, DROP_STREAM]), frozen_blocks);
+    let logits =
+        model.forward_train(batch.tensor(device), &mut rng_for(&[cfg.run.seed, iteration, DROP_STREAM]), frozen_blocks);
     soft_cross_entropy(logits, targets)
 }
 
@@ -195,7 +227,8 @@ pub fn mix_batch(batch: &mut Batch, classes: usize, cfg: &FinetuneConfig, rng: &
             for c in 0..batch.channels {
                 for y in y0..y1 {
                     let row = c * s * s + y * s;
-                    batch.images[i * per + row + x0..i * per + row + x1].copy_from_slice(&orig[j * per + row + x0..j * per + row + x1]);
+                    batch.images[i * per + row + x0..i * per + row + x1]
+                        .copy_from_slice(&orig[j * per + row + x0..j * per + row + x1]);
                 }
             }
         }
@@ -204,7 +237,8 @@ pub fn mix_batch(batch: &mut Batch, classes: usize, cfg: &FinetuneConfig, rng: &
         for i in 0..b {
             let j = b - 1 - i;
             for k in 0..per {
-                batch.images[i * per + k] = (lam * orig[i * per + k] as f64 + (1.0 - lam) * orig[j * per + k] as f64) as f32;
+                batch.images[i * per + k] =
+                    (lam * orig[i * per + k] as f64 + (1.0 - lam) * orig[j * per + k] as f64) as f32;
             }
         }
     }
@@ -260,7 +294,8 @@ impl Recipe for VitClassifier {
     }
 
     fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
-        Ok(VitClassifier::from_scratch(model.mae()?, spec.num_classes, spec.pool, 0, device)?.with_drop_path(cfg.drop_path))
+        Ok(VitClassifier::from_scratch(model.mae()?, spec.num_classes, spec.pool, 0, device)?
+            .with_drop_path(cfg.drop_path))
     }
 }
 
@@ -269,7 +304,9 @@ impl Recipe for BeitClassifier {
         let (encoder, bcfg) = match &cfg.checkpoint {
             Some(path) => {
                 let ck = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?;
-                let ModelConfig::Beit(b) = ck.header.model.clone() else { unreachable!("BEiT's build accepts only BEiT configs") };
+                let ModelConfig::Beit(b) = ck.header.model.clone() else {
+                    unreachable!("BEiT's build accepts only BEiT configs")
+                };
                 (ck.model, b)
             }
             None => {
@@ -294,7 +331,9 @@ impl Recipe for SwinTransformer {
         match &cfg.checkpoint {
             Some(path) => {
                 let ck = checkpoint::load_model(path, device, SimMim::build)?;
-                let ModelConfig::Swin(scfg) = ck.header.model.clone() else { unreachable!("SimMim::build accepts only Swin configs") };
+                let ModelConfig::Swin(scfg) = ck.header.model.clone() else {
+                    unreachable!("SimMim::build accepts only Swin configs")
+                };
                 let model = swin_from_simmim(ck.model, &scfg, classes, cfg.drop_path, cfg.run.seed)?;
                 Ok((ModelConfig::Swin(scfg), model))
             }
@@ -319,11 +358,30 @@ impl Recipe for SwinTransformer {
 /// checkpoint from the end of its last completed epoch. The encoder family (ViT from MAE, Swin
 /// from SimMIM, BEiT) follows the checkpoint, or the preset when training from scratch.
 pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
-    fn run<C: Recipe>(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
-        let mut task = Finetuning::<C> { cfg, test: None, classes: 0, channels: 0, model_cfg: None, depth: 0, frozen: 0, best: (0.0, 0), history: Vec::new(), _model: PhantomData };
+    fn run<C: Recipe>(
+        cfg: &FinetuneConfig,
+        resume: Option<&Path>,
+        reporter: &mut dyn Reporter,
+    ) -> Result<FinetuneSummary> {
+        let mut task = Finetuning::<C> {
+            cfg,
+            test: None,
+            classes: 0,
+            channels: 0,
+            model_cfg: None,
+            depth: 0,
+            frozen: 0,
+            best: (0.0, 0),
+            history: Vec::new(),
+            _model: PhantomData,
+        };
         fit(&mut task, resume, reporter)?;
         let out = &cfg.run.out;
-        Ok(FinetuneSummary { epochs: task.history, best: task.best, checkpoints: (last_checkpoint(out), best_checkpoint(out)) })
+        Ok(FinetuneSummary {
+            epochs: task.history,
+            best: task.best,
+            checkpoints: (last_checkpoint(out), best_checkpoint(out)),
+        })
     }
     let family = match resume.or(cfg.checkpoint.as_deref()) {
         Some(path) => checkpoint::read_header(path)?.model,
@@ -360,7 +418,10 @@ impl<C: Recipe> Finetuning<'_, C> {
             mim_version: env!("CARGO_PKG_VERSION").into(),
             model: self.model_cfg.clone().expect("started"),
             // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(FinetuneConfig { run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() }, ..self.cfg.clone() })?,
+            train: serde_json::to_value(FinetuneConfig {
+                run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() },
+                ..self.cfg.clone()
+            })?,
             iteration: progress.iteration,
             optimizer_steps: progress.optimizer_steps,
             epoch: progress.epoch,
@@ -421,7 +482,12 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
             None => 0,
         };
         self.model_cfg = Some(model_cfg);
-        Ok(Start { model: model.freeze_first(self.frozen), optimizer: start.optimizer, iteration: start.iteration, epoch: start.epoch })
+        Ok(Start {
+            model: model.freeze_first(self.frozen),
+            optimizer: start.optimizer,
+            iteration: start.iteration,
+            epoch: start.epoch,
+        })
     }
 
     fn stepper(&self, model: &C, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<C>> {
@@ -430,12 +496,21 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
 
     fn transform(&self) -> Transform {
         let side = self.model_cfg.as_ref().expect("started").img_size();
-        Transform::RandomResizedCrop { size: side, scale: self.cfg.crop_scale, ratio: (3.0 / 4.0, 4.0 / 3.0), hflip: true, color_jitter: 0.0 }
+        Transform::RandomResizedCrop {
+            size: side,
+            scale: self.cfg.crop_scale,
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: true,
+            color_jitter: 0.0,
+        }
     }
 
     fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String {
         let cfg = self.cfg;
-        let source = cfg.checkpoint.as_ref().map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
+        let source = cfg
+            .checkpoint
+            .as_ref()
+            .map_or_else(|| format!("{} from scratch", cfg.model), |p| format!("encoder of {}", p.display()));
         format!(
             "fine-tune {source} on {} ({} classes) | {} | layer decay {} | peak lr {:.2e} | {} epochs x {iters_per_epoch} iterations",
             data.name,
@@ -484,7 +559,13 @@ mod tests {
     use super::*;
 
     fn batch(b: usize) -> Batch {
-        Batch { images: (0..b * 16).map(|k| (k / 16) as f32).collect(), labels: (0..b as u32).collect(), indices: (0..b).collect(), channels: 1, side: 4 }
+        Batch {
+            images: (0..b * 16).map(|k| (k / 16) as f32).collect(),
+            labels: (0..b as u32).collect(),
+            indices: (0..b).collect(),
+            channels: 1,
+            side: 4,
+        }
     }
 
     #[test]
@@ -501,7 +582,11 @@ mod tests {
                 if i != 3 - i {
                     let lam = (mean - (3 - i) as f32) / (i as f32 - (3 - i) as f32);
                     let expected = lam * (0.9 + 0.025) + (1.0 - lam) * 0.025;
-                    assert!((row[i] - expected).abs() < 1e-4, "{mixup} {cutmix}: target {} vs pixel weight {lam}", row[i]);
+                    assert!(
+                        (row[i] - expected).abs() < 1e-4,
+                        "{mixup} {cutmix}: target {} vs pixel weight {lam}",
+                        row[i]
+                    );
                 }
             }
         }

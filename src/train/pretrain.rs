@@ -12,7 +12,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings, parse_toml_table};
+use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_toml_table, settings};
 use super::methods::Method;
 use super::tokenizer::{load_tokenizer, read_tokenizer_header};
 use super::trainer::{EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit};
@@ -42,21 +42,22 @@ settings! {
         fields {
             /// Method: mae, beit (needs --tokenizer) or simmim (a Swin Transformer).
             method: Method,
-            /// Model preset (MAE: mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...; BEiT: beit_tiny_28, ...;
-            /// SimMIM: swin_tiny_28, swin_tiny_32, swin_tiny_patch4_window7_224, ...); default: the method's small preset.
+            /// Model preset (MAE: mae_tiny_28, mae_tiny_32, mae_micro, mae_vit_base_patch16, ...; BEiT: beit_tiny_28,
+            /// ...; SimMIM: swin_tiny_28, swin_tiny_32, swin_tiny_patch4_window7_224, ...); default: the method's small
+            /// preset.
             model: Option<String>,
             /// Input side in pixels (default: the preset's).
             img_size: Option<usize>,
             /// Fraction of patches masked, in (0, 1) (default: the method's paper, MAE 0.75, BEiT 0.4, SimMIM 0.6 of
             /// mask squares).
             mask_ratio: Option<f64> [allow_negative_numbers = true],
-            /// Another masking strategy than the method's own, as a TOML table (`{ kind = "block" }`, `"grid"`, `"random"`
-            /// or `"sim_mim"`); MAE keeps exactly `mask_ratio` of patches removed.
+            /// Another masking strategy than the method's own, as a TOML table (`{ kind = "block" }`, `"grid"`,
+            /// `"random"` or `"sim_mim"`); MAE keeps exactly `mask_ratio` of patches removed.
             mask: Option<MaskStrategy> [value_parser = parse_toml_table::<MaskStrategy>],
             /// Per-patch normalised pixel targets (true/false).
             norm_pix_loss: bool,
-            /// MAE: what the decoder predicts at removed patches (pixels; pca, the largest PCA coefficients of the patch,
-            /// basis fitted on the first 2,000 training images; or tokens, the ids of --tokenizer).
+            /// MAE: what the decoder predicts at removed patches (pixels; pca, the largest PCA coefficients of the
+            /// patch, basis fitted on the first 2,000 training images; or tokens, the ids of --tokenizer).
             target: Target,
             /// MAE ablation "encoder w/ [M]" (Table 1c): removed patches enter the encoder as a learned mask token.
             encoder_mask_token: bool [num_args = 0..=1, default_missing_value = "true"],
@@ -64,13 +65,13 @@ settings! {
             decoder_depth: Option<usize>,
             /// MAE decoder width (default: the preset's); its heads become width / 32.
             decoder_embed_dim: Option<usize>,
-            /// Pretraining augmentation (default: the method's paper, colour jitter for BEiT, random resized crop + flip
-            /// otherwise).
+            /// Pretraining augmentation (default: the method's paper, colour jitter for BEiT, random resized crop +
+            /// flip otherwise).
             augmentation: Option<Augmentation>,
             /// BEiT (or MAE with --target tokens): the visual tokenizer checkpoint (`mim tokenizer train`).
             tokenizer: Option<PathBuf>,
-            /// Every this many epochs, k-NN accuracy of the encoder's features on the test split (a monitor; 0 = never),
-            /// written to knn.jsonl.
+            /// Every this many epochs, k-NN accuracy of the encoder's features on the test split (a monitor; 0 =
+            /// never), written to knn.jsonl.
             eval_every: usize,
             /// Training images in the k-NN monitor's memory bank.
             knn_images: usize,
@@ -142,10 +143,17 @@ impl PretrainConfig {
 
     /// The training step of this run for `model` (`M` is the method's model): the official
     /// script's parameter groups, betas, schedule and clipping, with `optimizer` state if resuming.
-    pub fn stepper<M: MimModel>(&self, model: &M, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<M>> {
+    pub fn stepper<M: MimModel>(
+        &self,
+        model: &M,
+        iters_per_epoch: usize,
+        optimizer: Option<Bytes>,
+    ) -> Result<Stepper<M>> {
         let mut optim = adamw(model, self.optim.weight_decay, self.method.betas(), M::no_weight_decay);
         if let Some(bytes) = optimizer {
-            optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
+            optim = optim
+                .from_bytes(bytes)
+                .map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
         }
         Ok(Stepper::new(optim, self.schedule(iters_per_epoch), self.run.accum_iter).with_clip_grad(self.clip()))
     }
@@ -196,7 +204,8 @@ impl PretrainConfig {
                 ModelConfig::Mae(m)
             }
             Method::Beit => {
-                let mut m = BeitConfig::preset(name).map_err(|e| anyhow::anyhow!("{e} (--method beit trains a BEiT)"))?;
+                let mut m =
+                    BeitConfig::preset(name).map_err(|e| anyhow::anyhow!("{e} (--method beit trains a BEiT)"))?;
                 m.in_chans = channels;
                 if let Some(s) = self.img_size {
                     m.img_size = s;
@@ -205,7 +214,8 @@ impl PretrainConfig {
                 ModelConfig::Beit(m)
             }
             Method::Simmim => {
-                let mut m = SwinConfig::preset(name).map_err(|e| anyhow::anyhow!("{e} (--method simmim trains a Swin Transformer)"))?;
+                let mut m = SwinConfig::preset(name)
+                    .map_err(|e| anyhow::anyhow!("{e} (--method simmim trains a Swin Transformer)"))?;
                 m.in_chans = channels;
                 if let Some(s) = self.img_size {
                     m.img_size = s;
@@ -278,7 +288,13 @@ impl Augmentation {
     pub fn transform(self, side: usize) -> Transform {
         match self {
             Augmentation::None => Transform::Resize { size: side },
-            Augmentation::FixedCrop => Transform::RandomResizedCrop { size: side, scale: (0.64, 0.64), ratio: (1.0, 1.0), hflip: true, color_jitter: 0.0 },
+            Augmentation::FixedCrop => Transform::RandomResizedCrop {
+                size: side,
+                scale: (0.64, 0.64),
+                ratio: (1.0, 1.0),
+                hflip: true,
+                color_jitter: 0.0,
+            },
             Augmentation::RandomResizedCropColorJitter => Transform::beit_pretrain(side),
             Augmentation::RandomResizedCrop => Transform::mae_pretrain(side),
         }
@@ -299,7 +315,6 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
     crate::io::read_jsonl(path, "metrics")
 }
 
-
 /// What a finished run produced.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -316,9 +331,14 @@ pub struct Summary {
 /// exactly the trajectory an uninterrupted run would have followed.
 pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Summary> {
     fn run<M: MimModel>(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Summary> {
-        let mut task = Pretraining::<M> { cfg, model_cfg: None, ctx: None, monitor: None, _model: std::marker::PhantomData };
+        let mut task =
+            Pretraining::<M> { cfg, model_cfg: None, ctx: None, monitor: None, _model: std::marker::PhantomData };
         let done = fit(&mut task, resume, reporter)?;
-        Ok(Summary { steps: done.steps.into_iter().map(|s| s.0).collect(), checkpoint: task.checkpoint_path(), lock: Arc::new(done.lock) })
+        Ok(Summary {
+            steps: done.steps.into_iter().map(|s| s.0).collect(),
+            checkpoint: task.checkpoint_path(),
+            lock: Arc::new(done.lock),
+        })
     }
     match cfg.method {
         Method::Mae => run::<MaskedAutoencoder>(cfg, resume, reporter),
@@ -376,7 +396,8 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
         let grid = (model_cfg.grid(), model_cfg.grid());
         self.ctx = Some(StepContext { ratio: self.cfg.ratio(), strategy: self.cfg.mask.clone(), grid, tokenizer });
         if self.cfg.eval_every > 0 {
-            let test = Dataset::open(&self.cfg.run.data, Split::Test).context("the k-NN monitor (--eval-every) needs a test split")?;
+            let test = Dataset::open(&self.cfg.run.data, Split::Test)
+                .context("the k-NN monitor (--eval-every) needs a test split")?;
             let mut bank = data.clone();
             bank.truncate(self.cfg.knn_images);
             self.monitor = Some((bank, test));
@@ -440,16 +461,21 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
 
     /// The model's own step after an update (an EMA teacher would follow the student here).
     fn after_batch(&mut self, model: M, _output: (), iteration: u64, update: Option<&Update>) -> Result<(M, Extras)> {
-        Ok((match update {
-            Some(u) => model.after_update(u, iteration),
-            None => model,
-        }, Vec::new()))
+        Ok((
+            match update {
+                Some(u) => model.after_update(u, iteration),
+                None => model,
+            },
+            Vec::new(),
+        ))
     }
 
     /// k-NN accuracy (k = 20) of the encoder's features on the test split, with the first
     /// `knn_images` training images as the memory bank.
     fn end_of_epoch(&mut self, model: &M, end: &EpochEnd) -> Result<EpochReport> {
-        let (Some((bank, test)), epoch) = (&self.monitor, end.progress.epoch) else { return Ok(EpochReport::default()) };
+        let (Some((bank, test)), epoch) = (&self.monitor, end.progress.epoch) else {
+            return Ok(EpochReport::default());
+        };
         if epoch % self.cfg.eval_every as u64 != 0 {
             return Ok(EpochReport::default());
         }
@@ -463,8 +489,13 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
         let (top1, top5) = knn_accuracy(&f_train, &f_test, bank.classes.len(), KnnConfig::default(), &device)?;
         let seconds = t0.elapsed().as_secs_f64();
         Ok(EpochReport {
-            message: Some(format!("epoch {epoch}: {}-NN test top-1 {top1:.2}% top-5 {top5:.2}% ({seconds:.0} s)", KnnConfig::default().k)),
-            record: Some(serde_json::json!({"epoch": epoch, "iteration": end.progress.iteration, "top1": top1, "top5": top5, "seconds": seconds})),
+            message: Some(format!(
+                "epoch {epoch}: {}-NN test top-1 {top1:.2}% top-5 {top5:.2}% ({seconds:.0} s)",
+                KnnConfig::default().k
+            )),
+            record: Some(
+                serde_json::json!({"epoch": epoch, "iteration": end.progress.iteration, "top1": top1, "top5": top5, "seconds": seconds}),
+            ),
         })
     }
 
@@ -473,7 +504,10 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
             mim_version: env!("CARGO_PKG_VERSION").into(),
             model: self.model_cfg().clone(),
             // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(PretrainConfig { run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() }, ..self.cfg.clone() })?,
+            train: serde_json::to_value(PretrainConfig {
+                run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() },
+                ..self.cfg.clone()
+            })?,
             iteration: progress.iteration,
             optimizer_steps: progress.optimizer_steps,
             epoch: progress.epoch,

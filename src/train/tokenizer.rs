@@ -50,7 +50,13 @@ impl Default for TokenizerTrainConfig {
     fn default() -> Self {
         Self {
             run: RunConfig { out: PathBuf::from("runs/tokenizer"), batch_size: 128, ..RunConfig::default() },
-            optim: OptimConfig { lr: Some(2e-3), min_lr: 1e-5, warmup_epochs: Some(0.5), weight_decay: 1e-4, ..OptimConfig::default() },
+            optim: OptimConfig {
+                lr: Some(2e-3),
+                min_lr: 1e-5,
+                warmup_epochs: Some(0.5),
+                weight_decay: 1e-4,
+                ..OptimConfig::default()
+            },
             model: "vq_tiny_28".into(),
             img_size: None,
             vocab_size: None,
@@ -86,10 +92,18 @@ impl TokenizerTrainConfig {
 
     /// The training step: AdamW (MAE's betas; no decay on 1-D parameters and biases: no paper
     /// recipe to follow) under per-iteration warm-up and half-cosine, `optimizer` state if resuming.
-    pub fn stepper(&self, model: &VqTokenizer, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<VqTokenizer>> {
-        let mut optim = adamw(model, self.optim.weight_decay, MAE_BETAS, |path, ndim| ndim <= 1 || path.ends_with(".bias"));
+    pub fn stepper(
+        &self,
+        model: &VqTokenizer,
+        iters_per_epoch: usize,
+        optimizer: Option<Bytes>,
+    ) -> Result<Stepper<VqTokenizer>> {
+        let mut optim =
+            adamw(model, self.optim.weight_decay, MAE_BETAS, |path, ndim| ndim <= 1 || path.ends_with(".bias"));
         if let Some(bytes) = optimizer {
-            optim = optim.from_bytes(bytes).map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
+            optim = optim
+                .from_bytes(bytes)
+                .map_err(|e| anyhow::anyhow!("cannot read the checkpoint's optimizer state: {e:?}"))?;
         }
         let schedule = LrSchedule {
             kind: ScheduleKind::Mae,
@@ -196,7 +210,11 @@ fn ids_to_host(ids: Tensor<2, Int>) -> Vec<u32> {
 
 /// Trains a tokenizer; with `resume`, continues the run saved in that checkpoint on exactly the
 /// trajectory an uninterrupted run would have followed (same batches, restarts and metrics).
-pub fn train_tokenizer(cfg: &TokenizerTrainConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<TokenizerSummary> {
+pub fn train_tokenizer(
+    cfg: &TokenizerTrainConfig,
+    resume: Option<&Path>,
+    reporter: &mut dyn Reporter,
+) -> Result<TokenizerSummary> {
     let mut task = TokenizerTraining { cfg, model_cfg: None, usage: None, stats: (Vec::new(), Vec::new()), last: None };
     let done = fit(&mut task, resume, reporter)?;
     let steps = done
@@ -288,7 +306,12 @@ impl Task for TokenizerTraining<'_> {
         Ok(Start { model: ck.model, optimizer, iteration: ck.header.iteration, epoch: ck.header.epoch })
     }
 
-    fn stepper(&self, model: &VqTokenizer, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<VqTokenizer>> {
+    fn stepper(
+        &self,
+        model: &VqTokenizer,
+        iters_per_epoch: usize,
+        optimizer: Option<Bytes>,
+    ) -> Result<Stepper<VqTokenizer>> {
         self.cfg.stepper(model, iters_per_epoch, optimizer)
     }
 
@@ -313,17 +336,35 @@ impl Task for TokenizerTraining<'_> {
         )
     }
 
-    fn loss(&mut self, model: &VqTokenizer, batch: &mut Batch, _iteration: u64, device: &Device) -> Result<(Tensor<1>, Codes)> {
+    fn loss(
+        &mut self,
+        model: &VqTokenizer,
+        batch: &mut Batch,
+        _iteration: u64,
+        device: &Device,
+    ) -> Result<(Tensor<1>, Codes)> {
         let out = model.forward_loss(batch.tensor(device))?;
         let scalar = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
-        let codes = Codes { recon: scalar(&out.recon_loss), commit: scalar(&out.commit_loss), ids: out.ids, encodings: out.encodings };
+        let codes = Codes {
+            recon: scalar(&out.recon_loss),
+            commit: scalar(&out.commit_loss),
+            ids: out.ids,
+            encodings: out.encodings,
+        };
         Ok((out.loss, codes))
     }
 
-    fn after_batch(&mut self, mut model: VqTokenizer, codes: Codes, iteration: u64, _update: Option<&Update>) -> Result<(VqTokenizer, Extras)> {
+    fn after_batch(
+        &mut self,
+        mut model: VqTokenizer,
+        codes: Codes,
+        iteration: u64,
+        _update: Option<&Update>,
+    ) -> Result<(VqTokenizer, Extras)> {
         let ids = ids_to_host(codes.ids);
         let encodings = codes.encodings.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 encodings");
-        let restarted = model.ema_update(&encodings, &ids, &mut rng_for(&[self.cfg.run.seed, iteration, RESTART_STREAM]));
+        let restarted =
+            model.ema_update(&encodings, &ids, &mut rng_for(&[self.cfg.run.seed, iteration, RESTART_STREAM]));
         let (perplexity, _) = code_statistics(&ids, self.model_cfg().vocab_size);
         let usage = self.usage.as_mut().expect("started");
         usage.push(&ids);
@@ -340,7 +381,11 @@ impl Task for TokenizerTraining<'_> {
 
     fn end_of_epoch(&mut self, _model: &VqTokenizer, end: &EpochEnd) -> Result<EpochReport> {
         let message = self.last.map(|(recon, perplexity, usage)| {
-            format!("epoch {}: recon {recon:.4}, perplexity {perplexity:.1}, codebook usage {:.1}%", end.progress.epoch, 100.0 * usage)
+            format!(
+                "epoch {}: recon {recon:.4}, perplexity {perplexity:.1}, codebook usage {:.1}%",
+                end.progress.epoch,
+                100.0 * usage
+            )
         });
         Ok(EpochReport { message, record: None })
     }
@@ -350,7 +395,10 @@ impl Task for TokenizerTraining<'_> {
             mim_version: env!("CARGO_PKG_VERSION").into(),
             model: self.model_cfg().clone(),
             // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(TokenizerTrainConfig { run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() }, ..self.cfg.clone() })?,
+            train: serde_json::to_value(TokenizerTrainConfig {
+                run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() },
+                ..self.cfg.clone()
+            })?,
             iteration: progress.iteration,
             epoch: progress.epoch,
             usage: self.usage.clone().expect("started"),
@@ -368,12 +416,16 @@ pub fn reconstruction_picture(model: &VqTokenizer, ds: &Dataset, indices: &[usiz
     let side = model.grid() * model.patch_size();
     let batch = load_batch(ds, &Transform::Resize { size: side }, indices, 0, 0)?;
     let x = batch.tensor(&device);
-    let recon = model.decode_ids(model.encode_ids(x)?)?.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 images");
+    let recon =
+        model.decode_ids(model.encode_ids(x)?)?.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 images");
     let per = recon.len() / indices.len().max(1);
     let rows: Vec<Vec<Vec<f32>>> = (0..indices.len())
         .map(|i| {
             let span = i * per..(i + 1) * per;
-            vec![crate::viz::denormalize(&batch.images[span.clone()], &ds.mean, &ds.std), crate::viz::denormalize(&recon[span], &ds.mean, &ds.std)]
+            vec![
+                crate::viz::denormalize(&batch.images[span.clone()], &ds.mean, &ds.std),
+                crate::viz::denormalize(&recon[span], &ds.mean, &ds.std),
+            ]
         })
         .collect();
     crate::viz::save_png(&crate::viz::panels_image(&rows, ds.channels, side, side, 4), path)
@@ -395,7 +447,12 @@ pub struct TokenizerReport {
 }
 
 /// Encodes the first `max_images` images of `ds` (resized, no augmentation) in batches of `batch_size`.
-pub fn evaluate_tokenizer(model: &VqTokenizer, ds: &Dataset, max_images: usize, batch_size: usize) -> Result<TokenizerReport> {
+pub fn evaluate_tokenizer(
+    model: &VqTokenizer,
+    ds: &Dataset,
+    max_images: usize,
+    batch_size: usize,
+) -> Result<TokenizerReport> {
     let device = model.codebook.device();
     let n = ds.len().min(max_images);
     ensure!(n > 0 && batch_size > 0, "nothing to evaluate: the dataset is empty or --batch-size is 0");
@@ -410,5 +467,11 @@ pub fn evaluate_tokenizer(model: &VqTokenizer, ds: &Dataset, max_images: usize, 
         ids.extend(ids_to_host(batch_ids));
     }
     let (perplexity, codes_used) = code_statistics(&ids, model.vocab_size());
-    Ok(TokenizerReport { images: n, recon_mse: sq / count as f64, perplexity, codes_used, vocab_size: model.vocab_size() })
+    Ok(TokenizerReport {
+        images: n,
+        recon_mse: sq / count as f64,
+        perplexity,
+        codes_used,
+        vocab_size: model.vocab_size(),
+    })
 }

@@ -151,7 +151,12 @@ pub trait Task {
     fn start(&mut self, data: &Dataset, resume: Option<&Path>, device: &Device) -> Result<Start<Self::Model>>;
 
     /// The optimizer step of this job for `model` (groups, schedule, clipping, layer decay).
-    fn stepper(&self, model: &Self::Model, iters_per_epoch: usize, optimizer: Option<Bytes>) -> Result<Stepper<Self::Model>>;
+    fn stepper(
+        &self,
+        model: &Self::Model,
+        iters_per_epoch: usize,
+        optimizer: Option<Bytes>,
+    ) -> Result<Stepper<Self::Model>>;
 
     /// The training augmentation.
     fn transform(&self) -> Transform;
@@ -160,11 +165,23 @@ pub trait Task {
     fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String;
 
     /// The loss of micro-batch `iteration` (0-based over the run).
-    fn loss(&mut self, model: &Self::Model, batch: &mut Batch, iteration: u64, device: &Device) -> Result<(Tensor<1>, Self::Output)>;
+    fn loss(
+        &mut self,
+        model: &Self::Model,
+        batch: &mut Batch,
+        iteration: u64,
+        device: &Device,
+    ) -> Result<(Tensor<1>, Self::Output)>;
 
     /// After the backward of micro-batch `iteration` and the optimizer `update` it completed, if
     /// any: where an EMA codebook or an EMA teacher follows the trained weights.
-    fn after_batch(&mut self, model: Self::Model, _output: Self::Output, _iteration: u64, _update: Option<&Update>) -> Result<(Self::Model, Extras)> {
+    fn after_batch(
+        &mut self,
+        model: Self::Model,
+        _output: Self::Output,
+        _iteration: u64,
+        _update: Option<&Update>,
+    ) -> Result<(Self::Model, Extras)> {
         Ok((model, Vec::new()))
     }
 
@@ -204,7 +221,11 @@ pub fn keep_records(path: &Path, key: &str, max: u64) -> Result<()> {
 }
 
 fn append(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write '{}'", path.display()))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write '{}'", path.display()))
 }
 
 /// Trains `task`; with `resume`, continues the run saved in that checkpoint on exactly the
@@ -219,7 +240,12 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
     }
     task.prepare(&ds)?;
     let spe = ds.len() / run.batch_size;
-    ensure!(spe > 0, "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images", ds.len(), run.batch_size);
+    ensure!(
+        spe > 0,
+        "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images",
+        ds.len(),
+        run.batch_size
+    );
     let ckpt = task.checkpoint_path();
     // Taken before the folder is looked at, and held to the end: a second run into the same
     // folder is refused instead of interleaving its checkpoints and metrics with this one's.
@@ -238,7 +264,8 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
     let mut stepper = task.stepper(&start.model, spe, start.optimizer)?;
     let (mut model, mut it) = (start.model, start.iteration);
 
-    std::fs::create_dir_all(&run.out).with_context(|| format!("cannot create output folder '{}'", run.out.display()))?;
+    std::fs::create_dir_all(&run.out)
+        .with_context(|| format!("cannot create output folder '{}'", run.out.display()))?;
     let mpath = task.metrics_path();
     keep_records(&mpath, "iteration", it)?;
     let mut metrics = append(&mpath)?;
@@ -257,7 +284,16 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
     for epoch in (it / spe as u64)..run.epochs as u64 {
         let first = (it % spe as u64) as usize;
         let order = epoch_order(ds.len(), run.seed, epoch);
-        let loader = Prefetcher::spawn(ds.clone(), transform.clone(), order, run.batch_size, first, run.seed, epoch, run.prefetch);
+        let loader = Prefetcher::spawn(
+            ds.clone(),
+            transform.clone(),
+            order,
+            run.batch_size,
+            first,
+            run.seed,
+            epoch,
+            run.prefetch,
+        );
         let (mut loss_sum, mut batches) = (0.0, 0usize);
         let mut t0 = Instant::now();
         for batch in loader {
@@ -286,8 +322,16 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
             if recent.len() > 20 {
                 recent.pop_front();
             }
-            let rate = recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
-            let m = StepMetrics { iteration: it, epoch, loss, lr, images_per_sec: rate, elapsed_s: started.elapsed().as_secs_f64() };
+            let rate =
+                recent.iter().map(|r| r.0).sum::<usize>() as f64 / recent.iter().map(|r| r.1).sum::<f64>().max(1e-9);
+            let m = StepMetrics {
+                iteration: it,
+                epoch,
+                loss,
+                lr,
+                images_per_sec: rate,
+                elapsed_s: started.elapsed().as_secs_f64(),
+            };
             let mut line = serde_json::to_string(&m)?;
             line.pop();
             for (k, v) in &extras {
@@ -301,7 +345,11 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
         metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
         let progress = Progress { iteration: it, optimizer_steps, epoch: epoch + 1 };
-        let end = EpochEnd { progress, mean_loss: loss_sum / batches.max(1) as f64, elapsed_s: started.elapsed().as_secs_f64() };
+        let end = EpochEnd {
+            progress,
+            mean_loss: loss_sum / batches.max(1) as f64,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        };
         let report = task.end_of_epoch(&model, &end)?;
         if let (Some(record), Some(log)) = (&report.record, task.epoch_log()) {
             writeln!(append(&log)?, "{record}").with_context(|| format!("cannot write '{}'", log.display()))?;

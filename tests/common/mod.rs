@@ -87,7 +87,8 @@ pub fn assert_gradients_close(label: &str, ours: &mim::io::TensorMap, theirs: &m
         if !(name.ends_with("qkv.weight") || name.ends_with("qkv.bias")) {
             continue;
         }
-        for ((role, o), t) in ["q", "k", "v"].into_iter().zip(qkv_parts(shape, &ours[name].1)).zip(qkv_parts(shape, g)) {
+        for ((role, o), t) in ["q", "k", "v"].into_iter().zip(qkv_parts(shape, &ours[name].1)).zip(qkv_parts(shape, g))
+        {
             if role == "k" && name.ends_with("qkv.bias") {
                 key_bias = o.iter().chain(&t).fold(key_bias, |m, v| m.max(v.abs()));
             } else {

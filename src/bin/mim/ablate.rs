@@ -61,11 +61,16 @@ pub fn run_ablate(a: &AblateArgs) -> Result<()> {
     let max_images = a.max_images.or(a.quick.then_some(2000));
     let study_name = serde_json::to_value(a.study)?.as_str().unwrap_or("study").to_string();
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/ablate").join(&study_name));
-    let run = RunConfig { data: a.data.clone(), batch_size: a.batch_size, max_images, seed: a.seed, ..RunConfig::default() };
+    let run =
+        RunConfig { data: a.data.clone(), batch_size: a.batch_size, max_images, seed: a.seed, ..RunConfig::default() };
     let pretrain_defaults = PretrainConfig::default();
     let base = PretrainConfig {
         run: RunConfig { epochs: a.epochs.unwrap_or(if a.quick { 2 } else { 20 }), ..run.clone() },
-        optim: OptimConfig { lr: Some(a.lr), warmup_epochs: Some(if a.quick { 0.3 } else { 1.0 }), ..pretrain_defaults.optim },
+        optim: OptimConfig {
+            lr: Some(a.lr),
+            warmup_epochs: Some(if a.quick { 0.3 } else { 1.0 }),
+            ..pretrain_defaults.optim
+        },
         model: Some(a.model.clone()),
         tokenizer: a.tokenizer.clone(),
         ..pretrain_defaults
@@ -77,10 +82,24 @@ pub fn run_ablate(a: &AblateArgs) -> Result<()> {
         crop_scale: (0.35, 1.0),
         ..finetune_defaults
     };
-    let cfg = AblateConfig { study: a.study, base, finetune, probe: LinprobeConfig::default(), probe_images: max_images, quick: a.quick, out: out.clone() };
+    let cfg = AblateConfig {
+        study: a.study,
+        base,
+        finetune,
+        probe: LinprobeConfig::default(),
+        probe_images: max_images,
+        quick: a.quick,
+        out: out.clone(),
+    };
     let rows = run_study(&cfg, &mut Bar::default())?;
     println!("{}", std::fs::read_to_string(out.join("table.md"))?);
-    eprintln!("{} settings in {:.0} s: {} (table), {} (plot), {} (raw)", rows.len(), t0.elapsed().as_secs_f64(),
-        out.join("table.md").display(), out.join("plot.png").display(), out.join("results.jsonl").display());
+    eprintln!(
+        "{} settings in {:.0} s: {} (table), {} (plot), {} (raw)",
+        rows.len(),
+        t0.elapsed().as_secs_f64(),
+        out.join("table.md").display(),
+        out.join("plot.png").display(),
+        out.join("results.jsonl").display()
+    );
     Ok(())
 }

@@ -7,11 +7,11 @@ use anyhow::{Result, bail, ensure};
 use clap::Args;
 
 use mim::data::{Dataset, Split};
-use mim::train::finetune::{FinetuneArgs, FinetuneConfig, finetune, last_checkpoint};
 use mim::eval::knn::{KnnConfig, knn_accuracy};
 use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
 use mim::eval::{Backbone, Features, extract};
 use mim::models::classifier::Pool;
+use mim::train::finetune::{FinetuneArgs, FinetuneConfig, finetune, last_checkpoint};
 
 use crate::Bar;
 
@@ -81,11 +81,18 @@ impl BackboneArgs {
             };
             let t0 = Instant::now();
             let n = ds.len();
-            let f = extract(encoder.as_ref().map(|(e, _)| e.as_ref()), &ds, side, self.feature_batch, &device, &mut |done| {
-                if done == n || done % (self.feature_batch * 20) == 0 {
-                    eprint!("\r{} features of {split:?}: {done}/{n}", backbone.describe());
-                }
-            })?;
+            let f = extract(
+                encoder.as_ref().map(|(e, _)| e.as_ref()),
+                &ds,
+                side,
+                self.feature_batch,
+                &device,
+                &mut |done| {
+                    if done == n || done % (self.feature_batch * 20) == 0 {
+                        eprint!("\r{} features of {split:?}: {done}/{n}", backbone.describe());
+                    }
+                },
+            )?;
             eprintln!(" ({} wide, {:.1} s)", f.dim, t0.elapsed().as_secs_f64());
             out.push(f);
         }
@@ -132,7 +139,15 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
             let saved = mim::checkpoint::read_header(r)?.train;
             let mutable = &["epochs", "device", "prefetch", "checkpoint_every"];
-            cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data", "checkpoint"], &cfg.run.out)?;
+            cfg = crate::resume::resumed(
+                r,
+                &saved,
+                &cfg,
+                a.config.as_deref(),
+                mutable,
+                &["data", "checkpoint"],
+                &cfg.run.out,
+            )?;
         }
         None => {
             crate::resume::absolute(&mut cfg.run.data);
@@ -203,9 +218,17 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
     })?;
     let last = history.last().expect("at least one epoch");
     let what = a.backbone.backbone()?.describe();
-    println!("linear probe of {what}: test top-1 {:.2}%, top-5 {:.2}% ({:.1} s)", last.top1, last.top5, t0.elapsed().as_secs_f64());
-    write_result(&a.results, serde_json::json!({"protocol": "linprobe", "backbone": what, "pool": a.backbone.pool,
-        "top1": last.top1, "top5": last.top5, "epochs": a.epochs, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}))
+    println!(
+        "linear probe of {what}: test top-1 {:.2}%, top-5 {:.2}% ({:.1} s)",
+        last.top1,
+        last.top5,
+        t0.elapsed().as_secs_f64()
+    );
+    write_result(
+        &a.results,
+        serde_json::json!({"protocol": "linprobe", "backbone": what, "pool": a.backbone.pool,
+        "top1": last.top1, "top5": last.top5, "epochs": a.epochs, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}),
+    )
 }
 
 /// `mim knn` flags.
@@ -232,8 +255,11 @@ pub fn run_knn(a: &KnnArgs) -> Result<()> {
     let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, KnnConfig { k: a.k, temperature: a.temperature }, &device)?;
     let what = a.backbone.backbone()?.describe();
     println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.elapsed().as_secs_f64());
-    write_result(&a.results, serde_json::json!({"protocol": "knn", "k": a.k, "backbone": what, "pool": a.backbone.pool,
-        "top1": top1, "top5": top5, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}))
+    write_result(
+        &a.results,
+        serde_json::json!({"protocol": "knn", "k": a.k, "backbone": what, "pool": a.backbone.pool,
+        "top1": top1, "top5": top5, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}),
+    )
 }
 
 /// `mim embed` flags.

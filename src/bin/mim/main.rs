@@ -12,10 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mim::bench;
 use mim::checkpoint;
 use mim::data::Split;
+use mim::reconstruct::{Images, MaskChoice, Reconstructor};
 use mim::train::pretrain;
 use mim::train::pretrain::{PretrainConfig, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{OptimConfig, Reporter, RunConfig, StepMetrics};
-use mim::reconstruct::{Images, MaskChoice, Reconstructor};
 
 mod ablate;
 mod evaluate;
@@ -23,7 +23,11 @@ mod resume;
 mod tokenizer;
 
 #[derive(Parser)]
-#[command(name = "mim", version, about = "Masked image modeling (MAE) for vision transformers, on burn: pretrain, evaluate, picture")]
+#[command(
+    name = "mim",
+    version,
+    about = "Masked image modeling (MAE) for vision transformers, on burn: pretrain, evaluate, picture"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -210,7 +214,13 @@ enum BenchTable {
 fn run_bench(a: &BenchArgs) -> Result<()> {
     let progress = &mut |line: &str| eprintln!("{line}");
     if let Some(BenchTable::Speedup { models, batch, warmup, iters, out, device }) = &a.table {
-        let opts = bench::SpeedupOptions { models: models.clone(), batch: batch.clone(), warmup: *warmup, iters: *iters, out: out.clone() };
+        let opts = bench::SpeedupOptions {
+            models: models.clone(),
+            batch: batch.clone(),
+            warmup: *warmup,
+            iters: *iters,
+            out: out.clone(),
+        };
         bench::speedup(&opts, &mim::runtime::device(device)?, progress, &mut |line| println!("{line}"))?;
         return Ok(());
     }
@@ -256,9 +266,11 @@ impl Reporter for Bar {
         if std::io::stderr().is_terminal() {
             let pb = ProgressBar::new(total).with_position(done);
             pb.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}")
-                    .unwrap()
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}",
+                )
+                .unwrap()
+                .progress_chars("=> "),
             );
             self.pb = Some(pb);
         }
@@ -303,7 +315,8 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
         mim::weights::export_weights(&ck.model, ck.header.model.mae()?, &path)?;
         weights = format!(", weights {}", path.display());
     }
-    let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>() / summary.steps.len().clamp(1, 20) as f64;
+    let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>()
+        / summary.steps.len().clamp(1, 20) as f64;
     eprintln!(
         "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}{weights}",
         t0.elapsed().as_secs_f64(),
@@ -321,11 +334,16 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
         (None, Some(weights)) => {
             let cfg = match (&a.hf_config, &a.model) {
                 (Some(json), _) => {
-                    let text = std::fs::read_to_string(json).with_context(|| format!("cannot read '{}'", json.display()))?;
-                    mim::weights::mae_config_from_hf(&serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", json.display()))?)?
+                    let text =
+                        std::fs::read_to_string(json).with_context(|| format!("cannot read '{}'", json.display()))?;
+                    mim::weights::mae_config_from_hf(
+                        &serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", json.display()))?,
+                    )?
                 }
                 (None, Some(preset)) => mim::models::mae::MaeConfig::preset(preset)?,
-                (None, None) => bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture"),
+                (None, None) => {
+                    bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture")
+                }
             };
             Reconstructor::from_weights(weights, cfg, &device)?
         }
@@ -357,7 +375,10 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
 const PRETRAIN_MUTABLE: &[&str] = &["epochs", "device", "prefetch", "checkpoint_every", "eval_every", "knn_images"];
 
 /// A job's settings: the TOML file's (or the defaults), then the flags that were given.
-fn settings<C: Default + serde::Serialize + serde::de::DeserializeOwned>(file: Option<&Path>, flags: impl FnOnce(&mut C)) -> Result<C> {
+fn settings<C: Default + serde::Serialize + serde::de::DeserializeOwned>(
+    file: Option<&Path>,
+    flags: impl FnOnce(&mut C),
+) -> Result<C> {
     let mut cfg = match file {
         Some(path) => mim::train::config::read_toml(path)?,
         None => C::default(),
@@ -377,7 +398,15 @@ fn run(cli: Cli) -> Result<()> {
                         bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
                     }
                     let saved = checkpoint::read_header(r)?.train;
-                    cfg = resume::resumed(r, &saved, &cfg, args.config.as_deref(), PRETRAIN_MUTABLE, &["data", "tokenizer"], &cfg.run.out)?;
+                    cfg = resume::resumed(
+                        r,
+                        &saved,
+                        &cfg,
+                        args.config.as_deref(),
+                        PRETRAIN_MUTABLE,
+                        &["data", "tokenizer"],
+                        &cfg.run.out,
+                    )?;
                 }
                 None => {
                     resume::absolute(&mut cfg.run.data);
@@ -400,7 +429,10 @@ fn run(cli: Cli) -> Result<()> {
             let ck = checkpoint_path(&out);
             let resume = ck.exists().then_some(ck.as_path());
             if resume.is_some() {
-                eprintln!("'{}' holds an earlier demo run: continuing it (delete the folder to start over)", out.display());
+                eprintln!(
+                    "'{}' holds an earlier demo run: continuing it (delete the folder to start over)",
+                    out.display()
+                );
             }
             if resume.is_none() || checkpoint::read_header(&ck)?.epoch < epochs as u64 {
                 run_pretrain(&cfg, resume)?;

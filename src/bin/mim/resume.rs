@@ -24,7 +24,11 @@ pub fn record_given(matches: &ArgMatches) {
     while let Some((_, sub)) = m.subcommand() {
         m = sub;
     }
-    let ids = m.ids().map(|id| id.as_str().to_string()).filter(|id| m.value_source(id) == Some(ValueSource::CommandLine)).collect();
+    let ids = m
+        .ids()
+        .map(|id| id.as_str().to_string())
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .collect();
     let _ = GIVEN.set(ids);
 }
 
@@ -55,7 +59,9 @@ fn show(v: &Value) -> String {
 fn same_path(a: &Value, b: &Value) -> bool {
     match (a.as_str(), b.as_str()) {
         (Some(a), Some(b)) => {
-            let norm = |p: &str| std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| PathBuf::from(p));
+            let norm = |p: &str| {
+                std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| PathBuf::from(p))
+            };
             norm(a) == norm(b)
         }
         _ => a == b,
@@ -83,7 +89,8 @@ pub fn resumed<T: Default + Serialize + DeserializeOwned>(
     let mut keys: Vec<String> = given().iter().filter(|k| req.get(k.as_str()).is_some()).cloned().collect();
     if let Some(f) = config_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("cannot read config '{}'", f.display()))?;
-        let table: toml::Table = toml::from_str(&text).with_context(|| format!("config '{}' is not valid TOML", f.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("config '{}' is not valid TOML", f.display()))?;
         if let Value::Object(flat) = flatten(nest(serde_json::to_value(table)?)) {
             keys.extend(flat.keys().cloned());
         }
@@ -94,7 +101,9 @@ pub fn resumed<T: Default + Serialize + DeserializeOwned>(
     for k in keys.iter().filter(|k| k.as_str() != "out") {
         let new = &req[k.as_str()];
         let old = merged.get(k.as_str()).cloned().unwrap_or(Value::Null);
-        let moved = || old.as_str().is_some_and(|p| !Path::new(p).exists()) && new.as_str().is_some_and(|p| Path::new(p).exists());
+        let moved = || {
+            old.as_str().is_some_and(|p| !Path::new(p).exists()) && new.as_str().is_some_and(|p| Path::new(p).exists())
+        };
         if paths.contains(&k.as_str()) && (same_path(new, &old) || moved()) {
             let mut p = PathBuf::from(new.as_str().unwrap_or_default());
             absolute(&mut p);
@@ -103,7 +112,10 @@ pub fn resumed<T: Default + Serialize + DeserializeOwned>(
         } else if mutable.contains(&k.as_str()) {
             merged.insert(k.clone(), new.clone());
         } else {
-            refused.push((k.clone(), format!("{} ({} {}; the run has {})", k.replace('_', " "), flag(k), show(new), show(&old))));
+            refused.push((
+                k.clone(),
+                format!("{} ({} {}; the run has {})", k.replace('_', " "), flag(k), show(new), show(&old)),
+            ));
         }
     }
     if !refused.is_empty() {
@@ -128,5 +140,6 @@ pub fn resumed<T: Default + Serialize + DeserializeOwned>(
         }
     }
     merged.insert("out".into(), serde_json::to_value(out)?);
-    from_json(Value::Object(merged)).with_context(|| format!("checkpoint '{}' holds a configuration this mim cannot read", ckpt.display()))
+    from_json(Value::Object(merged))
+        .with_context(|| format!("checkpoint '{}' holds a configuration this mim cannot read", ckpt.display()))
 }

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 
 use mim::data::{Dataset, Split};
 use mim::train::tokenizer::{
-    TokenizerTrainArgs, TokenizerTrainConfig, evaluate_tokenizer, load_tokenizer, reconstruction_picture, tokenizer_checkpoint_path, tokenizer_metrics_path,
-    train_tokenizer,
+    TokenizerTrainArgs, TokenizerTrainConfig, evaluate_tokenizer, load_tokenizer, reconstruction_picture,
+    tokenizer_checkpoint_path, tokenizer_metrics_path, train_tokenizer,
 };
 
 use crate::Bar;
