@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         let cfg = SwinConfig { img_size: size, window_size: 8, ..SwinConfig::preset("swin_tiny_patch4_window7_224")? };
         let swin = cfg.init(0, &device)?;
         let ts = per_image(&device, size, |imgs| swin.forward(imgs));
-        let tv = per_image(&device, size, &vit);
+        let tv = per_image(&device, size, vit);
         let ratio = |now: f64, before: Option<f64>| before.map_or("-".to_string(), |b| format!("{:.1}x", now / b));
         println!(
             "{:>6} {:>8} {:>14.1} {:>14} {:>14.1} {:>14}",

@@ -62,7 +62,7 @@ impl Mask {
     pub fn from_noise(noise: &[f32], batch: usize, mask_ratio: f64) -> Result<Self> {
         check_ratio(mask_ratio)?;
         ensure!(
-            batch > 0 && noise.len() % batch == 0,
+            batch > 0 && noise.len().is_multiple_of(batch),
             "noise of length {} does not split into {batch} rows",
             noise.len()
         );
@@ -410,7 +410,7 @@ impl SimMimMasking {
     pub fn validate(&self, grid: (usize, usize)) -> Result<()> {
         check_ratio(self.mask_ratio)?;
         ensure!(
-            self.model_patch_size > 0 && self.mask_patch_size % self.model_patch_size == 0,
+            self.model_patch_size > 0 && self.mask_patch_size.is_multiple_of(self.model_patch_size),
             "SimMIM mask patch size {} is not a multiple of the model patch size {}: use e.g. mask_patch_size {}",
             self.mask_patch_size,
             self.model_patch_size,
@@ -418,7 +418,7 @@ impl SimMimMasking {
         );
         let s = self.scale();
         ensure!(
-            s > 0 && grid.0 % s == 0 && grid.1 % s == 0,
+            s > 0 && grid.0.is_multiple_of(s) && grid.1.is_multiple_of(s),
             "a {}x{} patch grid does not split into {s}x{s} mask squares: the image side must be a multiple of mask_patch_size {}",
             grid.0,
             grid.1,

@@ -426,7 +426,7 @@ impl<M: Module> Stepper<M> {
         self.accum.accumulate(&model, grads);
         self.pending += 1;
         let spe = self.schedule.iters_per_epoch.max(1) as u64;
-        if self.pending < self.accum_iter && (iteration + 1) % spe != 0 {
+        if self.pending < self.accum_iter && !(iteration + 1).is_multiple_of(spe) {
             return (model, None);
         }
         let lr = self.schedule.at(iteration + 1 - self.pending as u64);

@@ -71,6 +71,10 @@ pub struct Reconstructions {
     pub removed: usize,
 }
 
+/// Images loaded for a model: the batch (normalised), each image's name, and the normalisation's
+/// per-channel mean and std.
+pub type LoadedImages = (Batch, Vec<String>, Vec<f32>, Vec<f32>);
+
 /// The two model families that predict the pixels of removed patches.
 enum Model {
     Mae(MaskedAutoencoder),
@@ -118,7 +122,7 @@ impl Reconstructor {
 
     /// Loads `images` at the model's input size: the batch (normalised), each image's name, and the
     /// normalisation's per-channel mean and std.
-    pub fn load_images(&self, images: &Images) -> Result<(Batch, Vec<String>, Vec<f32>, Vec<f32>)> {
+    pub fn load_images(&self, images: &Images) -> Result<LoadedImages> {
         let cfg = &self.config;
         let transform = Transform::Resize { size: cfg.img_size() };
         match images {

@@ -63,11 +63,11 @@ pub fn reconstruction_rows(
             let removed: Vec<bool> = (0..h * w).map(|px| removed[i * l + (px / w / p) * gw + (px % w) / p]).collect();
             let (mut o, mut r, mut s) = (vec![0.0; per], vec![0.0; per], vec![0.0; per]);
             for k in 0..c {
-                for px in 0..h * w {
+                for (px, &gone) in removed.iter().enumerate() {
                     let j = k * h * w + px;
                     o[j] = denorm(orig[i * per + j], k);
                     r[j] = denorm(pred[i * per + j], k);
-                    s[j] = if removed[px] { r[j] } else { o[j] };
+                    s[j] = if gone { r[j] } else { o[j] };
                 }
             }
             ReconstructionRow { original: o, removed, reconstruction: r, pasted: s }

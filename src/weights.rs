@@ -69,7 +69,9 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
 /// concatenated into one qkv projection).
 pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
-    let mut qkv: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 3]> = BTreeMap::new();
+    // Per block, the q, k and v tensors (shape, values) as they are found.
+    type Parts = [Option<(Vec<usize>, Vec<f32>)>; 3];
+    let mut qkv: BTreeMap<String, Parts> = BTreeMap::new();
     for (k, t) in hf {
         let block = |rest: &str, prefix: &str| -> Option<String> {
             let (i, tail) = rest.split_once('.')?;

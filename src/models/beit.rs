@@ -130,14 +130,14 @@ impl BeitConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.patch_size > 0 && self.img_size > 0, "image and patch sizes must be positive");
         ensure!(
-            self.img_size % self.patch_size == 0,
+            self.img_size.is_multiple_of(self.patch_size),
             "image size {} is not divisible by patch size {}: use an image size that is a multiple of {}",
             self.img_size,
             self.patch_size,
             self.patch_size
         );
         ensure!(
-            self.num_heads > 0 && self.embed_dim % self.num_heads == 0,
+            self.num_heads > 0 && self.embed_dim.is_multiple_of(self.num_heads),
             "width {} is not divisible by {} heads: choose a head count that divides it",
             self.embed_dim,
             self.num_heads

@@ -355,13 +355,13 @@ impl Classifier for SwinTransformer {
             return 0;
         }
         let mut parts = path.split('.');
-        if parts.next() == Some("layers") {
-            if let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok()) {
-                return match (parts.next(), parts.next().and_then(|j| j.parse::<usize>().ok())) {
-                    (Some("blocks"), Some(j)) => before(i) + j + 1,
-                    _ => before(i),
-                };
-            }
+        if parts.next() == Some("layers")
+            && let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok())
+        {
+            return match (parts.next(), parts.next().and_then(|j| j.parse::<usize>().ok())) {
+                (Some("blocks"), Some(j)) => before(i) + j + 1,
+                _ => before(i),
+            };
         }
         self.depth() + 1
     }

@@ -189,7 +189,7 @@ impl MaeConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.patch_size > 0 && self.img_size > 0, "image and patch sizes must be positive");
         ensure!(
-            self.img_size % self.patch_size == 0,
+            self.img_size.is_multiple_of(self.patch_size),
             "image size {} is not divisible by patch size {}: use an image size that is a multiple of {} (e.g. --img-size {})",
             self.img_size,
             self.patch_size,

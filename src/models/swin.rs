@@ -177,7 +177,7 @@ impl SwinConfig {
         );
         ensure!(self.in_chans > 0, "in_chans must be positive");
         ensure!(
-            self.img_size % self.patch_size == 0,
+            self.img_size.is_multiple_of(self.patch_size),
             "image size {} is not divisible by patch size {}: use an image size that is a multiple of {}",
             self.img_size,
             self.patch_size,
@@ -192,7 +192,7 @@ impl SwinConfig {
         );
         let s = self.num_stages();
         ensure!(
-            self.grid() % (1 << (s - 1)) == 0,
+            self.grid().is_multiple_of(1 << (s - 1)),
             "the {0}x{0} patch grid cannot be halved {1} times by patch merging: use an image size whose patch grid is a multiple of {2} (e.g. {3} px)",
             self.grid(),
             s - 1,

@@ -106,7 +106,7 @@ impl TokenizerConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.patch_size > 0 && self.img_size > 0, "img_size and patch_size must be positive");
         ensure!(
-            self.img_size % self.patch_size == 0,
+            self.img_size.is_multiple_of(self.patch_size),
             "img_size {} is not a multiple of patch_size {}: use a multiple of {}",
             self.img_size,
             self.patch_size,
@@ -427,8 +427,8 @@ pub fn ema_step(
         }
     }
     let g = decay;
-    for c in 0..k {
-        state.cluster_size[c] = (g * state.cluster_size[c] as f64 + (1.0 - g) * counts[c]) as f32;
+    for (n, &count) in state.cluster_size.iter_mut().zip(&counts) {
+        *n = (g * *n as f64 + (1.0 - g) * count) as f32;
     }
     for (m, s) in state.embed_sum.iter_mut().zip(&sums) {
         *m = (g * *m as f64 + (1.0 - g) * s) as f32;
@@ -436,9 +436,9 @@ pub fn ema_step(
     let total: f64 = state.cluster_size.iter().map(|&n| n as f64).sum();
     let smoothed: Vec<f64> =
         state.cluster_size.iter().map(|&n| (n as f64 + eps) / (total + k as f64 * eps) * total).collect();
-    for c in 0..k {
+    for (c, &n) in smoothed.iter().enumerate() {
         for j in 0..d {
-            state.codebook[c * d + j] = (state.embed_sum[c * d + j] as f64 / smoothed[c]) as f32;
+            state.codebook[c * d + j] = (state.embed_sum[c * d + j] as f64 / n) as f32;
         }
     }
     let mut restarted = 0;

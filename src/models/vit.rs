@@ -450,7 +450,7 @@ pub fn with_mask_token<const D: usize>(x: Tensor<D>, weights: Tensor<D>, token: 
 /// first when `cls_token` is set (the official `get_2d_sincos_pos_embed`: the first half of each
 /// vector encodes the column, the second half the row).
 pub fn sincos_pos_embed_2d(dim: usize, grid: (usize, usize), cls_token: bool) -> Vec<f32> {
-    assert!(dim % 4 == 0, "sin-cos position embedding needs a width divisible by 4, got {dim}");
+    assert!(dim.is_multiple_of(4), "sin-cos position embedding needs a width divisible by 4, got {dim}");
     let quarter = dim / 4;
     let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
     let mut out = if cls_token { vec![0.0f32; dim] } else { Vec::new() };

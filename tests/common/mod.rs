@@ -34,7 +34,7 @@ pub fn max_diff(ours: &[f32], theirs: &[f32]) -> f32 {
 /// or of a qkv bias `[3D]`.
 pub fn qkv_parts(shape: &[usize], v: &[f32]) -> [Vec<f32>; 3] {
     let out = *shape.last().expect("a tensor with dimensions");
-    assert!(shape.len() <= 2 && out % 3 == 0, "a fused qkv weight [in, 3D] or bias [3D], got {shape:?}");
+    assert!(shape.len() <= 2 && out.is_multiple_of(3), "a fused qkv weight [in, 3D] or bias [3D], got {shape:?}");
     let d = out / 3;
     std::array::from_fn(|part| v.chunks_exact(out).flat_map(|row| &row[part * d..(part + 1) * d]).copied().collect())
 }

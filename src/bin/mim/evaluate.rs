@@ -68,10 +68,10 @@ impl BackboneArgs {
         let mut classes = 0;
         for &split in splits {
             let mut ds = Dataset::open(&self.data, split)?;
-            if split == Split::Train {
-                if let Some(n) = self.max_images {
-                    ds.truncate(n);
-                }
+            if split == Split::Train
+                && let Some(n) = self.max_images
+            {
+                ds.truncate(n);
             }
             classes = ds.classes.len();
             let encoder = backbone.encoder(ds.channels, self.pool, &device)?;

@@ -281,7 +281,7 @@ impl Reporter for Bar {
                 pb.set_message(Self::line(m));
                 pb.set_position(m.iteration);
             }
-            None if m.iteration % (self.total / 20).max(1) == 0 || m.iteration == self.total => {
+            None if m.iteration.is_multiple_of((self.total / 20).max(1)) || m.iteration == self.total => {
                 eprintln!("[{}/{}] {}", m.iteration, self.total, Self::line(m));
             }
             None => {}
