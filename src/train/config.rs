@@ -59,7 +59,7 @@ settings! {
     /// Where a run reads and writes, how long it trains and on what: the `[run]` table of every job.
     pub struct RunConfig / RunArgs {
         fields {
-            /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder (see [`crate::data::Dataset::open`]).
+            /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder.
             data: PathBuf,
             /// Output folder: checkpoint, metrics, pictures.
             out: PathBuf,
@@ -75,7 +75,7 @@ settings! {
             checkpoint_every: usize,
             /// Use only the first N training images.
             max_images: Option<usize>,
-            /// `cpu`, or `cuda:N` in a CUDA build.
+            /// cpu, or cuda:N in a CUDA build.
             device: String,
             /// Batches the loader prepares ahead of the training step.
             prefetch: usize,

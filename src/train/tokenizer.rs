@@ -34,7 +34,7 @@ settings! {
             optim: OptimConfig / OptimArgs,
         }
         fields {
-            /// Tokenizer preset (vq_tiny_28, vq_tiny_32; see [`TokenizerConfig::PRESETS`]).
+            /// Tokenizer preset: vq_tiny_28 or vq_tiny_32.
             model: String,
             /// Input side in pixels (default: the preset's).
             img_size: Option<usize>,

@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         epochs: usize,
     },
-    /// Pretrain by masked image modeling: MAE or SimMIM (config from --config TOML, flags override it).
+    /// Pretrain by masked image modeling: MAE, BEiT or SimMIM (config from --config TOML, flags override it).
     Pretrain(PretrainCmd),
     /// Pictures of original | masked | reconstruction | reconstruction + visible, from an MAE or
     /// SimMIM checkpoint (or MAE weights).
