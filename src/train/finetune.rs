@@ -28,7 +28,7 @@ use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
 use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
 use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair, settings};
-use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit};
+use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit, settings_for_header};
 
 /// Random stream ids (kept apart from augmentation and shuffling).
 const MIX_STREAM: u64 = 0x4D49_5855;
@@ -414,20 +414,9 @@ struct Finetuning<'a, C> {
 
 impl<C: Recipe> Finetuning<'_, C> {
     fn header(&self, progress: Progress) -> Result<CheckpointHeader> {
-        Ok(CheckpointHeader {
-            mim_version: env!("CARGO_PKG_VERSION").into(),
-            model: self.model_cfg.clone().expect("started"),
-            // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(FinetuneConfig {
-                run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() },
-                ..self.cfg.clone()
-            })?,
-            iteration: progress.iteration,
-            optimizer_steps: progress.optimizer_steps,
-            epoch: progress.epoch,
-            seed: self.cfg.run.seed,
-            classifier: Some(ClassifierSpec { num_classes: self.classes, pool: self.cfg.pool, best: Some(self.best) }),
-        })
+        let head = ClassifierSpec { num_classes: self.classes, pool: self.cfg.pool, best: Some(self.best) };
+        let model = self.model_cfg.clone().expect("started");
+        Ok(progress.header(model, settings_for_header(self.cfg)?, self.cfg.run.seed, Some(head)))
     }
 }
 

@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_toml_table, settings};
 use super::methods::Method;
 use super::tokenizer::{load_tokenizer, read_tokenizer_header};
-use super::trainer::{EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit};
-use crate::checkpoint::{self, CheckpointHeader};
+use super::trainer::{
+    EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit, settings_for_header,
+};
+use crate::checkpoint;
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, rng_for};
 use crate::data::{Dataset, Split};
@@ -500,20 +502,7 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
     }
 
     fn save(&self, path: &Path, model: &M, optimizer: &ModuleOptimizer, progress: Progress) -> Result<()> {
-        let header = CheckpointHeader {
-            mim_version: env!("CARGO_PKG_VERSION").into(),
-            model: self.model_cfg().clone(),
-            // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(PretrainConfig {
-                run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() },
-                ..self.cfg.clone()
-            })?,
-            iteration: progress.iteration,
-            optimizer_steps: progress.optimizer_steps,
-            epoch: progress.epoch,
-            seed: self.cfg.run.seed,
-            classifier: None,
-        };
+        let header = progress.header(self.model_cfg().clone(), settings_for_header(self.cfg)?, self.cfg.run.seed, None);
         checkpoint::save(path, &header, model, Some(optimizer))
     }
 }

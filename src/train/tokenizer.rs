@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings};
-use super::trainer::{EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit};
+use super::trainer::{
+    EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit, settings_for_header,
+};
 use crate::checkpoint::{self, Kind};
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, load_batch, rng_for};
@@ -394,11 +396,7 @@ impl Task for TokenizerTraining<'_> {
         let header = TokenizerHeader {
             mim_version: env!("CARGO_PKG_VERSION").into(),
             model: self.model_cfg().clone(),
-            // Without the output folder: the same run gives the same bytes wherever it is written.
-            train: serde_json::to_value(TokenizerTrainConfig {
-                run: RunConfig { out: PathBuf::new(), ..self.cfg.run.clone() },
-                ..self.cfg.clone()
-            })?,
+            train: settings_for_header(self.cfg)?,
             iteration: progress.iteration,
             epoch: progress.epoch,
             usage: self.usage.clone().expect("started"),

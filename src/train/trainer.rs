@@ -20,9 +20,11 @@ use serde_json::Value;
 
 use super::config::RunConfig;
 use super::lock::{RunLock, lock_run_dir};
+use crate::checkpoint::{CheckpointHeader, ClassifierSpec};
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, Prefetcher, epoch_order};
 use crate::data::{Dataset, Split};
+use crate::models::pretrain::ModelConfig;
 use crate::optim::{Stepper, Update};
 
 /// One training iteration's numbers.
@@ -86,6 +88,39 @@ pub struct Progress {
     pub optimizer_steps: u64,
     /// Epochs completed.
     pub epoch: u64,
+}
+
+impl Progress {
+    /// The header of a model checkpoint at this point: architecture `model`, the job's settings
+    /// `train` ([`settings_for_header`]), the run's `seed`, and the head of a classifier.
+    pub fn header(
+        self,
+        model: ModelConfig,
+        train: Value,
+        seed: u64,
+        classifier: Option<ClassifierSpec>,
+    ) -> CheckpointHeader {
+        CheckpointHeader {
+            mim_version: env!("CARGO_PKG_VERSION").into(),
+            model,
+            train,
+            iteration: self.iteration,
+            optimizer_steps: self.optimizer_steps,
+            epoch: self.epoch,
+            seed,
+            classifier,
+        }
+    }
+}
+
+/// A job's settings as its checkpoint records them: without the output folder, so the same run
+/// gives the same bytes wherever it is written.
+pub fn settings_for_header<C: Serialize>(cfg: &C) -> Result<Value> {
+    let mut value = serde_json::to_value(cfg)?;
+    if let Some(run) = value.get_mut("run") {
+        run["out"] = Value::String(String::new());
+    }
+    Ok(value)
 }
 
 /// An epoch just ended.
