@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augmentation;
 use crate::data::{Dataset, Split};
 use crate::eval::linprobe::{LinprobeConfig, linear_probe};
 use crate::eval::{Backbone, extract};
@@ -18,7 +19,7 @@ use crate::models::classifier::Pool;
 use crate::models::pretrain::ModelConfig;
 use crate::train::RunConfig;
 use crate::train::finetune::{FinetuneConfig, finetune, read_results, results_path};
-use crate::train::pretrain::{Augmentation, PretrainConfig, Target, pretrain};
+use crate::train::pretrain::{PretrainConfig, Target, pretrain};
 use crate::train::trainer::{Reporter, Silent};
 
 /// A study of MAE Table 1 / figure 5.

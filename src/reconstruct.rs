@@ -177,14 +177,14 @@ impl Reconstructor {
                 let mut rng = rng_for(&[*seed, MASK_STREAM]);
                 match &self.model {
                     Model::Mae(_) => {
-                        let ratio = ratio.unwrap_or(Method::Mae.default_mask_ratio());
+                        let ratio = ratio.unwrap_or(Method::Mae.recipe().mask_ratio);
                         Mask::from_noise(&uniform_noise(&mut rng, batch, l), batch, ratio)
                     }
                     Model::SimMim(m) => {
                         let squares = SimMimMasking {
                             mask_patch_size: m.encoder_stride(),
                             model_patch_size: self.config.patch_size(),
-                            mask_ratio: ratio.unwrap_or(Method::Simmim.default_mask_ratio()),
+                            mask_ratio: ratio.unwrap_or(Method::Simmim.recipe().mask_ratio),
                         };
                         let masked = MaskStrategy::SimMim(squares).sample((grid, grid), batch, &mut rng)?;
                         // Every image has the same number of masked squares, so this keeps the mask as drawn.

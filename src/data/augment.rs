@@ -170,6 +170,39 @@ fn resize_bilinear(img: &Image, crop: (f64, f64, f64, f64), size: usize, flip: b
     }
 }
 
+/// Pretraining augmentation (MAE Table 1e).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Augmentation {
+    /// The whole image, resized.
+    None,
+    /// A fixed-size crop (64% of the area, square) at a random place, plus flip.
+    FixedCrop,
+    /// Random resized crop, scale 0.2-1.0, plus flip (MAE's and SimMIM's default).
+    #[default]
+    RandomResizedCrop,
+    /// Random resized crop, flip and colour jitter 0.4 (BEiT's default).
+    RandomResizedCropColorJitter,
+}
+
+impl Augmentation {
+    /// The transform to `side` pixels.
+    pub fn transform(self, side: usize) -> Transform {
+        match self {
+            Augmentation::None => Transform::Resize { size: side },
+            Augmentation::FixedCrop => Transform::RandomResizedCrop {
+                size: side,
+                scale: (0.64, 0.64),
+                ratio: (1.0, 1.0),
+                hflip: true,
+                color_jitter: 0.0,
+            },
+            Augmentation::RandomResizedCropColorJitter => Transform::beit_pretrain(side),
+            Augmentation::RandomResizedCrop => Transform::mae_pretrain(side),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

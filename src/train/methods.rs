@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augmentation;
 use crate::optim::{MAE_BETAS, ScheduleKind, TORCH_BETAS};
 
 /// A pretraining method.
@@ -26,59 +27,54 @@ pub enum Method {
     Simmim,
 }
 
+/// What a method's official pretraining script sets, where mim follows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    /// The preset trained when none is named.
+    pub default_model: &'static str,
+    /// The paper's pretraining augmentation.
+    pub augmentation: Augmentation,
+    /// AdamW betas.
+    pub betas: (f32, f32),
+    /// The learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Global gradient-norm clipping of the published recipe.
+    pub clip_grad: Option<f64>,
+    /// The paper's mask ratio.
+    pub mask_ratio: f64,
+}
+
 impl Method {
-    /// The preset a method trains when none is named.
-    pub fn default_model(self) -> &'static str {
+    /// The method's recipe: MAE's `main_pretrain.py` (AdamW 0.9/0.95, no clipping, 75% masked);
+    /// BEiT's `run_beit_pretraining.py` with its README's command (clipping 3.0, colour jitter,
+    /// 40% masked block-wise); SimMIM's `main_simmim.py` (timm's schedule, `TRAIN.CLIP_GRAD` 5.0,
+    /// 60% of the mask squares).
+    pub fn recipe(self) -> Recipe {
         match self {
-            Method::Mae => "mae_tiny_28",
-            Method::Beit => "beit_tiny_28",
-            Method::Simmim => "swin_tiny_28",
-        }
-    }
-
-    /// The pretraining augmentation of the method's paper.
-    pub fn default_augmentation(self) -> crate::train::pretrain::Augmentation {
-        use crate::train::pretrain::Augmentation;
-        match self {
-            Method::Beit => Augmentation::RandomResizedCropColorJitter,
-            Method::Mae | Method::Simmim => Augmentation::RandomResizedCrop,
-        }
-    }
-
-    /// AdamW betas of the method's official pretraining script.
-    pub fn betas(self) -> (f32, f32) {
-        match self {
-            Method::Mae => MAE_BETAS,
-            Method::Beit | Method::Simmim => TORCH_BETAS,
-        }
-    }
-
-    /// The learning-rate schedule of the method's official pretraining script.
-    pub fn schedule(self) -> ScheduleKind {
-        match self {
-            Method::Mae => ScheduleKind::Mae,
-            Method::Beit => ScheduleKind::Beit,
-            Method::Simmim => ScheduleKind::Timm,
-        }
-    }
-
-    /// Global gradient-norm clipping of the method's published recipe: none for MAE
-    /// (`main_pretrain.py`), 3.0 for BEiT (its README's pretraining command), 5.0 for SimMIM
-    /// (`TRAIN.CLIP_GRAD`).
-    pub fn default_clip_grad(self) -> Option<f64> {
-        match self {
-            Method::Mae => None,
-            Method::Beit => Some(3.0),
-            Method::Simmim => Some(5.0),
-        }
-    }
-
-    /// The mask ratio of the method's paper.
-    pub fn default_mask_ratio(self) -> f64 {
-        match self {
-            Method::Mae => 0.75,
-            Method::Beit => 0.4,
-            Method::Simmim => 0.6,
+            Method::Mae => Recipe {
+                default_model: "mae_tiny_28",
+                augmentation: Augmentation::RandomResizedCrop,
+                betas: MAE_BETAS,
+                schedule: ScheduleKind::Mae,
+                clip_grad: None,
+                mask_ratio: 0.75,
+            },
+            Method::Beit => Recipe {
+                default_model: "beit_tiny_28",
+                augmentation: Augmentation::RandomResizedCropColorJitter,
+                betas: TORCH_BETAS,
+                schedule: ScheduleKind::Beit,
+                clip_grad: Some(3.0),
+                mask_ratio: 0.4,
+            },
+            Method::Simmim => Recipe {
+                default_model: "swin_tiny_28",
+                augmentation: Augmentation::RandomResizedCrop,
+                betas: TORCH_BETAS,
+                schedule: ScheduleKind::Timm,
+                clip_grad: Some(5.0),
+                mask_ratio: 0.6,
+            },
         }
     }
 }

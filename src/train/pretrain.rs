@@ -19,7 +19,7 @@ use super::trainer::{
     EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit, settings_for_header,
 };
 use crate::checkpoint;
-use crate::data::augment::Transform;
+use crate::data::augment::{Augmentation, Transform};
 use crate::data::loader::{Batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::eval::extract;
@@ -128,7 +128,7 @@ impl PretrainConfig {
     /// The learning-rate schedule of the method's script, for `iters_per_epoch` micro-batches an epoch.
     pub fn schedule(&self, iters_per_epoch: usize) -> LrSchedule {
         LrSchedule {
-            kind: self.method.schedule(),
+            kind: self.method.recipe().schedule,
             lr: self.peak_lr(),
             min_lr: self.optim.min_lr,
             warmup_lr: self.optim.warmup_lr,
@@ -140,7 +140,7 @@ impl PretrainConfig {
 
     /// Gradient clipping in effect.
     pub fn clip(&self) -> Option<f64> {
-        self.optim.clip_grad.or(self.method.default_clip_grad()).filter(|&c| c > 0.0)
+        self.optim.clip_grad.or(self.method.recipe().clip_grad).filter(|&c| c > 0.0)
     }
 
     /// The training step of this run for `model` (`M` is the method's model): the official
@@ -151,7 +151,7 @@ impl PretrainConfig {
         iters_per_epoch: usize,
         optimizer: Option<Bytes>,
     ) -> Result<Stepper<M>> {
-        let mut optim = adamw(model, self.optim.weight_decay, self.method.betas(), M::no_weight_decay);
+        let mut optim = adamw(model, self.optim.weight_decay, self.method.recipe().betas, M::no_weight_decay);
         if let Some(bytes) = optimizer {
             optim = optim
                 .from_bytes(bytes)
@@ -162,12 +162,12 @@ impl PretrainConfig {
 
     /// The mask ratio in effect.
     pub fn ratio(&self) -> f64 {
-        self.mask_ratio.unwrap_or(self.method.default_mask_ratio())
+        self.mask_ratio.unwrap_or(self.method.recipe().mask_ratio)
     }
 
     /// The preset this configuration trains.
     pub fn model_name(&self) -> &str {
-        self.model.as_deref().unwrap_or(self.method.default_model())
+        self.model.as_deref().unwrap_or(self.method.recipe().default_model)
     }
 
     /// The model this configuration trains on data with `channels` channels.
@@ -268,39 +268,6 @@ pub enum Target {
     Pca,
     /// The visual tokenizer's id of the patch (cross-entropy), as BEiT's target.
     Tokens,
-}
-
-/// Pretraining augmentation (MAE Table 1e).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Augmentation {
-    /// The whole image, resized.
-    None,
-    /// A fixed-size crop (64% of the area, square) at a random place, plus flip.
-    FixedCrop,
-    /// Random resized crop, scale 0.2-1.0, plus flip (MAE's and SimMIM's default).
-    #[default]
-    RandomResizedCrop,
-    /// Random resized crop, flip and colour jitter 0.4 (BEiT's default).
-    RandomResizedCropColorJitter,
-}
-
-impl Augmentation {
-    /// The transform to `side` pixels.
-    pub fn transform(self, side: usize) -> Transform {
-        match self {
-            Augmentation::None => Transform::Resize { size: side },
-            Augmentation::FixedCrop => Transform::RandomResizedCrop {
-                size: side,
-                scale: (0.64, 0.64),
-                ratio: (1.0, 1.0),
-                hflip: true,
-                color_jitter: 0.0,
-            },
-            Augmentation::RandomResizedCropColorJitter => Transform::beit_pretrain(side),
-            Augmentation::RandomResizedCrop => Transform::mae_pretrain(side),
-        }
-    }
 }
 
 /// File names inside the output folder.
@@ -433,7 +400,7 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
     }
 
     fn transform(&self) -> Transform {
-        self.cfg.augmentation.unwrap_or(self.cfg.method.default_augmentation()).transform(self.model_cfg().img_size())
+        self.cfg.augmentation.unwrap_or(self.cfg.method.recipe().augmentation).transform(self.model_cfg().img_size())
     }
 
     fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String {
