@@ -163,3 +163,16 @@ fn bad_configs_are_rejected_with_one_line_errors() {
     let json = r#"{"img_size": 32, "patch_size": 4, "unknown": 1}"#;
     assert!(serde_json::from_str::<BeitConfig>(json).is_err());
 }
+
+/// The same checks through burn's generic ops instead of mim's fused kernels: the code path a GPU
+/// backend runs.
+#[test]
+fn generic_ops_path_matches_pytorch_too() {
+    let before = mim::ops::fused_dispatches();
+    mim::ops::with_generic_ops(|| {
+        forward_and_loss_match("shared");
+        gradients_match("shared");
+        forward_and_loss_match("block");
+    });
+    assert_eq!(mim::ops::fused_dispatches(), before, "a fused kernel ran inside with_generic_ops");
+}

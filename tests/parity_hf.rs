@@ -154,3 +154,18 @@ fn transformers_4_checkpoint_names_load_like_5() {
     assert!(v4.keys().any(|k| k.contains("attention.attention.query")));
     assert_eq!(hf_to_official(&v4).unwrap(), hf_to_official(&v5).unwrap());
 }
+
+/// The same checks through burn's generic ops instead of mim's fused kernels: the code path a GPU
+/// backend runs.
+#[test]
+fn generic_ops_path_matches_hf_too() {
+    let before = mim::ops::fused_dispatches();
+    forward_and_loss_match_hf();
+    assert!(mim::ops::fused_dispatches() > before, "the default path should use the fused kernels");
+    let before = mim::ops::fused_dispatches();
+    mim::ops::with_generic_ops(|| {
+        forward_and_loss_match_hf();
+        gradients_of_every_parameter_match_hf();
+    });
+    assert_eq!(mim::ops::fused_dispatches(), before, "a fused kernel ran inside with_generic_ops");
+}

@@ -242,3 +242,16 @@ fn official_checkpoint_layout_loads_like_timm() {
     assert!(official.contains_key("layers.0.downsample.reduction.weight") && official.contains_key("head.weight"));
     assert_eq!(timm_to_burn(&official).unwrap(), pytorch_to_burn_layout(&timm).unwrap());
 }
+
+/// The same checks through burn's generic ops instead of mim's fused kernels: the code path a GPU
+/// backend runs.
+#[test]
+fn generic_ops_path_matches_timm_and_simmim_too() {
+    let before = mim::ops::fused_dispatches();
+    mim::ops::with_generic_ops(|| {
+        stages_features_and_logits_match_timm();
+        classifier_gradients_match_timm();
+        simmim_loss_reconstruction_and_gradients_match_official();
+    });
+    assert_eq!(mim::ops::fused_dispatches(), before, "a fused kernel ran inside with_generic_ops");
+}

@@ -431,3 +431,18 @@ fn mae_finetuning_follows_main_finetune() {
         },
     );
 }
+
+/// Training steps through burn's generic ops (and burn's AdamW step) instead of mim's fused
+/// kernels, the code path a GPU backend runs: the same updates of MAE, BEiT, SimMIM and MAE's
+/// fine-tuning, to the same tolerances.
+#[test]
+fn generic_ops_path_follows_the_official_scripts_too() {
+    let before = mim::ops::fused_dispatches();
+    mim::ops::with_generic_ops(|| {
+        mae_case("mae");
+        beit_pretraining_follows_run_beit_pretraining();
+        simmim_pretraining_follows_main_simmim();
+        mae_finetuning_follows_main_finetune();
+    });
+    assert_eq!(mim::ops::fused_dispatches(), before, "a fused kernel ran inside with_generic_ops");
+}

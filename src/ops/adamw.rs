@@ -108,9 +108,12 @@ impl AdamWBackend for Flex {
     }
 }
 
-/// Whether the fused step applies: f32 tensors on flex without autodiff (the optimizer's case).
+/// Whether the fused step applies: f32 tensors on flex without autodiff (the optimizer's case),
+/// outside [`super::with_generic_ops`].
 pub fn supported<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == burn::tensor::DType::F32 && matches!(t.device().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    !super::GENERIC.get()
+        && t.dtype() == burn::tensor::DType::F32
+        && matches!(t.device().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
 /// One AdamW step of parameter `p` with gradient `g` and moments `m`, `v` (all plain flex f32,

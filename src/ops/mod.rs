@@ -58,14 +58,47 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use burn::tensor::{DType, Device, Tensor};
 
-/// Whether `t` lives on burn's flex CPU backend (with or without autodiff) as f32, the case the
-/// fused kernels handle.
+thread_local! {
+    /// Set while [`with_generic_ops`] runs on this thread.
+    static GENERIC: Cell<bool> = const { Cell::new(false) };
+    /// Fused dispatches taken on this thread (see [`fused_dispatches`]).
+    static FUSED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` with every fused op replaced by burn's generic ops on this thread: the code path a GPU
+/// backend takes, so the CPU test suite can run whole models through it and compare them with the
+/// fused path and the PyTorch fixtures. The choice is made when an op runs forward; its backward
+/// follows it.
+pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GENERIC.set(self.0);
+        }
+    }
+    let _restore = Restore(GENERIC.replace(true));
+    f()
+}
+
+/// How many times this thread has taken a fused kernel instead of burn's generic ops (the
+/// tests' proof of which path ran).
+pub fn fused_dispatches() -> u64 {
+    FUSED.get()
+}
+
+/// Whether the fused kernels run for `t`: f32 on burn's flex CPU backend (with or without
+/// autodiff), outside [`with_generic_ops`]. Counts the dispatches it allows.
 pub(crate) fn on_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == DType::F32 && is_flex(&t.device())
+    let fused = !GENERIC.get() && t.dtype() == DType::F32 && is_flex(&t.device());
+    if fused {
+        FUSED.set(FUSED.get() + 1);
+    }
+    fused
 }
 
 fn is_flex(device: &Device) -> bool {
