@@ -16,32 +16,9 @@ use mim::train::finetune::{last_checkpoint, read_results, results_path};
 
 fn finetune_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "finetune",
-        "--from-scratch",
-        "--model",
-        "mae_micro",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--max-images",
-        "512",
-        "--batch-size",
-        "64",
-        "--epochs",
-        "3",
-        "--lr",
-        "1e-3",
-        "--warmup-epochs",
-        "0.5",
-        "--mixup",
-        "0.8",
-        "--cutmix",
-        "1.0",
-        "--drop-path",
-        "0.1",
-        "--seed",
-        "5",
+        "finetune", "--from-scratch", "--model", "mae_micro", "--data", data, "--out", out, "--max-images", "512",
+        "--batch-size", "64", "--epochs", "3", "--lr", "1e-3", "--warmup-epochs", "0.5", "--mixup", "0.8", "--cutmix",
+        "1.0", "--drop-path", "0.1", "--seed", "5",
     ]
 }
 

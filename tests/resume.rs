@@ -22,23 +22,8 @@ const TOTAL: usize = 64;
 
 fn args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "pretrain",
-        "--model",
-        "mae_micro",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--max-images",
-        "1024",
-        "--batch-size",
-        "64",
-        "--epochs",
-        "4",
-        "--lr",
-        "1e-3",
-        "--seed",
-        "7",
+        "pretrain", "--model", "mae_micro", "--data", data, "--out", out, "--max-images", "1024", "--batch-size", "64",
+        "--epochs", "4", "--lr", "1e-3", "--seed", "7",
     ]
 }
 

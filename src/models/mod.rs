@@ -57,11 +57,7 @@ mod tests {
         assert_eq!(
             mae_names,
             [
-                "mae_vit_base_patch16",
-                "mae_vit_large_patch16",
-                "mae_vit_huge_patch14",
-                "mae_tiny_28",
-                "mae_tiny_32",
+                "mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14", "mae_tiny_28", "mae_tiny_32",
                 "mae_micro"
             ]
         );

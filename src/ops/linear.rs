@@ -90,25 +90,8 @@ unsafe fn gemm_with(
     // SAFETY: the caller's contract; dst = 1 * dst + 1 * lhs rhs.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
+            m, n, k, dst, 1, n as isize, accumulate, lhs.ptr, lhs.col_stride, lhs.row_stride, rhs.ptr, rhs.col_stride,
+            rhs.row_stride, 1.0, 1.0, false, false, false, parallelism,
         );
     }
 }
