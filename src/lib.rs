@@ -19,8 +19,8 @@
 //! 4. [`eval`]: features, linear probing, k-NN, test accuracy
 //! 5. [`train`]: the one training loop and its jobs (pretraining with each method's recipe,
 //!    fine-tuning, the tokenizer), their shared `[run]` / `[optim]` settings
-//! 6. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`reconstruct`]:
-//!    reconstruction pictures of a pretrained model
+//! 6. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`check`]: parity with
+//!    the PyTorch fixtures on any device; [`reconstruct`]: reconstruction pictures of a pretrained model
 //! 7. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
 //!
 //! ```no_run
@@ -32,6 +32,7 @@
 
 pub mod ablate;
 pub mod bench;
+pub mod check;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;

@@ -23,6 +23,8 @@ const LAYERS: &[(&str, u32)] = &[
     // Training jobs (pretraining, tokenizer, fine-tuning) use the evaluation protocols.
     ("train", 5),
     ("bench", 6),
+    // Parity with the PyTorch fixtures on any device (the GPU check).
+    ("check", 6),
     // Reconstruction pictures of a pretraining checkpoint (its data, its method's mask ratio).
     ("reconstruct", 6),
     // The ablation studies train, evaluate, and count FLOPs with bench.

@@ -67,6 +67,19 @@ enum Command {
     /// Run one of the MAE paper's ablations (pretrain + linear probe + fine-tune per setting),
     /// with a table beside the paper's numbers and a plot; reruns resume the sweep.
     Ablate(ablate::AblateArgs),
+    /// Parity of MAE, BEiT, Swin and SimMIM with the committed PyTorch fixtures on a device: forward
+    /// values and every gradient (the check to run on a GPU machine).
+    Check {
+        /// Folder of the fixtures (mim's tests/fixtures).
+        #[arg(long, default_value = "tests/fixtures")]
+        fixtures: PathBuf,
+        /// cpu, or cuda:N in a CUDA build.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Through burn's generic ops instead of the fused CPU kernels (the code a GPU runs).
+        #[arg(long)]
+        generic_ops: bool,
+    },
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -465,6 +478,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Knn(a) => evaluate::run_knn(&a),
         Command::Embed(a) => evaluate::run_embed(&a),
         Command::Tokenizer(a) => tokenizer::run_tokenizer(&a),
+        Command::Check { fixtures, device, generic_ops } => {
+            let dev = mim::runtime::device(&device)?;
+            let rows = if generic_ops {
+                mim::ops::with_generic_ops(|| mim::check::parity(&fixtures, &dev))?
+            } else {
+                mim::check::parity(&fixtures, &dev)?
+            };
+            let path = if generic_ops { "burn's generic ops" } else { "mim's kernels where they apply" };
+            println!(
+                "parity on {device} ({path}), tolerance {:.0e} absolute, {:.0e} relative to the tensor's largest entry\n",
+                mim::check::TOLERANCE,
+                mim::check::RELATIVE_TOLERANCE
+            );
+            println!("{}", mim::check::TABLE_HEADER);
+            rows.iter().for_each(|r| println!("{r}"));
+            mim::check::ensure_passed(&rows)
+        }
         Command::Export { checkpoint: ck, out, device } => {
             let c = checkpoint::load(&ck, &mim::runtime::device(&device)?)?;
             mim::weights::export_weights(&c.model, c.header.model.mae()?, &out)?;
