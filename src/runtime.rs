@@ -29,6 +29,13 @@ pub fn device(name: &str) -> Result<Device> {
             } else {
                 idx.parse().map_err(|_| anyhow::anyhow!("bad device '{s}': use cuda:0"))?
             };
+            // burn opens a CUDA device on its first use and panics there when it does not exist
+            // (no NVIDIA driver, or no GPU with this index). Counting first turns that into an
+            // error here; the count checks that the driver library loads before calling it.
+            let found = Device::enumerate(burn::tensor::DeviceType::Cuda).len();
+            if idx >= found {
+                bail!("device '{s}': this machine has {found} CUDA device(s) (NVIDIA driver and GPU needed)");
+            }
             Ok(Device::cuda(idx))
         }
         s if s.starts_with("cuda") => bail!("device '{s}' needs a CUDA build: cargo build --release --features cuda"),
