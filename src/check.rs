@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::eval::host;
 use crate::io::{TensorMap, gradients, read_safetensors};
 use crate::masking::{BoolMask, Mask};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
@@ -187,10 +188,6 @@ impl Fixtures<'_> {
 /// The entries of `io` under `prefix`, without it.
 fn strip(io: &TensorMap, prefix: &str) -> TensorMap {
     io.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone()))).collect()
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 values")
 }
 
 /// Largest |a - b| (infinite when the lengths differ: a shape mismatch must fail).

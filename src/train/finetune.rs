@@ -398,7 +398,8 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
 /// the best checkpoint kept.
 struct Finetuning<'a, C> {
     cfg: &'a FinetuneConfig,
-    test: Option<Dataset>,
+    /// The test split and the device it is evaluated on.
+    test: Option<(Dataset, Device)>,
     classes: usize,
     channels: usize,
     /// The encoder's architecture, once the model is built.
@@ -436,8 +437,8 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
         self.cfg.validate()
     }
 
-    fn prepare(&mut self, data: &Dataset) -> Result<()> {
-        self.test = Some(Dataset::open(&self.cfg.run.data, Split::Test)?);
+    fn prepare(&mut self, data: &Dataset, device: &Device) -> Result<()> {
+        self.test = Some((Dataset::open(&self.cfg.run.data, Split::Test)?, device.clone()));
         (self.classes, self.channels) = (data.classes.len(), data.channels);
         Ok(())
     }
@@ -520,8 +521,8 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
 
     fn end_of_epoch(&mut self, model: &C, end: &EpochEnd) -> Result<EpochReport> {
         let side = self.model_cfg.as_ref().expect("started").img_size();
-        let device = crate::runtime::device(&self.cfg.run.device)?;
-        let (top1, top5) = evaluate(&model.valid(), self.test.as_ref().expect("prepared"), side, 256, &device)?;
+        let (test, device) = self.test.as_ref().expect("prepared");
+        let (top1, top5) = evaluate(&model.valid(), test, side, 256, device)?;
         let epoch = end.progress.epoch;
         let r = EpochResult { epoch, train_loss: end.mean_loss, top1, top5, elapsed_s: end.elapsed_s };
         if top1 > self.best.0 {

@@ -323,8 +323,8 @@ struct Pretraining<'a, M> {
     model_cfg: Option<ModelConfig>,
     /// How batches are masked (and BEiT's tokenizer).
     ctx: Option<StepContext>,
-    /// The k-NN monitor's memory bank and test split, when it runs.
-    monitor: Option<(Dataset, Dataset)>,
+    /// The k-NN monitor's memory bank, test split and device, when it runs.
+    monitor: Option<(Dataset, Dataset, Device)>,
     _model: std::marker::PhantomData<M>,
 }
 
@@ -350,11 +350,11 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
         self.cfg.validate()
     }
 
-    fn prepare(&mut self, data: &Dataset) -> Result<()> {
+    fn prepare(&mut self, data: &Dataset, device: &Device) -> Result<()> {
         let model_cfg = self.cfg.model_config(data.channels)?;
         let tokenizer = match &self.cfg.tokenizer {
             Some(path) => {
-                let t = load_tokenizer(path, &crate::runtime::device(&self.cfg.run.device)?)?;
+                let t = load_tokenizer(path, device)?;
                 if let ModelConfig::Beit(b) = &model_cfg {
                     t.header.model.check_matches(b)?;
                 }
@@ -369,7 +369,7 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
                 .context("the k-NN monitor (--eval-every) needs a test split")?;
             let mut bank = data.clone();
             bank.truncate(self.cfg.knn_images);
-            self.monitor = Some((bank, test));
+            self.monitor = Some((bank, test, device.clone()));
         }
         self.model_cfg = Some(model_cfg);
         Ok(())
@@ -442,20 +442,19 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
     /// k-NN accuracy (k = 20) of the encoder's features on the test split, with the first
     /// `knn_images` training images as the memory bank.
     fn end_of_epoch(&mut self, model: &M, end: &EpochEnd) -> Result<EpochReport> {
-        let (Some((bank, test)), epoch) = (&self.monitor, end.progress.epoch) else {
+        let (Some((bank, test, device)), epoch) = (&self.monitor, end.progress.epoch) else {
             return Ok(EpochReport::default());
         };
         if epoch % self.cfg.eval_every as u64 != 0 {
             return Ok(EpochReport::default());
         }
         let t0 = Instant::now();
-        let device = crate::runtime::device(&self.cfg.run.device)?;
         let model = model.valid();
         let encode = |imgs: Tensor<4>| model.features(imgs);
         let side = self.model_cfg().img_size();
-        let f_train = extract(Some(&encode), bank, side, 256, &device, &mut |_| {})?;
-        let f_test = extract(Some(&encode), test, side, 256, &device, &mut |_| {})?;
-        let (top1, top5) = knn_accuracy(&f_train, &f_test, bank.classes.len(), KnnConfig::default(), &device)?;
+        let f_train = extract(Some(&encode), bank, side, 256, device, &mut |_| {})?;
+        let f_test = extract(Some(&encode), test, side, 256, device, &mut |_| {})?;
+        let (top1, top5) = knn_accuracy(&f_train, &f_test, bank.classes.len(), KnnConfig::default(), device)?;
         let seconds = t0.elapsed().as_secs_f64();
         Ok(EpochReport {
             message: Some(format!(

@@ -282,7 +282,7 @@ impl Task for TokenizerTraining<'_> {
         self.cfg.validate()
     }
 
-    fn prepare(&mut self, data: &Dataset) -> Result<()> {
+    fn prepare(&mut self, data: &Dataset, _device: &Device) -> Result<()> {
         self.model_cfg = Some(self.cfg.model_config(data.channels)?);
         self.stats = (data.mean.clone(), data.std.clone());
         Ok(())

@@ -177,8 +177,9 @@ pub trait Task {
     /// Checks the settings before anything is read or written, naming the flag to change.
     fn validate(&self) -> Result<()>;
 
-    /// Learns what it needs of the training data (channels, size) before the folder is touched.
-    fn prepare(&mut self, _data: &Dataset) -> Result<()> {
+    /// Learns what it needs of the training data (channels, size) before the folder is touched;
+    /// `device` is the run's device without autodiff (frozen models, evaluation).
+    fn prepare(&mut self, _data: &Dataset, _device: &Device) -> Result<()> {
         Ok(())
     }
 
@@ -268,12 +269,13 @@ fn append(path: &Path) -> Result<std::fs::File> {
 pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Fit<T::Model>> {
     task.validate()?;
     let run = task.run().clone();
-    let device = crate::runtime::device(&run.device)?.autodiff();
+    let plain = crate::runtime::device(&run.device)?;
+    let device = plain.clone().autodiff();
     let mut ds = Dataset::open(&run.data, Split::Train)?;
     if let Some(n) = run.max_images {
         ds.truncate(n);
     }
-    task.prepare(&ds)?;
+    task.prepare(&ds, &plain)?;
     let spe = ds.len() / run.batch_size;
     ensure!(
         spe > 0,
