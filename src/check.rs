@@ -15,8 +15,9 @@ use crate::eval::host;
 use crate::io::{TensorMap, gradients, read_safetensors};
 use crate::masking::{BoolMask, Mask};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
-use crate::models::simmim::{SimMim, load_official, official_to_burn};
-use crate::models::swin::{SwinConfig, load_timm, timm_to_burn};
+use crate::models::simmim::SimMim;
+use crate::models::swin::SwinConfig;
+use crate::weights::swin::{load_simmim, load_timm, simmim_to_burn, timm_to_burn};
 use crate::weights::{
     beit_from_official, from_pytorch_layout, hf_to_official, load_beit_weights, load_weights, mae_config_from_hf,
 };
@@ -174,13 +175,13 @@ impl Fixtures<'_> {
     /// The official SimMIM: the masked L1 loss and every gradient.
     fn simmim(&self) -> Result<Parity> {
         let io = self.read("swin_tiny_io.safetensors")?;
-        let model = load_official(
+        let model = load_simmim(
             SimMim::new(&self.swin_config()?, 0, self.device)?,
             &self.dir.join("swin_tiny_simmim.safetensors"),
         )?;
         let loss = model.forward(self.tensor(&io, "pixel_values")?, self.tensor(&io, "mask")?).loss;
         let forward = max_diff(&host(loss.clone()), &io["simmim_loss"].1);
-        let theirs = official_to_burn(&strip(&io, "simmim_grad."))?;
+        let theirs = simmim_to_burn(&strip(&io, "simmim_grad."))?;
         Ok(compare("SimMIM vs official", forward, &gradients(&model, &loss.backward()), &theirs))
     }
 }

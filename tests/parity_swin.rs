@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use mim::io::{TensorMap, gradients, pytorch_to_burn_layout, read_safetensors};
-use mim::models::simmim::{SimMim, load_official, official_to_burn, upsample_mask};
+use mim::models::simmim::{SimMim, upsample_mask};
 use mim::models::swin::{
-    SwinConfig, SwinTransformer, load_timm, relative_position_index, shifted_window_mask, timm_to_burn,
-    window_partition, window_reverse,
+    SwinConfig, SwinTransformer, relative_position_index, shifted_window_mask, window_partition, window_reverse,
 };
+use mim::weights::swin::{load_simmim, load_timm, simmim_to_burn, timm_to_burn};
 
 /// Largest tolerated absolute difference of forward values (O(1); reduction orders differ).
 const TOL: f32 = 1e-4;
@@ -55,8 +55,7 @@ impl Case {
     }
 
     fn simmim(&self) -> SimMim {
-        load_official(SimMim::new(&config(), 7, &self.device).unwrap(), &fixture("swin_tiny_simmim.safetensors"))
-            .unwrap()
+        load_simmim(SimMim::new(&config(), 7, &self.device).unwrap(), &fixture("swin_tiny_simmim.safetensors")).unwrap()
     }
 
     fn tensor<const D: usize>(&self, name: &str) -> Tensor<D> {
@@ -116,7 +115,7 @@ fn simmim_loss_reconstruction_and_gradients_match_official() {
     assert_close("SimMIM reconstruction", &values(out.reconstruction), &c.io["simmim_reconstruction"].1);
     assert_close("SimMIM loss", &values(out.loss.clone()), &c.io["simmim_loss"].1);
     let ours = gradients(&model, &out.loss.backward());
-    assert_gradients_close("SimMIM", &ours, &official_to_burn(&reference_grads(&c.io, "simmim_grad.")).unwrap(), TOL);
+    assert_gradients_close("SimMIM", &ours, &simmim_to_burn(&reference_grads(&c.io, "simmim_grad.")).unwrap(), TOL);
 }
 
 #[test]

@@ -33,13 +33,14 @@ use mim::models::beit::{BeitConfig, BeitForMaskedImageModeling};
 use mim::models::classifier::{Classifier, Pool, VitClassifier};
 use mim::models::mae::{MaeConfig, MaskedAutoencoder};
 use mim::models::pretrain::MimModel;
-use mim::models::simmim::{SimMim, official_to_burn};
+use mim::models::simmim::SimMim;
 use mim::models::swin::SwinConfig;
 use mim::optim::{Stepper, param_ranks};
 use mim::train::finetune::{FinetuneConfig, batch_loss};
 use mim::train::methods::Method;
 use mim::train::pretrain::PretrainConfig;
 use mim::train::{OptimConfig, RunConfig};
+use mim::weights::swin::simmim_to_burn;
 use mim::weights::{beit_from_official, from_pytorch_layout, hf_to_official, mae_config_from_hf};
 
 const LOSS_TOL: f64 = 1e-5;
@@ -358,7 +359,7 @@ fn simmim_pretraining_follows_main_simmim() {
         num_classes: 0,
         drop_path_rate: 0.0,
     };
-    let to_burn = |m: &TensorMap| official_to_burn(m).unwrap();
+    let to_burn = |m: &TensorMap| simmim_to_burn(m).unwrap();
     let model =
         load_tensor_map(SimMim::new(&cfg, 0, &c.device).unwrap(), &to_burn(&c.weights("init.")), "simmim").unwrap();
     let run = c.pretrain_config(Method::Simmim);

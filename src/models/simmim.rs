@@ -7,17 +7,14 @@
 //! [`crate::masking`]'s job. The official generator draws masks on a coarser grid (32 px mask patches)
 //! and repeats them onto the model's patch grid: [`upsample_mask`] does that step.
 
-use std::path::Path;
-
 use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use rand::{RngCore, SeedableRng};
 
 use super::init::{InitRng, trunc_normal_matrices};
-use super::swin::{SwinConfig, SwinTransformer, timm_to_burn};
+use super::swin::{SwinConfig, SwinTransformer};
 use super::vit::{Linear, token, with_mask_token};
-use crate::io::{TensorMap, load_tensor_map, read_safetensors};
 
 /// Added to the masked-pixel count in the loss's denominator, as the official code.
 const LOSS_EPS: f64 = 1e-5;
@@ -117,26 +114,4 @@ impl SimMim {
 pub fn upsample_mask(mask: Tensor<3>, s: usize) -> Tensor<3> {
     let [b, h, w] = mask.dims();
     mask.reshape([b, h, 1, w, 1]).repeat_dim(2, s).repeat_dim(4, s).reshape([b, h * s, w * s])
-}
-
-/// Official SimMIM keys (PyTorch layout) -> this model's: `encoder.*` as [`timm_to_burn`] (timm or
-/// official Swin names), `encoder.mask_token` -> `mask_token`, the `decoder.0` convolution -> `decoder`.
-pub fn official_to_burn(torch: &TensorMap) -> Result<TensorMap> {
-    let mut encoder = TensorMap::new();
-    let mut rest = TensorMap::new();
-    for (k, t) in torch {
-        match k.strip_prefix("encoder.") {
-            Some("mask_token") => rest.insert("mask_token".into(), t.clone()),
-            Some(key) => encoder.insert(key.to_string(), t.clone()),
-            None => rest.insert(k.replacen("decoder.0.", "decoder.", 1), t.clone()),
-        };
-    }
-    let mut out: TensorMap = timm_to_burn(&encoder)?.into_iter().map(|(k, t)| (format!("encoder.{k}"), t)).collect();
-    out.extend(crate::io::pytorch_to_burn_layout(&rest)?);
-    Ok(out)
-}
-
-/// Loads an official-named SimMIM checkpoint in safetensors into `model`.
-pub fn load_official(model: SimMim, path: &Path) -> Result<SimMim> {
-    load_tensor_map(model, &official_to_burn(&read_safetensors(path)?)?, &path.display().to_string())
 }

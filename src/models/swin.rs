@@ -8,10 +8,8 @@
 //! relative position bias plus the shift mask arrive as its score bias.
 //!
 //! Field names are timm's state-dict keys (`layers.1.downsample.reduction.weight`,
-//! `layers.0.blocks.1.attn.relative_position_bias_table`, `head.fc.weight`); [`load_timm`] reads a
-//! timm (or official Microsoft) Swin checkpoint converted to safetensors.
-
-use std::path::Path;
+//! `layers.0.blocks.1.attn.relative_position_bias_table`, `head.fc.weight`); [`crate::weights::swin`]
+//! reads timm and official Microsoft Swin checkpoints.
 
 use anyhow::{Context, Result, ensure};
 use burn::module::Module;
@@ -22,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use super::init::{InitRng, param, trunc_normal_matrices};
 use super::vit::{Attention, Block, BlockExtras, LayerNorm, Linear, Mlp, PatchEmbed, drop_path_scales};
 use super::{Preset, find_preset, preset_names};
-use crate::io::{TensorMap, load_tensor_map, pytorch_to_burn_layout, read_safetensors};
 
 /// LayerNorm epsilon of Swin: PyTorch's default, as timm builds Swin with plain `nn.LayerNorm`.
 pub const SWIN_LN_EPS: f64 = 1e-5;
@@ -518,38 +515,4 @@ impl SwinTransformer {
             None => pooled,
         }
     }
-}
-
-/// timm / official Swin keys (PyTorch layout) -> this model's keys and layout: linear weights
-/// transposed, the patch-embedding convolution flattened in patchify order; the derived buffers
-/// (`relative_position_index`, `attn_mask`) dropped; official Microsoft / timm < 0.9 checkpoints
-/// (patch merging at the end of stage i, head `head.weight`) moved to timm 1.0's layout.
-pub fn timm_to_burn(torch: &TensorMap) -> Result<TensorMap> {
-    let old_layout = torch.keys().any(|k| k.starts_with("layers.0.downsample."));
-    let mut renamed = TensorMap::new();
-    for (k, t) in torch {
-        if k.ends_with("relative_position_index") || k.ends_with("attn_mask") {
-            continue;
-        }
-        let mut key = k.clone();
-        if old_layout
-            && let Some((i, rest)) = k.strip_prefix("layers.").and_then(|r| r.split_once('.'))
-            && rest.starts_with("downsample.")
-        {
-            key = format!("layers.{}.{rest}", i.parse::<usize>()? + 1);
-        }
-        if let Some(rest) = key.strip_prefix("head.")
-            && !rest.starts_with("fc.")
-        {
-            key = format!("head.fc.{rest}");
-        }
-        renamed.insert(key, t.clone());
-    }
-    pytorch_to_burn_layout(&renamed)
-}
-
-/// Loads a timm- (or official-) named Swin checkpoint in safetensors into `model`; every parameter must
-/// be present with the right shape.
-pub fn load_timm(model: SwinTransformer, path: &Path) -> Result<SwinTransformer> {
-    load_tensor_map(model, &timm_to_burn(&read_safetensors(path)?)?, &path.display().to_string())
 }
