@@ -79,7 +79,7 @@ impl VitClassifier {
             bias: Some(param(vec![0.0; num_classes], [num_classes], &device)),
         };
         let norm = match pool {
-            Pool::Avg => LayerNorm::new(dim, &device),
+            Pool::Avg => LayerNorm::with_eps(dim, mae.norm.eps(), &device),
             Pool::Cls => mae.norm,
         };
         Self {

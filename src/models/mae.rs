@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::init::InitRng;
 use super::vit::{
-    Block, BlockExtras, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, fixed_pos_embed, patchify, token,
-    unpatchify,
+    Block, BlockExtras, LN_EPS, LayerNorm, Linear, PatchEmbed, PatchTokens, embed_with_cls, fixed_pos_embed, patchify,
+    token, unpatchify,
 };
 use super::{Preset, find_preset, preset_names};
 use crate::masking::Mask;
@@ -65,6 +65,14 @@ pub struct MaeConfig {
     /// What the decoder predicts at removed patches.
     #[serde(default)]
     pub target: MaeTarget,
+    /// Epsilon of every LayerNorm: 1e-6 in the official code and timm, 1e-12 in Hugging Face's
+    /// `ViTMAEConfig` (checkpoints from before this field used 1e-6).
+    #[serde(default = "official_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn official_norm_eps() -> f64 {
+    LN_EPS
 }
 
 /// The reconstruction target of an MAE (Table 1d).
@@ -120,6 +128,7 @@ impl MaeConfig {
             norm_pix_loss: true,
             encoder_mask_token: false,
             target: MaeTarget::Pixels,
+            layer_norm_eps: LN_EPS,
         }
     }
 
@@ -224,7 +233,9 @@ impl MaeConfig {
         let mut rng = InitRng::seed_from_u64(seed);
         let g = (self.grid(), self.grid());
         let blocks = |n, dim, heads, rng: &mut InitRng| {
-            (0..n).map(|_| Block::new(dim, heads, self.mlp_ratio, rng, device)).collect()
+            (0..n)
+                .map(|_| Block::new(dim, heads, self.mlp_ratio, rng, device).with_norm_eps(self.layer_norm_eps))
+                .collect()
         };
         Ok(MaskedAutoencoder {
             patch_embed: PatchEmbed::new(self.patch_size, self.in_chans, self.embed_dim, &mut rng, device),
@@ -232,12 +243,12 @@ impl MaeConfig {
             encoder_mask_token: self.encoder_mask_token.then(|| token(self.embed_dim, &mut rng, device)),
             pos_embed: fixed_pos_embed(self.embed_dim, g, true, device),
             blocks: blocks(self.depth, self.embed_dim, self.num_heads, &mut rng),
-            norm: LayerNorm::new(self.embed_dim, device),
+            norm: LayerNorm::with_eps(self.embed_dim, self.layer_norm_eps, device),
             decoder_embed: Linear::new(self.embed_dim, self.decoder_embed_dim, &mut rng, device),
             mask_token: token(self.decoder_embed_dim, &mut rng, device),
             decoder_pos_embed: fixed_pos_embed(self.decoder_embed_dim, g, true, device),
             decoder_blocks: blocks(self.decoder_depth, self.decoder_embed_dim, self.decoder_num_heads, &mut rng),
-            decoder_norm: LayerNorm::new(self.decoder_embed_dim, device),
+            decoder_norm: LayerNorm::with_eps(self.decoder_embed_dim, self.layer_norm_eps, device),
             decoder_pred: Linear::new(self.decoder_embed_dim, self.pred_dim(), &mut rng, device),
             pca: match self.target {
                 // A placeholder until `with_pca` sets the basis fitted on the data.

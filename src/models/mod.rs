@@ -77,6 +77,7 @@ mod tests {
             decoder_depth: ddepth,
             decoder_num_heads: dheads,
             mlp_ratio: 4.0,
+            layer_norm_eps: crate::models::vit::LN_EPS,
             norm_pix_loss: true,
             encoder_mask_token: false,
             target: MaeTarget::Pixels,

@@ -109,6 +109,11 @@ impl LayerNorm {
         Self { weight: param(vec![1.0; d], [d], device), bias: param(vec![0.0; d], [d], device), eps }
     }
 
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// `x: [..., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         crate::ops::layer_norm::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
@@ -246,6 +251,13 @@ impl Block {
         let d = self.norm1.weight.dims()[0];
         let gamma = || Some(param(vec![init_value; d], [d], device));
         Self { gamma_1: gamma(), gamma_2: gamma(), ..self }
+    }
+
+    /// Sets both norms' epsilon (Hugging Face ViTs use 1e-12, the official codes 1e-6).
+    pub fn with_norm_eps(mut self, eps: f64) -> Self {
+        self.norm1.eps = eps;
+        self.norm2.eps = eps;
+        self
     }
 
     /// `x: [B, N, D] -> [B, N, D]`.

@@ -127,11 +127,62 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
     Ok(out)
 }
 
-/// A model configuration from a Hugging Face `config.json` of `ViTMAEForPreTraining`.
+/// A model configuration from a Hugging Face `config.json` of `ViTMAEForPreTraining` / `ViTMAEModel`.
+///
+/// A key the file leaves out takes `ViTMAEConfig`'s default, as transformers does (`save_pretrained`
+/// writes only what differs). Every architecture key is honoured or refused with the reason:
+/// `layer_norm_eps` is honoured; `hidden_act` other than `gelu` (erf GELU, mim's only activation),
+/// `qkv_bias: false`, non-zero dropout and non-square `image_size` / `patch_size` are refused.
+/// `mask_ratio` is a masking choice, not architecture: mim takes it from `--mask-ratio`.
 pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
-    let get = |k: &str| {
-        json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("config.json lacks '{k}'"))
+    let obj = json.as_object().context("config.json is not a JSON object")?;
+    let hf_default = |k: &str| -> serde_json::Value {
+        match k {
+            "hidden_size" => 768.into(),
+            "num_hidden_layers" | "num_attention_heads" => 12.into(),
+            "intermediate_size" => 3072.into(),
+            "image_size" => 224.into(),
+            "patch_size" => 16.into(),
+            "num_channels" => 3.into(),
+            "decoder_num_attention_heads" => 16.into(),
+            "decoder_hidden_size" => 512.into(),
+            "decoder_num_hidden_layers" => 8.into(),
+            "decoder_intermediate_size" => 2048.into(),
+            _ => serde_json::Value::Null,
+        }
     };
+    let value = |k: &str| obj.get(k).cloned().unwrap_or_else(|| hf_default(k));
+    let get = |k: &str| -> Result<usize> {
+        let v = value(k);
+        // transformers accepts a pair for the image and patch sizes; mim's models are square.
+        if let Some([a, b]) = v.as_array().map(Vec::as_slice) {
+            ensure!(
+                a == b,
+                "config.json sets {k} {v}: mim's MAE takes square images and patches; resize the position \
+                 embeddings to a square grid first"
+            );
+            return get_usize(k, a);
+        }
+        get_usize(k, &v)
+    };
+    let act = obj.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
+    ensure!(
+        act == "gelu",
+        "config.json sets hidden_act \"{act}\": mim's ViT blocks use the exact (erf) GELU, Hugging Face's \"gelu\"; \
+         these weights were trained with another activation and would give wrong outputs"
+    );
+    ensure!(
+        obj.get("qkv_bias").and_then(|v| v.as_bool()).unwrap_or(true),
+        "config.json sets qkv_bias false: mim's MAE attention always has a qkv bias (as the official MAE); \
+         a model without one is not supported"
+    );
+    for key in ["hidden_dropout_prob", "attention_probs_dropout_prob"] {
+        let p = obj.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        ensure!(
+            p == 0.0,
+            "config.json sets {key} {p}: mim's MAE has no dropout (the MAE recipes use none); set it to 0.0"
+        );
+    }
     let hidden = get("hidden_size")?;
     let inter = get("intermediate_size")?;
     let dec = get("decoder_hidden_size")?;
@@ -151,12 +202,20 @@ pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
         decoder_depth: get("decoder_num_hidden_layers")?,
         decoder_num_heads: get("decoder_num_attention_heads")?,
         mlp_ratio: inter as f64 / hidden as f64,
-        norm_pix_loss: json.get("norm_pix_loss").and_then(|v| v.as_bool()).unwrap_or(false),
+        norm_pix_loss: obj.get("norm_pix_loss").and_then(|v| v.as_bool()).unwrap_or(false),
         encoder_mask_token: false,
         target: crate::models::mae::MaeTarget::Pixels,
+        layer_norm_eps: match obj.get("layer_norm_eps") {
+            Some(v) => v.as_f64().with_context(|| format!("config.json: layer_norm_eps {v} is not a number"))?,
+            None => 1e-12,
+        },
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+fn get_usize(key: &str, v: &serde_json::Value) -> Result<usize> {
+    v.as_u64().map(|n| n as usize).with_context(|| format!("config.json: {key} {v} is not a non-negative integer"))
 }
 
 /// Loads weights into `model` from a safetensors file in official MAE or Hugging Face naming.
@@ -184,4 +243,33 @@ pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> R
 pub fn export_weights(model: &MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<()> {
     let bytes = safetensors_bytes(&to_pytorch_layout(cfg, &parameters(model)))?;
     crate::io::write_atomic(path, &[&bytes])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hf_config_takes_transformers_defaults_and_honours_or_refuses_each_key() {
+        // `save_pretrained` leaves out what equals ViTMAEConfig's defaults: ViT-B/16 with eps 1e-12.
+        let cfg = mae_config_from_hf(&json!({"model_type": "vit_mae"})).unwrap();
+        assert_eq!((cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads), (224, 16, 768, 12, 12));
+        assert_eq!((cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads), (512, 8, 16));
+        assert_eq!(cfg.layer_norm_eps, 1e-12);
+        assert!(!cfg.norm_pix_loss);
+        let eps = mae_config_from_hf(&json!({"layer_norm_eps": 1e-6, "image_size": [224, 224]})).unwrap();
+        assert_eq!((eps.layer_norm_eps, eps.img_size), (1e-6, 224));
+        for (bad, says) in [
+            (json!({"hidden_act": "relu"}), "hidden_act \"relu\""),
+            (json!({"hidden_act": "gelu_new"}), "hidden_act \"gelu_new\""),
+            (json!({"qkv_bias": false}), "qkv_bias false"),
+            (json!({"image_size": [32, 64]}), "image_size [32,64]"),
+            (json!({"hidden_dropout_prob": 0.1}), "hidden_dropout_prob 0.1"),
+            (json!({"patch_size": "16"}), "patch_size \"16\" is not a non-negative integer"),
+        ] {
+            let e = mae_config_from_hf(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }
