@@ -12,7 +12,7 @@ use crate::data::augment::Transform;
 use crate::data::loader::{Batch, load_batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::masking::{MASK_STREAM, Mask, MaskStrategy, SimMimMasking, uniform_noise};
-use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::models::mae::MaskedAutoencoder;
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
 use crate::train::methods::Method;
@@ -103,10 +103,9 @@ impl Reconstructor {
         Ok(Reconstructor { model, config, trained_on: Some(train.run.data), device: device.clone() })
     }
 
-    /// Loads MAE weights in safetensors (`mim export` / official MAE names, or Hugging Face ViTMAE
-    /// names) of architecture `config` onto `device`.
-    pub fn from_weights(path: &Path, config: MaeConfig, device: &Device) -> Result<Self> {
-        let model = crate::weights::load_weights(config.init(0, device)?, &config, path)?;
+    /// The MAE (with its decoder) of a weights file read by [`crate::weights::open`], onto `device`.
+    pub fn from_weights(weights: &crate::weights::Weights, device: &Device) -> Result<Self> {
+        let (model, config) = weights.mae(device)?;
         Ok(Reconstructor {
             model: Model::Mae(model),
             config: ModelConfig::Mae(config),

@@ -100,6 +100,12 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Serialises tensors as f32 safetensors bytes.
 pub fn safetensors_bytes(map: &TensorMap) -> Result<Vec<u8>> {
+    safetensors_bytes_with_metadata(map, &BTreeMap::new())
+}
+
+/// As [`safetensors_bytes`], with `metadata` in the header's `__metadata__` (a file that says what
+/// it is: mim writes its model configuration there).
+pub fn safetensors_bytes_with_metadata(map: &TensorMap, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let raw: Vec<(String, Vec<usize>, Vec<u8>)> = map
         .iter()
         .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -108,7 +114,8 @@ pub fn safetensors_bytes(map: &TensorMap) -> Result<Vec<u8>> {
         .iter()
         .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_>>()?;
-    Ok(safetensors::serialize(views, &None)?)
+    let metadata = (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    Ok(safetensors::serialize(views, &metadata)?)
 }
 
 /// The transpose of a row-major `[r, c]` matrix: linear weights between PyTorch `[out, in]` and burn `[in, out]`.

@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::io::{
     TensorMap, check_pos_embed_shape, convert_patch_weight, load_tensor_map, parameters, read_safetensors,
-    safetensors_bytes, transpose,
+    safetensors_bytes_with_metadata, transpose,
 };
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
+use crate::models::pretrain::ModelConfig;
 
 /// burn layout -> PyTorch layout (official MAE keys). The position embeddings are parameters
 /// (never trained) and pass through as they are.
@@ -225,23 +226,36 @@ fn get_usize(key: &str, v: &serde_json::Value) -> Result<usize> {
 pub fn load_weights(model: MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<MaskedAutoencoder> {
     let file = read_safetensors(path)?;
     let official = if file.keys().any(|k| k.starts_with("vit.")) { hf_to_official(&file)? } else { file };
+    load_mae_tensors(model, cfg, &official, &path.display().to_string())
+}
+
+/// Loads official-named tensors (PyTorch layout) from `source` into `model`, as [`load_weights`].
+pub fn load_mae_tensors(
+    model: MaskedAutoencoder,
+    cfg: &MaeConfig,
+    official: &TensorMap,
+    source: &str,
+) -> Result<MaskedAutoencoder> {
     for (key, dim) in [("pos_embed", cfg.embed_dim), ("decoder_pos_embed", cfg.decoder_embed_dim)] {
         let Some((shape, _)) = official.get(key) else {
             bail!(
-                "'{}' has no '{key}': mim loads the position embeddings from the file, as the official code does \
+                "'{source}' has no '{key}': mim loads the position embeddings from the file, as the official code does \
                  (official MAE and Hugging Face ViTMAE files hold them as pos_embed / decoder_pos_embed or \
-                 vit.embeddings.position_embeddings / decoder.decoder_pos_embed)",
-                path.display()
+                 vit.embeddings.position_embeddings / decoder.decoder_pos_embed)"
             );
         };
-        check_pos_embed_shape(key, shape, cfg.grid(), dim, &path.display().to_string())?;
+        check_pos_embed_shape(key, shape, cfg.grid(), dim, source)?;
     }
-    load_tensor_map(model, &from_pytorch_layout(cfg, &official)?, &path.display().to_string())
+    load_tensor_map(model, &from_pytorch_layout(cfg, official)?, source)
 }
 
-/// Writes the model's weights as safetensors in official MAE naming and PyTorch layout.
+/// Writes the model's weights as safetensors in official MAE naming and PyTorch layout, with the
+/// model configuration in the header's metadata (`mim.config`, see [`super::CONFIG_KEY`]) so the
+/// file alone rebuilds the model.
 pub fn export_weights(model: &MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<()> {
-    let bytes = safetensors_bytes(&to_pytorch_layout(cfg, &parameters(model)))?;
+    let config = serde_json::to_string(&ModelConfig::Mae(cfg.clone()))?;
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string()), (super::CONFIG_KEY.to_string(), config)]);
+    let bytes = safetensors_bytes_with_metadata(&to_pytorch_layout(cfg, &parameters(model)), &metadata)?;
     crate::io::write_atomic(path, &[&bytes])
 }
 

@@ -80,6 +80,12 @@ enum Command {
         #[arg(long)]
         generic_ops: bool,
     },
+    /// What a weights file holds: format, naming, model, the configuration it implies (and what had to
+    /// be assumed), parameter count.
+    Inspect {
+        /// A weights file: safetensors (mim, official, Hugging Face or timm names).
+        file: PathBuf,
+    },
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -114,14 +120,15 @@ struct ReconstructArgs {
     /// Checkpoint written by `mim pretrain`.
     #[arg(long, required_unless_present = "weights")]
     checkpoint: Option<PathBuf>,
-    /// Instead of a checkpoint: weights in safetensors (mim export / official MAE names, or Hugging Face ViTMAE names).
+    /// Instead of a checkpoint: an MAE with its decoder in safetensors (mim export / official MAE names, or
+    /// Hugging Face ViTMAE names, whose config.json beside the file is read); `mim inspect` shows what a file holds.
     #[arg(long, conflicts_with = "checkpoint")]
     weights: Option<PathBuf>,
-    /// With --weights: the Hugging Face config.json describing them.
+    /// With --weights: a Hugging Face config.json describing them (default: the one beside the file).
     #[arg(long, requires = "weights")]
     hf_config: Option<PathBuf>,
-    /// With --weights and no --hf-config: the model preset they belong to.
-    #[arg(long, requires = "weights")]
+    /// With --weights: the model preset they belong to, instead of the configuration the file implies.
+    #[arg(long, requires = "weights", conflicts_with = "hf_config")]
     model: Option<String>,
     /// Dataset to take images from (default: the one the checkpoint was trained on).
     #[arg(long)]
@@ -340,25 +347,45 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+fn inspect(file: &Path) -> Result<()> {
+    let w = mim::weights::open(file)?;
+    let d = &w.detected;
+    println!("file        {}", file.display());
+    println!("naming      {}", d.naming);
+    println!("holds       {}", d.holds);
+    println!("parameters  {} ({:.1} M)", w.parameter_count(), w.parameter_count() as f64 / 1e6);
+    println!("config      (from {}) {}", w.config_source, serde_json::to_string(&d.config)?);
+    for (what, value) in &d.assumed {
+        println!("assumed     {what} = {value}");
+    }
+    for what in &d.unknown {
+        println!("unknown     {what}: not stored and no rule fits; give the configuration (--model, --hf-config)");
+    }
+    Ok(())
+}
+
 fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
     let device = mim::runtime::device(&a.device)?;
     let model = match (&a.checkpoint, &a.weights) {
         (Some(path), _) => Reconstructor::from_checkpoint(path, &device)?,
         (None, Some(weights)) => {
-            let cfg = match (&a.hf_config, &a.model) {
-                (Some(json), _) => {
-                    let text =
-                        std::fs::read_to_string(json).with_context(|| format!("cannot read '{}'", json.display()))?;
-                    mim::weights::mae_config_from_hf(
-                        &serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", json.display()))?,
-                    )?
-                }
-                (None, Some(preset)) => mim::models::mae::MaeConfig::preset(preset)?,
-                (None, None) => {
-                    bail!("--weights needs --hf-config config.json or --model PRESET to know the architecture")
-                }
-            };
-            Reconstructor::from_weights(weights, cfg, &device)?
+            let mut file = mim::weights::open(weights)?;
+            if let Some(json) = &a.hf_config {
+                let text =
+                    std::fs::read_to_string(json).with_context(|| format!("cannot read '{}'", json.display()))?;
+                let cfg = mim::weights::mae_config_from_hf(
+                    &serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", json.display()))?,
+                )?;
+                file =
+                    file.with_config(mim::models::pretrain::ModelConfig::Mae(cfg), format!("'{}'", json.display()))?;
+            } else if let Some(preset) = &a.model {
+                file =
+                    file.with_config(mim::models::pretrain::ModelConfig::preset(preset)?, format!("preset {preset}"))?;
+            }
+            for (what, value) in &file.detected.assumed {
+                eprintln!("note: {what} = {value}; pass --model or --hf-config if that is wrong");
+            }
+            Reconstructor::from_weights(&file, &device)?
         }
         (None, None) => bail!("pass --checkpoint or --weights"),
     };
@@ -495,6 +522,7 @@ fn run(cli: Cli) -> Result<()> {
             rows.iter().for_each(|r| println!("{r}"));
             mim::check::ensure_passed(&rows)
         }
+        Command::Inspect { file } => inspect(&file),
         Command::Export { checkpoint: ck, out, device } => {
             let c = checkpoint::load(&ck, &mim::runtime::device(&device)?)?;
             mim::weights::export_weights(&c.model, c.header.model.mae()?, &out)?;
