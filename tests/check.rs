@@ -31,6 +31,10 @@ fn a_perturbed_weight_fails_the_check_naming_the_model() {
     let tmp = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(fixtures()).unwrap() {
         let path = entry.unwrap().path();
+        // Only the parity fixtures themselves (the folders hold other tests' fixtures).
+        if path.is_dir() {
+            continue;
+        }
         std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
     }
     let weights = tmp.path().join("swin_tiny_weights.safetensors");

@@ -271,7 +271,7 @@ fn beit(t: &TensorMap) -> Result<Detected> {
         if shared { "rel_pos_bias.relative_position_bias_table" } else { "blocks.0.attn.relative_position_bias_table" };
     let (g, num_heads) = match t.get(table) {
         // (2g - 1)^2 offsets + 3 rows for [CLS].
-        Some((s, _)) => ((grid_side(s[0] - 3, table)? + 1) / 2, s[1]),
+        Some((s, _)) => (grid_side(s[0] - 3, table)?.div_ceil(2), s[1]),
         None => bail!("a BEiT without relative position bias (absolute position embeddings only) is not supported"),
     };
     let vocab_size = t.get("lm_head.weight").map_or(8192, |(s, _)| s[0]);
@@ -315,7 +315,7 @@ fn swin_config(t: &TensorMap) -> Result<Detected> {
         let key = format!("layers.{i}.blocks.0.attn.relative_position_bias_table");
         let s = shape(t, &key)?;
         // (2w - 1)^2 offsets per head; stages smaller than a window have smaller tables.
-        window_size = window_size.max((grid_side(s[0], &key)? + 1) / 2);
+        window_size = window_size.max(grid_side(s[0], &key)?.div_ceil(2));
         num_heads.push(s[1]);
     }
     let head = t.get("head.fc.weight").or_else(|| t.get("head.weight"));
