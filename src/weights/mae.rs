@@ -101,6 +101,10 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
             k if k.starts_with("decoder.decoder_layers.") => {
                 block(&k["decoder.decoder_layers.".len()..], "decoder_blocks")
             }
+            // What transformers 5.x's `save_pretrained` writes back for the 4.x decoder names.
+            k if k.starts_with("decoder.decoder_encoder.layer.") => {
+                block(&k["decoder.decoder_encoder.layer.".len()..], "decoder_blocks")
+            }
             k if k.starts_with("decoder.") => Some(k["decoder.".len()..].to_string()),
             _ => None,
         };

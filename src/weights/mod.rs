@@ -16,12 +16,14 @@ pub mod swin;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 
-use crate::io::{TensorMap, read_safetensors};
+use crate::io::{TensorMap, load_tensor_map, parameters, pytorch_to_burn_layout, read_safetensors};
+use crate::models::classifier::{Pool, VitClassifier};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 use crate::models::pretrain::ModelConfig;
+use crate::models::swin::SwinTransformer;
 pub use beit::{beit_from_official, load_beit_weights};
 pub use detect::{Detected, Holds, Naming};
 pub use mae::{
@@ -135,7 +137,73 @@ impl Weights {
             ),
             (holds, _) => bail!("'{}' holds a {holds}, not an MAE", self.path.display()),
         };
-        let model = load_mae_tensors(cfg.init(0, device)?, &cfg, &self.tensors, &self.path.display().to_string())?;
+        let model = load_mae_tensors(cfg.init(0, device)?, &cfg, &self.tensors, &self.source())?;
         Ok((model, cfg))
+    }
+
+    /// The MAE encoder of a file with or without the decoder (the official `mae_pretrain_vit_*.pth`,
+    /// timm's `vit_*.mae`): what fine-tuning, linear probing and k-NN start from. A missing decoder
+    /// is freshly initialised from `seed`; it is never used by these.
+    pub fn mae_encoder(&self, seed: u64, device: &Device) -> Result<(MaskedAutoencoder, MaeConfig)> {
+        self.ensure_known()?;
+        let ModelConfig::Mae(cfg) = &self.detected.config else { bail!("'{}' holds no MAE", self.path.display()) };
+        let cfg = cfg.clone();
+        let fresh = cfg.init(seed, device)?;
+        if matches!(self.detected.holds, Holds::Mae { decoder: true }) {
+            return Ok((load_mae_tensors(fresh, &cfg, &self.tensors, &self.source())?, cfg));
+        }
+        ensure!(
+            matches!(self.detected.holds, Holds::Mae { .. } | Holds::VitClassifier { .. }),
+            "'{}' holds a {}, not a ViT encoder",
+            self.path.display(),
+            self.detected.holds
+        );
+        // The encoder's tensors from the file, everything else (decoder, mask token) as initialised.
+        let encoder = |k: &str| {
+            matches!(k, "cls_token" | "pos_embed")
+                || ["patch_embed.", "blocks.", "norm."].iter().any(|p| k.starts_with(p))
+        };
+        let mut map: TensorMap =
+            to_pytorch_layout(&cfg, &parameters(&fresh)).into_iter().filter(|(k, _)| !encoder(k)).collect();
+        let classifier = matches!(self.detected.holds, Holds::VitClassifier { .. });
+        for (k, t) in &self.tensors {
+            match k.as_str() {
+                // A fine-tuned model's head and pooling norm have no place in an MAE.
+                k if classifier && (k.starts_with("head.") || k.starts_with("fc_norm.")) => {}
+                k => {
+                    map.insert(k.to_string(), t.clone());
+                }
+            }
+        }
+        Ok((load_mae_tensors(fresh, &cfg, &map, &self.source())?, cfg))
+    }
+
+    /// The fine-tuned ViT classifier of a file (MAE's `main_finetune.py`, timm's ViT with a head).
+    pub fn vit_classifier(&self, device: &Device) -> Result<VitClassifier> {
+        self.ensure_known()?;
+        let (Holds::VitClassifier { global_pool, num_classes }, ModelConfig::Mae(cfg)) =
+            (self.detected.holds, &self.detected.config)
+        else {
+            bail!("'{}' holds a {}, not a ViT classifier", self.path.display(), self.detected.holds);
+        };
+        let pool = if global_pool { Pool::Avg } else { Pool::Cls };
+        let model = VitClassifier::from_scratch(cfg, num_classes, pool, 0, device)?;
+        // mim calls the norm after the blocks `norm` whichever the pooling: models_vit's `fc_norm`
+        // (after average pooling; the encoder's own `norm` is then absent).
+        let map: TensorMap =
+            self.tensors.iter().map(|(k, t)| (k.replacen("fc_norm.", "norm.", 1), t.clone())).collect();
+        load_tensor_map(model, &pytorch_to_burn_layout(&map)?, &self.source())
+    }
+
+    /// The Swin Transformer of a file (timm or official names; with its head when it has one).
+    pub fn swin(&self, device: &Device) -> Result<SwinTransformer> {
+        let (Holds::Swin { .. }, ModelConfig::Swin(cfg)) = (self.detected.holds, &self.detected.config) else {
+            bail!("'{}' holds a {}, not a Swin Transformer", self.path.display(), self.detected.holds);
+        };
+        load_tensor_map(cfg.init(0, device)?, &swin::timm_to_burn(&self.tensors)?, &self.source())
+    }
+
+    fn source(&self) -> String {
+        self.path.display().to_string()
     }
 }
