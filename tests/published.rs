@@ -31,7 +31,7 @@ fn tensor<const D: usize>(io: &TensorMap, name: &str) -> Tensor<D> {
 fn assert_close<const D: usize>(what: &str, ours: Tensor<D>, io: &TensorMap, name: &str) {
     let (shape, theirs) = &io[name];
     assert_eq!(&ours.dims().to_vec(), shape, "{what}: shape");
-    let ours = ours.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let ours = ours.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let worst = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0f32, f32::max);
     assert!(worst < TOL, "{what}: {name} differs by {worst:e}");
     eprintln!("{what}: {name} within {worst:.1e}");
