@@ -100,3 +100,28 @@ fn unknown_tensors_are_refused_with_what_was_found() {
     let e = format!("{:#}", open(&path).unwrap_err());
     assert!(e.contains("cannot tell which model") && e.contains("conv1.weight"), "{e}");
 }
+
+#[test]
+fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
+    use mim::weights::{convert, from_mae};
+    let cfg = MaeConfig::preset("mae_micro").unwrap();
+    let model = cfg.init(5, &Device::flex()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let start = from_mae(&model, &cfg, &dir.path().join("run.mim"));
+    let official = dir.path().join("official.safetensors");
+    convert(&start, Naming::Official, &official).unwrap();
+    let hf = dir.path().join("hf/model.safetensors");
+    let written = convert(&open(&official).unwrap(), Naming::HuggingFace, &hf).unwrap();
+    assert_eq!(written, [hf.clone(), dir.path().join("hf/config.json")]);
+    let back = open(&hf).unwrap();
+    assert_eq!(back.detected.naming, Naming::HuggingFace);
+    let (loaded, got) = back.mae(&Device::flex()).unwrap();
+    assert_eq!(got, cfg);
+    assert_eq!(parameters(&loaded), parameters(&model), "mim -> official -> Hugging Face -> mim");
+    // Nothing is overwritten by another model's configuration.
+    let other = MaeConfig { depth: 1, ..cfg };
+    let e = convert(&from_mae(&other.init(0, &Device::flex()).unwrap(), &other, &official), Naming::HuggingFace, &hf);
+    assert!(e.unwrap_err().to_string().contains("exists with another configuration"));
+    let e = convert(&start, Naming::Official, &dir.path().join("x.pth")).unwrap_err().to_string();
+    assert!(e.contains("not .pth"), "{e}");
+}

@@ -132,6 +132,95 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
     Ok(out)
 }
 
+/// Official MAE keys (PyTorch layout) -> Hugging Face `ViTMAEForPreTraining` keys as the published
+/// `facebook/vit-mae-*` files name them (transformers 4.x names, which 5.x renames on load): the
+/// inverse of [`hf_to_official`], q, k and v split out of each qkv projection.
+pub fn official_to_hf(official: &TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (k, (s, v)) in official {
+        let block = |rest: &str, prefix: &str| -> Option<(String, String)> {
+            let (i, tail) = rest.split_once('.')?;
+            let (module, param) = tail.rsplit_once('.')?;
+            let theirs = match module {
+                "norm1" => "layernorm_before",
+                "norm2" => "layernorm_after",
+                "attn.proj" => "attention.output.dense",
+                "mlp.fc1" => "intermediate.dense",
+                "mlp.fc2" => "output.dense",
+                "attn.qkv" => "attention.attention.{}",
+                _ => return None,
+            };
+            Some((format!("{prefix}.{i}.{theirs}"), param.to_string()))
+        };
+        let (name, param) = match k.as_str() {
+            "cls_token" => ("vit.embeddings.cls_token".to_string(), String::new()),
+            "pos_embed" => ("vit.embeddings.position_embeddings".to_string(), String::new()),
+            "mask_token" | "decoder_pos_embed" => (format!("decoder.{k}"), String::new()),
+            k if k.starts_with("patch_embed.proj.") => {
+                (k.replacen("patch_embed.proj", "vit.embeddings.patch_embeddings.projection", 1), String::new())
+            }
+            k if k.starts_with("norm.") => (k.replacen("norm", "vit.layernorm", 1), String::new()),
+            k if k.starts_with("blocks.") => block(&k["blocks.".len()..], "vit.encoder.layer")
+                .with_context(|| format!("unexpected tensor '{k}' in an MAE"))?,
+            k if k.starts_with("decoder_blocks.") => block(&k["decoder_blocks.".len()..], "decoder.decoder_layers")
+                .with_context(|| format!("unexpected tensor '{k}' in an MAE"))?,
+            k if k.starts_with("decoder_") => (format!("decoder.{k}"), String::new()),
+            k => bail!("unexpected tensor '{k}' in an MAE"),
+        };
+        if param.is_empty() {
+            out.insert(name, (s.clone(), v.clone()));
+        } else if name.contains("{}") {
+            // PyTorch [3D, in] (or [3D]): q, k and v are consecutive row blocks.
+            let rows = s[0] / 3;
+            let per = v.len() / 3;
+            for (j, role) in ["query", "key", "value"].into_iter().enumerate() {
+                let mut shape = s.clone();
+                shape[0] = rows;
+                out.insert(
+                    format!("{}.{param}", name.replace("{}", role)),
+                    (shape, v[j * per..(j + 1) * per].to_vec()),
+                );
+            }
+        } else {
+            out.insert(format!("{name}.{param}"), (s.clone(), v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// The Hugging Face `config.json` of `cfg` (`ViTMAEForPreTraining`; every key written, none left to
+/// transformers' defaults).
+pub fn hf_config(cfg: &MaeConfig) -> Result<serde_json::Value> {
+    ensure!(
+        cfg.target == crate::models::mae::MaeTarget::Pixels && !cfg.encoder_mask_token,
+        "only a pixel-target MAE without the encoder mask token has a Hugging Face ViTMAE equivalent"
+    );
+    let hidden = |d: usize| (d as f64 * cfg.mlp_ratio).round() as usize;
+    Ok(serde_json::json!({
+        "architectures": ["ViTMAEForPreTraining"],
+        "model_type": "vit_mae",
+        "image_size": cfg.img_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": hidden(cfg.embed_dim),
+        "decoder_hidden_size": cfg.decoder_embed_dim,
+        "decoder_num_hidden_layers": cfg.decoder_depth,
+        "decoder_num_attention_heads": cfg.decoder_num_heads,
+        "decoder_intermediate_size": hidden(cfg.decoder_embed_dim),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "qkv_bias": true,
+        "norm_pix_loss": cfg.norm_pix_loss,
+        "mask_ratio": 0.75,
+        "initializer_range": 0.02,
+    }))
+}
+
 /// A model configuration from a Hugging Face `config.json` of `ViTMAEForPreTraining` / `ViTMAEModel`.
 ///
 /// A key the file leaves out takes `ViTMAEConfig`'s default, as transformers does (`save_pretrained`

@@ -88,6 +88,73 @@ fn safetensors_metadata(path: &Path) -> Result<std::collections::BTreeMap<String
     Ok(serde_json::from_value(header["__metadata__"].clone()).unwrap_or_default())
 }
 
+/// An MAE held in memory (a mim checkpoint's) as [`Weights`] in official names.
+pub fn from_mae(model: &MaskedAutoencoder, cfg: &MaeConfig, source: &Path) -> Weights {
+    Weights {
+        path: source.to_path_buf(),
+        detected: Detected {
+            naming: Naming::Official,
+            holds: Holds::Mae { decoder: true },
+            config: ModelConfig::Mae(cfg.clone()),
+            assumed: Vec::new(),
+            unknown: Vec::new(),
+        },
+        config_source: "the mim checkpoint".into(),
+        tensors: to_pytorch_layout(cfg, &parameters(model)),
+    }
+}
+
+/// Writes `w` to `out` as safetensors in `to`'s names, with the configuration in the metadata; for
+/// Hugging Face names also `config.json` beside `out` (refused if a different one is there). Returns
+/// the files written.
+pub fn convert(w: &Weights, to: Naming, out: &Path) -> Result<Vec<PathBuf>> {
+    w.ensure_known()?;
+    let ModelConfig::Mae(cfg) = &w.detected.config else {
+        bail!(
+            "mim convert writes MAE files so far; '{}' holds a {} (mim loads it directly: see mim inspect)",
+            w.path.display(),
+            w.detected.holds
+        );
+    };
+    if let Some(ext) = out.extension().and_then(|e| e.to_str()).filter(|e| matches!(*e, "pth" | "pt" | "bin")) {
+        bail!(
+            "mim writes safetensors, not .{ext}: name the output .safetensors (PyTorch reads it with \
+             safetensors.torch.load_file; the official code's torch.load(path)['model'] takes that dict)"
+        );
+    }
+    let mut written = Vec::new();
+    let tensors = match to {
+        Naming::Official | Naming::Timm => w.tensors.clone(),
+        Naming::HuggingFace => {
+            ensure!(
+                w.detected.holds == (Holds::Mae { decoder: true }),
+                "a Hugging Face ViTMAEForPreTraining needs the decoder, and '{}' holds a {}",
+                w.path.display(),
+                w.detected.holds
+            );
+            let json = serde_json::to_string_pretty(&mae::hf_config(cfg)?)? + "\n";
+            let path = out.with_file_name("config.json");
+            if let Ok(existing) = std::fs::read_to_string(&path) {
+                ensure!(
+                    existing == json,
+                    "'{}' exists with another configuration: write the Hugging Face files into their own folder",
+                    path.display()
+                );
+            }
+            crate::io::write_atomic(&path, &[json.as_bytes()])?;
+            written.push(path);
+            mae::official_to_hf(&w.tensors)?
+        }
+    };
+    let metadata = std::collections::BTreeMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (CONFIG_KEY.to_string(), serde_json::to_string(&w.detected.config)?),
+    ]);
+    crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata)?])?;
+    written.insert(0, out.to_path_buf());
+    Ok(written)
+}
+
 impl Weights {
     /// Replaces the configuration the file implies by `config` (a preset or a config file), which
     /// must be of the same family; loading then checks every shape.

@@ -86,6 +86,17 @@ enum Command {
         /// A weights file: safetensors (mim, official, Hugging Face or timm names).
         file: PathBuf,
     },
+    /// Convert MAE weights between mim checkpoints and the official, timm and Hugging Face names
+    /// (safetensors with the configuration in its metadata; for Hugging Face a config.json beside).
+    Convert {
+        /// A mim checkpoint (.mim) or a weights file (see `mim inspect`).
+        input: PathBuf,
+        /// Output .safetensors file.
+        output: PathBuf,
+        /// Names to write.
+        #[arg(long, value_enum)]
+        to: ConvertTo,
+    },
     /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -113,6 +124,17 @@ struct PretrainCmd {
     resume_from: Option<PathBuf>,
     #[command(flatten)]
     settings: mim::train::pretrain::PretrainArgs,
+}
+
+/// Parameter names `mim convert` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConvertTo {
+    /// facebookresearch/mae's names (timm's ViT names).
+    Official,
+    /// Hugging Face ViTMAEForPreTraining, with its config.json.
+    Hf,
+    /// timm's names (for a ViT, the official ones).
+    Timm,
 }
 
 #[derive(Args)]
@@ -523,6 +545,23 @@ fn run(cli: Cli) -> Result<()> {
             mim::check::ensure_passed(&rows)
         }
         Command::Inspect { file } => inspect(&file),
+        Command::Convert { input, output, to } => {
+            let w = if input.extension().is_some_and(|e| e == "mim") {
+                let c = checkpoint::load(&input, &burn::tensor::Device::flex())?;
+                mim::weights::from_mae(&c.model, c.header.model.mae()?, &input)
+            } else {
+                mim::weights::open(&input)?
+            };
+            let naming = match to {
+                ConvertTo::Official => mim::weights::Naming::Official,
+                ConvertTo::Hf => mim::weights::Naming::HuggingFace,
+                ConvertTo::Timm => mim::weights::Naming::Timm,
+            };
+            for path in mim::weights::convert(&w, naming, &output)? {
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Export { checkpoint: ck, out, device } => {
             let c = checkpoint::load(&ck, &mim::runtime::device(&device)?)?;
             mim::weights::export_weights(&c.model, c.header.model.mae()?, &out)?;
