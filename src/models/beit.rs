@@ -50,6 +50,14 @@ pub struct BeitConfig {
     pub use_shared_rel_pos_bias: bool,
     /// Standard deviation (and truncation bound) of the initial weights and tokens.
     pub init_std: f64,
+    /// Epsilon of every LayerNorm: 1e-6 in the official code and timm, 1e-12 in Hugging Face's
+    /// `BeitConfig` (checkpoints from before this field used 1e-6).
+    #[serde(default = "official_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn official_norm_eps() -> f64 {
+    super::vit::LN_EPS
 }
 
 impl BeitConfig {
@@ -84,6 +92,7 @@ impl BeitConfig {
             use_rel_pos_bias: false,
             use_shared_rel_pos_bias: true,
             init_std: 0.02,
+            layer_norm_eps: super::vit::LN_EPS,
         }
     }
 
@@ -175,7 +184,8 @@ impl BeitConfig {
         let pos_embed = self.use_abs_pos_emb.then(|| token(self.num_patches() + 1, &mut rng));
         let blocks = (1..=self.depth)
             .map(|layer| {
-                let mut b = Block::with_init(d, self.num_heads, self.mlp_ratio, w, &mut rng, device);
+                let mut b = Block::with_init(d, self.num_heads, self.mlp_ratio, w, &mut rng, device)
+                    .with_norm_eps(self.layer_norm_eps);
                 if self.layer_scale_init_value > 0.0 {
                     b = b.with_layer_scale(self.layer_scale_init_value as f32, device);
                 }
@@ -204,7 +214,7 @@ impl BeitConfig {
             } else {
                 Vec::new()
             },
-            norm: LayerNorm::new(d, device),
+            norm: LayerNorm::with_eps(d, self.layer_norm_eps, device),
             lm_head: Linear::with_init(d, self.vocab_size, w, &mut rng, device),
             grid: window,
         })

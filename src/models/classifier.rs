@@ -243,7 +243,8 @@ impl BeitClassifier {
             weight: param(normal(&mut rng, d * num_classes, 2e-5), [d, num_classes], &device),
             bias: Some(param(vec![0.0; num_classes], [num_classes], &device)),
         };
-        Self { encoder, fc_norm: LayerNorm::new(d, &device), head, drop_path }
+        let fc_norm = LayerNorm::with_eps(d, encoder.norm.eps(), &device);
+        Self { encoder, fc_norm, head, drop_path }
     }
 
     fn head_of(&self, x: Tensor<3>) -> Tensor<2> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::io::{TensorMap, convert_patch_weight, load_tensor_map, read_safetensors, transpose};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling, relative_position_index};
@@ -58,6 +58,118 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
         out.insert(format!("{prefix}.attn.qkv.bias"), (vec![3 * q.len()], [q, k, v].concat()));
     }
     Ok(out)
+}
+
+/// Hugging Face `BeitForMaskedImageModeling` / `BeitForImageClassification` keys (PyTorch layout) ->
+/// official unilm keys: q, k and v weights into one `attn.qkv.weight` (Hugging Face's key projection
+/// has no bias either), `lambda_1/2` -> `gamma_1/2`, the pooler's norm -> `fc_norm`, `classifier` ->
+/// `head`.
+pub fn hf_beit_to_official(hf: &TensorMap) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    let mut qkv: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 3]> = BTreeMap::new();
+    for (k, tensor) in hf {
+        let name = match k.as_str() {
+            "beit.embeddings.cls_token" => "cls_token".to_string(),
+            "beit.embeddings.mask_token" => "mask_token".to_string(),
+            "beit.embeddings.position_embeddings" => "pos_embed".to_string(),
+            "beit.encoder.relative_position_bias.relative_position_bias_table" => {
+                "rel_pos_bias.relative_position_bias_table".to_string()
+            }
+            k if k.ends_with("relative_position_index") => continue,
+            k if k.starts_with("beit.embeddings.patch_embeddings.projection.") => {
+                k.replacen("beit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1)
+            }
+            k if k.starts_with("layernorm.") || k.starts_with("beit.layernorm.") => {
+                format!("norm.{}", k.rsplit_once('.').map_or("", |(_, p)| p))
+            }
+            k if k.starts_with("beit.pooler.layernorm.") => k.replacen("beit.pooler.layernorm", "fc_norm", 1),
+            k if k.starts_with("classifier.") => k.replacen("classifier", "head", 1),
+            k if k.starts_with("lm_head.") => k.to_string(),
+            k if k.starts_with("beit.encoder.layer.") => {
+                let rest = &k["beit.encoder.layer.".len()..];
+                let (i, tail) = rest.split_once('.').with_context(|| format!("unexpected tensor '{k}'"))?;
+                let ours = match tail {
+                    "lambda_1" => "gamma_1".to_string(),
+                    "lambda_2" => "gamma_2".to_string(),
+                    "attention.attention.query.bias" => "attn.q_bias".to_string(),
+                    "attention.attention.value.bias" => "attn.v_bias".to_string(),
+                    "attention.attention.relative_position_bias.relative_position_bias_table" => {
+                        "attn.relative_position_bias_table".to_string()
+                    }
+                    t => {
+                        let role = ["query", "key", "value"]
+                            .iter()
+                            .position(|r| t == format!("attention.attention.{r}.weight"));
+                        if let Some(slot) = role {
+                            qkv.entry(format!("blocks.{i}.attn.qkv.weight")).or_default()[slot] = Some(tensor.clone());
+                            continue;
+                        }
+                        let (module, param) = t.rsplit_once('.').with_context(|| format!("unexpected tensor '{k}'"))?;
+                        let m = match module {
+                            "layernorm_before" => "norm1",
+                            "layernorm_after" => "norm2",
+                            "attention.output.dense" => "attn.proj",
+                            "intermediate.dense" => "mlp.fc1",
+                            "output.dense" => "mlp.fc2",
+                            _ => bail!("unexpected tensor '{k}' in a Hugging Face BEiT"),
+                        };
+                        format!("{m}.{param}")
+                    }
+                };
+                format!("blocks.{i}.{ours}")
+            }
+            _ => bail!("unexpected tensor '{k}' in a Hugging Face BEiT"),
+        };
+        out.insert(name, tensor.clone());
+    }
+    for (name, parts) in qkv {
+        let [Some(q), Some(k), Some(v)] = parts else { bail!("'{name}' is missing one of query/key/value") };
+        out.insert(name, (vec![3 * q.0[0], q.0[1]], [q.1, k.1, v.1].concat()));
+    }
+    Ok(out)
+}
+
+/// A BEiT configuration from a Hugging Face `config.json` (`BeitConfig`): keys left out take
+/// transformers' defaults; every architecture key is honoured or refused with the reason.
+pub fn beit_config_from_hf(json: &serde_json::Value) -> Result<BeitConfig> {
+    let obj = json.as_object().context("config.json is not a JSON object")?;
+    let uint = |k: &str, default: usize| -> Result<usize> {
+        match obj.get(k) {
+            None => Ok(default),
+            Some(serde_json::Value::Array(v)) if v.len() == 2 && v[0] == v[1] => {
+                v[0].as_u64().map(|n| n as usize).with_context(|| format!("config.json: {k} is not an integer"))
+            }
+            Some(v) => v.as_u64().map(|n| n as usize).with_context(|| {
+                format!("config.json: {k} {v} is not a non-negative integer (mim's BEiT takes square sizes)")
+            }),
+        }
+    };
+    let flag = |k: &str, default: bool| obj.get(k).and_then(|v| v.as_bool()).unwrap_or(default);
+    let act = obj.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
+    ensure!(act == "gelu", "config.json sets hidden_act \"{act}\": mim's BEiT blocks use the exact (erf) GELU only");
+    for key in ["hidden_dropout_prob", "attention_probs_dropout_prob"] {
+        let p = obj.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        ensure!(p == 0.0, "config.json sets {key} {p}: mim's BEiT has no dropout (BEiT's recipes use none); set it to 0.0");
+    }
+    let hidden = uint("hidden_size", 768)?;
+    let cfg = BeitConfig {
+        img_size: uint("image_size", 224)?,
+        patch_size: uint("patch_size", 16)?,
+        in_chans: uint("num_channels", 3)?,
+        vocab_size: uint("vocab_size", 8192)?,
+        embed_dim: hidden,
+        depth: uint("num_hidden_layers", 12)?,
+        num_heads: uint("num_attention_heads", 12)?,
+        mlp_ratio: uint("intermediate_size", 3072)? as f64 / hidden as f64,
+        layer_scale_init_value: obj.get("layer_scale_init_value").and_then(|v| v.as_f64()).unwrap_or(0.1),
+        use_abs_pos_emb: flag("use_absolute_position_embeddings", false),
+        use_rel_pos_bias: flag("use_relative_position_bias", false),
+        use_shared_rel_pos_bias: flag("use_shared_relative_position_bias", false),
+        init_std: obj.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02),
+        layer_norm_eps: obj.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12),
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// Loads a BEiT masked-image-modeling model from a safetensors file in official naming (see

@@ -290,6 +290,7 @@ fn beit(t: &TensorMap) -> Result<Detected> {
         use_rel_pos_bias: !shared,
         use_shared_rel_pos_bias: shared,
         init_std: 0.02,
+        layer_norm_eps: LN_EPS,
     };
     let holds = match t.get("head.weight") {
         Some((s, _)) => Holds::BeitClassifier { num_classes: s[0] },
