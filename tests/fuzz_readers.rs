@@ -1,5 +1,5 @@
 //! Property-based mutation test of every reader of untrusted bytes (IDX, CIFAR-10, image folder,
-//! safetensors, checkpoint, TOML config): a few thousand seeded mutants of a valid file each, and
+//! safetensors, PyTorch `.pth`, checkpoint, TOML config): a few thousand seeded mutants of a valid file each, and
 //! the property is that reading one returns Ok or Err and never panics. The issue-25 crash
 //! inputs are seeds. `MIM_FUZZ_N=100000 cargo test --release --test fuzz_readers` is the long run
 //! (inputs per reader); a failure prints the reader and the mutant's index to reproduce it.
@@ -150,6 +150,61 @@ fn safetensors_reader_never_panics() {
         std::fs::write(&f, b).unwrap();
         let _ = mim::io::read_safetensors(&f);
     });
+}
+
+/// `zip` with its `data.pkl` replaced by `pickle` (valid CRC), every other entry copied as it is.
+fn with_pickle(zip: &[u8], pickle: &[u8]) -> Vec<u8> {
+    use std::io::{Cursor, Write};
+    let mut src = zip::ZipArchive::new(Cursor::new(zip)).unwrap();
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for i in 0..src.len() {
+        let f = src.by_index_raw(i).unwrap();
+        if f.name().unwrap().ends_with("/data.pkl") {
+            let name = f.name().unwrap().to_string();
+            drop(f);
+            let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+            w.start_file(name, stored).unwrap();
+            w.write_all(pickle).unwrap();
+        } else {
+            w.raw_copy_file(f).unwrap();
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+#[test]
+fn pth_reader_never_panics() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+    let read = |name: &str| std::fs::read(fixtures.join(name)).unwrap();
+    let seeds: Vec<Vec<u8>> = [
+        "train_checkpoint.pth", "legacy.pth", "yacs_config_legacy.pth", "evil_stack_global.pth",
+        "torch_folder_21_chars.pth",
+    ]
+    .map(read)
+    .to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("w.pth");
+    let load = |b: &[u8]| {
+        std::fs::write(&f, b).unwrap();
+        let _ = mim::io::read_tensor_file(&f);
+    };
+    fuzz("pth", &seeds, inputs(4000) / 2, load);
+    // Behind data.pkl's CRC: mutated pickles in otherwise valid archives.
+    let mut rng = ChaCha8Rng::seed_from_u64(27);
+    for name in ["train_checkpoint.pth", "yacs_config_p4.pth"] {
+        let zip = read(name);
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&zip[..])).unwrap();
+        let pickle_name =
+            archive.file_names().map(|n| n.unwrap().into_owned()).find(|n| n.ends_with("/data.pkl")).unwrap();
+        let mut pickle = Vec::new();
+        std::io::Read::read_to_end(&mut archive.by_name(&pickle_name).unwrap(), &mut pickle).unwrap();
+        for i in 0..inputs(4000) / 8 {
+            let m = with_pickle(&zip, &mutate(&pickle, &mut rng));
+            if catch_unwind(AssertUnwindSafe(|| load(&m))).is_err() {
+                panic!("pth {name} behind the CRC: mutant {i} panicked");
+            }
+        }
+    }
 }
 
 #[test]

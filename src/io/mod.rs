@@ -1,10 +1,13 @@
 //! Generic file formats: named tensors ([`TensorMap`]) in and out of safetensors and burn modules,
-//! the PyTorch -> burn layout of keys that already match, atomic writes, TOML configs and
-//! JSON-lines records. Nothing here knows a model type: the model-specific weight formats (official
+//! PyTorch `.pth` weights read without executing them ([`read_tensor_file`], see [`pth`]), the
+//! PyTorch -> burn layout of keys that already match, atomic writes, TOML configs and JSON-lines
+//! records. Nothing here knows a model type: the model-specific weight formats (official
 //! MAE and BEiT names, Hugging Face `ViTMAEForPreTraining`) are [`crate::weights`].
 
+pub mod pth;
+
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -59,11 +62,72 @@ pub fn gradients<M: Module>(module: &M, grads: &Gradients) -> TensorMap {
     v.out
 }
 
+/// How a weights file was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorFormat {
+    /// safetensors.
+    Safetensors,
+    /// `torch.save` since PyTorch 1.6: a zip archive holding `data.pkl` and the storages.
+    PthZip,
+    /// `torch.save` before 1.6 or with `_use_new_zipfile_serialization=False`: pickles, then the storages.
+    PthLegacy,
+}
+
+/// The tensors of a weights file, whatever its format, with where they were found.
+#[derive(Debug, Clone)]
+pub struct TensorFile {
+    /// Every tensor as f32, in PyTorch shapes, as stored (no layout change).
+    pub tensors: TensorMap,
+    /// The file's format, recognised by its first bytes.
+    pub format: TensorFormat,
+    /// The top-level entry the weights were under (`Some("model")` for `checkpoint["model"]`).
+    pub nested: Option<String>,
+    /// A safetensors file's `__metadata__` (empty for `.pth`).
+    pub metadata: BTreeMap<String, String>,
+    /// Top-level entries not used, sorted (`"optimizer"`, `"epoch"`, `"args"`, ...).
+    pub ignored: Vec<String>,
+}
+
+/// Reads the tensors of a safetensors file or a PyTorch `.pth`/`.pt`/`.bin` (zip or legacy), told
+/// apart by their first bytes rather than the extension. PyTorch files are checked not to name any
+/// Python global beyond what `torch.save` and training scripts write (see [`pth`]) and are never
+/// executed; a training checkpoint's weights are taken from under `model`, `state_dict`, `module`
+/// or `model_ema`, and DDP's `module.` prefix is removed.
+pub fn read_tensor_file(path: &Path) -> Result<TensorFile> {
+    let mut head = Vec::with_capacity(9);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(9).read_to_end(&mut head))
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    // A safetensors header is a little-endian length then '{': its first byte may be 0x80, as a pickle's is.
+    let safetensors_like = head.len() == 9 && head[8] == b'{';
+    if head.starts_with(b"PK\x03\x04") {
+        pth::read_pth(path, TensorFormat::PthZip)
+    } else if head.first() == Some(&0x80) && !safetensors_like {
+        pth::read_pth(path, TensorFormat::PthLegacy)
+    } else {
+        let (tensors, metadata) = read_safetensors_with_metadata(path).with_context(|| {
+            format!(
+                "'{}' is not a weights file mim reads: not a PyTorch zip (.pth/.pt/.bin, starts with PK), a legacy \
+                 PyTorch pickle (starts with 0x80) nor safetensors",
+                path.display()
+            )
+        })?;
+        Ok(TensorFile { tensors, format: TensorFormat::Safetensors, nested: None, metadata, ignored: Vec::new() })
+    }
+}
+
 /// Reads every tensor of a safetensors file as f32 (f32, f64, f16 and bf16 files are accepted; integer tensors too).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
+    Ok(read_safetensors_with_metadata(path)?.0)
+}
+
+/// [`read_safetensors`], with the file's `__metadata__`.
+fn read_safetensors_with_metadata(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("'{}' is not a safetensors file (or is truncated)", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let mut out = TensorMap::new();
     for (name, view) in st.tensors() {
         let d = view.data();
@@ -79,7 +143,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
         };
         out.insert(name, (view.shape().to_vec(), values));
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 fn f16_to_f32(h: u16) -> f32 {
