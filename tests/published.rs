@@ -37,13 +37,22 @@ fn assert_close<const D: usize>(what: &str, ours: Tensor<D>, io: &TensorMap, nam
     eprintln!("{what}: {name} within {worst:.1e}");
 }
 
-/// The config the fixture was built with, field by field from the manifest.
-fn manifest_config(file: &str) -> serde_json::Value {
+/// The manifest's entry for `file`.
+fn manifest(file: &str) -> serde_json::Value {
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(published("manifest.json")).unwrap()).unwrap();
     let fixtures = m["fixtures"].as_array().unwrap();
-    fixtures.iter().find(|f| f["file"] == file).unwrap_or_else(|| panic!("{file} not in the manifest"))["config"]
-        .clone()
+    fixtures.iter().find(|f| f["file"] == file).unwrap_or_else(|| panic!("{file} not in the manifest")).clone()
+}
+
+/// The config the fixture was built with, field by field from the manifest.
+fn manifest_config(file: &str) -> serde_json::Value {
+    manifest(file)["config"].clone()
+}
+
+/// The reference outputs recorded for `file`.
+fn io_of(file: &str) -> TensorMap {
+    io(manifest(file)["io"].as_str().unwrap())
 }
 
 fn mae_config(file: &str) -> MaeConfig {
@@ -66,23 +75,126 @@ fn mae_config(file: &str) -> MaeConfig {
     }
 }
 
-#[test]
-fn hugging_face_vit_mae_with_its_config_json() {
-    let w = open(&published("mae_hf/model.safetensors")).unwrap();
-    assert_eq!((w.detected.naming, w.detected.holds), (Naming::HuggingFace, Holds::Mae { decoder: true }));
-    assert!(w.config_source.contains("config.json"), "{}", w.config_source);
-    let (model, cfg) = w.mae(&Device::flex()).unwrap();
-    // Hugging Face's eps 1e-12 is honoured, not mim's 1e-6.
-    assert_eq!(cfg.layer_norm_eps, 1e-12);
-    let io = io("mae_hf_io.safetensors");
-    let x = tensor::<4>(&io, "pixel_values");
+/// MAE with its decoder: masking from the recorded noise, encoder, decoder and loss.
+fn check_mae(what: &str, model: &mim::models::mae::MaskedAutoencoder, io: &TensorMap, latent: &str, pred: &str) {
+    let x = tensor::<4>(io, "pixel_values");
     let (s, noise) = &io["noise"];
     let mask = Mask::from_noise(noise, s[0], 0.75).unwrap();
-    let latent = model.forward_encoder(x.clone(), &mask);
-    assert_close("HF MAE", latent.clone(), &io, "encoder_last_hidden_state");
-    let pred = model.forward_decoder(latent, &mask);
-    assert_close("HF MAE", pred.clone(), &io, "logits");
-    assert_close("HF MAE", model.forward_loss(x, pred, &mask), &io, "loss");
+    assert_close(what, mask.mask_tensor(&Device::flex()), io, "mask");
+    let z = model.forward_encoder(x.clone(), &mask);
+    assert_close(what, z.clone(), io, latent);
+    let p = model.forward_decoder(z, &mask);
+    assert_close(what, p.clone(), io, pred);
+    assert_close(what, model.forward_loss(x, p, &mask), io, "loss");
+}
+
+#[test]
+fn hugging_face_vit_mae_with_its_config_json() {
+    // save_pretrained's safetensors, and the pytorch_model.bin transformers 4.x wrote.
+    for (dir, file) in [("mae_hf/", "model.safetensors"), ("mae_hf_bin/", "pytorch_model.bin")] {
+        let w = open(&published(&format!("{dir}{file}"))).unwrap();
+        assert_eq!((w.detected.naming, w.detected.holds), (Naming::HuggingFace, Holds::Mae { decoder: true }));
+        assert!(w.config_source.contains("config.json"), "{}", w.config_source);
+        let (model, cfg) = w.mae(&Device::flex()).unwrap();
+        // Hugging Face's eps 1e-12 is honoured, not mim's 1e-6.
+        assert_eq!(cfg.layer_norm_eps, 1e-12);
+        check_mae(dir, &model, &io_of(dir), "encoder_last_hidden_state", "logits");
+    }
+}
+
+#[test]
+fn official_mae_pth_files_load_as_torch_saved_them() {
+    for file in ["mae_official_visualize.pth", "mae_official_train_checkpoint.pth"] {
+        let w = open(&published(file)).unwrap();
+        assert_eq!((w.detected.naming, w.detected.holds), (Naming::Official, Holds::Mae { decoder: true }));
+        assert_eq!(w.file.nested.as_deref(), Some("model"));
+        let w = w.with_config(ModelConfig::Mae(mae_config(file)), "manifest".into()).unwrap();
+        let (model, _) = w.mae(&Device::flex()).unwrap();
+        check_mae(file, &model, &io_of(file), "latent", "pred");
+    }
+    // misc.save_model's other entries are reported, not silently dropped.
+    let w = open(&published("mae_official_train_checkpoint.pth")).unwrap();
+    assert_eq!(w.file.ignored, ["args", "epoch", "optimizer", "scaler"]);
+}
+
+#[test]
+fn official_mae_encoder_only_and_fine_tuned_pth() {
+    let file = "mae_official_pretrain.pth";
+    let w = open(&published(file)).unwrap();
+    assert_eq!(w.detected.holds, Holds::Mae { decoder: false });
+    let w = w.with_config(ModelConfig::Mae(mae_config(file)), "manifest".into()).unwrap();
+    let (model, cfg) = w.mae_encoder(0, &Device::flex()).unwrap();
+    let io = io_of(file);
+    let z = model.forward_encoder(tensor::<4>(&io, "pixel_values"), &Mask::keep_all(2, cfg.num_patches()));
+    assert_close(file, z, &io, "latent_all_tokens");
+
+    let file = "mae_official_finetuned.pth";
+    let w = open(&published(file)).unwrap();
+    assert_eq!(w.detected.holds, Holds::VitClassifier { global_pool: true, num_classes: 5 });
+    let w = w.with_config(ModelConfig::Mae(mae_config(file)), "manifest".into()).unwrap();
+    let model = w.vit_classifier(&Device::flex()).unwrap();
+    let io = io_of(file);
+    assert_close(file, model.forward(tensor::<4>(&io, "pixel_values")), &io, "logits");
+}
+
+/// BEiT's bool mask from the recorded `bool_masked_pos`.
+fn beit_mask(io: &TensorMap, grid: usize) -> mim::masking::BoolMask {
+    let (s, v) = &io["bool_masked_pos"];
+    mim::masking::BoolMask::new(v.iter().map(|&m| m > 0.5).collect(), s[0], (grid, grid)).unwrap()
+}
+
+#[test]
+fn beit_official_pth_and_hugging_face_files() {
+    for (file, features, logits) in [
+        ("beit_official_pretrain.pth", "features", "logits"),
+        ("beit_hf/model.safetensors", "sequence_output", "masked_logits"),
+    ] {
+        let w = open(&published(file)).unwrap();
+        assert_eq!(w.detected.holds, Holds::Beit, "{file}");
+        // Every BEiT hyper-parameter is in the shapes (heads: the relative position table's columns).
+        let ModelConfig::Beit(cfg) = w.detected.config.clone() else { panic!("{file}") };
+        assert_eq!((cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.vocab_size), (32, 2, 2, 32), "{file}");
+        let model = w.beit(&Device::flex()).unwrap();
+        let io = io_of(file.split_once('/').map_or(file, |(d, _)| &file[..d.len() + 1]));
+        let mask = beit_mask(&io, cfg.grid());
+        let x = tensor::<4>(&io, "pixel_values");
+        assert_close(file, model.forward_features(x.clone(), &mask), &io, features);
+        assert_close(file, model.forward(x, &mask), &io, logits);
+    }
+}
+
+#[test]
+fn beit_official_fine_tuned_pth() {
+    let file = "beit_official_finetuned.pth";
+    let w = open(&published(file)).unwrap();
+    assert_eq!(w.detected.holds, Holds::BeitClassifier { num_classes: 5 });
+    let model = w.beit_classifier(&Device::flex()).unwrap();
+    let io = io_of(file);
+    use mim::models::classifier::Classifier;
+    assert_close(file, model.logits(tensor::<4>(&io, "pixel_values")), &io, "logits");
+}
+
+#[test]
+fn simmim_and_official_swin_pth() {
+    let file = "simmim_swin.pth";
+    let w = open(&published(file)).unwrap();
+    assert_eq!(w.detected.holds, Holds::SimMim);
+    assert!(w.file.ignored.contains(&"config".to_string()), "{:?}", w.file.ignored);
+    let model = w.simmim(&Device::flex()).unwrap();
+    let io = io_of(file);
+    let (s, m) = &io["mask"];
+    let mask: Tensor<3> = Tensor::from_data(TensorData::new(m.clone(), s.clone()), &Device::flex());
+    let [b, h, ww] = mask.dims();
+    let out = model.forward(tensor::<4>(&io, "pixel_values"), mask.reshape([b, h * ww]));
+    assert_close(file, out.reconstruction, &io, "reconstruction");
+    assert_close(file, out.loss, &io, "loss");
+
+    let file = "swin_official_finetuned.pth";
+    let w = open(&published(file)).unwrap();
+    assert_eq!((w.detected.naming, w.detected.holds), (Naming::Official, Holds::Swin { num_classes: 5 }));
+    let model = w.swin(&Device::flex()).unwrap();
+    let io = io_of(file);
+    assert_close(file, model.forward(tensor::<4>(&io, "pixel_values")), &io, "logits");
 }
 
 #[test]

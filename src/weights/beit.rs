@@ -149,7 +149,10 @@ pub fn beit_config_from_hf(json: &serde_json::Value) -> Result<BeitConfig> {
     ensure!(act == "gelu", "config.json sets hidden_act \"{act}\": mim's BEiT blocks use the exact (erf) GELU only");
     for key in ["hidden_dropout_prob", "attention_probs_dropout_prob"] {
         let p = obj.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
-        ensure!(p == 0.0, "config.json sets {key} {p}: mim's BEiT has no dropout (BEiT's recipes use none); set it to 0.0");
+        ensure!(
+            p == 0.0,
+            "config.json sets {key} {p}: mim's BEiT has no dropout (BEiT's recipes use none); set it to 0.0"
+        );
     }
     let hidden = uint("hidden_size", 768)?;
     let cfg = BeitConfig {

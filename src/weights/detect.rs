@@ -35,7 +35,7 @@ pub enum Naming {
 impl fmt::Display for Naming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Naming::Official => "official (timm's ViT/BEiT names)",
+            Naming::Official => "official (the papers' repositories; timm's ViT and BEiT use the same)",
             Naming::HuggingFace => "Hugging Face transformers",
             Naming::Timm => "timm",
         })
@@ -127,6 +127,15 @@ pub fn detect(t: TensorMap) -> Result<(Detected, TensorMap)> {
         }
         return Ok((Detected { naming: Naming::HuggingFace, ..d }, official));
     }
+    if any("beit.") {
+        let official = super::beit::hf_beit_to_official(&t)?;
+        let mut d = detect_official(&official)?;
+        if let ModelConfig::Beit(cfg) = &mut d.config {
+            cfg.layer_norm_eps = 1e-12;
+            d.assumed.push(("layer_norm_eps".into(), "1e-12 (Hugging Face BeitConfig's default; not stored)".into()));
+        }
+        return Ok((Detected { naming: Naming::HuggingFace, ..d }, official));
+    }
     let detected = detect_official(&t)?;
     Ok((detected, t))
 }
@@ -134,12 +143,6 @@ pub fn detect(t: TensorMap) -> Result<(Detected, TensorMap)> {
 fn detect_official(t: &TensorMap) -> Result<Detected> {
     let has = |k: &str| t.contains_key(k);
     let any = |p: &str| t.keys().any(|k| k.starts_with(p));
-    if any("beit.") || any("lm_head.") && any("encoder.layer.") {
-        bail!(
-            "this is a Hugging Face BEiT checkpoint: mim reads BEiT in the official microsoft/unilm names; \
-             convert it with timm's or unilm's conversion script, or use the official .pth"
-        );
-    }
     if any("encoder.layers.") && any("decoder.0.") {
         let swin: TensorMap =
             t.iter().filter_map(|(k, v)| Some((k.strip_prefix("encoder.")?.to_string(), v.clone()))).collect();

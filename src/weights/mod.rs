@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 
-use crate::io::{TensorMap, load_tensor_map, parameters, pytorch_to_burn_layout, read_safetensors};
-use crate::models::classifier::{Pool, VitClassifier};
+use crate::io::{TensorFormat, TensorMap, load_tensor_map, parameters, pytorch_to_burn_layout, read_tensor_file};
+use crate::models::beit::BeitForMaskedImageModeling;
+use crate::models::classifier::{BeitClassifier, Pool, VitClassifier};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 use crate::models::pretrain::ModelConfig;
+use crate::models::simmim::SimMim;
 use crate::models::swin::SwinTransformer;
 pub use beit::{beit_from_official, load_beit_weights};
 pub use detect::{Detected, Holds, Naming};
@@ -35,6 +37,17 @@ pub use mae::{
 /// JSON of [`ModelConfig`]).
 pub const CONFIG_KEY: &str = "mim.config";
 
+/// How a weights file was stored (see [`crate::io::TensorFile`]).
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    /// safetensors or a `torch.save` format.
+    pub format: TensorFormat,
+    /// The checkpoint entry the weights were under (`model` in the official training checkpoints).
+    pub nested: Option<String>,
+    /// The checkpoint's other entries (`optimizer`, `epoch`, `args`, ...), which mim does not use.
+    pub ignored: Vec<String>,
+}
+
 /// A weights file read by [`open`]: what it holds and its tensors in the family's canonical names.
 #[derive(Debug)]
 pub struct Weights {
@@ -44,6 +57,9 @@ pub struct Weights {
     pub detected: Detected,
     /// Where the configuration came from.
     pub config_source: String,
+    /// How the file stores its tensors (safetensors, a torch.save zip or legacy pickle), where in a
+    /// checkpoint they were, and what else the checkpoint held.
+    pub file: FileInfo,
     /// The tensors in canonical names (see [`detect::detect`]), PyTorch layout.
     pub tensors: TensorMap,
 }
@@ -51,10 +67,12 @@ pub struct Weights {
 /// Reads a weights file and finds what it holds. A Hugging Face file takes its architecture from
 /// the `config.json` beside it when there is one.
 pub fn open(path: &Path) -> Result<Weights> {
+    let read = read_tensor_file(path)?;
+    let file = FileInfo { format: read.format, nested: read.nested, ignored: read.ignored };
     let (mut detected, tensors) =
-        detect::detect(read_safetensors(path)?).with_context(|| format!("reading '{}'", path.display()))?;
+        detect::detect(read.tensors).with_context(|| format!("reading '{}'", path.display()))?;
     let mut config_source = "the tensor shapes".to_string();
-    if let Some(json) = safetensors_metadata(path)?.get(CONFIG_KEY) {
+    if let Some(json) = read.metadata.get(CONFIG_KEY) {
         let config: ModelConfig = serde_json::from_str(json)
             .with_context(|| format!("'{}': the {CONFIG_KEY} metadata is not a model configuration", path.display()))?;
         detected.config = config;
@@ -67,25 +85,16 @@ pub fn open(path: &Path) -> Result<Weights> {
         let text = std::fs::read_to_string(&config_json)
             .with_context(|| format!("cannot read '{}'", config_json.display()))?;
         let json = serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", config_json.display()))?;
-        let cfg = mae_config_from_hf(&json).with_context(|| format!("in '{}'", config_json.display()))?;
-        detected.config = ModelConfig::Mae(cfg);
+        let within = || format!("in '{}'", config_json.display());
+        detected.config = match detected.config {
+            ModelConfig::Beit(_) => ModelConfig::Beit(beit::beit_config_from_hf(&json).with_context(within)?),
+            _ => ModelConfig::Mae(mae_config_from_hf(&json).with_context(within)?),
+        };
         detected.assumed.clear();
         detected.unknown.clear();
         config_source = format!("'{}'", config_json.display());
     }
-    Ok(Weights { path: path.to_path_buf(), detected, config_source, tensors })
-}
-
-/// The `__metadata__` of a safetensors file's header (empty when it has none or is not safetensors).
-fn safetensors_metadata(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let mut header = vec![0u8; u64::from_le_bytes(len).min(100_000_000) as usize];
-    f.read_exact(&mut header)?;
-    let header: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
-    Ok(serde_json::from_value(header["__metadata__"].clone()).unwrap_or_default())
+    Ok(Weights { path: path.to_path_buf(), detected, config_source, file, tensors })
 }
 
 /// An MAE held in memory (a mim checkpoint's) as [`Weights`] in official names.
@@ -100,6 +109,7 @@ pub fn from_mae(model: &MaskedAutoencoder, cfg: &MaeConfig, source: &Path) -> We
             unknown: Vec::new(),
         },
         config_source: "the mim checkpoint".into(),
+        file: FileInfo { format: TensorFormat::Safetensors, nested: None, ignored: Vec::new() },
         tensors: to_pytorch_layout(cfg, &parameters(model)),
     }
 }
@@ -187,9 +197,11 @@ impl Weights {
         Ok(())
     }
 
-    /// Parameters in the file (q, k and v counted once each, however they are stored).
+    /// Parameters in the file (q, k and v counted once each, however they are stored; derived
+    /// buffers such as relative position indices and attention masks not counted).
     pub fn parameter_count(&self) -> usize {
-        self.tensors.values().map(|(s, _)| s.iter().product::<usize>()).sum()
+        let buffer = |k: &str| k.ends_with("relative_position_index") || k.ends_with("attn_mask");
+        self.tensors.iter().filter(|(k, _)| !buffer(k)).map(|(_, (s, _))| s.iter().product::<usize>()).sum()
     }
 
     /// The MAE with its decoder, for reconstruction and further pretraining.
@@ -268,6 +280,59 @@ impl Weights {
             bail!("'{}' holds a {}, not a Swin Transformer", self.path.display(), self.detected.holds);
         };
         load_tensor_map(cfg.init(0, device)?, &swin::timm_to_burn(&self.tensors)?, &self.source())
+    }
+
+    /// The BEiT for masked image modeling of a file (official names, or Hugging Face's converted).
+    pub fn beit(&self, device: &Device) -> Result<BeitForMaskedImageModeling> {
+        let (Holds::Beit, ModelConfig::Beit(cfg)) = (self.detected.holds, &self.detected.config) else {
+            bail!("'{}' holds a {}, not a BEiT for masked image modeling", self.path.display(), self.detected.holds);
+        };
+        load_tensor_map(cfg.init(0, device)?, &beit::beit_from_official(cfg, &self.tensors)?, &self.source())
+    }
+
+    /// The BEiT encoder of a file, for fine-tuning: from a pretraining file, or a fine-tuned
+    /// classifier's encoder (whose missing `mask_token`, final `norm` and `lm_head`, unused by
+    /// fine-tuning, are initialised from `seed`).
+    pub fn beit_encoder(&self, seed: u64, device: &Device) -> Result<BeitForMaskedImageModeling> {
+        let ModelConfig::Beit(cfg) = &self.detected.config else {
+            bail!("'{}' holds a {}, not a BEiT", self.path.display(), self.detected.holds);
+        };
+        let fresh = cfg.init(seed, device)?;
+        let mut map = parameters(&fresh);
+        let from_file = beit::beit_from_official(cfg, &self.tensors)?;
+        for (k, t) in from_file {
+            if !(k.starts_with("head.") || k.starts_with("fc_norm.")) {
+                map.insert(k, t);
+            }
+        }
+        load_tensor_map(fresh, &map, &self.source())
+    }
+
+    /// The fine-tuned BEiT classifier of a file (unilm's `run_class_finetuning.py`: mean pooling,
+    /// `fc_norm`, `head`).
+    pub fn beit_classifier(&self, device: &Device) -> Result<BeitClassifier> {
+        let Holds::BeitClassifier { num_classes } = self.detected.holds else {
+            bail!("'{}' holds a {}, not a BEiT classifier", self.path.display(), self.detected.holds);
+        };
+        let model = BeitClassifier::new(self.beit_encoder(0, device)?, num_classes, 0.0, 0);
+        let mut map = parameters(&model);
+        let head: TensorMap = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("head.") || k.starts_with("fc_norm."))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        map.extend(pytorch_to_burn_layout(&head)?);
+        load_tensor_map(model, &map, &self.source())
+    }
+
+    /// The SimMIM model (Swin encoder, mask token, one-layer decoder) of a file in the official
+    /// SimMIM names.
+    pub fn simmim(&self, device: &Device) -> Result<SimMim> {
+        let (Holds::SimMim, ModelConfig::Swin(cfg)) = (self.detected.holds, &self.detected.config) else {
+            bail!("'{}' holds a {}, not SimMIM", self.path.display(), self.detected.holds);
+        };
+        load_tensor_map(SimMim::new(cfg, 0, device)?, &swin::simmim_to_burn(&self.tensors)?, &self.source())
     }
 
     fn source(&self) -> String {

@@ -83,7 +83,7 @@ enum Command {
     /// What a weights file holds: format, naming, model, the configuration it implies (and what had to
     /// be assumed), parameter count.
     Inspect {
-        /// A weights file: safetensors (mim, official, Hugging Face or timm names).
+        /// A weights file: safetensors or a PyTorch .pth/.pt/.bin (mim, official, Hugging Face or timm names).
         file: PathBuf,
     },
     /// Convert MAE weights between mim checkpoints and the official, timm and Hugging Face names
@@ -373,6 +373,11 @@ fn inspect(file: &Path) -> Result<()> {
     let w = mim::weights::open(file)?;
     let d = &w.detected;
     println!("file        {}", file.display());
+    println!("format      {:?}", w.file.format);
+    if let Some(key) = &w.file.nested {
+        let others = if w.file.ignored.is_empty() { "nothing else".to_string() } else { w.file.ignored.join(", ") };
+        println!("weights     under '{key}' (also in the file, unused: {others})");
+    }
     println!("naming      {}", d.naming);
     println!("holds       {}", d.holds);
     println!("parameters  {} ({:.1} M)", w.parameter_count(), w.parameter_count() as f64 / 1e6);
