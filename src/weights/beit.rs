@@ -66,7 +66,7 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
 /// `head`.
 pub fn hf_beit_to_official(hf: &TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
-    let mut qkv: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 3]> = BTreeMap::new();
+    let mut qkv: BTreeMap<String, super::QkvParts> = BTreeMap::new();
     for (k, tensor) in hf {
         let name = match k.as_str() {
             "beit.embeddings.cls_token" => "cls_token".to_string(),
@@ -122,10 +122,7 @@ pub fn hf_beit_to_official(hf: &TensorMap) -> Result<TensorMap> {
         };
         out.insert(name, tensor.clone());
     }
-    for (name, parts) in qkv {
-        let [Some(q), Some(k), Some(v)] = parts else { bail!("'{name}' is missing one of query/key/value") };
-        out.insert(name, (vec![3 * q.0[0], q.0[1]], [q.1, k.1, v.1].concat()));
-    }
+    super::fuse_qkv(qkv, &mut out)?;
     Ok(out)
 }
 

@@ -63,8 +63,7 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
 pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
     let mut out = TensorMap::new();
     // Per block, the q, k and v tensors (shape, values) as they are found.
-    type Parts = [Option<(Vec<usize>, Vec<f32>)>; 3];
-    let mut qkv: BTreeMap<String, Parts> = BTreeMap::new();
+    let mut qkv: BTreeMap<String, super::QkvParts> = BTreeMap::new();
     for (k, t) in hf {
         let block = |rest: &str, prefix: &str| -> Option<String> {
             let (i, tail) = rest.split_once('.')?;
@@ -122,13 +121,7 @@ pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
             out.insert(name, t.clone());
         }
     }
-    for (name, parts) in qkv {
-        let [Some(q), Some(k), Some(v)] = parts else { bail!("'{name}' is missing one of query/key/value") };
-        let mut shape = q.0.clone();
-        shape[0] *= 3;
-        // PyTorch [out, in]: stacking rows = concatenating outputs, the order timm's qkv uses.
-        out.insert(name, (shape, [q.1, k.1, v.1].concat()));
-    }
+    super::fuse_qkv(qkv, &mut out)?;
     Ok(out)
 }
 
