@@ -158,13 +158,7 @@ impl Reconstructor {
                     transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
                 }
                 let n = files.len();
-                let batch = Batch {
-                    images: pixels,
-                    labels: vec![0; n],
-                    indices: (0..n).collect(),
-                    channels: c,
-                    side,
-                };
+                let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side };
                 Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
             }
         }

@@ -8,6 +8,7 @@
 //! official microsoft/unilm (or timm) names with [`load_beit_weights`]. The generic file formats
 //! these build on are [`crate::io`].
 
+pub mod resize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
