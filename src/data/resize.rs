@@ -3,7 +3,7 @@
 //! torchvision's tensor `Resize` and `RandomResizedCrop` call.
 //!
 //! Both axes are resampled separably, width first (as torch's separable kernels): each output
-//! position reads a few source positions with fixed weights ([`Taps`]). Without antialias the
+//! position reads a few source positions with fixed weights (`Taps`). Without antialias the
 //! taps are torch's: half-pixel centres, bilinear clamped to the edge, bicubic with
 //! `A = -0.75` over indices clamped to the edge. With antialias they are torch's `_aa` kernels
 //! (Pillow's): the filter (triangle, or cubic with `a = -0.5`) is stretched by the downscaling
