@@ -5,7 +5,8 @@
 //! uses only modules of lower layers (tests/architecture.rs checks it).
 //!
 //! 0. [`ops`]: fused CPU kernels (linear, attention, layer norm, GELU, gather, the AdamW step);
-//!    [`data`]: dataset readers (IDX, CIFAR-10, image folders), augmentation, prefetching loader;
+//!    [`data`]: dataset readers (IDX, CIFAR-10, image folders), resampling (torch's interpolate),
+//!    augmentation and the evaluation transform, prefetching loader;
 //!    [`masking`]: patch masks (MAE random masking, BEiT block-wise, grid, SimMIM);
 //!    [`runtime`]: CPU process settings, device selection; [`io`]: generic file formats (safetensors,
 //!    atomic writes, TOML, JSON lines)
@@ -14,8 +15,9 @@
 //! 2. [`models`]: the shared ViT blocks, the masked autoencoder, BEiT, the Swin Transformer and
 //!    SimMIM, the evaluation classifiers, the visual tokenizers, and what pretraining needs of a model
 //! 3. [`weights`]: model weights in and out (official MAE and BEiT names, Hugging Face
-//!    `ViTMAEForPreTraining`); [`checkpoint`]: atomic, CRC-checked checkpoints with exact resume;
-//!    [`viz`]: reconstruction grids, mask pictures and loss curves
+//!    `ViTMAEForPreTraining`), position embeddings and bias tables resized to other sizes;
+//!    [`checkpoint`]: atomic, CRC-checked checkpoints with exact resume; [`viz`]: reconstruction
+//!    grids, mask pictures and loss curves
 //! 4. [`eval`]: features, linear probing, k-NN, test accuracy
 //! 5. [`train`]: the one training loop and its jobs (pretraining with each method's recipe,
 //!    fine-tuning, the tokenizer), their shared `[run]` / `[optim]` settings

@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use crate::checkpoint;
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, load_batch, rng_for};
+use crate::data::resize::{Resample, resize};
 use crate::data::{Dataset, Split};
 use crate::masking::{MASK_STREAM, Mask, MaskStrategy, SimMimMasking, uniform_noise};
 use crate::models::mae::MaskedAutoencoder;
@@ -31,7 +32,8 @@ pub enum Images {
         /// Dataset indices.
         indices: Vec<usize>,
     },
-    /// Image files, resized to the model's input.
+    /// Image files: the shorter side resized to the model's input (bicubic, antialiased), the
+    /// centre cropped ([`Transform::CenterCrop`] with `crop_pct` 1, the whole shorter side).
     Files {
         /// The files.
         files: Vec<PathBuf>,
@@ -123,7 +125,7 @@ impl Reconstructor {
     /// normalisation's per-channel mean and std.
     pub fn load_images(&self, images: &Images) -> Result<LoadedImages> {
         let cfg = &self.config;
-        let transform = Transform::Resize { size: cfg.img_size() };
+        let side = cfg.img_size();
         match images {
             Images::Dataset { data, split, indices } => {
                 let Some(path) = data.as_ref().or(self.trained_on.as_ref()) else {
@@ -137,7 +139,7 @@ impl Reconstructor {
                         ds.len()
                     );
                 }
-                let batch = load_batch(&ds, &transform, indices, 0, 0)?;
+                let batch = load_batch(&ds, &Transform::Resize { size: side }, indices, 0, 0)?;
                 let names =
                     batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
                 Ok((batch, names, ds.mean, ds.std))
@@ -147,20 +149,15 @@ impl Reconstructor {
                 let stats =
                     data.as_ref().or(self.trained_on.as_ref()).and_then(|d| Dataset::open(d, Split::Train).ok());
                 let (mean, std) = stats.map_or((vec![0.5; c], vec![0.25; c]), |d| (d.mean, d.std));
-                let per = c * cfg.img_size() * cfg.img_size();
+                let per = c * side * side;
                 let mut pixels = vec![0.0; files.len() * per];
+                let transform = Transform::CenterCrop { size: side, crop_pct: 1.0 };
                 for (k, p) in files.iter().enumerate() {
                     let img = crate::data::folder::decode(p, c)?;
                     transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
                 }
                 let n = files.len();
-                let batch = Batch {
-                    images: pixels,
-                    labels: vec![0; n],
-                    indices: (0..n).collect(),
-                    channels: c,
-                    side: cfg.img_size(),
-                };
+                let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side };
                 Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
             }
         }
@@ -234,11 +231,12 @@ impl Reconstructor {
     }
 }
 
-/// A mask from an image: the image is resized to the `grid x grid` patch grid; bright cells are visible.
+/// A mask from an image: the whole image is resized (bilinearly) to the `grid x grid` patch grid;
+/// bright cells are visible.
 pub fn mask_from_image(path: &Path, grid: usize, batch: usize) -> Result<Mask> {
     let img = crate::data::folder::decode(path, 1)?;
-    let mut cells = vec![0.0; grid * grid];
-    Transform::Resize { size: grid }.apply(&img, &[0.0], &[1.0], &mut rng_for(&[0]), &mut cells);
-    let visible: Vec<usize> = (0..grid * grid).filter(|&i| cells[i] > 0.5).collect();
+    let grey: Vec<f32> = img.pixels.iter().map(|&v| v as f32).collect();
+    let cells = resize(&grey, 1, (img.height, img.width), (grid, grid), Resample::Bilinear, false);
+    let visible: Vec<usize> = (0..grid * grid).filter(|&i| cells[i] > 127.5).collect();
     Mask::from_visible(&visible, batch, grid * grid).with_context(|| format!("mask image '{}'", path.display()))
 }

@@ -2,14 +2,15 @@
 //!
 //! [`Dataset::open`] picks a reader by what it finds at a path: IDX files (MNIST / Fashion-MNIST,
 //! raw or `.gz`), CIFAR-10 binary batches, or an image folder in ImageNet layout (one sub-folder per
-//! class). Images stay `u8`; [`augment`] turns them into normalised `f32` tensors and [`loader`]
-//! does so on a worker thread ahead of the training step.
+//! class). Images stay `u8`; [`augment`] turns them into normalised `f32` tensors (resampling with
+//! [`resize`]) and [`loader`] does so on a worker thread ahead of the training step.
 
 pub mod augment;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod resize;
 
 use std::path::{Path, PathBuf};
 

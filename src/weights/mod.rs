@@ -12,6 +12,7 @@
 pub mod beit;
 pub mod detect;
 pub mod mae;
+pub mod resize;
 pub mod swin;
 
 use std::path::{Path, PathBuf};
