@@ -221,3 +221,48 @@ fn timm_swin_classifier() {
     let io = io("swin_timm_io.safetensors");
     assert_close("timm Swin", model.forward(tensor::<4>(&io, "pixel_values")), &io, "logits");
 }
+
+/// A tiny ImageNet-layout folder of `side`-pixel RGB images, two classes, train and val splits.
+fn image_folder(root: &std::path::Path, side: u32) {
+    for split in ["train", "val"] {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..4u32 {
+                let img = image::RgbImage::from_fn(side, side, |x, y| {
+                    image::Rgb([(x * 9 + i * 13) as u8, (y * 7 + c as u32 * 120) as u8, (i * 40) as u8])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn fine_tuning_starts_from_published_files_of_each_family() {
+    use mim::train::finetune::{FinetuneConfig, finetune};
+    let dir = tempfile::tempdir().unwrap();
+    for (file, side) in [
+        ("mae_official_pretrain.pth", 24),
+        ("mae_official_finetuned.pth", 24),
+        ("beit_official_pretrain.pth", 16),
+        ("beit_official_finetuned.pth", 16),
+        ("simmim_swin.pth", 32),
+        ("swin_official_finetuned.pth", 32),
+    ] {
+        let data = dir.path().join(format!("data{side}"));
+        if !data.exists() {
+            image_folder(&data, side);
+        }
+        let mut cfg = FinetuneConfig { checkpoint: Some(published(file)), ..Default::default() };
+        cfg.run.data = data;
+        cfg.run.out = dir.path().join(file);
+        cfg.run.epochs = 1;
+        cfg.run.batch_size = 4;
+        cfg.optim.warmup_epochs = Some(0.0);
+        let summary = finetune(&cfg, None, &mut mim::train::Silent).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        assert_eq!(summary.epochs.len(), 1, "{file}");
+        // A new 2-class head replaces the file's own (5 classes): the test split is scored on it.
+        assert!(summary.epochs[0].top1.is_finite(), "{file}");
+    }
+}

@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use rand::Rng;
@@ -44,7 +44,9 @@ settings! {
             optim: OptimConfig / OptimArgs,
         }
         fields {
-            /// Pretraining checkpoint whose encoder is fine-tuned; unset trains --model from scratch.
+            /// Pretrained encoder to fine-tune: a mim pretraining checkpoint, or a weights file of any
+            /// format `mim inspect` reads (official / timm / Hugging Face MAE, BEiT, SimMIM or Swin, also
+            /// fine-tuned ones, whose head is replaced); unset trains --model from scratch.
             checkpoint: Option<PathBuf>,
             /// Preset trained from scratch (the baseline): an MAE, BEiT or Swin preset.
             model: String,
@@ -268,6 +270,24 @@ pub fn read_results(path: &Path) -> Result<Vec<EpochResult>> {
     crate::io::read_jsonl(path, "results")
 }
 
+/// What `--checkpoint` names: a mim pretraining checkpoint, or a weights file of another code.
+enum Pretrained {
+    Checkpoint,
+    Weights(Box<crate::weights::Weights>),
+}
+
+impl Pretrained {
+    fn open(path: &Path) -> Result<Self> {
+        if checkpoint::read_header(path).is_ok() {
+            return Ok(Pretrained::Checkpoint);
+        }
+        let w = crate::weights::open(path).with_context(|| {
+            format!("'{}' is neither a mim checkpoint nor a weights file mim reads", path.display())
+        })?;
+        Ok(Pretrained::Weights(Box::new(w)))
+    }
+}
+
 /// How a classifier family starts a run and comes back from a checkpoint.
 trait Recipe: Classifier {
     /// The classifier to fine-tune (from `cfg.checkpoint`, or fresh), with its encoder architecture.
@@ -279,10 +299,13 @@ trait Recipe: Classifier {
 impl Recipe for VitClassifier {
     fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
         let (mae, mcfg) = match &cfg.checkpoint {
-            Some(path) => {
-                let ck = checkpoint::load(path, device)?;
-                (ck.model, ck.header.model.mae()?.clone())
-            }
+            Some(path) => match Pretrained::open(path)? {
+                Pretrained::Checkpoint => {
+                    let ck = checkpoint::load(path, device)?;
+                    (ck.model, ck.header.model.mae()?.clone())
+                }
+                Pretrained::Weights(w) => w.mae_encoder(cfg.run.seed, device)?,
+            },
             None => {
                 let mut m = MaeConfig::preset(&cfg.model)?;
                 m.in_chans = channels;
@@ -302,13 +325,21 @@ impl Recipe for VitClassifier {
 impl Recipe for BeitClassifier {
     fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
         let (encoder, bcfg) = match &cfg.checkpoint {
-            Some(path) => {
-                let ck = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?;
-                let ModelConfig::Beit(b) = ck.header.model.clone() else {
-                    unreachable!("BEiT's build accepts only BEiT configs")
-                };
-                (ck.model, b)
-            }
+            Some(path) => match Pretrained::open(path)? {
+                Pretrained::Checkpoint => {
+                    let ck = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?;
+                    let ModelConfig::Beit(b) = ck.header.model.clone() else {
+                        unreachable!("BEiT's build accepts only BEiT configs")
+                    };
+                    (ck.model, b)
+                }
+                Pretrained::Weights(w) => {
+                    let ModelConfig::Beit(b) = w.detected.config.clone() else {
+                        bail!("not a BEiT: {}", w.detected.holds)
+                    };
+                    (w.beit_encoder(cfg.run.seed, device)?, b)
+                }
+            },
             None => {
                 let mut b = BeitConfig::preset(&cfg.model)?;
                 b.in_chans = channels;
@@ -330,11 +361,32 @@ impl Recipe for SwinTransformer {
     fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
         match &cfg.checkpoint {
             Some(path) => {
-                let ck = checkpoint::load_model(path, device, SimMim::build)?;
-                let ModelConfig::Swin(scfg) = ck.header.model.clone() else {
-                    unreachable!("SimMim::build accepts only Swin configs")
+                let (simmim, scfg) = match Pretrained::open(path)? {
+                    Pretrained::Checkpoint => {
+                        let ck = checkpoint::load_model(path, device, SimMim::build)?;
+                        let ModelConfig::Swin(scfg) = ck.header.model.clone() else {
+                            unreachable!("SimMim::build accepts only Swin configs")
+                        };
+                        (ck.model, scfg)
+                    }
+                    Pretrained::Weights(w) => {
+                        let ModelConfig::Swin(scfg) = w.detected.config.clone() else {
+                            bail!("not a Swin: {}", w.detected.holds)
+                        };
+                        let scfg = SwinConfig { num_classes: classes, drop_path_rate: cfg.drop_path, ..scfg };
+                        if matches!(w.detected.holds, crate::weights::Holds::Swin { .. }) {
+                            // A Swin backbone or classifier: its weights, a fresh head.
+                            let model = swin_from_scratch(&scfg, classes, cfg.drop_path, cfg.run.seed, device)?;
+                            let mut map = crate::io::parameters(&model);
+                            let theirs = crate::weights::swin::timm_to_burn(&w.tensors)?;
+                            map.extend(theirs.into_iter().filter(|(k, _)| !k.starts_with("head.")));
+                            let model = crate::io::load_tensor_map(model, &map, &path.display().to_string())?;
+                            return Ok((ModelConfig::Swin(scfg), model));
+                        }
+                        (w.simmim(device)?, scfg)
+                    }
                 };
-                let model = swin_from_simmim(ck.model, &scfg, classes, cfg.drop_path, cfg.run.seed)?;
+                let model = swin_from_simmim(simmim, &scfg, classes, cfg.drop_path, cfg.run.seed)?;
                 Ok((ModelConfig::Swin(scfg), model))
             }
             None => {
@@ -383,9 +435,19 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
             checkpoints: (last_checkpoint(out), best_checkpoint(out)),
         })
     }
-    let family = match resume.or(cfg.checkpoint.as_deref()) {
-        Some(path) => checkpoint::read_header(path)?.model,
-        None => ModelConfig::preset(&cfg.model)?,
+    let family = match (resume, cfg.checkpoint.as_deref()) {
+        (Some(path), _) => checkpoint::read_header(path)?.model,
+        (None, Some(path)) => match Pretrained::open(path)? {
+            Pretrained::Checkpoint => checkpoint::read_header(path)?.model,
+            Pretrained::Weights(w) => {
+                // What the file could not say is the user's to check: say it before training.
+                for (what, value) in &w.detected.assumed {
+                    reporter.message(&format!("'{}': {what} = {value}", path.display()));
+                }
+                w.detected.config
+            }
+        },
+        (None, None) => ModelConfig::preset(&cfg.model)?,
     };
     match family {
         ModelConfig::Mae(_) => run::<VitClassifier>(cfg, resume, reporter),

@@ -253,21 +253,14 @@ impl Weights {
             self.path.display(),
             self.detected.holds
         );
-        // The encoder's tensors from the file, everything else (decoder, mask token) as initialised.
-        let encoder = |k: &str| {
-            matches!(k, "cls_token" | "pos_embed")
-                || ["patch_embed.", "blocks.", "norm."].iter().any(|p| k.starts_with(p))
-        };
-        let mut map: TensorMap =
-            to_pytorch_layout(&cfg, &parameters(&fresh)).into_iter().filter(|(k, _)| !encoder(k)).collect();
+        // The encoder's tensors from the file, everything else (decoder, mask token; the final norm a
+        // global-pool classifier does not have) as initialised.
+        let mut map = to_pytorch_layout(&cfg, &parameters(&fresh));
         let classifier = matches!(self.detected.holds, Holds::VitClassifier { .. });
         for (k, t) in &self.tensors {
-            match k.as_str() {
-                // A fine-tuned model's head and pooling norm have no place in an MAE.
-                k if classifier && (k.starts_with("head.") || k.starts_with("fc_norm.")) => {}
-                k => {
-                    map.insert(k.to_string(), t.clone());
-                }
+            // A fine-tuned model's head and pooling norm have no place in an MAE.
+            if !(classifier && (k.starts_with("head.") || k.starts_with("fc_norm."))) {
+                map.insert(k.clone(), t.clone());
             }
         }
         Ok((load_mae_tensors(fresh, &cfg, &map, &self.source())?, cfg))
