@@ -88,6 +88,8 @@ pub struct Reconstructor {
     model: Model,
     config: ModelConfig,
     trained_on: Option<PathBuf>,
+    /// The input normalisation that travels with weights files (checkpoints use their dataset's).
+    normalization: Option<(Vec<f32>, Vec<f32>)>,
     device: Device,
 }
 
@@ -102,16 +104,28 @@ impl Reconstructor {
             (Model::Mae(ck.model), ck.header.model, ck.header.train)
         };
         let train: PretrainConfig = crate::train::config::from_json(train)?;
-        Ok(Reconstructor { model, config, trained_on: Some(train.run.data), device: device.clone() })
+        Ok(Reconstructor {
+            model,
+            config,
+            trained_on: Some(train.run.data),
+            normalization: None,
+            device: device.clone(),
+        })
     }
 
-    /// The MAE (with its decoder) of a weights file read by [`crate::weights::open`], onto `device`.
-    pub fn from_weights(weights: &crate::weights::Weights, device: &Device) -> Result<Self> {
+    /// The MAE (with its decoder) of a weights file read by [`crate::weights::open`], onto `device`;
+    /// images are normalised as `normalization` says (see [`crate::weights::Weights::input_normalization`]).
+    pub fn from_weights(
+        weights: &crate::weights::Weights,
+        normalization: crate::weights::Normalization,
+        device: &Device,
+    ) -> Result<Self> {
         let (model, config) = weights.mae(device)?;
         Ok(Reconstructor {
             model: Model::Mae(model),
             config: ModelConfig::Mae(config),
             trained_on: None,
+            normalization: Some((normalization.mean, normalization.std)),
             device: device.clone(),
         })
     }
@@ -131,7 +145,11 @@ impl Reconstructor {
                 let Some(path) = data.as_ref().or(self.trained_on.as_ref()) else {
                     bail!("pass --data (or --images) to say which images to reconstruct");
                 };
-                let ds = Dataset::open(path, *split)?;
+                let mut ds = Dataset::open(path, *split)?;
+                // Weights from elsewhere expect their own normalisation, not this dataset's.
+                if let Some((mean, std)) = self.normalization.clone() {
+                    (ds.mean, ds.std) = (mean, std);
+                }
                 if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
                     bail!(
                         "index {bad} is out of range: the {split:?} split of '{}' has {} images",
@@ -148,7 +166,11 @@ impl Reconstructor {
                 let c = cfg.in_chans();
                 let stats =
                     data.as_ref().or(self.trained_on.as_ref()).and_then(|d| Dataset::open(d, Split::Train).ok());
-                let (mean, std) = stats.map_or((vec![0.5; c], vec![0.25; c]), |d| (d.mean, d.std));
+                let (mean, std) = match (&self.normalization, stats) {
+                    (Some(n), _) => n.clone(),
+                    (None, Some(d)) => (d.mean, d.std),
+                    (None, None) => (vec![0.5; c], vec![0.25; c]),
+                };
                 let per = c * side * side;
                 let mut pixels = vec![0.0; files.len() * per];
                 let transform = Transform::CenterCrop { size: side, crop_pct: 1.0 };

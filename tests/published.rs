@@ -266,3 +266,34 @@ fn fine_tuning_starts_from_published_files_of_each_family() {
         assert!(summary.epochs[0].top1.is_finite(), "{file}");
     }
 }
+
+#[test]
+fn weights_for_another_image_size_have_their_position_parameters_resized() {
+    // MAE at 32 px (an 8x8 grid) from the 24 px (6x6) visualize file: both position embeddings
+    // interpolated as the official `interpolate_pos_embed`, and the model runs.
+    let file = "mae_official_visualize.pth";
+    let at24 = mae_config(file);
+    let at32 = MaeConfig { img_size: 32, ..at24.clone() };
+    let original = open(&published(file)).unwrap().tensors["pos_embed"].clone();
+    let w = open(&published(file)).unwrap().with_config(ModelConfig::Mae(at32.clone()), "test".into()).unwrap();
+    let want = mim::weights::resize::interpolate_pos_embed(&original, 1, (8, 8)).unwrap();
+    assert_eq!(w.tensors["pos_embed"], want);
+    assert_eq!(w.tensors["decoder_pos_embed"].0, [1, 65, at24.decoder_embed_dim]);
+    let (model, _) = w.mae(&Device::flex()).unwrap();
+    let x = Tensor::<4>::zeros([1, 3, 32, 32], &Device::flex());
+    let mask = Mask::from_noise(&(0..64).map(|i| ((i * 37) % 64) as f32).collect::<Vec<_>>(), 1, 0.75).unwrap();
+    assert_eq!(model.forward_encoder(x, &mask).dims(), [1, 17, 32]);
+
+    // BEiT at 24 px (6x6) from the 16 px (4x4) file: the shared relative position table resized by
+    // unilm's spline, its index rebuilt.
+    let file = "beit_official_pretrain.pth";
+    let w = open(&published(file)).unwrap();
+    let ModelConfig::Beit(cfg) = w.detected.config.clone() else { panic!() };
+    let w =
+        w.with_config(ModelConfig::Beit(mim::models::beit::BeitConfig { img_size: 24, ..cfg }), "test".into()).unwrap();
+    assert_eq!(w.tensors["rel_pos_bias.relative_position_bias_table"].0, [11 * 11 + 3, 2]);
+    assert!(!w.tensors.keys().any(|k| k.ends_with("relative_position_index")));
+    let model = w.beit(&Device::flex()).unwrap();
+    let mask = mim::masking::BoolMask::new(vec![false; 36], 1, (6, 6)).unwrap();
+    assert_eq!(model.forward_features(Tensor::<4>::zeros([1, 3, 24, 24], &Device::flex()), &mask).dims(), [1, 37, 32]);
+}

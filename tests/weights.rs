@@ -107,7 +107,8 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
     let cfg = MaeConfig::preset("mae_micro").unwrap();
     let model = cfg.init(5, &Device::flex()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let start = from_mae(&model, &cfg, &dir.path().join("run.mim"));
+    let norm = mim::weights::Normalization { mean: vec![0.3], std: vec![0.2] };
+    let start = from_mae(&model, &cfg, Some(norm.clone()), &dir.path().join("run.mim"));
     let official = dir.path().join("official.safetensors");
     convert(&start, Naming::Official, &official).unwrap();
     let hf = dir.path().join("hf/model.safetensors");
@@ -118,9 +119,12 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
     let (loaded, got) = back.mae(&Device::flex()).unwrap();
     assert_eq!(got, cfg);
     assert_eq!(parameters(&loaded), parameters(&model), "mim -> official -> Hugging Face -> mim");
+    // The dataset's normalisation travels with the weights.
+    assert_eq!(back.input_normalization().unwrap(), (norm, "stored with the weights".to_string()));
     // Nothing is overwritten by another model's configuration.
     let other = MaeConfig { depth: 1, ..cfg };
-    let e = convert(&from_mae(&other.init(0, &Device::flex()).unwrap(), &other, &official), Naming::HuggingFace, &hf);
+    let e =
+        convert(&from_mae(&other.init(0, &Device::flex()).unwrap(), &other, None, &official), Naming::HuggingFace, &hf);
     assert!(e.unwrap_err().to_string().contains("exists with another configuration"));
     let e = convert(&start, Naming::Official, &dir.path().join("x.pth")).unwrap_err().to_string();
     assert!(e.contains("not .pth"), "{e}");

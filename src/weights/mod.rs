@@ -56,12 +56,37 @@ fn fuse_qkv(parts: std::collections::BTreeMap<String, QkvParts>, out: &mut Tenso
 /// How a weights file was stored (see [`crate::io::TensorFile`]).
 #[derive(Debug, Clone)]
 pub struct FileInfo {
-    /// safetensors or a `torch.save` format.
-    pub format: TensorFormat,
+    /// safetensors or a `torch.save` format; `None` for a mim checkpoint's model.
+    pub format: Option<TensorFormat>,
     /// The checkpoint entry the weights were under (`model` in the official training checkpoints).
     pub nested: Option<String>,
     /// The checkpoint's other entries (`optimizer`, `epoch`, `args`, ...), which mim does not use.
     pub ignored: Vec<String>,
+}
+
+/// The safetensors metadata key under which mim writes the input normalisation the weights expect.
+pub const NORMALIZATION_KEY: &str = "mim.normalization";
+
+/// The per-channel normalisation `(x - mean) / std` of pixels in [0, 1] that weights were trained with.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalization {
+    /// Per-channel mean.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation.
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// ImageNet's statistics, which the official MAE, Swin and SimMIM recipes use.
+    pub fn imagenet() -> Self {
+        Normalization { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }
+    }
+
+    /// 0.5 / 0.5 per channel: BEiT's pretraining default (`run_beit_pretraining.py` without
+    /// `--imagenet_default_mean_and_std`) and Hugging Face's `BeitImageProcessor`.
+    pub fn half() -> Self {
+        Normalization { mean: vec![0.5; 3], std: vec![0.5; 3] }
+    }
 }
 
 /// A weights file read by [`open`]: what it holds and its tensors in the family's canonical names.
@@ -78,13 +103,15 @@ pub struct Weights {
     pub file: FileInfo,
     /// The tensors in canonical names (see [`detect::detect`]), PyTorch layout.
     pub tensors: TensorMap,
+    /// The input normalisation stored with the weights (mim writes it; other codes do not).
+    pub normalization: Option<Normalization>,
 }
 
 /// Reads a weights file and finds what it holds. A Hugging Face file takes its architecture from
 /// the `config.json` beside it when there is one.
 pub fn open(path: &Path) -> Result<Weights> {
     let read = read_tensor_file(path)?;
-    let file = FileInfo { format: read.format, nested: read.nested, ignored: read.ignored };
+    let file = FileInfo { format: Some(read.format), nested: read.nested, ignored: read.ignored };
     let (mut detected, tensors) =
         detect::detect(read.tensors).with_context(|| format!("reading '{}'", path.display()))?;
     let mut config_source = "the tensor shapes".to_string();
@@ -110,11 +137,23 @@ pub fn open(path: &Path) -> Result<Weights> {
         detected.unknown.clear();
         config_source = format!("'{}'", config_json.display());
     }
-    Ok(Weights { path: path.to_path_buf(), detected, config_source, file, tensors })
+    let normalization = match read.metadata.get(NORMALIZATION_KEY) {
+        Some(json) => Some(serde_json::from_str(json).with_context(|| {
+            format!("'{}': the {NORMALIZATION_KEY} metadata is not {{\"mean\": [..], \"std\": [..]}}", path.display())
+        })?),
+        None => None,
+    };
+    Ok(Weights { path: path.to_path_buf(), detected, config_source, file, tensors, normalization })
 }
 
-/// An MAE held in memory (a mim checkpoint's) as [`Weights`] in official names.
-pub fn from_mae(model: &MaskedAutoencoder, cfg: &MaeConfig, source: &Path) -> Weights {
+/// An MAE held in memory (a mim checkpoint's) as [`Weights`] in official names, with the input
+/// normalisation it was trained with when known.
+pub fn from_mae(
+    model: &MaskedAutoencoder,
+    cfg: &MaeConfig,
+    normalization: Option<Normalization>,
+    source: &Path,
+) -> Weights {
     Weights {
         path: source.to_path_buf(),
         detected: Detected {
@@ -125,8 +164,9 @@ pub fn from_mae(model: &MaskedAutoencoder, cfg: &MaeConfig, source: &Path) -> We
             unknown: Vec::new(),
         },
         config_source: "the mim checkpoint".into(),
-        file: FileInfo { format: TensorFormat::Safetensors, nested: None, ignored: Vec::new() },
+        file: FileInfo { format: None, nested: None, ignored: Vec::new() },
         tensors: to_pytorch_layout(cfg, &parameters(model)),
+        normalization,
     }
 }
 
@@ -172,10 +212,13 @@ pub fn convert(w: &Weights, to: Naming, out: &Path) -> Result<Vec<PathBuf>> {
             mae::official_to_hf(&w.tensors)?
         }
     };
-    let metadata = std::collections::BTreeMap::from([
+    let mut metadata = std::collections::BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         (CONFIG_KEY.to_string(), serde_json::to_string(&w.detected.config)?),
     ]);
+    if let Some(n) = &w.normalization {
+        metadata.insert(NORMALIZATION_KEY.to_string(), serde_json::to_string(n)?);
+    }
     crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata)?])?;
     written.insert(0, out.to_path_buf());
     Ok(written)
@@ -197,7 +240,39 @@ impl Weights {
         self.detected.assumed.clear();
         self.detected.unknown.clear();
         self.config_source = source;
+        self.fit_position_parameters()?;
         Ok(self)
+    }
+
+    /// Resizes the position parameters to the configuration's patch grid when the file's are for
+    /// another image size, as the official fine-tuning codes do: MAE's (and BEiT's absolute)
+    /// position embeddings by `interpolate_pos_embed` (bicubic), BEiT's relative position tables by
+    /// unilm's geometric spline, their index buffers dropped (mim rebuilds them).
+    fn fit_position_parameters(&mut self) -> Result<()> {
+        let g = self.detected.config.grid();
+        let t = &mut self.tensors;
+        for key in ["pos_embed", "decoder_pos_embed"] {
+            if let Some(p) = t.get(key)
+                && p.0.len() == 3
+                && p.0[1] != g * g + 1
+            {
+                let resized = resize::interpolate_pos_embed(p, 1, (g, g))?;
+                t.insert(key.to_string(), resized);
+            }
+        }
+        if let ModelConfig::Beit(_) = self.detected.config {
+            let tables: Vec<String> =
+                t.keys().filter(|k| k.ends_with("relative_position_bias_table")).cloned().collect();
+            for key in tables {
+                let want = (2 * g - 1) * (2 * g - 1) + 3;
+                if t[&key].0[0] != want {
+                    let resized = resize::resize_rel_pos_bias_table(&t[&key], 3, (g, g), resize::RelPosResize::Spline)?;
+                    t.insert(key, resized);
+                    t.retain(|k, _| !k.ends_with("relative_position_index"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuses to build a model from a configuration with parts the file could not tell.
@@ -211,6 +286,25 @@ impl Weights {
             );
         }
         Ok(())
+    }
+
+    /// The input normalisation these weights expect, and where it comes from: the file's own (mim
+    /// writes it), else the official recipe's of the family (ImageNet's for MAE, Swin and SimMIM;
+    /// 0.5 / 0.5 for BEiT).
+    pub fn input_normalization(&self) -> Result<(Normalization, String)> {
+        if let Some(n) = &self.normalization {
+            return Ok((n.clone(), "stored with the weights".into()));
+        }
+        let channels = self.detected.config.in_chans();
+        ensure!(
+            channels == 3,
+            "'{}' does not say how its {channels}-channel inputs were normalised (published recipes are for RGB)",
+            self.path.display()
+        );
+        Ok(match self.detected.config {
+            ModelConfig::Beit(_) => (Normalization::half(), "BEiT's default, mean 0.5 and std 0.5".into()),
+            _ => (Normalization::imagenet(), "ImageNet's, as the official recipes".into()),
+        })
     }
 
     /// Parameters in the file (q, k and v counted once each, however they are stored; derived

@@ -152,6 +152,10 @@ struct ReconstructArgs {
     /// With --weights: the model preset they belong to, instead of the configuration the file implies.
     #[arg(long, requires = "weights", conflicts_with = "hf_config")]
     model: Option<String>,
+    /// With --weights: run at this image size; position embeddings trained at another size are
+    /// interpolated (bicubic) as the official fine-tuning code does.
+    #[arg(long, requires = "weights")]
+    img_size: Option<usize>,
     /// Dataset to take images from (default: the one the checkpoint was trained on).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -353,8 +357,8 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     let mut weights = String::new();
     if cfg.method == mim::train::methods::Method::Mae {
         let path = cfg.run.out.join("weights.safetensors");
-        let ck = checkpoint::load(&summary.checkpoint, &burn::tensor::Device::flex())?;
-        mim::weights::export_weights(&ck.model, ck.header.model.mae()?, &path)?;
+        let w = checkpoint_weights(&summary.checkpoint, &burn::tensor::Device::flex())?;
+        mim::weights::convert(&w, mim::weights::Naming::Official, &path)?;
         weights = format!(", weights {}", path.display());
     }
     let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>()
@@ -369,11 +373,26 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// The MAE of a mim pretraining checkpoint as weights in official names, with the normalisation of
+/// the dataset it was trained on (when that dataset still opens).
+fn checkpoint_weights(path: &Path, device: &burn::tensor::Device) -> Result<mim::weights::Weights> {
+    let c = checkpoint::load(path, device)?;
+    let normalization = mim::train::config::from_json::<PretrainConfig>(c.header.train.clone())
+        .ok()
+        .and_then(|t| mim::data::Dataset::open(&t.run.data, mim::data::Split::Train).ok())
+        .map(|d| mim::weights::Normalization { mean: d.mean, std: d.std });
+    Ok(mim::weights::from_mae(&c.model, c.header.model.mae()?, normalization, path))
+}
+
 fn inspect(file: &Path) -> Result<()> {
-    let w = mim::weights::open(file)?;
+    let w = if checkpoint::read_header(file).is_ok() {
+        checkpoint_weights(file, &burn::tensor::Device::flex())?
+    } else {
+        mim::weights::open(file)?
+    };
     let d = &w.detected;
     println!("file        {}", file.display());
-    println!("format      {:?}", w.file.format);
+    println!("format      {}", w.file.format.map_or("mim checkpoint".to_string(), |f| format!("{f:?}")));
     if let Some(key) = &w.file.nested {
         let others = if w.file.ignored.is_empty() { "nothing else".to_string() } else { w.file.ignored.join(", ") };
         println!("weights     under '{key}' (also in the file, unused: {others})");
@@ -384,6 +403,9 @@ fn inspect(file: &Path) -> Result<()> {
     println!("config      (from {}) {}", w.config_source, serde_json::to_string(&d.config)?);
     for (what, value) in &d.assumed {
         println!("assumed     {what} = {value}");
+    }
+    if let Ok((n, why)) = w.input_normalization() {
+        println!("inputs      mean {:?}, std {:?} ({why})", n.mean, n.std);
     }
     for what in &d.unknown {
         println!("unknown     {what}: not stored and no rule fits; give the configuration (--model, --hf-config)");
@@ -409,10 +431,23 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
                 file =
                     file.with_config(mim::models::pretrain::ModelConfig::preset(preset)?, format!("preset {preset}"))?;
             }
+            if let Some(side) = a.img_size {
+                let mim::models::pretrain::ModelConfig::Mae(cfg) = file.detected.config.clone() else {
+                    bail!("--img-size applies to MAE weights")
+                };
+                let source = format!("{} at {side} px", file.config_source);
+                let cfg = mim::models::mae::MaeConfig { img_size: side, ..cfg };
+                file = file.with_config(mim::models::pretrain::ModelConfig::Mae(cfg), source)?;
+            }
             for (what, value) in &file.detected.assumed {
                 eprintln!("note: {what} = {value}; pass --model or --hf-config if that is wrong");
             }
-            Reconstructor::from_weights(&file, &device)?
+            let (normalization, why) = file.input_normalization()?;
+            eprintln!(
+                "note: images normalised with mean {:?}, std {:?} ({why})",
+                normalization.mean, normalization.std
+            );
+            Reconstructor::from_weights(&file, normalization, &device)?
         }
         (None, None) => bail!("pass --checkpoint or --weights"),
     };
@@ -509,6 +544,7 @@ fn run(cli: Cli) -> Result<()> {
                 weights: None,
                 hf_config: None,
                 model: None,
+                img_size: None,
                 data: None,
                 split: Split::Test,
                 indices: (0..8).collect(),
@@ -552,8 +588,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { file } => inspect(&file),
         Command::Convert { input, output, to } => {
             let w = if input.extension().is_some_and(|e| e == "mim") {
-                let c = checkpoint::load(&input, &burn::tensor::Device::flex())?;
-                mim::weights::from_mae(&c.model, c.header.model.mae()?, &input)
+                checkpoint_weights(&input, &burn::tensor::Device::flex())?
             } else {
                 mim::weights::open(&input)?
             };
@@ -568,8 +603,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Export { checkpoint: ck, out, device } => {
-            let c = checkpoint::load(&ck, &mim::runtime::device(&device)?)?;
-            mim::weights::export_weights(&c.model, c.header.model.mae()?, &out)?;
+            let w = checkpoint_weights(&ck, &mim::runtime::device(&device)?)?;
+            mim::weights::convert(&w, mim::weights::Naming::Official, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
