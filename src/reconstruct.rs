@@ -113,17 +113,24 @@ impl Reconstructor {
         })
     }
 
-    /// The MAE (with its decoder) of a weights file read by [`crate::weights::open`], onto `device`;
-    /// images are normalised as `normalization` says (see [`crate::weights::Weights::input_normalization`]).
+    /// The MAE (with its decoder) or SimMIM of a weights file read by [`crate::weights::open`], onto
+    /// `device`; images are normalised as `normalization` says (see
+    /// [`crate::weights::Weights::input_normalization`]).
     pub fn from_weights(
         weights: &crate::weights::Weights,
         normalization: crate::weights::Normalization,
         device: &Device,
     ) -> Result<Self> {
-        let (model, config) = weights.mae(device)?;
+        let (model, config) = match weights.detected.holds {
+            crate::weights::Holds::SimMim => (Model::SimMim(weights.simmim(device)?), weights.detected.config.clone()),
+            _ => {
+                let (mae, cfg) = weights.mae(device)?;
+                (Model::Mae(mae), ModelConfig::Mae(cfg))
+            }
+        };
         Ok(Reconstructor {
-            model: Model::Mae(model),
-            config: ModelConfig::Mae(config),
+            model,
+            config,
             trained_on: None,
             normalization: Some((normalization.mean, normalization.std)),
             device: device.clone(),

@@ -297,3 +297,19 @@ fn weights_for_another_image_size_have_their_position_parameters_resized() {
     let mask = mim::masking::BoolMask::new(vec![false; 36], 1, (6, 6)).unwrap();
     assert_eq!(model.forward_features(Tensor::<4>::zeros([1, 3, 24, 24], &Device::flex()), &mask).dims(), [1, 37, 32]);
 }
+
+#[test]
+fn linear_probe_and_knn_take_features_from_published_files() {
+    use mim::eval::Backbone;
+    use mim::models::classifier::Pool;
+    for (file, side, dim) in [
+        ("mae_official_pretrain.pth", 24, 32),
+        ("beit_hf/model.safetensors", 16, 32),
+        ("simmim_swin.pth", 32, 24),
+        ("swin_official_finetuned.pth", 32, 24),
+    ] {
+        let (encode, _) =
+            Backbone::Checkpoint(published(file)).encoder(3, Pool::Avg, &Device::flex()).unwrap().unwrap();
+        assert_eq!(encode(Tensor::<4>::zeros([2, 3, side, side], &Device::flex())).dims(), [2, dim], "{file}");
+    }
+}

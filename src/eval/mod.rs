@@ -21,11 +21,14 @@ use crate::models::classifier::{Classifier, Pool, VitClassifier};
 use crate::models::mae::MaeConfig;
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
+use crate::models::swin::SwinTransformer;
+use crate::weights::Holds;
 
 /// Where features come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Backbone {
-    /// The encoder of a `mim pretrain` checkpoint.
+    /// The encoder of a `mim pretrain` checkpoint, or of a weights file `crate::weights::open`
+    /// reads (official, timm or Hugging Face MAE, BEiT, SimMIM or Swin files, fine-tuned ones too).
     Checkpoint(PathBuf),
     /// A freshly initialised encoder of a preset (what pretraining has to beat).
     RandomInit {
@@ -58,6 +61,25 @@ impl Backbone {
         };
         let (encode, cfg): (Encoder, ModelConfig) = match self {
             Backbone::Pixels => return Ok(None),
+            Backbone::Checkpoint(path) if checkpoint::read_header(path).is_err() => {
+                let w = crate::weights::open(path)?;
+                let encode: Encoder = match w.detected.holds {
+                    Holds::Mae { .. } | Holds::VitClassifier { .. } => vit(w.mae_encoder(0, device)?.0),
+                    Holds::Beit | Holds::BeitClassifier { .. } => {
+                        let m = w.beit_encoder(0, device)?;
+                        Box::new(move |imgs| m.features(imgs))
+                    }
+                    Holds::SimMim => {
+                        let m = w.simmim(device)?;
+                        Box::new(move |imgs| m.features(imgs))
+                    }
+                    Holds::Swin { .. } => {
+                        let m = w.swin(device)?;
+                        Box::new(move |imgs| SwinTransformer::pool(m.forward_features(imgs)))
+                    }
+                };
+                (encode, w.detected.config)
+            }
             Backbone::Checkpoint(path) => match checkpoint::read_header(path)?.model {
                 ModelConfig::Mae(cfg) => (vit(checkpoint::load(path, device)?.model), ModelConfig::Mae(cfg)),
                 cfg @ ModelConfig::Beit(_) => {

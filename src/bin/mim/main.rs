@@ -142,8 +142,9 @@ struct ReconstructArgs {
     /// Checkpoint written by `mim pretrain`.
     #[arg(long, required_unless_present = "weights")]
     checkpoint: Option<PathBuf>,
-    /// Instead of a checkpoint: an MAE with its decoder in safetensors (mim export / official MAE names, or
-    /// Hugging Face ViTMAE names, whose config.json beside the file is read); `mim inspect` shows what a file holds.
+    /// Instead of a checkpoint: a weights file holding an MAE with its decoder or a SimMIM (safetensors or
+    /// .pth; official, timm or Hugging Face names, a HF config.json beside it is read); `mim inspect` shows
+    /// what a file holds.
     #[arg(long, conflicts_with = "checkpoint")]
     weights: Option<PathBuf>,
     /// With --weights: a Hugging Face config.json describing them (default: the one beside the file).
