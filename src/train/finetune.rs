@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, CheckpointHeader, ClassifierSpec};
 use crate::data::augment::Transform;
 use crate::data::loader::{Batch, rng_for};
+use crate::data::resize::Resample;
 use crate::data::{Dataset, Split};
 use crate::eval::{evaluate, smoothed_targets, soft_cross_entropy};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
@@ -68,6 +69,9 @@ settings! {
             cutmix: f64,
             /// Area range of the random resized crop, as MIN,MAX.
             crop_scale: (f64, f64) [value_parser = parse_pair],
+            /// Resampling of the crops: bilinear or bicubic (the official scripts' `interpolation=3`), antialiased as
+            /// torchvision; unset keeps mim's plain bilinear.
+            resample: Option<Resample>,
         }
     }
 }
@@ -92,6 +96,7 @@ impl Default for FinetuneConfig {
             mixup: 0.0,
             cutmix: 0.0,
             crop_scale: (0.08, 1.0),
+            resample: None,
         }
     }
 }
@@ -555,6 +560,7 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
             hflip: true,
             color_jitter: 0.0,
         }
+        .resampled(self.cfg.resample)
     }
 
     fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String {

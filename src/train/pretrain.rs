@@ -21,6 +21,7 @@ use super::trainer::{
 use crate::checkpoint;
 use crate::data::augment::{Augmentation, Transform};
 use crate::data::loader::{Batch, rng_for};
+use crate::data::resize::Resample;
 use crate::data::{Dataset, Split};
 use crate::eval::extract;
 use crate::eval::knn::{KnnConfig, knn_accuracy};
@@ -70,6 +71,9 @@ settings! {
             /// Pretraining augmentation (default: the method's paper, colour jitter for BEiT, random resized crop +
             /// flip otherwise).
             augmentation: Option<Augmentation>,
+            /// Resampling of the crops: bilinear or bicubic (the official scripts' `interpolation=3`), antialiased as
+            /// torchvision; unset keeps mim's plain bilinear (bit-identical to earlier runs).
+            resample: Option<Resample>,
             /// BEiT (or MAE with --target tokens): the visual tokenizer checkpoint (`mim tokenizer train`).
             tokenizer: Option<PathBuf>,
             /// Every this many epochs, k-NN accuracy of the encoder's features on the test split (a monitor; 0 =
@@ -97,6 +101,7 @@ impl Default for PretrainConfig {
             decoder_depth: None,
             decoder_embed_dim: None,
             augmentation: None,
+            resample: None,
             norm_pix_loss: true,
             eval_every: 0,
             knn_images: 10_000,
@@ -400,7 +405,8 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
     }
 
     fn transform(&self) -> Transform {
-        self.cfg.augmentation.unwrap_or(self.cfg.method.recipe().augmentation).transform(self.model_cfg().img_size())
+        let augmentation = self.cfg.augmentation.unwrap_or(self.cfg.method.recipe().augmentation);
+        augmentation.transform(self.model_cfg().img_size()).resampled(self.cfg.resample)
     }
 
     fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String {
