@@ -112,38 +112,39 @@ pub struct Weights {
 pub fn open(path: &Path) -> Result<Weights> {
     let read = read_tensor_file(path)?;
     let file = FileInfo { format: Some(read.format), nested: read.nested, ignored: read.ignored };
-    let (mut detected, tensors) =
-        detect::detect(read.tensors).with_context(|| format!("reading '{}'", path.display()))?;
-    let mut config_source = "the tensor shapes".to_string();
-    if let Some(json) = read.metadata.get(CONFIG_KEY) {
-        let config: ModelConfig = serde_json::from_str(json)
-            .with_context(|| format!("'{}': the {CONFIG_KEY} metadata is not a model configuration", path.display()))?;
-        detected.config = config;
-        detected.assumed.clear();
-        detected.unknown.clear();
-        config_source = "the file's metadata".to_string();
-    }
-    let config_json = path.with_file_name("config.json");
-    if detected.naming == Naming::HuggingFace && config_json.exists() {
-        let text = std::fs::read_to_string(&config_json)
-            .with_context(|| format!("cannot read '{}'", config_json.display()))?;
-        let json = serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", config_json.display()))?;
-        let within = || format!("in '{}'", config_json.display());
-        detected.config = match detected.config {
-            ModelConfig::Beit(_) => ModelConfig::Beit(beit::beit_config_from_hf(&json).with_context(within)?),
-            _ => ModelConfig::Mae(mae_config_from_hf(&json).with_context(within)?),
-        };
-        detected.assumed.clear();
-        detected.unknown.clear();
-        config_source = format!("'{}'", config_json.display());
-    }
+    let (detected, tensors) = detect::detect(read.tensors).with_context(|| format!("reading '{}'", path.display()))?;
     let normalization = match read.metadata.get(NORMALIZATION_KEY) {
         Some(json) => Some(serde_json::from_str(json).with_context(|| {
             format!("'{}': the {NORMALIZATION_KEY} metadata is not {{\"mean\": [..], \"std\": [..]}}", path.display())
         })?),
         None => None,
     };
-    Ok(Weights { path: path.to_path_buf(), detected, config_source, file, tensors, normalization })
+    let mut w = Weights {
+        path: path.to_path_buf(),
+        detected,
+        config_source: "the tensor shapes".into(),
+        file,
+        tensors,
+        normalization,
+    };
+    if let Some(json) = read.metadata.get(CONFIG_KEY) {
+        let config: ModelConfig = serde_json::from_str(json)
+            .with_context(|| format!("'{}': the {CONFIG_KEY} metadata is not a model configuration", path.display()))?;
+        w.set_config(config, "the file's metadata".into())?;
+    }
+    let config_json = path.with_file_name("config.json");
+    if w.detected.naming == Naming::HuggingFace && config_json.exists() {
+        let text = std::fs::read_to_string(&config_json)
+            .with_context(|| format!("cannot read '{}'", config_json.display()))?;
+        let json = serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", config_json.display()))?;
+        let within = || format!("in '{}'", config_json.display());
+        let config = match w.detected.config {
+            ModelConfig::Beit(_) => ModelConfig::Beit(beit::beit_config_from_hf(&json).with_context(within)?),
+            _ => ModelConfig::Mae(mae_config_from_hf(&json).with_context(within)?),
+        };
+        w.set_config(config, format!("'{}'", config_json.display()))?;
+    }
+    Ok(w)
 }
 
 /// An MAE held in memory (a mim checkpoint's) as [`Weights`] in official names, with the input
@@ -236,12 +237,18 @@ impl Weights {
                 config.kind()
             );
         }
+        self.set_config(config, source)?;
+        Ok(self)
+    }
+
+    /// Takes `config` (from `source`) as the architecture: nothing left assumed, the position
+    /// parameters fitted to its patch grid.
+    fn set_config(&mut self, config: ModelConfig, source: String) -> Result<()> {
         self.detected.config = config;
         self.detected.assumed.clear();
         self.detected.unknown.clear();
         self.config_source = source;
-        self.fit_position_parameters()?;
-        Ok(self)
+        self.fit_position_parameters()
     }
 
     /// Resizes the position parameters to the configuration's patch grid when the file's are for
