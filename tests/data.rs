@@ -72,3 +72,13 @@ fn prefetcher_yields_the_same_batches_as_direct_loading() {
     assert_eq!(batches[0].indices, order[32..64].to_vec());
     assert_ne!(epoch_order(100, 5, 2), epoch_order(100, 5, 3), "each epoch has its own order");
 }
+
+#[test]
+fn colour_images_are_told_from_grey_ones_by_their_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rgb, grey) = (dir.path().join("rgb.png"), dir.path().join("grey.png"));
+    image::RgbImage::from_pixel(4, 4, image::Rgb([200, 10, 10])).save(&rgb).unwrap();
+    image::GrayImage::from_pixel(4, 4, image::Luma([90])).save(&grey).unwrap();
+    assert!(mim::data::folder::is_colour(&rgb).unwrap());
+    assert!(!mim::data::folder::is_colour(&grey).unwrap());
+}

@@ -59,6 +59,18 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
     })
 }
 
+/// Whether the image file at `path` has colour channels (read from its header alone): a 1-channel
+/// model sees such an image converted to greyscale by [`decode`].
+pub fn is_colour(path: &Path) -> Result<bool> {
+    use image::ImageDecoder;
+    let decoder = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image '{}'", path.display()))?
+        .with_guessed_format()?
+        .into_decoder()
+        .with_context(|| format!("cannot read the header of image '{}'", path.display()))?;
+    Ok(decoder.color_type().has_color())
+}
+
 /// Decodes an image file to `channels` (1 = grey, 3 = RGB).
 pub fn decode(path: &Path, channels: usize) -> Result<Image> {
     let img = image::ImageReader::open(path)

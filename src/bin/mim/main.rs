@@ -462,6 +462,11 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
         None if !a.visible.is_empty() => MaskChoice::Visible(a.visible.clone()),
         None => MaskChoice::Random { ratio: a.mask_ratio, seed: a.seed },
     };
+    if model.config().in_chans() == 1 {
+        for file in a.images.iter().filter(|f| mim::data::folder::is_colour(f).unwrap_or(false)) {
+            eprintln!("note: '{}' is a colour image; this 1-channel model sees it in greyscale (luma)", file.display());
+        }
+    }
     let done = model.write_pictures(&images, &mask, &a.out, a.scale)?;
     eprintln!(
         "{} images ({}), {} of {} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
