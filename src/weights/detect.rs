@@ -118,26 +118,25 @@ pub fn detect(t: TensorMap) -> Result<(Detected, TensorMap)> {
         let prefixed = t.into_iter().map(|(k, v)| (format!("vit.{k}"), v)).collect();
         return detect(prefixed);
     }
-    if any("vit.embeddings.") {
-        let official = super::mae::hf_to_official(&t)?;
-        let mut d = mae(&official)?;
-        if let ModelConfig::Mae(cfg) = &mut d.config {
-            cfg.layer_norm_eps = 1e-12;
-            d.assumed.push(("layer_norm_eps".into(), "1e-12 (Hugging Face ViTMAEConfig's default; not stored)".into()));
-        }
-        return Ok((Detected { naming: Naming::HuggingFace, ..d }, official));
+    let official = if any("vit.embeddings.") {
+        super::mae::hf_to_official(&t)?
+    } else if any("beit.") {
+        super::beit::hf_beit_to_official(&t)?
+    } else {
+        return Ok((detect_official(&t)?, t));
+    };
+    let mut d = detect_official(&official)?;
+    // transformers' configs default to eps 1e-12, which no tensor shows.
+    let eps = match &mut d.config {
+        ModelConfig::Mae(cfg) => Some((&mut cfg.layer_norm_eps, "ViTMAEConfig")),
+        ModelConfig::Beit(cfg) => Some((&mut cfg.layer_norm_eps, "BeitConfig")),
+        ModelConfig::Swin(_) => None,
+    };
+    if let Some((eps, class)) = eps {
+        *eps = 1e-12;
+        d.assumed.push(("layer_norm_eps".into(), format!("1e-12 (Hugging Face {class}'s default; not stored)")));
     }
-    if any("beit.") {
-        let official = super::beit::hf_beit_to_official(&t)?;
-        let mut d = detect_official(&official)?;
-        if let ModelConfig::Beit(cfg) = &mut d.config {
-            cfg.layer_norm_eps = 1e-12;
-            d.assumed.push(("layer_norm_eps".into(), "1e-12 (Hugging Face BeitConfig's default; not stored)".into()));
-        }
-        return Ok((Detected { naming: Naming::HuggingFace, ..d }, official));
-    }
-    let detected = detect_official(&t)?;
-    Ok((detected, t))
+    Ok((Detected { naming: Naming::HuggingFace, ..d }, official))
 }
 
 fn detect_official(t: &TensorMap) -> Result<Detected> {

@@ -270,13 +270,18 @@ impl Weights {
         if let ModelConfig::Beit(_) = self.detected.config {
             let tables: Vec<String> =
                 t.keys().filter(|k| k.ends_with("relative_position_bias_table")).cloned().collect();
+            let want = (2 * g - 1) * (2 * g - 1) + 3;
+            let mut resized_any = false;
             for key in tables {
-                let want = (2 * g - 1) * (2 * g - 1) + 3;
                 if t[&key].0[0] != want {
                     let resized = resize::resize_rel_pos_bias_table(&t[&key], 3, (g, g), resize::RelPosResize::Spline)?;
                     t.insert(key, resized);
-                    t.retain(|k, _| !k.ends_with("relative_position_index"));
+                    resized_any = true;
                 }
+            }
+            // The index buffers are for the old grid; loading rebuilds them for the new one.
+            if resized_any {
+                t.retain(|k, _| !k.ends_with("relative_position_index"));
             }
         }
         Ok(())
@@ -345,17 +350,14 @@ impl Weights {
         let ModelConfig::Mae(cfg) = &self.detected.config else { bail!("'{}' holds no MAE", self.path.display()) };
         let cfg = cfg.clone();
         let fresh = cfg.init(seed, device)?;
-        if matches!(self.detected.holds, Holds::Mae { decoder: true }) {
-            return Ok((load_mae_tensors(fresh, &cfg, &self.tensors, &self.source())?, cfg));
-        }
         ensure!(
             matches!(self.detected.holds, Holds::Mae { .. } | Holds::VitClassifier { .. }),
             "'{}' holds a {}, not a ViT encoder",
             self.path.display(),
             self.detected.holds
         );
-        // The encoder's tensors from the file, everything else (decoder, mask token; the final norm a
-        // global-pool classifier does not have) as initialised.
+        // The file's tensors; what it lacks (an encoder-only file's decoder and mask token, the final
+        // norm a global-pool classifier does not have) as initialised.
         let mut map = to_pytorch_layout(&cfg, &parameters(&fresh));
         let classifier = matches!(self.detected.holds, Holds::VitClassifier { .. });
         for (k, t) in &self.tensors {
