@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use super::names::{Names, owned, per_block};
 use crate::io::{TensorMap, convert_patch_weight, load_tensor_map, read_safetensors, transpose};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling, relative_position_index};
 
@@ -60,70 +61,64 @@ pub fn beit_from_official(cfg: &BeitConfig, torch: &TensorMap) -> Result<TensorM
     Ok(out)
 }
 
-/// Hugging Face `BeitForMaskedImageModeling` / `BeitForImageClassification` keys (PyTorch layout) ->
-/// official unilm keys: q, k and v weights into one `attn.qkv.weight` (Hugging Face's key projection
-/// has no bias either), `lambda_1/2` -> `gamma_1/2`, the pooler's norm -> `fc_norm`, `classifier` ->
-/// `head`.
+/// Hugging Face `BeitForMaskedImageModeling` / `BeitForImageClassification` names (transformers 4.x
+/// names, which `save_pretrained` writes; then 5.x's in-memory names): q, k and v weights fused into
+/// `attn.qkv.weight` (the key has no bias in either code), `lambda_1/2` <-> `gamma_1/2`, the
+/// pooler's norm <-> `fc_norm`, `classifier` <-> `head`.
+fn hf_names() -> Names {
+    let blocks = [("beit.encoder.layer.#", "blocks.#"), ("beit.layers.#", "blocks.#")];
+    let modules = [
+        ("lambda_1", "gamma_1"),
+        ("lambda_2", "gamma_2"),
+        ("layernorm_before.*", "norm1.*"),
+        ("layernorm_after.*", "norm2.*"),
+        ("attention.attention.query.bias", "attn.q_bias"),
+        ("attention.attention.value.bias", "attn.v_bias"),
+        ("attention.attention.{query|key|value}.weight", "attn.qkv.weight"),
+        (
+            "attention.attention.relative_position_bias.relative_position_bias_table",
+            "attn.relative_position_bias_table",
+        ),
+        ("attention.attention.relative_position_bias.relative_position_index", ""),
+        ("attention.output.dense.*", "attn.proj.*"),
+        ("intermediate.dense.*", "mlp.fc1.*"),
+        ("output.dense.*", "mlp.fc2.*"),
+        ("attention.q_proj.bias", "attn.q_bias"),
+        ("attention.v_proj.bias", "attn.v_bias"),
+        ("attention.{q_proj|k_proj|v_proj}.weight", "attn.qkv.weight"),
+        ("relative_position_bias.relative_position_bias_table", "attn.relative_position_bias_table"),
+        ("attention.o_proj.*", "attn.proj.*"),
+        ("mlp.fc1.*", "mlp.fc1.*"),
+        ("mlp.fc2.*", "mlp.fc2.*"),
+    ];
+    let top = owned(&[
+        ("beit.embeddings.cls_token", "cls_token"),
+        ("beit.embeddings.mask_token", "mask_token"),
+        ("beit.embeddings.position_embeddings", "pos_embed"),
+        ("beit.embeddings.patch_embeddings.projection.*", "patch_embed.proj.*"),
+        (
+            "beit.encoder.relative_position_bias.relative_position_bias_table",
+            "rel_pos_bias.relative_position_bias_table",
+        ),
+        ("beit.encoder.relative_position_bias.relative_position_index", ""),
+        // BeitForMaskedImageModeling's norm is its own; BeitModel's (no mean pooling) is under `beit.`.
+        ("layernorm.*", "norm.*"),
+        ("beit.layernorm.*", "norm.*"),
+        ("beit.pooler.layernorm.*", "fc_norm.*"),
+        ("classifier.*", "head.*"),
+        ("lm_head.*", "lm_head.*"),
+    ]);
+    Names::new("a Hugging Face BEiT", [top, per_block(&blocks, &modules)].concat())
+}
+
+/// Hugging Face BEiT keys (PyTorch layout) -> official unilm keys (see [`hf_names`]).
 pub fn hf_beit_to_official(hf: &TensorMap) -> Result<TensorMap> {
-    let mut out = TensorMap::new();
-    let mut qkv: BTreeMap<String, super::QkvParts> = BTreeMap::new();
-    for (k, tensor) in hf {
-        let name = match k.as_str() {
-            "beit.embeddings.cls_token" => "cls_token".to_string(),
-            "beit.embeddings.mask_token" => "mask_token".to_string(),
-            "beit.embeddings.position_embeddings" => "pos_embed".to_string(),
-            "beit.encoder.relative_position_bias.relative_position_bias_table" => {
-                "rel_pos_bias.relative_position_bias_table".to_string()
-            }
-            k if k.ends_with("relative_position_index") => continue,
-            k if k.starts_with("beit.embeddings.patch_embeddings.projection.") => {
-                k.replacen("beit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1)
-            }
-            k if k.starts_with("layernorm.") || k.starts_with("beit.layernorm.") => {
-                format!("norm.{}", k.rsplit_once('.').map_or("", |(_, p)| p))
-            }
-            k if k.starts_with("beit.pooler.layernorm.") => k.replacen("beit.pooler.layernorm", "fc_norm", 1),
-            k if k.starts_with("classifier.") => k.replacen("classifier", "head", 1),
-            k if k.starts_with("lm_head.") => k.to_string(),
-            k if k.starts_with("beit.encoder.layer.") => {
-                let rest = &k["beit.encoder.layer.".len()..];
-                let (i, tail) = rest.split_once('.').with_context(|| format!("unexpected tensor '{k}'"))?;
-                let ours = match tail {
-                    "lambda_1" => "gamma_1".to_string(),
-                    "lambda_2" => "gamma_2".to_string(),
-                    "attention.attention.query.bias" => "attn.q_bias".to_string(),
-                    "attention.attention.value.bias" => "attn.v_bias".to_string(),
-                    "attention.attention.relative_position_bias.relative_position_bias_table" => {
-                        "attn.relative_position_bias_table".to_string()
-                    }
-                    t => {
-                        let role = ["query", "key", "value"]
-                            .iter()
-                            .position(|r| t == format!("attention.attention.{r}.weight"));
-                        if let Some(slot) = role {
-                            qkv.entry(format!("blocks.{i}.attn.qkv.weight")).or_default()[slot] = Some(tensor.clone());
-                            continue;
-                        }
-                        let (module, param) = t.rsplit_once('.').with_context(|| format!("unexpected tensor '{k}'"))?;
-                        let m = match module {
-                            "layernorm_before" => "norm1",
-                            "layernorm_after" => "norm2",
-                            "attention.output.dense" => "attn.proj",
-                            "intermediate.dense" => "mlp.fc1",
-                            "output.dense" => "mlp.fc2",
-                            _ => bail!("unexpected tensor '{k}' in a Hugging Face BEiT"),
-                        };
-                        format!("{m}.{param}")
-                    }
-                };
-                format!("blocks.{i}.{ours}")
-            }
-            _ => bail!("unexpected tensor '{k}' in a Hugging Face BEiT"),
-        };
-        out.insert(name, tensor.clone());
-    }
-    super::fuse_qkv(qkv, &mut out)?;
-    Ok(out)
+    hf_names().to_canonical(hf)
+}
+
+/// Official unilm BEiT keys (PyTorch layout) -> Hugging Face's, as `save_pretrained` writes them.
+pub fn official_to_hf(official: &TensorMap) -> Result<TensorMap> {
+    hf_names().to_theirs(official)
 }
 
 /// A BEiT configuration from a Hugging Face `config.json` (`BeitConfig`): keys left out take

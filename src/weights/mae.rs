@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use super::names::{Names, owned, per_block};
 use crate::io::{
     TensorMap, check_pos_embed_shape, convert_patch_weight, load_tensor_map, parameters, read_safetensors,
     safetensors_bytes_with_metadata, transpose,
@@ -57,128 +58,55 @@ pub fn from_pytorch_layout(cfg: &MaeConfig, torch: &TensorMap) -> Result<TensorM
     Ok(out)
 }
 
-/// Hugging Face `ViTMAEForPreTraining` keys (transformers 4.x `vit.encoder.layer.N.attention.attention.query`
-/// or 5.x `vit.layers.N.attention.q_proj` naming) -> official MAE keys (PyTorch layout; q, k and v are
-/// concatenated into one qkv projection).
+/// Hugging Face `ViTMAEForPreTraining` names: transformers 4.x names first (the published
+/// `facebook/vit-mae-*` files hold them; writing uses them), then transformers 5.x's
+/// (`vit.layers.N.attention.q_proj`, and `decoder.decoder_encoder.layer.N` as its `save_pretrained`
+/// writes the decoder). The encoder alone (`ViTMAEModel`) saves without `vit.`, which
+/// [`super::detect`] puts back.
+fn hf_names() -> Names {
+    let blocks = [
+        ("vit.encoder.layer.#", "blocks.#"),
+        ("decoder.decoder_layers.#", "decoder_blocks.#"),
+        ("vit.layers.#", "blocks.#"),
+        ("decoder.decoder_encoder.layer.#", "decoder_blocks.#"),
+    ];
+    let modules = [
+        ("layernorm_before.*", "norm1.*"),
+        ("layernorm_after.*", "norm2.*"),
+        ("attention.attention.{query|key|value}.*", "attn.qkv.*"),
+        ("attention.output.dense.*", "attn.proj.*"),
+        ("intermediate.dense.*", "mlp.fc1.*"),
+        ("output.dense.*", "mlp.fc2.*"),
+        ("attention.{q_proj|k_proj|v_proj}.*", "attn.qkv.*"),
+        ("attention.o_proj.*", "attn.proj.*"),
+        ("mlp.fc1.*", "mlp.fc1.*"),
+        ("mlp.fc2.*", "mlp.fc2.*"),
+    ];
+    let top = owned(&[
+        ("vit.embeddings.cls_token", "cls_token"),
+        ("vit.embeddings.position_embeddings", "pos_embed"),
+        ("vit.embeddings.patch_embeddings.projection.*", "patch_embed.proj.*"),
+        ("vit.layernorm.*", "norm.*"),
+        ("decoder.mask_token", "mask_token"),
+        ("decoder.decoder_pos_embed", "decoder_pos_embed"),
+        ("decoder.decoder_embed.*", "decoder_embed.*"),
+        ("decoder.decoder_norm.*", "decoder_norm.*"),
+        ("decoder.decoder_pred.*", "decoder_pred.*"),
+    ]);
+    Names::new("a Hugging Face ViTMAE checkpoint", [top, per_block(&blocks, &modules)].concat())
+}
+
+/// Hugging Face `ViTMAEForPreTraining` keys (transformers 4.x or 5.x names) -> official MAE keys
+/// (PyTorch layout; q, k and v concatenated into one qkv projection).
 pub fn hf_to_official(hf: &TensorMap) -> Result<TensorMap> {
-    let mut out = TensorMap::new();
-    // Per block, the q, k and v tensors (shape, values) as they are found.
-    let mut qkv: BTreeMap<String, super::QkvParts> = BTreeMap::new();
-    for (k, t) in hf {
-        let block = |rest: &str, prefix: &str| -> Option<String> {
-            let (i, tail) = rest.split_once('.')?;
-            let (module, param) = tail.rsplit_once('.')?;
-            let ours = match module {
-                "layernorm_before" => "norm1",
-                "layernorm_after" => "norm2",
-                // transformers 4.x names, then 5.x names
-                "attention.output.dense" | "attention.o_proj" => "attn.proj",
-                "intermediate.dense" | "mlp.fc1" => "mlp.fc1",
-                "output.dense" | "mlp.fc2" => "mlp.fc2",
-                "attention.attention.query" | "attention.q_proj" => {
-                    return Some(format!("{prefix}.{i}.qkv:query.{param}"));
-                }
-                "attention.attention.key" | "attention.k_proj" => return Some(format!("{prefix}.{i}.qkv:key.{param}")),
-                "attention.attention.value" | "attention.v_proj" => {
-                    return Some(format!("{prefix}.{i}.qkv:value.{param}"));
-                }
-                _ => return None,
-            };
-            Some(format!("{prefix}.{i}.{ours}.{param}"))
-        };
-        let name = match k.as_str() {
-            "vit.embeddings.cls_token" => Some("cls_token".to_string()),
-            "vit.embeddings.position_embeddings" => Some("pos_embed".to_string()),
-            "decoder.decoder_pos_embed" => Some("decoder_pos_embed".to_string()),
-            "decoder.mask_token" => Some("mask_token".to_string()),
-            k if k.starts_with("vit.embeddings.patch_embeddings.projection.") => {
-                Some(k.replacen("vit.embeddings.patch_embeddings.projection", "patch_embed.proj", 1))
-            }
-            k if k.starts_with("vit.layernorm.") => Some(k.replacen("vit.layernorm", "norm", 1)),
-            k if k.starts_with("vit.encoder.layer.") => block(&k["vit.encoder.layer.".len()..], "blocks"),
-            k if k.starts_with("vit.layers.") => block(&k["vit.layers.".len()..], "blocks"),
-            k if k.starts_with("decoder.decoder_layers.") => {
-                block(&k["decoder.decoder_layers.".len()..], "decoder_blocks")
-            }
-            // What transformers 5.x's `save_pretrained` writes back for the 4.x decoder names.
-            k if k.starts_with("decoder.decoder_encoder.layer.") => {
-                block(&k["decoder.decoder_encoder.layer.".len()..], "decoder_blocks")
-            }
-            k if k.starts_with("decoder.") => Some(k["decoder.".len()..].to_string()),
-            _ => None,
-        };
-        let Some(name) = name else { bail!("unexpected tensor '{k}' in a Hugging Face ViTMAE checkpoint") };
-        if let Some((prefix, which)) = name.split_once(".qkv:") {
-            let (role, param) = which.split_once('.').unwrap_or((which, ""));
-            let slot = match role {
-                "query" => 0,
-                "key" => 1,
-                "value" => 2,
-                _ => bail!("unexpected attention tensor '{k}'"),
-            };
-            qkv.entry(format!("{prefix}.attn.qkv.{param}")).or_default()[slot] = Some(t.clone());
-        } else {
-            out.insert(name, t.clone());
-        }
-    }
-    super::fuse_qkv(qkv, &mut out)?;
-    Ok(out)
+    hf_names().to_canonical(hf)
 }
 
 /// Official MAE keys (PyTorch layout) -> Hugging Face `ViTMAEForPreTraining` keys as the published
 /// `facebook/vit-mae-*` files name them (transformers 4.x names, which 5.x renames on load): the
 /// inverse of [`hf_to_official`], q, k and v split out of each qkv projection.
 pub fn official_to_hf(official: &TensorMap) -> Result<TensorMap> {
-    let mut out = TensorMap::new();
-    for (k, (s, v)) in official {
-        let block = |rest: &str, prefix: &str| -> Option<(String, String)> {
-            let (i, tail) = rest.split_once('.')?;
-            let (module, param) = tail.rsplit_once('.')?;
-            let theirs = match module {
-                "norm1" => "layernorm_before",
-                "norm2" => "layernorm_after",
-                "attn.proj" => "attention.output.dense",
-                "mlp.fc1" => "intermediate.dense",
-                "mlp.fc2" => "output.dense",
-                "attn.qkv" => "attention.attention.{}",
-                _ => return None,
-            };
-            Some((format!("{prefix}.{i}.{theirs}"), param.to_string()))
-        };
-        let (name, param) = match k.as_str() {
-            "cls_token" => ("vit.embeddings.cls_token".to_string(), String::new()),
-            "pos_embed" => ("vit.embeddings.position_embeddings".to_string(), String::new()),
-            "mask_token" | "decoder_pos_embed" => (format!("decoder.{k}"), String::new()),
-            k if k.starts_with("patch_embed.proj.") => {
-                (k.replacen("patch_embed.proj", "vit.embeddings.patch_embeddings.projection", 1), String::new())
-            }
-            k if k.starts_with("norm.") => (k.replacen("norm", "vit.layernorm", 1), String::new()),
-            k if k.starts_with("blocks.") => block(&k["blocks.".len()..], "vit.encoder.layer")
-                .with_context(|| format!("unexpected tensor '{k}' in an MAE"))?,
-            k if k.starts_with("decoder_blocks.") => block(&k["decoder_blocks.".len()..], "decoder.decoder_layers")
-                .with_context(|| format!("unexpected tensor '{k}' in an MAE"))?,
-            k if k.starts_with("decoder_") => (format!("decoder.{k}"), String::new()),
-            k => bail!("unexpected tensor '{k}' in an MAE"),
-        };
-        if param.is_empty() {
-            out.insert(name, (s.clone(), v.clone()));
-        } else if name.contains("{}") {
-            // PyTorch [3D, in] (or [3D]): q, k and v are consecutive row blocks.
-            let rows = s[0] / 3;
-            let per = v.len() / 3;
-            for (j, role) in ["query", "key", "value"].into_iter().enumerate() {
-                let mut shape = s.clone();
-                shape[0] = rows;
-                out.insert(
-                    format!("{}.{param}", name.replace("{}", role)),
-                    (shape, v[j * per..(j + 1) * per].to_vec()),
-                );
-            }
-        } else {
-            out.insert(format!("{name}.{param}"), (s.clone(), v.clone()));
-        }
-    }
-    Ok(out)
+    hf_names().to_theirs(official)
 }
 
 /// The Hugging Face `config.json` of `cfg` (`ViTMAEForPreTraining`; every key written, none left to

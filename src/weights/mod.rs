@@ -12,6 +12,7 @@
 pub mod beit;
 pub mod detect;
 pub mod mae;
+mod names;
 pub mod resize;
 pub mod swin;
 
@@ -37,21 +38,6 @@ pub use mae::{
 /// The safetensors metadata key under which mim writes a file's model configuration (the tagged
 /// JSON of [`ModelConfig`]).
 pub const CONFIG_KEY: &str = "mim.config";
-
-/// A block's separate query, key and value tensors (Hugging Face names), as they are found.
-type QkvParts = [Option<(Vec<usize>, Vec<f32>)>; 3];
-
-/// Each block's q, k and v tensors as the one `qkv` tensor of the official names: PyTorch
-/// `[out, in]` rows stacked (outputs concatenated), the order timm's qkv uses.
-fn fuse_qkv(parts: std::collections::BTreeMap<String, QkvParts>, out: &mut TensorMap) -> Result<()> {
-    for (name, parts) in parts {
-        let [Some(q), Some(k), Some(v)] = parts else { bail!("'{name}' is missing one of query/key/value") };
-        let mut shape = q.0.clone();
-        shape[0] *= 3;
-        out.insert(name, (shape, [q.1, k.1, v.1].concat()));
-    }
-    Ok(())
-}
 
 /// How a weights file was stored (see [`crate::io::TensorFile`]).
 #[derive(Debug, Clone)]
