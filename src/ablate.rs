@@ -246,11 +246,12 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             train.truncate(n);
         }
         let test = Dataset::open(&s.pretrain.run.data, Split::Test)?;
-        let (encoder, mcfg) = Backbone::Checkpoint(summary.checkpoint.clone())
+        let e = Backbone::Checkpoint(summary.checkpoint.clone())
             .encoder(train.channels, Pool::Cls, &device)?
             .expect("an encoder");
-        let f_train = extract(Some(encoder.as_ref()), &train, mcfg.img_size(), 256, &device, &mut |_| {})?;
-        let f_test = extract(Some(encoder.as_ref()), &test, mcfg.img_size(), 256, &device, &mut |_| {})?;
+        let side = e.config.img_size();
+        let f_train = extract(Some(e.encode.as_ref()), &train, side, 256, &device, &mut |_| {})?;
+        let f_test = extract(Some(e.encode.as_ref()), &test, side, 256, &device, &mut |_| {})?;
         let probe = linear_probe(&f_train, &f_test, train.classes.len(), &cfg.probe, &device, &mut |_| {})?;
         let linear = probe.last().map_or(0.0, |e| e.top1);
 
@@ -272,7 +273,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             seconds: t0.elapsed().as_secs_f64(),
             pretrain_seconds,
             step_seconds,
-            encoder_gflops: encoder_gflops(&s.pretrain, &mcfg),
+            encoder_gflops: encoder_gflops(&s.pretrain, &e.config),
         };
         reporter.message(&format!(
             "{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)",

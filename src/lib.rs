@@ -14,16 +14,17 @@
 //!    schedules, clipping, the training step
 //! 2. [`models`]: the shared ViT blocks, the masked autoencoder, BEiT, the Swin Transformer and
 //!    SimMIM, the evaluation classifiers, the visual tokenizers, and what pretraining needs of a model
-//! 3. [`weights`]: model weights in and out (official MAE and BEiT names, Hugging Face
-//!    `ViTMAEForPreTraining`), position embeddings and bias tables resized to other sizes;
-//!    [`checkpoint`]: atomic, CRC-checked checkpoints with exact resume; [`viz`]: reconstruction
+//! 3. [`checkpoint`]: atomic, CRC-checked checkpoints with exact resume; [`viz`]: reconstruction
 //!    grids, mask pictures and loss curves
-//! 4. [`eval`]: features, linear probing, k-NN, test accuracy
-//! 5. [`train`]: the one training loop and its jobs (pretraining with each method's recipe,
+//! 4. [`weights`]: model weights in and out for MAE, BEiT, Swin and SimMIM (official, timm and
+//!    Hugging Face names, `.pth` and safetensors, mim's checkpoints), position embeddings and bias
+//!    tables resized to other sizes
+//! 5. [`eval`]: features, linear probing, k-NN, test accuracy
+//! 6. [`train`]: the one training loop and its jobs (pretraining with each method's recipe,
 //!    fine-tuning, the tokenizer), their shared `[run]` / `[optim]` settings
-//! 6. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`check`]: parity with
+//! 7. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`check`]: parity with
 //!    the PyTorch fixtures on any device; [`reconstruct`]: reconstruction pictures of a pretrained model
-//! 7. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
+//! 8. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
 //!
 //! ```no_run
 //! use mim::{models::mae::MaeConfig, masking::Mask};

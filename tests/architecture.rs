@@ -15,20 +15,21 @@ const LAYERS: &[(&str, u32)] = &[
     ("io", 0),
     ("optim", 1),
     ("models", 2),
-    // What is built on the models: their weight formats, checkpoints, pictures.
-    ("weights", 3),
+    // What is built on the models: checkpoints, pictures, then the weight formats (which read
+    // checkpoints too).
     ("checkpoint", 3),
     ("viz", 3),
-    ("eval", 4),
+    ("weights", 4),
+    ("eval", 5),
     // Training jobs (pretraining, tokenizer, fine-tuning) use the evaluation protocols.
-    ("train", 5),
-    ("bench", 6),
+    ("train", 6),
+    ("bench", 7),
     // Parity with the PyTorch fixtures on any device (the GPU check).
-    ("check", 6),
+    ("check", 7),
     // Reconstruction pictures of a pretraining checkpoint (its data, its method's mask ratio).
-    ("reconstruct", 6),
+    ("reconstruct", 7),
     // The ablation studies train, evaluate, and count FLOPs with bench.
-    ("ablate", 7),
+    ("ablate", 8),
 ];
 
 fn layer(module: &str) -> Option<u32> {

@@ -308,8 +308,143 @@ fn linear_probe_and_knn_take_features_from_published_files() {
         ("simmim_swin.pth", 32, 24),
         ("swin_official_finetuned.pth", 32, 24),
     ] {
-        let (encode, _) =
-            Backbone::Checkpoint(published(file)).encoder(3, Pool::Avg, &Device::flex()).unwrap().unwrap();
-        assert_eq!(encode(Tensor::<4>::zeros([2, 3, side, side], &Device::flex())).dims(), [2, dim], "{file}");
+        let e = Backbone::Checkpoint(published(file)).encoder(3, Pool::Avg, &Device::flex()).unwrap().unwrap();
+        assert_eq!((e.encode)(Tensor::<4>::zeros([2, 3, side, side], &Device::flex())).dims(), [2, dim], "{file}");
+    }
+}
+
+#[test]
+fn hugging_face_swin_and_simmim_with_their_config_json() {
+    use mim::models::swin::SwinTransformer;
+    let file = "swin_hf/model.safetensors";
+    let w = open(&published(file)).unwrap();
+    assert_eq!((w.detected.naming, w.detected.holds), (Naming::HuggingFace, Holds::Swin { num_classes: 5 }));
+    // The image size comes from config.json, not from the shapes' guess.
+    assert!(w.config_source.contains("config.json") && w.detected.assumed.is_empty(), "{}", w.config_source);
+    let model = w.swin(&Device::flex()).unwrap();
+    let io = io_of("swin_hf/");
+    let x = tensor::<4>(&io, "pixel_values");
+    assert_close(file, SwinTransformer::pool(model.forward_features(x.clone())), &io, "pooled");
+    assert_close(file, model.forward(x), &io, "logits");
+
+    let file = "simmim_hf/model.safetensors";
+    let w = open(&published(file)).unwrap();
+    assert_eq!((w.detected.naming, w.detected.holds), (Naming::HuggingFace, Holds::SimMim));
+    let model = w.simmim(&Device::flex()).unwrap();
+    let io = io_of("simmim_hf/");
+    let (s, m) = &io["mask"];
+    let mask: Tensor<3> = Tensor::from_data(TensorData::new(m.clone(), s.clone()), &Device::flex());
+    let [b, h, ww] = mask.dims();
+    let out = model.forward(tensor::<4>(&io, "pixel_values"), mask.reshape([b, h * ww]));
+    assert_close(file, out.reconstruction, &io, "reconstruction");
+    assert_close(file, out.loss, &io, "loss");
+}
+
+/// Tensors without the derived buffers, which files may or may not carry.
+fn without_buffers(t: &TensorMap) -> TensorMap {
+    let buffer = |k: &str| k.ends_with("relative_position_index") || k.ends_with("attn_mask");
+    t.iter().filter(|(k, _)| !buffer(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[test]
+fn every_family_converts_to_each_naming_and_back() {
+    use mim::weights::convert;
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        "mae_official_visualize.pth", "mae_official_pretrain.pth", "mae_official_finetuned.pth",
+        "mae_hf/model.safetensors", "beit_official_pretrain.pth", "beit_official_finetuned.pth",
+        "beit_hf/model.safetensors", "simmim_swin.pth", "simmim_hf/model.safetensors", "swin_official_finetuned.pth",
+        "swin_timm.safetensors", "swin_hf/model.safetensors",
+    ];
+    for (i, file) in files.into_iter().enumerate() {
+        let mut w = open(&published(file)).unwrap();
+        if file.starts_with("mae_official") {
+            // The official MAE files do not store the heads: the manifest gives them.
+            w = w.with_config(ModelConfig::Mae(mae_config(file)), "manifest".into()).unwrap();
+        }
+        for to in [Naming::Official, Naming::Timm, Naming::HuggingFace] {
+            let out = dir.path().join(format!("{i}-{to:?}/model.safetensors"));
+            let done = match convert(&w, to, &out) {
+                Ok(done) => done,
+                Err(e) => {
+                    // A fine-tuned ViT has no Hugging Face model that mim reads back.
+                    assert_eq!((file, to), ("mae_official_finetuned.pth", Naming::HuggingFace), "{e:#}");
+                    continue;
+                }
+            };
+            let back = open(&out).unwrap_or_else(|e| panic!("{file} -> {to:?}: {e:#}"));
+            let (mut want, mut holds) = (without_buffers(&w.tensors), w.detected.holds);
+            if holds == Holds::SimMim && to == Naming::Timm {
+                // timm's Swin is SimMIM's encoder alone.
+                assert_eq!(done.left_out.len(), 1);
+                want = want
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("encoder.")?.to_string(), v.clone())))
+                    .collect();
+                want.remove("mask_token");
+                holds = Holds::Swin { num_classes: 0 };
+            }
+            assert_eq!(back.detected.holds, holds, "{file} -> {to:?}");
+            assert_eq!(back.detected.config, w.detected.config, "{file} -> {to:?}");
+            assert_eq!(without_buffers(&back.tensors), want, "{file} -> {to:?}");
+            if to == Naming::HuggingFace {
+                assert_eq!(back.detected.naming, Naming::HuggingFace);
+                assert_eq!(done.written[1], out.with_file_name("config.json"));
+                // Hugging Face names as save_pretrained writes them; for the MAE decoder, as the published
+                // facebook/vit-mae-* files (transformers 4.x) name it, where 5.x writes `decoder_encoder.layer`.
+                if let Some((folder, _)) = file.split_once('/') {
+                    let theirs = read_safetensors(&published(file)).unwrap();
+                    let theirs: std::collections::BTreeSet<String> = theirs
+                        .keys()
+                        .map(|k| k.replace("decoder.decoder_encoder.layer.", "decoder.decoder_layers."))
+                        .collect();
+                    let ours = read_safetensors(&out).unwrap();
+                    assert!(theirs.iter().eq(ours.keys()), "{folder}: the names written differ from save_pretrained's");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mim_layouts_invert_to_the_canonical_names() {
+    // mim's own BEiT and SimMIM checkpoints are written through these inverses (weights::from_checkpoint).
+    use mim::weights::{beit, swin};
+    let w = open(&published("beit_official_pretrain.pth")).unwrap();
+    let ModelConfig::Beit(cfg) = &w.detected.config else { panic!() };
+    let burn = beit::beit_from_official(cfg, &w.tensors).unwrap();
+    assert_eq!(beit::official_from_burn(cfg, &burn).unwrap(), without_buffers(&w.tensors));
+    let w = open(&published("simmim_swin.pth")).unwrap();
+    let ModelConfig::Swin(cfg) = &w.detected.config else { panic!() };
+    let burn = swin::simmim_to_burn(&w.tensors).unwrap();
+    assert_eq!(swin::simmim_from_burn(cfg, &burn), without_buffers(&w.tensors));
+}
+
+#[test]
+fn fine_tuning_at_another_image_size_resizes_the_position_parameters() {
+    use mim::train::finetune::{FinetuneConfig, finetune};
+    // Swin at 16 px from the 32 px file: the last stage (2x2 patches) is now one 2x2 window, so its
+    // tables shrink from 7x7 to 3x3 offsets (bicubic, as Swin-Transformer's load_pretrained).
+    let w = open(&published("swin_official_finetuned.pth")).unwrap().at_image_size(16).unwrap();
+    assert_eq!(w.tensors["layers.0.blocks.0.attn.relative_position_bias_table"].0, [49, 2]);
+    assert_eq!(w.tensors["layers.2.blocks.1.attn.relative_position_bias_table"].0, [9, 4]);
+    let model = w.swin(&Device::flex()).unwrap();
+    assert_eq!(model.forward(Tensor::<4>::zeros([1, 3, 16, 16], &Device::flex())).dims(), [1, 5]);
+
+    // `mim finetune --img-size`: the 24 px MAE encoder fine-tuned at 32 px, the 32 px SimMIM at 16.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    image_folder(&data, 20);
+    for (file, side) in [("mae_official_pretrain.pth", 32), ("simmim_swin.pth", 16)] {
+        let mut cfg = FinetuneConfig { checkpoint: Some(published(file)), img_size: Some(side), ..Default::default() };
+        cfg.run.data = data.clone();
+        cfg.run.out = dir.path().join(file);
+        cfg.run.epochs = 1;
+        cfg.run.batch_size = 4;
+        cfg.optim.warmup_epochs = Some(0.0);
+        let summary = finetune(&cfg, None, &mut mim::train::Silent).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        assert!(summary.epochs[0].top1.is_finite(), "{file}");
+        let header = mim::checkpoint::read_header(&summary.checkpoints.0).unwrap();
+        assert_eq!(header.model.img_size(), side, "{file}");
     }
 }

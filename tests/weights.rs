@@ -113,7 +113,7 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
     convert(&start, Naming::Official, &official).unwrap();
     let hf = dir.path().join("hf/model.safetensors");
     let written = convert(&open(&official).unwrap(), Naming::HuggingFace, &hf).unwrap();
-    assert_eq!(written, [hf.clone(), dir.path().join("hf/config.json")]);
+    assert_eq!(written.written, [hf.clone(), dir.path().join("hf/config.json")]);
     let back = open(&hf).unwrap();
     assert_eq!(back.detected.naming, Naming::HuggingFace);
     let (loaded, got) = back.mae(&Device::flex()).unwrap();

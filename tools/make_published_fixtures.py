@@ -26,6 +26,7 @@ Fixtures (tests/fixtures/published/<name>.*; details in manifest.json):
     simmim_swin.pth                    SimMIM(SwinTransformerForSimMIM), utils.save_checkpoint's dict (yacs config)
     swin_official_finetuned.pth        Swin-Transformer SwinTransformer classifier, {'model': sd}
     swin_timm.safetensors              the same weights in timm >= 0.9 layout (checkpoint_filter_fn), hub form
+    swin_hf/, simmim_hf/               SwinForImageClassification / SwinForMaskedImageModeling.save_pretrained
     hf_config_variants.json            ViTMAE config.json edge cases and what ViTMAEConfig resolves them to
 
 Run (venv setup in tools/README.md; about 30 seconds, mostly the cross-check's imports; needs yacs for the SimMIM config):
@@ -134,7 +135,7 @@ SCALE = dict(weight=0.05, bias=0.05, norm_weight=0.2, norm_bias=0.1, layer_scale
 QK_GAIN = dict(mae_enc=2.0, mae_dec=2.5, vit=5.0, hf_mae_enc=5.0, hf_mae_dec=8.0, beit=5.0, hf_beit=5.0,
                swin=(10.0, 8.0, 6.0))
 SEEDS = dict(mae_visualize=1, mae_pretrain=2, mae_finetuned=3, mae_hf=4, beit_pretrain=5, beit_hf=6,
-             beit_finetuned=7, simmim=8, swin=9)
+             beit_finetuned=7, simmim=8, swin=9, swin_hf=10, simmim_hf=11)
 
 
 # ======================================================================================================
@@ -1283,6 +1284,90 @@ def fixture_swin():
 
 
 # ======================================================================================================
+# 10b. Hugging Face SwinForImageClassification and SwinForMaskedImageModeling, save_pretrained
+# ======================================================================================================
+
+HF_SWIN_CFG = dict(image_size=SWIN_CFG["img_size"], patch_size=SWIN_CFG["patch_size"], num_channels=3,
+                   embed_dim=SWIN_CFG["embed_dim"], depths=SWIN_CFG["depths"], num_heads=SWIN_CFG["num_heads"],
+                   window_size=SWIN_CFG["window_size"], mlp_ratio=4.0, drop_path_rate=0.0, encoder_stride=SIMMIM_STRIDE)
+
+
+def fixture_swin_hf(simmim):
+    """`SwinForImageClassification` (the layout of microsoft/swin-tiny-patch4-window7-224) or, with `simmim`,
+    `SwinForMaskedImageModeling` (transformers' SimMIM), saved by save_pretrained; weights drawn here, not copied
+    from the official fixtures, so that the Rust test checks mim's Hugging Face names independently."""
+    from transformers import SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling
+    name = "simmim_hf" if simmim else "swin_hf"
+    seed = SEEDS[name]
+    cls = SwinForMaskedImageModeling if simmim else SwinForImageClassification
+    config = SwinConfig(**HF_SWIN_CFG, **({} if simmim else dict(num_labels=SWIN_CLASSES)))
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    perturb(model)
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if name_.endswith(("q_proj.weight", "k_proj.weight")):
+                stage = int(name_.split("encoder.layers.")[1].split(".")[0])
+                p.mul_(QK_GAIN["swin"][stage])
+    x = images(seed, 32)
+    mask = simmim_mask(seed)  # [2,16,16] on the 2-px patch grid
+    bool_masked_pos = mask.flatten(1).bool()
+    eager = cls(SwinConfig(**config.to_diff_dict(), attn_implementation="eager")).eval()
+    eager.load_state_dict(model.state_dict(), strict=True)
+    spread = attention_spread(name, lambda: eager(x, bool_masked_pos=bool_masked_pos) if simmim else eager(x))
+
+    def outputs(m):
+        with torch.no_grad():
+            if simmim:
+                out = m(pixel_values=x, bool_masked_pos=bool_masked_pos)
+                seq = m.swin(x, bool_masked_pos=bool_masked_pos).last_hidden_state  # [B, L, C] after the final norm
+                b, l, c = seq.shape
+                z = seq.transpose(1, 2).reshape(b, c, int(l ** 0.5), int(l ** 0.5))
+                return dict(pixel_values=x, mask=mask, loss=out.loss.reshape(1), encoder_features=z,
+                            reconstruction=out.reconstruction)
+            out = m(pixel_values=x)
+            return dict(pixel_values=x, pooled=m.swin(x).pooler_output, logits=out.logits)
+
+    io = outputs(model)
+    d = OUT / name
+    shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(d)
+
+    def check():
+        m, info = cls.from_pretrained(d, output_loading_info=True)
+        assert not any(info.values()), info
+        return outputs(m.eval())
+
+    tensors = ({"pixel_values": "[2,3,32,32] input, randn (normalised)",
+                "mask": "[2,16,16] float, 1 = masked, on the 2-px patch grid (the SimMIM generator of simmim_swin); "
+                        "bool_masked_pos = mask.flatten(1)",
+                "loss": "[1] out.loss: L1 on masked pixels / (masked pixels + 1e-5) / channels",
+                "encoder_features": "[2,24,4,4] swin(x, bool_masked_pos).last_hidden_state as B C H W",
+                "reconstruction": "[2,3,32,32] out.reconstruction (decoder conv + PixelShuffle(8))"}
+               if simmim else
+               {"pixel_values": "[2,3,32,32] input, randn (normalised)",
+                "pooled": "[2,24] swin(x).pooler_output: final layernorm, mean over the 16 final tokens",
+                "logits": "[2,5] classifier(pooled)"})
+    add_fixture(dict(
+        name=name, file=f"{name}/", files=[f"{name}/config.json", f"{name}/model.safetensors"], family="swin",
+        kind="mim" if simmim else "classifier",
+        repository=f"huggingface/transformers ({cls.__name__})", version=transformers.__version__,
+        mimics="a SimMIM-pretrained Swin in transformers' SwinForMaskedImageModeling" if simmim
+        else "microsoft/swin-tiny-patch4-window7-224 hub folder (config.json + model.safetensors)",
+        save_call=f"{cls.__name__}.save_pretrained('{name}')", load_call=f"{cls.__name__}.from_pretrained('{name}')",
+        layout="flat safetensors, transformers 4.x names: swin.embeddings.{patch_embeddings.projection.*, norm.*"
+               + (", mask_token" if simmim else "") + "}, swin.encoder.layers.i.blocks.j.{layernorm_before, "
+               "attention.self.{query, key, value, relative_position_bias_table}, attention.output.dense, layernorm_after, "
+               "intermediate.dense, output.dense}, swin.encoder.layers.i.downsample.{reduction.weight, norm.*} at the END "
+               "of stages 0, 1 (official layout), swin.layernorm.*, "
+               + ("decoder.0.{weight [192,24,1,1], bias}" if simmim else "classifier.*")
+               + "; no relative_position_index (non-persistent)",
+        keys=describe_state_dict(load_file(d / "model.safetensors")),
+        config=dict(HF_SWIN_CFG, config_json="the folder's config.json", layer_norm_eps=1e-5),
+        normalisation=IMAGENET_DEFAULT, io=save_io(name, io), tensors=tensors, attention=spread), check)
+
+
+# ======================================================================================================
 # 11. HF ViTMAE config.json edge cases (no weights)
 # ======================================================================================================
 
@@ -1551,6 +1636,8 @@ def main():
     fixture_beit_finetuned()
     fixture_simmim()
     fixture_swin()
+    fixture_swin_hf(simmim=False)
+    fixture_swin_hf(simmim=True)
     print("hf config variants:")
     variants = hf_config_variants()
     table = verify()
@@ -1586,7 +1673,7 @@ def main():
         same = [r["path"] for r in file_rows if old.get(r["path"]) == r["sha256"]]
         changed = [r["path"] for r in file_rows if r["path"] not in same]
         print(f"byte-identical to the previous manifest: {len(same)}/{len(file_rows)}" + (f"; changed: {changed}" if changed else ""))
-    assert total < 3 * 2**20, "keep the fixture folder under 3 MB"
+    assert total < 3.5 * 2**20, "keep the fixture folder under 3.5 MB"
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::checkpoint;
 use crate::data::Dataset;
 use crate::data::loader::for_each_batch;
 use crate::io::TensorMap;
-use crate::models::beit::BeitForMaskedImageModeling;
 use crate::models::classifier::{Classifier, Pool, VitClassifier};
 use crate::models::mae::MaeConfig;
 use crate::models::pretrain::{MimModel, ModelConfig};
-use crate::models::simmim::SimMim;
 use crate::models::swin::SwinTransformer;
 use crate::weights::Holds;
 
@@ -54,14 +51,15 @@ impl Backbone {
     /// The feature map `[B, C, H, W] -> [B, D]` of this backbone on `device` and the input side
     /// it expects, or `None` for pixels. MAE encoders pool by `pool`; BEiT encoders average their
     /// patch tokens, Swin (SimMIM) encoders their last feature map. `channels` is the dataset's.
-    pub fn encoder(&self, channels: usize, pool: Pool, device: &Device) -> Result<Option<(Encoder, ModelConfig)>> {
+    pub fn encoder(&self, channels: usize, pool: Pool, device: &Device) -> Result<Option<FeatureEncoder>> {
         let vit = |mae| -> Encoder {
             let clf = VitClassifier::from_mae(mae, 1, pool, 0.0, 0);
             Box::new(move |imgs| clf.forward_features(imgs, None, 0))
         };
+        let mut assumed = Vec::new();
         let (encode, cfg): (Encoder, ModelConfig) = match self {
             Backbone::Pixels => return Ok(None),
-            Backbone::Checkpoint(path) if checkpoint::read_header(path).is_err() => {
+            Backbone::Checkpoint(path) => {
                 let w = crate::weights::open(path)?;
                 let encode: Encoder = match w.detected.holds {
                     Holds::Mae { .. } | Holds::VitClassifier { .. } => vit(w.mae_encoder(0, device)?.0),
@@ -78,19 +76,9 @@ impl Backbone {
                         Box::new(move |imgs| SwinTransformer::pool(m.forward_features(imgs)))
                     }
                 };
+                assumed = w.detected.assumed.iter().map(|(what, value)| format!("{what} = {value}")).collect();
                 (encode, w.detected.config)
             }
-            Backbone::Checkpoint(path) => match checkpoint::read_header(path)?.model {
-                ModelConfig::Mae(cfg) => (vit(checkpoint::load(path, device)?.model), ModelConfig::Mae(cfg)),
-                cfg @ ModelConfig::Beit(_) => {
-                    let m = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?.model;
-                    (Box::new(move |imgs| m.features(imgs)), cfg)
-                }
-                cfg @ ModelConfig::Swin(_) => {
-                    let m = checkpoint::load_model(path, device, SimMim::build)?.model;
-                    (Box::new(move |imgs| m.features(imgs)), cfg)
-                }
-            },
             Backbone::RandomInit { model, seed } => {
                 let mut cfg = MaeConfig::preset(model)?;
                 cfg.in_chans = channels;
@@ -102,12 +90,23 @@ impl Backbone {
             "the encoder takes {}-channel images but the dataset has {channels} channels: use data like the pretraining data",
             cfg.in_chans()
         );
-        Ok(Some((encode, cfg)))
+        Ok(Some(FeatureEncoder { encode, config: cfg, assumed }))
     }
 }
 
 /// A frozen encoder as a function from images `[B, C, H, W]` to features `[B, D]`.
 pub type Encoder = Box<dyn Fn(Tensor<4>) -> Tensor<2>>;
+
+/// A backbone's frozen encoder.
+pub struct FeatureEncoder {
+    /// The feature map.
+    pub encode: Encoder,
+    /// Its architecture (`img_size` is the input side it expects).
+    pub config: ModelConfig,
+    /// What its weights file could not say and was assumed (`field = value (why)`), for the user
+    /// to check.
+    pub assumed: Vec<String>,
+}
 
 /// Feature vectors of a dataset, with labels.
 #[derive(Debug, Clone, PartialEq)]

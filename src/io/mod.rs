@@ -289,6 +289,22 @@ pub fn pytorch_to_burn_layout(torch: &TensorMap) -> Result<TensorMap> {
     Ok(out)
 }
 
+/// burn layout -> PyTorch layout, the inverse of [`pytorch_to_burn_layout`]: linear weights
+/// transposed; `convs` names each convolution weight with its PyTorch shape `[out, in, k, k]`, which
+/// the flattened `[k*k*in, out]` matrix does not keep.
+pub fn burn_to_pytorch_layout(burn: &TensorMap, convs: &[(&str, [usize; 4])]) -> TensorMap {
+    let mut out = TensorMap::new();
+    for (k, (s, v)) in burn {
+        let t = match convs.iter().find(|(name, _)| name == k) {
+            Some((_, shape @ [d, c, p, _])) => (shape.to_vec(), convert_patch_weight((*p, *c, *d), v, true)),
+            None if s.len() == 2 && k.ends_with(".weight") => transpose(s, v),
+            None => (s.clone(), v.clone()),
+        };
+        out.insert(k.clone(), t);
+    }
+    out
+}
+
 /// Writes `path` atomically: a temporary file beside it, flushed and synced, then renamed. On any
 /// failure (a full disk) the temporary file is removed and the previous `path` stays as it was.
 pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {

@@ -161,6 +161,15 @@ impl ModelConfig {
             ModelConfig::Swin(c) => c.in_chans,
         }
     }
+
+    /// Checks the architecture is buildable, naming what is not.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Mae(c) => c.validate(),
+            ModelConfig::Beit(c) => c.validate(),
+            ModelConfig::Swin(c) => c.validate(),
+        }
+    }
 }
 
 /// What `mim pretrain` needs of a model.

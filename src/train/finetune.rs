@@ -21,15 +21,14 @@ use crate::data::loader::{Batch, rng_for};
 use crate::data::resize::Resample;
 use crate::data::{Dataset, Split};
 use crate::eval::{evaluate, smoothed_targets, soft_cross_entropy};
-use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling};
-use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
-use crate::models::mae::MaeConfig;
+use crate::models::beit::BeitForMaskedImageModeling;
+use crate::models::classifier::{BeitClassifier, Classifier, Pool, VitClassifier, swin_from_scratch};
 use crate::models::pretrain::{MimModel, ModelConfig};
-use crate::models::simmim::SimMim;
 use crate::models::swin::{SwinConfig, SwinTransformer};
 use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
 use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair, settings};
 use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit, settings_for_header};
+use crate::weights::Weights;
 
 /// Random stream ids (kept apart from augmentation and shuffling).
 const MIX_STREAM: u64 = 0x4D49_5855;
@@ -72,6 +71,10 @@ settings! {
             /// Resampling of the crops: bilinear or bicubic (the official scripts' `interpolation=3`), antialiased as
             /// torchvision; unset keeps mim's plain bilinear.
             resample: Option<Resample>,
+            /// Input side in pixels (the official scripts' `--input_size`): pretrained position embeddings and
+            /// relative position tables are resized to it as the official fine-tuning codes do; unset keeps the
+            /// pretrained model's (or the preset's).
+            img_size: Option<usize>,
         }
     }
 }
@@ -97,6 +100,7 @@ impl Default for FinetuneConfig {
             cutmix: 0.0,
             crop_scale: (0.08, 1.0),
             resample: None,
+            img_size: None,
         }
     }
 }
@@ -275,45 +279,44 @@ pub fn read_results(path: &Path) -> Result<Vec<EpochResult>> {
     crate::io::read_jsonl(path, "results")
 }
 
-/// What `--checkpoint` names: a mim pretraining checkpoint, or a weights file of another code.
-enum Pretrained {
-    Checkpoint,
-    Weights(Box<crate::weights::Weights>),
-}
-
-impl Pretrained {
-    fn open(path: &Path) -> Result<Self> {
-        if checkpoint::read_header(path).is_ok() {
-            return Ok(Pretrained::Checkpoint);
-        }
-        let w = crate::weights::open(path).with_context(|| {
-            format!("'{}' is neither a mim checkpoint nor a weights file mim reads", path.display())
-        })?;
-        Ok(Pretrained::Weights(Box::new(w)))
-    }
-}
-
 /// How a classifier family starts a run and comes back from a checkpoint.
 trait Recipe: Classifier {
-    /// The classifier to fine-tune (from `cfg.checkpoint`, or fresh), with its encoder architecture.
-    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)>;
+    /// The classifier to fine-tune for `shape` = (classes, channels, side): from the `pretrained`
+    /// weights, or a fresh `--model` at `side` pixels (the preset's when unset); with its encoder
+    /// architecture.
+    fn start(
+        cfg: &FinetuneConfig,
+        pretrained: Option<&Weights>,
+        shape: (usize, usize, Option<usize>),
+        device: &Device,
+    ) -> Result<(ModelConfig, Self)>;
     /// An empty classifier to load a fine-tuning checkpoint into.
     fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self>;
 }
 
+/// `--model`'s preset for a run from scratch, on the dataset's channels, at `--img-size` if given.
+fn preset(cfg: &FinetuneConfig, channels: usize, side: Option<usize>) -> Result<ModelConfig> {
+    let mut m = ModelConfig::preset(&cfg.model)?;
+    match &mut m {
+        ModelConfig::Mae(c) => (c.in_chans, c.img_size) = (channels, side.unwrap_or(c.img_size)),
+        ModelConfig::Beit(c) => (c.in_chans, c.img_size) = (channels, side.unwrap_or(c.img_size)),
+        ModelConfig::Swin(c) => (c.in_chans, c.img_size) = (channels, side.unwrap_or(c.img_size)),
+    }
+    m.validate()?;
+    Ok(m)
+}
+
 impl Recipe for VitClassifier {
-    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
-        let (mae, mcfg) = match &cfg.checkpoint {
-            Some(path) => match Pretrained::open(path)? {
-                Pretrained::Checkpoint => {
-                    let ck = checkpoint::load(path, device)?;
-                    (ck.model, ck.header.model.mae()?.clone())
-                }
-                Pretrained::Weights(w) => w.mae_encoder(cfg.run.seed, device)?,
-            },
+    fn start(
+        cfg: &FinetuneConfig,
+        pretrained: Option<&Weights>,
+        (classes, channels, side): (usize, usize, Option<usize>),
+        device: &Device,
+    ) -> Result<(ModelConfig, Self)> {
+        let (mae, mcfg) = match pretrained {
+            Some(w) => w.mae_encoder(cfg.run.seed, device)?,
             None => {
-                let mut m = MaeConfig::preset(&cfg.model)?;
-                m.in_chans = channels;
+                let m = preset(cfg, channels, side)?.mae()?.clone();
                 (m.init(cfg.run.seed, device)?, m)
             }
         };
@@ -328,30 +331,20 @@ impl Recipe for VitClassifier {
 }
 
 impl Recipe for BeitClassifier {
-    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
-        let (encoder, bcfg) = match &cfg.checkpoint {
-            Some(path) => match Pretrained::open(path)? {
-                Pretrained::Checkpoint => {
-                    let ck = checkpoint::load_model(path, device, BeitForMaskedImageModeling::build)?;
-                    let ModelConfig::Beit(b) = ck.header.model.clone() else {
-                        unreachable!("BEiT's build accepts only BEiT configs")
-                    };
-                    (ck.model, b)
-                }
-                Pretrained::Weights(w) => {
-                    let ModelConfig::Beit(b) = w.detected.config.clone() else {
-                        bail!("not a BEiT: {}", w.detected.holds)
-                    };
-                    (w.beit_encoder(cfg.run.seed, device)?, b)
-                }
-            },
+    fn start(
+        cfg: &FinetuneConfig,
+        pretrained: Option<&Weights>,
+        (classes, channels, side): (usize, usize, Option<usize>),
+        device: &Device,
+    ) -> Result<(ModelConfig, Self)> {
+        let (encoder, config) = match pretrained {
+            Some(w) => (w.beit_encoder(cfg.run.seed, device)?, w.detected.config.clone()),
             None => {
-                let mut b = BeitConfig::preset(&cfg.model)?;
-                b.in_chans = channels;
-                (b.init(cfg.run.seed, device)?, b)
+                let config = preset(cfg, channels, side)?;
+                (BeitForMaskedImageModeling::build(&config, cfg.run.seed, device)?, config)
             }
         };
-        Ok((ModelConfig::Beit(bcfg), BeitClassifier::new(encoder, classes, cfg.drop_path, cfg.run.seed)))
+        Ok((config, BeitClassifier::new(encoder, classes, cfg.drop_path, cfg.run.seed)))
     }
 
     fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
@@ -363,44 +356,24 @@ impl Recipe for BeitClassifier {
 }
 
 impl Recipe for SwinTransformer {
-    fn start(cfg: &FinetuneConfig, classes: usize, channels: usize, device: &Device) -> Result<(ModelConfig, Self)> {
-        match &cfg.checkpoint {
-            Some(path) => {
-                let (simmim, scfg) = match Pretrained::open(path)? {
-                    Pretrained::Checkpoint => {
-                        let ck = checkpoint::load_model(path, device, SimMim::build)?;
-                        let ModelConfig::Swin(scfg) = ck.header.model.clone() else {
-                            unreachable!("SimMim::build accepts only Swin configs")
-                        };
-                        (ck.model, scfg)
-                    }
-                    Pretrained::Weights(w) => {
-                        let ModelConfig::Swin(scfg) = w.detected.config.clone() else {
-                            bail!("not a Swin: {}", w.detected.holds)
-                        };
-                        let scfg = SwinConfig { num_classes: classes, drop_path_rate: cfg.drop_path, ..scfg };
-                        if matches!(w.detected.holds, crate::weights::Holds::Swin { .. }) {
-                            // A Swin backbone or classifier: its weights, a fresh head.
-                            let model = swin_from_scratch(&scfg, classes, cfg.drop_path, cfg.run.seed, device)?;
-                            let mut map = crate::io::parameters(&model);
-                            let theirs = crate::weights::swin::timm_to_burn(&w.tensors)?;
-                            map.extend(theirs.into_iter().filter(|(k, _)| !k.starts_with("head.")));
-                            let model = crate::io::load_tensor_map(model, &map, &path.display().to_string())?;
-                            return Ok((ModelConfig::Swin(scfg), model));
-                        }
-                        (w.simmim(device)?, scfg)
-                    }
-                };
-                let model = swin_from_simmim(simmim, &scfg, classes, cfg.drop_path, cfg.run.seed)?;
-                Ok((ModelConfig::Swin(scfg), model))
-            }
+    fn start(
+        cfg: &FinetuneConfig,
+        pretrained: Option<&Weights>,
+        (classes, channels, side): (usize, usize, Option<usize>),
+        device: &Device,
+    ) -> Result<(ModelConfig, Self)> {
+        let (config, model) = match pretrained {
+            Some(w) => (w.detected.config.clone(), w.swin_encoder(classes, cfg.drop_path, cfg.run.seed, device)?),
             None => {
-                let mut scfg = SwinConfig::preset(&cfg.model)?;
-                scfg.in_chans = channels;
-                let model = swin_from_scratch(&scfg, classes, cfg.drop_path, cfg.run.seed, device)?;
-                Ok((ModelConfig::Swin(scfg), model))
+                let config = preset(cfg, channels, side)?;
+                let ModelConfig::Swin(s) = &config else { bail!("'{}' is not a Swin preset", cfg.model) };
+                let model = swin_from_scratch(s, classes, cfg.drop_path, cfg.run.seed, device)?;
+                (config, model)
             }
-        }
+        };
+        // The checkpoint records the classifier's architecture: its head and drop path.
+        let ModelConfig::Swin(s) = config else { bail!("not a Swin: {}", config.kind()) };
+        Ok((ModelConfig::Swin(SwinConfig { num_classes: classes, drop_path_rate: cfg.drop_path, ..s }), model))
     }
 
     fn empty(model: &ModelConfig, spec: &ClassifierSpec, cfg: &FinetuneConfig, device: &Device) -> Result<Self> {
@@ -417,11 +390,13 @@ impl Recipe for SwinTransformer {
 pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<FinetuneSummary> {
     fn run<C: Recipe>(
         cfg: &FinetuneConfig,
+        pretrained: Option<Weights>,
         resume: Option<&Path>,
         reporter: &mut dyn Reporter,
     ) -> Result<FinetuneSummary> {
         let mut task = Finetuning::<C> {
             cfg,
+            pretrained,
             test: None,
             classes: 0,
             channels: 0,
@@ -440,24 +415,33 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
             checkpoints: (last_checkpoint(out), best_checkpoint(out)),
         })
     }
-    let family = match (resume, cfg.checkpoint.as_deref()) {
-        (Some(path), _) => checkpoint::read_header(path)?.model,
-        (None, Some(path)) => match Pretrained::open(path)? {
-            Pretrained::Checkpoint => checkpoint::read_header(path)?.model,
-            Pretrained::Weights(w) => {
-                // What the file could not say is the user's to check: say it before training.
-                for (what, value) in &w.detected.assumed {
-                    reporter.message(&format!("'{}': {what} = {value}", path.display()));
-                }
-                w.detected.config
+    // A resumed run rebuilds its classifier from its own checkpoint.
+    let pretrained = match (resume, &cfg.checkpoint) {
+        (None, Some(path)) => {
+            let w = crate::weights::open(path).with_context(|| {
+                format!("'{}' is neither a mim checkpoint nor a weights file mim reads", path.display())
+            })?;
+            let w = match cfg.img_size {
+                Some(side) => w.at_image_size(side)?,
+                None => w,
+            };
+            // What the file could not say is the user's to check: say it before training.
+            for (what, value) in &w.detected.assumed {
+                reporter.message(&format!("'{}': {what} = {value}", path.display()));
             }
-        },
+            Some(w)
+        }
+        _ => None,
+    };
+    let family = match (resume, &pretrained) {
+        (Some(path), _) => checkpoint::read_header(path)?.model,
+        (None, Some(w)) => w.detected.config.clone(),
         (None, None) => ModelConfig::preset(&cfg.model)?,
     };
     match family {
-        ModelConfig::Mae(_) => run::<VitClassifier>(cfg, resume, reporter),
-        ModelConfig::Beit(_) => run::<BeitClassifier>(cfg, resume, reporter),
-        ModelConfig::Swin(_) => run::<SwinTransformer>(cfg, resume, reporter),
+        ModelConfig::Mae(_) => run::<VitClassifier>(cfg, pretrained, resume, reporter),
+        ModelConfig::Beit(_) => run::<BeitClassifier>(cfg, pretrained, resume, reporter),
+        ModelConfig::Swin(_) => run::<SwinTransformer>(cfg, pretrained, resume, reporter),
     }
 }
 
@@ -465,6 +449,8 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
 /// the best checkpoint kept.
 struct Finetuning<'a, C> {
     cfg: &'a FinetuneConfig,
+    /// The weights a new run starts from (`--checkpoint`, at `--img-size`).
+    pretrained: Option<Weights>,
     /// The test split and the device it is evaluated on.
     test: Option<(Dataset, Device)>,
     classes: usize,
@@ -526,7 +512,8 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
                 (ck.header.model, ck.model, Start { model: (), optimizer: ck.optimizer, iteration, epoch })
             }
             None => {
-                let (mcfg, model) = C::start(self.cfg, self.classes, self.channels, device)?;
+                let shape = (self.classes, self.channels, self.cfg.img_size);
+                let (mcfg, model) = C::start(self.cfg, self.pretrained.as_ref(), shape, device)?;
                 (mcfg, checkpoint::number_params(model), Start::fresh(()))
             }
         };

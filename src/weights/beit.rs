@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 
+use super::hf::HfConfig;
 use super::names::{Names, owned, per_block};
-use crate::io::{TensorMap, convert_patch_weight, load_tensor_map, read_safetensors, transpose};
+use crate::io::{
+    TensorMap, burn_to_pytorch_layout, convert_patch_weight, load_tensor_map, read_safetensors, transpose,
+};
 use crate::models::beit::{BeitConfig, BeitForMaskedImageModeling, relative_position_index};
 
 /// Official BEiT state-dict keys in PyTorch layout (microsoft/unilm `beit/modeling_pretrain.py`
@@ -111,6 +114,28 @@ fn hf_names() -> Names {
     Names::new("a Hugging Face BEiT", [top, per_block(&blocks, &modules)].concat())
 }
 
+/// mim's BEiT (burn layout) -> official unilm keys in PyTorch layout: the inverse of
+/// [`beit_from_official`] (each block's fused qkv bias split into `q_bias` and `v_bias`; its key part,
+/// which no output depends on, is left out as BEiT has none).
+pub fn official_from_burn(cfg: &BeitConfig, burn: &TensorMap) -> Result<TensorMap> {
+    let patch = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
+    let mut out = TensorMap::new();
+    for (k, (s, v)) in burn_to_pytorch_layout(burn, &[("patch_embed.proj.weight", patch)]) {
+        if let Some(prefix) = k.strip_suffix(".attn.qkv.bias") {
+            let d = v.len() / 3;
+            out.insert(format!("{prefix}.attn.q_bias"), (vec![d], v[..d].to_vec()));
+            out.insert(format!("{prefix}.attn.v_bias"), (vec![d], v[2 * d..].to_vec()));
+            continue;
+        }
+        let name = match k.strip_prefix("block_rel_pos_bias.").and_then(|r| r.split_once('.')) {
+            Some((i, table)) => format!("blocks.{i}.attn.{table}"),
+            None => k,
+        };
+        out.insert(name, (s, v));
+    }
+    Ok(out)
+}
+
 /// Hugging Face BEiT keys (PyTorch layout) -> official unilm keys (see [`hf_names`]).
 pub fn hf_beit_to_official(hf: &TensorMap) -> Result<TensorMap> {
     hf_names().to_canonical(hf)
@@ -124,47 +149,59 @@ pub fn official_to_hf(official: &TensorMap) -> Result<TensorMap> {
 /// A BEiT configuration from a Hugging Face `config.json` (`BeitConfig`): keys left out take
 /// transformers' defaults; every architecture key is honoured or refused with the reason.
 pub fn beit_config_from_hf(json: &serde_json::Value) -> Result<BeitConfig> {
-    let obj = json.as_object().context("config.json is not a JSON object")?;
-    let uint = |k: &str, default: usize| -> Result<usize> {
-        match obj.get(k) {
-            None => Ok(default),
-            Some(serde_json::Value::Array(v)) if v.len() == 2 && v[0] == v[1] => {
-                v[0].as_u64().map(|n| n as usize).with_context(|| format!("config.json: {k} is not an integer"))
-            }
-            Some(v) => v.as_u64().map(|n| n as usize).with_context(|| {
-                format!("config.json: {k} {v} is not a non-negative integer (mim's BEiT takes square sizes)")
-            }),
-        }
-    };
-    let flag = |k: &str, default: bool| obj.get(k).and_then(|v| v.as_bool()).unwrap_or(default);
-    let act = obj.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
-    ensure!(act == "gelu", "config.json sets hidden_act \"{act}\": mim's BEiT blocks use the exact (erf) GELU only");
-    for key in ["hidden_dropout_prob", "attention_probs_dropout_prob"] {
-        let p = obj.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
-        ensure!(
-            p == 0.0,
-            "config.json sets {key} {p}: mim's BEiT has no dropout (BEiT's recipes use none); set it to 0.0"
-        );
-    }
-    let hidden = uint("hidden_size", 768)?;
+    let c = HfConfig::new(json, "BEiT")?;
+    c.check_blocks()?;
+    let hidden = c.usize("hidden_size", 768)?;
     let cfg = BeitConfig {
-        img_size: uint("image_size", 224)?,
-        patch_size: uint("patch_size", 16)?,
-        in_chans: uint("num_channels", 3)?,
-        vocab_size: uint("vocab_size", 8192)?,
+        img_size: c.usize("image_size", 224)?,
+        patch_size: c.usize("patch_size", 16)?,
+        in_chans: c.usize("num_channels", 3)?,
+        vocab_size: c.usize("vocab_size", 8192)?,
         embed_dim: hidden,
-        depth: uint("num_hidden_layers", 12)?,
-        num_heads: uint("num_attention_heads", 12)?,
-        mlp_ratio: uint("intermediate_size", 3072)? as f64 / hidden as f64,
-        layer_scale_init_value: obj.get("layer_scale_init_value").and_then(|v| v.as_f64()).unwrap_or(0.1),
-        use_abs_pos_emb: flag("use_absolute_position_embeddings", false),
-        use_rel_pos_bias: flag("use_relative_position_bias", false),
-        use_shared_rel_pos_bias: flag("use_shared_relative_position_bias", false),
-        init_std: obj.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02),
-        layer_norm_eps: obj.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12),
+        depth: c.usize("num_hidden_layers", 12)?,
+        num_heads: c.usize("num_attention_heads", 12)?,
+        mlp_ratio: c.usize("intermediate_size", 3072)? as f64 / hidden as f64,
+        layer_scale_init_value: c.float("layer_scale_init_value", 0.1)?,
+        use_abs_pos_emb: c.flag("use_absolute_position_embeddings", false)?,
+        use_rel_pos_bias: c.flag("use_relative_position_bias", false)?,
+        use_shared_rel_pos_bias: c.flag("use_shared_relative_position_bias", false)?,
+        init_std: c.float("initializer_range", 0.02)?,
+        layer_norm_eps: c.float("layer_norm_eps", 1e-12)?,
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The Hugging Face `config.json` of `cfg`: `BeitForMaskedImageModeling`, or with `num_classes`
+/// `BeitForImageClassification` (mean pooling, as unilm's fine-tuning).
+pub fn hf_config(cfg: &BeitConfig, num_classes: Option<usize>) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "architectures": [if num_classes.is_some() { "BeitForImageClassification" } else { "BeitForMaskedImageModeling" }],
+        "model_type": "beit",
+        "image_size": cfg.img_size,
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": (cfg.embed_dim as f64 * cfg.mlp_ratio).round() as usize,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_scale_init_value": cfg.layer_scale_init_value,
+        "use_absolute_position_embeddings": cfg.use_abs_pos_emb,
+        "use_relative_position_bias": cfg.use_rel_pos_bias,
+        "use_shared_relative_position_bias": cfg.use_shared_rel_pos_bias,
+        "use_mask_token": num_classes.is_none(),
+        "use_mean_pooling": true,
+        "initializer_range": cfg.init_std,
+        "layer_norm_eps": cfg.layer_norm_eps,
+    });
+    if let Some(n) = num_classes {
+        json["num_labels"] = n.into();
+    }
+    json
 }
 
 /// Loads a BEiT masked-image-modeling model from a safetensors file in official naming (see

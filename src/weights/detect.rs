@@ -26,7 +26,7 @@ pub enum Naming {
     /// The official repositories' names (facebookresearch/mae, microsoft/unilm, microsoft/SimMIM, the
     /// official Swin), which timm's ViT and BEiT share.
     Official,
-    /// Hugging Face transformers (`vit.embeddings...`, `beit.encoder.layer.N...`).
+    /// Hugging Face transformers (`vit.embeddings...`, `beit.encoder.layer.N...`, `swin.encoder.layers.N...`).
     HuggingFace,
     /// timm >= 0.9's Swin layout (patch merging at the start of a stage, `head.fc`).
     Timm,
@@ -110,23 +110,30 @@ pub struct Detected {
 
 /// Reads the naming, model and configuration of a state dict (any nesting and `module.` prefix
 /// already removed), and returns its tensors in the family's canonical names: official MAE / BEiT
-/// names, timm or official Swin names, official SimMIM names; PyTorch layout.
+/// names, timm 1.0's Swin layout (under SimMIM's `encoder.` for SimMIM); PyTorch layout.
 pub fn detect(t: TensorMap) -> Result<(Detected, TensorMap)> {
     let any = |p: &str| t.keys().any(|k| k.starts_with(p));
-    // Hugging Face `ViTMAEModel` (the encoder alone) saves without the `vit.` prefix.
+    // Hugging Face `ViTMAEModel` and `SwinModel` (the encoder alone) save without their prefix.
     if any("embeddings.patch_embeddings.") {
-        let prefixed = t.into_iter().map(|(k, v)| (format!("vit.{k}"), v)).collect();
+        let prefix = if any("encoder.layers.") { "swin" } else { "vit" };
+        let prefixed = t.into_iter().map(|(k, v)| (format!("{prefix}.{k}"), v)).collect();
         return detect(prefixed);
     }
     let official = if any("vit.embeddings.") {
         super::mae::hf_to_official(&t)?
     } else if any("beit.") {
         super::beit::hf_beit_to_official(&t)?
+    } else if any("swin.") {
+        super::swin::hf_to_canonical(&t)?
     } else {
-        return Ok((detect_official(&t)?, t));
+        let d = detect_official(&t)?;
+        // One Swin layout whichever the file's: timm 1.0's.
+        let t = if let ModelConfig::Swin(_) = d.config { super::swin::official_to_timm_layout(&t)? } else { t };
+        return Ok((d, t));
     };
     let mut d = detect_official(&official)?;
-    // transformers' configs default to eps 1e-12, which no tensor shows.
+    // transformers' ViTMAE and BEiT configs default to eps 1e-12, which no tensor shows (Swin's is
+    // PyTorch's 1e-5, as mim's).
     let eps = match &mut d.config {
         ModelConfig::Mae(cfg) => Some((&mut cfg.layer_norm_eps, "ViTMAEConfig")),
         ModelConfig::Beit(cfg) => Some((&mut cfg.layer_norm_eps, "BeitConfig")),
@@ -164,7 +171,8 @@ fn detect_official(t: &TensorMap) -> Result<Detected> {
     let sample: Vec<&str> = t.keys().take(6).map(String::as_str).collect();
     bail!(
         "cannot tell which model these {} tensors are (first names: {}): mim reads MAE / ViT (official, timm or \
-         Hugging Face names), BEiT (official names) and Swin / SimMIM (timm or official names)",
+         Hugging Face names), BEiT (official or Hugging Face names) and Swin / SimMIM (timm, official or Hugging Face \
+         names)",
         t.len(),
         sample.join(", ")
     )

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 
+use super::hf::HfConfig;
 use super::names::{Names, owned, per_block};
 use crate::io::{
-    TensorMap, check_pos_embed_shape, convert_patch_weight, load_tensor_map, parameters, read_safetensors,
-    safetensors_bytes_with_metadata, transpose,
+    TensorMap, burn_to_pytorch_layout, check_pos_embed_shape, convert_patch_weight, load_tensor_map, parameters,
+    read_safetensors, safetensors_bytes_with_metadata, transpose,
 };
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
 use crate::models::pretrain::ModelConfig;
@@ -17,21 +18,8 @@ use crate::models::pretrain::ModelConfig;
 /// burn layout -> PyTorch layout (official MAE keys). The position embeddings are parameters
 /// (never trained) and pass through as they are.
 pub fn to_pytorch_layout(cfg: &MaeConfig, burn: &TensorMap) -> TensorMap {
-    let mut out = TensorMap::new();
-    for (k, (s, v)) in burn {
-        let t = if k == "patch_embed.proj.weight" {
-            (
-                vec![cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size],
-                convert_patch_weight((cfg.patch_size, cfg.in_chans, cfg.embed_dim), v, true),
-            )
-        } else if s.len() == 2 && k.ends_with(".weight") {
-            transpose(s, v)
-        } else {
-            (s.clone(), v.clone())
-        };
-        out.insert(k.clone(), t);
-    }
-    out
+    let patch = [cfg.embed_dim, cfg.in_chans, cfg.patch_size, cfg.patch_size];
+    burn_to_pytorch_layout(burn, &[("patch_embed.proj.weight", patch)])
 }
 
 /// PyTorch layout (official MAE keys) -> burn layout; the position embeddings are kept as they are.
@@ -150,87 +138,34 @@ pub fn hf_config(cfg: &MaeConfig) -> Result<serde_json::Value> {
 /// `qkv_bias: false`, non-zero dropout and non-square `image_size` / `patch_size` are refused.
 /// `mask_ratio` is a masking choice, not architecture: mim takes it from `--mask-ratio`.
 pub fn mae_config_from_hf(json: &serde_json::Value) -> Result<MaeConfig> {
-    let obj = json.as_object().context("config.json is not a JSON object")?;
-    let hf_default = |k: &str| -> serde_json::Value {
-        match k {
-            "hidden_size" => 768.into(),
-            "num_hidden_layers" | "num_attention_heads" => 12.into(),
-            "intermediate_size" => 3072.into(),
-            "image_size" => 224.into(),
-            "patch_size" => 16.into(),
-            "num_channels" => 3.into(),
-            "decoder_num_attention_heads" => 16.into(),
-            "decoder_hidden_size" => 512.into(),
-            "decoder_num_hidden_layers" => 8.into(),
-            "decoder_intermediate_size" => 2048.into(),
-            _ => serde_json::Value::Null,
-        }
-    };
-    let value = |k: &str| obj.get(k).cloned().unwrap_or_else(|| hf_default(k));
-    let get = |k: &str| -> Result<usize> {
-        let v = value(k);
-        // transformers accepts a pair for the image and patch sizes; mim's models are square.
-        if let Some([a, b]) = v.as_array().map(Vec::as_slice) {
-            ensure!(
-                a == b,
-                "config.json sets {k} {v}: mim's MAE takes square images and patches; resize the position \
-                 embeddings to a square grid first"
-            );
-            return get_usize(k, a);
-        }
-        get_usize(k, &v)
-    };
-    let act = obj.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu");
-    ensure!(
-        act == "gelu",
-        "config.json sets hidden_act \"{act}\": mim's ViT blocks use the exact (erf) GELU, Hugging Face's \"gelu\"; \
-         these weights were trained with another activation and would give wrong outputs"
-    );
-    ensure!(
-        obj.get("qkv_bias").and_then(|v| v.as_bool()).unwrap_or(true),
-        "config.json sets qkv_bias false: mim's MAE attention always has a qkv bias (as the official MAE); \
-         a model without one is not supported"
-    );
-    for key in ["hidden_dropout_prob", "attention_probs_dropout_prob"] {
-        let p = obj.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
-        ensure!(
-            p == 0.0,
-            "config.json sets {key} {p}: mim's MAE has no dropout (the MAE recipes use none); set it to 0.0"
-        );
-    }
-    let hidden = get("hidden_size")?;
-    let inter = get("intermediate_size")?;
-    let dec = get("decoder_hidden_size")?;
-    let dec_inter = get("decoder_intermediate_size")?;
+    let c = HfConfig::new(json, "MAE")?;
+    c.check_blocks()?;
+    let hidden = c.usize("hidden_size", 768)?;
+    let inter = c.usize("intermediate_size", 3072)?;
+    let dec = c.usize("decoder_hidden_size", 512)?;
+    let dec_inter = c.usize("decoder_intermediate_size", 2048)?;
     ensure!(
         inter * dec == dec_inter * hidden,
         "mim uses one MLP ratio for encoder and decoder; this config has {inter}/{hidden} and {dec_inter}/{dec}"
     );
     let cfg = MaeConfig {
-        img_size: get("image_size")?,
-        patch_size: get("patch_size")?,
-        in_chans: get("num_channels")?,
+        img_size: c.usize("image_size", 224)?,
+        patch_size: c.usize("patch_size", 16)?,
+        in_chans: c.usize("num_channels", 3)?,
         embed_dim: hidden,
-        depth: get("num_hidden_layers")?,
-        num_heads: get("num_attention_heads")?,
+        depth: c.usize("num_hidden_layers", 12)?,
+        num_heads: c.usize("num_attention_heads", 12)?,
         decoder_embed_dim: dec,
-        decoder_depth: get("decoder_num_hidden_layers")?,
-        decoder_num_heads: get("decoder_num_attention_heads")?,
+        decoder_depth: c.usize("decoder_num_hidden_layers", 8)?,
+        decoder_num_heads: c.usize("decoder_num_attention_heads", 16)?,
         mlp_ratio: inter as f64 / hidden as f64,
-        norm_pix_loss: obj.get("norm_pix_loss").and_then(|v| v.as_bool()).unwrap_or(false),
+        norm_pix_loss: c.flag("norm_pix_loss", false)?,
         encoder_mask_token: false,
         target: crate::models::mae::MaeTarget::Pixels,
-        layer_norm_eps: match obj.get("layer_norm_eps") {
-            Some(v) => v.as_f64().with_context(|| format!("config.json: layer_norm_eps {v} is not a number"))?,
-            None => 1e-12,
-        },
+        layer_norm_eps: c.float("layer_norm_eps", 1e-12)?,
     };
     cfg.validate()?;
     Ok(cfg)
-}
-
-fn get_usize(key: &str, v: &serde_json::Value) -> Result<usize> {
-    v.as_u64().map(|n| n as usize).with_context(|| format!("config.json: {key} {v} is not a non-negative integer"))
 }
 
 /// Loads weights into `model` from a safetensors file in official MAE or Hugging Face naming.

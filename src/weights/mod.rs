@@ -2,15 +2,19 @@
 //!
 //! mim's parameter paths are the official state-dict keys (`blocks.0.attn.qkv.weight`), in burn's
 //! layout (linear weights `[in, out]`, the patch embedding as a `[p*p*C, D]` matrix). Each family's
-//! file formats live in its own module: [`mae`] (official MAE / timm ViT names, Hugging Face
-//! `ViTMAEForPreTraining`), [`beit`] (official microsoft/unilm names) and [`swin`] (timm and official
-//! Swin names, the official SimMIM wrapper). The generic file formats they build on are [`crate::io`].
+//! names live in its own module: [`mae`] (official MAE / timm ViT names, Hugging Face
+//! `ViTMAEForPreTraining`), [`beit`] (official microsoft/unilm names, Hugging Face BEiT) and [`swin`]
+//! (timm and official Swin names, the official SimMIM wrapper, Hugging Face Swin and SimMIM); each
+//! Hugging Face naming is one table of name patterns read and written both ways. The generic file
+//! formats they build on are [`crate::io`].
 //!
-//! [`open`] is the one entry for a file of any of these: it finds the naming, the model and the
-//! configuration ([`detect`]), and [`Weights`] builds mim's model from it.
+//! [`open`] is the one entry for a file of any of these, and for mim's own pretraining checkpoints:
+//! it finds the naming, the model and the configuration ([`detect`]), and [`Weights`] builds mim's
+//! model from it; [`convert`] writes it in another code's names.
 
 pub mod beit;
 pub mod detect;
+mod hf;
 pub mod mae;
 mod names;
 pub mod resize;
@@ -23,11 +27,11 @@ use burn::tensor::Device;
 
 use crate::io::{TensorFormat, TensorMap, load_tensor_map, parameters, pytorch_to_burn_layout, read_tensor_file};
 use crate::models::beit::BeitForMaskedImageModeling;
-use crate::models::classifier::{BeitClassifier, Pool, VitClassifier};
+use crate::models::classifier::{BeitClassifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
-use crate::models::pretrain::ModelConfig;
+use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
-use crate::models::swin::SwinTransformer;
+use crate::models::swin::{SwinConfig, SwinTransformer};
 pub use beit::{beit_from_official, load_beit_weights};
 pub use detect::{Detected, Holds, Naming};
 pub use mae::{
@@ -93,9 +97,13 @@ pub struct Weights {
     pub normalization: Option<Normalization>,
 }
 
-/// Reads a weights file and finds what it holds. A Hugging Face file takes its architecture from
-/// the `config.json` beside it when there is one.
+/// Reads a weights file and finds what it holds: safetensors or a PyTorch file in any naming
+/// [`detect`] knows, or a mim pretraining checkpoint ([`from_checkpoint`]). A Hugging Face file
+/// takes its architecture from the `config.json` beside it when there is one.
 pub fn open(path: &Path) -> Result<Weights> {
+    if crate::checkpoint::read_header(path).is_ok() {
+        return from_checkpoint(path);
+    }
     let read = read_tensor_file(path)?;
     let file = FileInfo { format: Some(read.format), nested: read.nested, ignored: read.ignored };
     let (detected, tensors) = detect::detect(read.tensors).with_context(|| format!("reading '{}'", path.display()))?;
@@ -124,13 +132,56 @@ pub fn open(path: &Path) -> Result<Weights> {
             .with_context(|| format!("cannot read '{}'", config_json.display()))?;
         let json = serde_json::from_str(&text).with_context(|| format!("'{}' is not JSON", config_json.display()))?;
         let within = || format!("in '{}'", config_json.display());
-        let config = match w.detected.config {
-            ModelConfig::Beit(_) => ModelConfig::Beit(beit::beit_config_from_hf(&json).with_context(within)?),
-            _ => ModelConfig::Mae(mae_config_from_hf(&json).with_context(within)?),
+        let config = match (&w.detected.config, w.detected.holds) {
+            (ModelConfig::Beit(_), _) => ModelConfig::Beit(beit::beit_config_from_hf(&json).with_context(within)?),
+            (ModelConfig::Swin(_), holds) => {
+                let classes = if let Holds::Swin { num_classes } = holds { num_classes } else { 0 };
+                ModelConfig::Swin(swin::swin_config_from_hf(&json, classes).with_context(within)?)
+            }
+            (ModelConfig::Mae(_), _) => ModelConfig::Mae(mae_config_from_hf(&json).with_context(within)?),
         };
         w.set_config(config, format!("'{}'", config_json.display()))?;
     }
     Ok(w)
+}
+
+/// The model of a mim pretraining checkpoint (MAE, BEiT or SimMIM) as [`Weights`] in canonical
+/// names, with the normalisation of the dataset it was trained on when that dataset still opens.
+pub fn from_checkpoint(path: &Path) -> Result<Weights> {
+    let device = Device::flex();
+    let header = crate::checkpoint::read_header(path)?;
+    let data = header.train.get("run").and_then(|r| r.get("data")).and_then(|d| d.as_str());
+    let normalization = data
+        .and_then(|d| crate::data::Dataset::open(Path::new(d), crate::data::Split::Train).ok())
+        .map(|d| Normalization { mean: d.mean, std: d.std });
+    let (tensors, holds) = match &header.model {
+        ModelConfig::Mae(cfg) => {
+            let model = crate::checkpoint::load(path, &device)?.model;
+            return Ok(from_mae(&model, cfg, normalization, path));
+        }
+        ModelConfig::Beit(cfg) => {
+            let model = crate::checkpoint::load_model(path, &device, BeitForMaskedImageModeling::build)?.model;
+            (beit::official_from_burn(cfg, &parameters(&model))?, Holds::Beit)
+        }
+        ModelConfig::Swin(cfg) => {
+            let model = crate::checkpoint::load_model(path, &device, SimMim::build)?.model;
+            (swin::simmim_from_burn(cfg, &parameters(&model)), Holds::SimMim)
+        }
+    };
+    Ok(Weights {
+        path: path.to_path_buf(),
+        detected: Detected {
+            naming: Naming::Official,
+            holds,
+            config: header.model,
+            assumed: Vec::new(),
+            unknown: Vec::new(),
+        },
+        config_source: "the mim checkpoint".into(),
+        file: FileInfo { format: None, nested: None, ignored: Vec::new() },
+        tensors,
+        normalization,
+    })
 }
 
 /// An MAE held in memory (a mim checkpoint's) as [`Weights`] in official names, with the input
@@ -157,58 +208,104 @@ pub fn from_mae(
     }
 }
 
-/// Writes `w` to `out` as safetensors in `to`'s names, with the configuration in the metadata; for
-/// Hugging Face names also `config.json` beside `out` (refused if a different one is there). Returns
-/// the files written.
-pub fn convert(w: &Weights, to: Naming, out: &Path) -> Result<Vec<PathBuf>> {
+/// What [`convert`] wrote.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The weights file, then `config.json` for Hugging Face names.
+    pub written: Vec<PathBuf>,
+    /// What the target naming has no place for and was left out, each with the reason.
+    pub left_out: Vec<String>,
+}
+
+/// Writes `w` to `out` as safetensors in `to`'s names, with the configuration (and the input
+/// normalisation when known) in the metadata; for Hugging Face names also `config.json` beside
+/// `out` (refused if a different one is there), so that `from_pretrained` on the folder works.
+///
+/// - MAE / ViT and BEiT: official and timm names are the same; Hugging Face's are
+///   `ViTMAEForPreTraining` (or `ViTMAEModel` for an encoder alone), `BeitForMaskedImageModeling`,
+///   `BeitForImageClassification`. A fine-tuned ViT has no Hugging Face name here.
+/// - Swin: timm 1.0's layout, the official Microsoft one (patch merging at the end of a stage), or
+///   Hugging Face's `SwinModel` / `SwinForImageClassification`.
+/// - SimMIM: the official names, Hugging Face's `SwinForMaskedImageModeling`, or (`timm`, which has no
+///   SimMIM) its Swin encoder alone, without the mask token and decoder.
+///
+/// Derived buffers (relative position indices, attention masks) are not written: every code named
+/// rebuilds them (the official loaders drop them from checkpoints).
+pub fn convert(w: &Weights, to: Naming, out: &Path) -> Result<Converted> {
     w.ensure_known()?;
-    let ModelConfig::Mae(cfg) = &w.detected.config else {
-        bail!(
-            "mim convert writes MAE files so far; '{}' holds a {} (mim loads it directly: see mim inspect)",
-            w.path.display(),
-            w.detected.holds
-        );
-    };
     if let Some(ext) = out.extension().and_then(|e| e.to_str()).filter(|e| matches!(*e, "pth" | "pt" | "bin")) {
         bail!(
             "mim writes safetensors, not .{ext}: name the output .safetensors (PyTorch reads it with \
              safetensors.torch.load_file; the official code's torch.load(path)['model'] takes that dict)"
         );
     }
-    let mut written = Vec::new();
-    let tensors = match to {
-        Naming::Official | Naming::Timm => w.tensors.clone(),
-        Naming::HuggingFace => {
-            ensure!(
-                w.detected.holds == (Holds::Mae { decoder: true }),
-                "a Hugging Face ViTMAEForPreTraining needs the decoder, and '{}' holds a {}",
-                w.path.display(),
-                w.detected.holds
-            );
-            let json = serde_json::to_string_pretty(&mae::hf_config(cfg)?)? + "\n";
-            let path = out.with_file_name("config.json");
-            if let Ok(existing) = std::fs::read_to_string(&path) {
-                ensure!(
-                    existing == json,
-                    "'{}' exists with another configuration: write the Hugging Face files into their own folder",
-                    path.display()
-                );
+    let mut left_out = Vec::new();
+    let mut config = w.detected.config.clone();
+    let buffer = |k: &str| k.ends_with("relative_position_index") || k.ends_with("attn_mask");
+    let mut canonical = w.tensors.clone();
+    canonical.retain(|k, _| !buffer(k));
+    let refuse = |what: &str| -> Result<TensorMap> {
+        bail!("'{}' holds a {}, which has no {what} equivalent", w.path.display(), w.detected.holds)
+    };
+    let (tensors, hf_json) = match (to, &w.detected.config, w.detected.holds) {
+        (Naming::Official | Naming::Timm, ModelConfig::Mae(_) | ModelConfig::Beit(_), _) => (canonical, None),
+        (Naming::HuggingFace, ModelConfig::Mae(cfg), Holds::Mae { decoder }) => {
+            let mut json = mae::hf_config(cfg)?;
+            let mut hf = mae::official_to_hf(&canonical)?;
+            if !decoder {
+                // `ViTMAEModel`, the encoder alone, saves its names without `vit.`.
+                hf = hf.into_iter().map(|(k, t)| (k.strip_prefix("vit.").unwrap_or(&k).to_string(), t)).collect();
+                json["architectures"] = serde_json::json!(["ViTMAEModel"]);
             }
-            crate::io::write_atomic(&path, &[json.as_bytes()])?;
-            written.push(path);
-            mae::official_to_hf(&w.tensors)?
+            (hf, Some(json))
+        }
+        (Naming::HuggingFace, ModelConfig::Mae(_), _) => {
+            (refuse("Hugging Face name that mim reads back (ViTForImageClassification)")?, None)
+        }
+        (Naming::HuggingFace, ModelConfig::Beit(cfg), holds) => {
+            let classes = if let Holds::BeitClassifier { num_classes } = holds { Some(num_classes) } else { None };
+            (beit::official_to_hf(&canonical)?, Some(beit::hf_config(cfg, classes)))
+        }
+        (Naming::Timm, ModelConfig::Swin(cfg), holds) => {
+            if holds == Holds::SimMim {
+                left_out.push("the mask token and the decoder (timm's Swin is the encoder alone)".to_string());
+                config = ModelConfig::Swin(SwinConfig { num_classes: 0, ..cfg.clone() });
+                canonical = canonical
+                    .into_iter()
+                    .filter_map(|(k, t)| Some((k.strip_prefix("encoder.")?.to_string(), t)))
+                    .filter(|(k, _)| k != "mask_token")
+                    .collect();
+            }
+            (canonical, None)
+        }
+        (Naming::Official, ModelConfig::Swin(_), _) => (swin::timm_to_official_layout(&canonical)?, None),
+        (Naming::HuggingFace, ModelConfig::Swin(cfg), holds) => {
+            (swin::canonical_to_hf(&canonical)?, Some(swin::hf_config(cfg, holds == Holds::SimMim)))
         }
     };
+    let mut written = vec![out.to_path_buf()];
+    if let Some(json) = hf_json {
+        let json = serde_json::to_string_pretty(&json)? + "\n";
+        let path = out.with_file_name("config.json");
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            ensure!(
+                existing == json,
+                "'{}' exists with another configuration: write the Hugging Face files into their own folder",
+                path.display()
+            );
+        }
+        crate::io::write_atomic(&path, &[json.as_bytes()])?;
+        written.push(path);
+    }
     let mut metadata = std::collections::BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
-        (CONFIG_KEY.to_string(), serde_json::to_string(&w.detected.config)?),
+        (CONFIG_KEY.to_string(), serde_json::to_string(&config)?),
     ]);
     if let Some(n) = &w.normalization {
         metadata.insert(NORMALIZATION_KEY.to_string(), serde_json::to_string(n)?);
     }
     crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata)?])?;
-    written.insert(0, out.to_path_buf());
-    Ok(written)
+    Ok(Converted { written, left_out })
 }
 
 impl Weights {
@@ -227,6 +324,24 @@ impl Weights {
         Ok(self)
     }
 
+    /// The same weights for `side`-pixel images (the official fine-tuning codes' `--input_size`):
+    /// the position parameters are resized to the new patch grid (see
+    /// [`Self::fit_position_parameters`]); what the file could not say stays listed as assumed.
+    pub fn at_image_size(mut self, side: usize) -> Result<Self> {
+        if side == self.detected.config.img_size() {
+            return Ok(self);
+        }
+        match &mut self.detected.config {
+            ModelConfig::Mae(c) => c.img_size = side,
+            ModelConfig::Beit(c) => c.img_size = side,
+            ModelConfig::Swin(c) => c.img_size = side,
+        }
+        self.detected.config.validate().with_context(|| format!("'{}' at {side} px", self.path.display()))?;
+        self.detected.assumed.retain(|(what, _)| what != "img_size");
+        self.fit_position_parameters()?;
+        Ok(self)
+    }
+
     /// Takes `config` (from `source`) as the architecture: nothing left assumed, the position
     /// parameters fitted to its patch grid.
     fn set_config(&mut self, config: ModelConfig, source: String) -> Result<()> {
@@ -240,7 +355,9 @@ impl Weights {
     /// Resizes the position parameters to the configuration's patch grid when the file's are for
     /// another image size, as the official fine-tuning codes do: MAE's (and BEiT's absolute)
     /// position embeddings by `interpolate_pos_embed` (bicubic), BEiT's relative position tables by
-    /// unilm's geometric spline, their index buffers dropped (mim rebuilds them).
+    /// unilm's geometric spline, Swin's window tables (when a stage's window changes: a stage smaller
+    /// than a window attends over the whole stage) bicubically as microsoft/Swin-Transformer's
+    /// `load_pretrained`; the index and mask buffers dropped (mim rebuilds them).
     fn fit_position_parameters(&mut self) -> Result<()> {
         let g = self.detected.config.grid();
         let t = &mut self.tensors;
@@ -269,6 +386,26 @@ impl Weights {
             if resized_any {
                 t.retain(|k, _| !k.ends_with("relative_position_index"));
             }
+        }
+        if let ModelConfig::Swin(cfg) = &self.detected.config {
+            for i in 0..cfg.num_stages() {
+                let w = cfg.stage_window(i);
+                let want = (2 * w - 1) * (2 * w - 1);
+                let stage = format!("layers.{i}.");
+                let tables: Vec<String> = t
+                    .keys()
+                    .filter(|k| k.trim_start_matches("encoder.").starts_with(&stage))
+                    .filter(|k| k.ends_with("relative_position_bias_table") && t[*k].0[0] != want)
+                    .cloned()
+                    .collect();
+                for key in tables {
+                    let resized =
+                        resize::resize_rel_pos_bias_table(&t[&key], 0, (w, w), resize::RelPosResize::Bicubic)?;
+                    t.insert(key, resized);
+                }
+            }
+            // Windows and shifts changed with the resolution: mim rebuilds the index and mask buffers.
+            t.retain(|k, _| !(k.ends_with("relative_position_index") || k.ends_with("attn_mask")));
         }
         Ok(())
     }
@@ -378,6 +515,27 @@ impl Weights {
             bail!("'{}' holds a {}, not a Swin Transformer", self.path.display(), self.detected.holds);
         };
         load_tensor_map(cfg.init(0, device)?, &swin::timm_to_burn(&self.tensors)?, &self.source())
+    }
+
+    /// The Swin encoder of a Swin backbone, Swin classifier or SimMIM file under a fresh head of
+    /// `num_classes` outputs, with stochastic depth `drop_path`: what fine-tuning starts from.
+    pub fn swin_encoder(
+        &self,
+        num_classes: usize,
+        drop_path: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<SwinTransformer> {
+        let ModelConfig::Swin(cfg) = &self.detected.config else {
+            bail!("'{}' holds a {}, not a Swin", self.path.display(), self.detected.holds);
+        };
+        if self.detected.holds == Holds::SimMim {
+            return swin_from_simmim(self.simmim(device)?, cfg, num_classes, drop_path, seed);
+        }
+        let fresh = swin_from_scratch(cfg, num_classes, drop_path, seed, device)?;
+        let mut map = parameters(&fresh);
+        map.extend(swin::timm_to_burn(&self.tensors)?.into_iter().filter(|(k, _)| !k.starts_with("head.")));
+        load_tensor_map(fresh, &map, &self.source())
     }
 
     /// The BEiT for masked image modeling of a file (official names, or Hugging Face's converted).

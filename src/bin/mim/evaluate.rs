@@ -75,14 +75,20 @@ impl BackboneArgs {
             }
             classes = ds.classes.len();
             let encoder = backbone.encoder(ds.channels, self.pool, &device)?;
+            if out.is_empty() {
+                // What the weights file could not say is the user's to check.
+                for a in encoder.iter().flat_map(|e| &e.assumed) {
+                    eprintln!("assumed {a}");
+                }
+            }
             let side = match &encoder {
-                Some((_, cfg)) => cfg.img_size(),
+                Some(e) => e.config.img_size(),
                 None => ds.image(0)?.width,
             };
             let t0 = Instant::now();
             let n = ds.len();
             let f = extract(
-                encoder.as_ref().map(|(e, _)| e.as_ref()),
+                encoder.as_ref().map(|e| e.encode.as_ref()),
                 &ds,
                 side,
                 self.feature_batch,

@@ -83,11 +83,13 @@ enum Command {
     /// What a weights file holds: format, naming, model, the configuration it implies (and what had to
     /// be assumed), parameter count.
     Inspect {
-        /// A weights file: safetensors or a PyTorch .pth/.pt/.bin (mim, official, Hugging Face or timm names).
+        /// A weights file: safetensors or a PyTorch .pth/.pt/.bin (mim, official, Hugging Face or timm names), or a
+        /// mim checkpoint.
         file: PathBuf,
     },
-    /// Convert MAE weights between mim checkpoints and the official, timm and Hugging Face names
-    /// (safetensors with the configuration in its metadata; for Hugging Face a config.json beside).
+    /// Convert weights (MAE, BEiT, Swin, SimMIM; a mim checkpoint or any file `mim inspect` reads)
+    /// to the official, timm or Hugging Face names (safetensors with the configuration in its
+    /// metadata; for Hugging Face a config.json beside).
     Convert {
         /// A mim checkpoint (.mim) or a weights file (see `mim inspect`).
         input: PathBuf,
@@ -97,7 +99,7 @@ enum Command {
         #[arg(long, value_enum)]
         to: ConvertTo,
     },
-    /// Export a checkpoint's weights to safetensors (official MAE names, PyTorch layout).
+    /// Export a pretraining checkpoint's weights to safetensors (official names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
         #[arg(long)]
@@ -355,42 +357,27 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     let curve = cfg.run.out.join("loss.png");
     mim::viz::loss_curve(&curve, &losses, 20)?;
     // Weights in official MAE naming for other tools (the checkpoint serves mim itself).
-    let mut weights = String::new();
-    if cfg.method == mim::train::methods::Method::Mae {
-        let path = cfg.run.out.join("weights.safetensors");
-        let w = checkpoint_weights(&summary.checkpoint, &burn::tensor::Device::flex())?;
-        mim::weights::convert(&w, mim::weights::Naming::Official, &path)?;
-        weights = format!(", weights {}", path.display());
-    }
+    let weights = cfg.run.out.join("weights.safetensors");
+    mim::weights::convert(
+        &mim::weights::from_checkpoint(&summary.checkpoint)?,
+        mim::weights::Naming::Official,
+        &weights,
+    )?;
     let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>()
         / summary.steps.len().clamp(1, 20) as f64;
     eprintln!(
-        "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}{weights}",
+        "done in {:.1} s ({rate:.0} images/s): checkpoint {}, metrics {}, loss curve {}, weights {} (official names)",
         t0.elapsed().as_secs_f64(),
         summary.checkpoint.display(),
         metrics_path(&cfg.run.out).display(),
         curve.display(),
+        weights.display(),
     );
     Ok(())
 }
 
-/// The MAE of a mim pretraining checkpoint as weights in official names, with the normalisation of
-/// the dataset it was trained on (when that dataset still opens).
-fn checkpoint_weights(path: &Path, device: &burn::tensor::Device) -> Result<mim::weights::Weights> {
-    let c = checkpoint::load(path, device)?;
-    let normalization = mim::train::config::from_json::<PretrainConfig>(c.header.train.clone())
-        .ok()
-        .and_then(|t| mim::data::Dataset::open(&t.run.data, mim::data::Split::Train).ok())
-        .map(|d| mim::weights::Normalization { mean: d.mean, std: d.std });
-    Ok(mim::weights::from_mae(&c.model, c.header.model.mae()?, normalization, path))
-}
-
 fn inspect(file: &Path) -> Result<()> {
-    let w = if checkpoint::read_header(file).is_ok() {
-        checkpoint_weights(file, &burn::tensor::Device::flex())?
-    } else {
-        mim::weights::open(file)?
-    };
+    let w = mim::weights::open(file)?;
     let d = &w.detected;
     println!("file        {}", file.display());
     println!("format      {}", w.file.format.map_or("mim checkpoint".to_string(), |f| format!("{f:?}")));
@@ -593,24 +580,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { file } => inspect(&file),
         Command::Convert { input, output, to } => {
-            let w = if input.extension().is_some_and(|e| e == "mim") {
-                checkpoint_weights(&input, &burn::tensor::Device::flex())?
-            } else {
-                mim::weights::open(&input)?
-            };
+            let w = mim::weights::open(&input)?;
             let naming = match to {
                 ConvertTo::Official => mim::weights::Naming::Official,
                 ConvertTo::Hf => mim::weights::Naming::HuggingFace,
                 ConvertTo::Timm => mim::weights::Naming::Timm,
             };
-            for path in mim::weights::convert(&w, naming, &output)? {
+            let done = mim::weights::convert(&w, naming, &output)?;
+            for what in &done.left_out {
+                eprintln!("left out {what}");
+            }
+            for path in &done.written {
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
         }
         Command::Export { checkpoint: ck, out, device } => {
-            let w = checkpoint_weights(&ck, &mim::runtime::device(&device)?)?;
-            mim::weights::convert(&w, mim::weights::Naming::Official, &out)?;
+            mim::runtime::device(&device)?;
+            mim::weights::convert(&mim::weights::from_checkpoint(&ck)?, mim::weights::Naming::Official, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
