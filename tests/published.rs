@@ -174,6 +174,16 @@ fn beit_official_fine_tuned_pth() {
     assert_close(file, model.logits(tensor::<4>(&io, "pixel_values")), &io, "logits");
 }
 
+/// SimMIM's reconstruction and loss for the recorded mask `[B, H, W]`.
+fn check_simmim(file: &str, model: &mim::models::simmim::SimMim, io: &TensorMap) {
+    let (s, m) = &io["mask"];
+    let mask: Tensor<3> = Tensor::from_data(TensorData::new(m.clone(), s.clone()), &Device::flex());
+    let [b, h, ww] = mask.dims();
+    let out = model.forward(tensor::<4>(io, "pixel_values"), mask.reshape([b, h * ww]));
+    assert_close(file, out.reconstruction, io, "reconstruction");
+    assert_close(file, out.loss, io, "loss");
+}
+
 #[test]
 fn simmim_and_official_swin_pth() {
     let file = "simmim_swin.pth";
@@ -182,12 +192,7 @@ fn simmim_and_official_swin_pth() {
     assert!(w.file.ignored.contains(&"config".to_string()), "{:?}", w.file.ignored);
     let model = w.simmim(&Device::flex()).unwrap();
     let io = io_of(file);
-    let (s, m) = &io["mask"];
-    let mask: Tensor<3> = Tensor::from_data(TensorData::new(m.clone(), s.clone()), &Device::flex());
-    let [b, h, ww] = mask.dims();
-    let out = model.forward(tensor::<4>(&io, "pixel_values"), mask.reshape([b, h * ww]));
-    assert_close(file, out.reconstruction, &io, "reconstruction");
-    assert_close(file, out.loss, &io, "loss");
+    check_simmim(file, &model, &io);
 
     let file = "swin_official_finetuned.pth";
     let w = open(&published(file)).unwrap();
@@ -332,12 +337,7 @@ fn hugging_face_swin_and_simmim_with_their_config_json() {
     assert_eq!((w.detected.naming, w.detected.holds), (Naming::HuggingFace, Holds::SimMim));
     let model = w.simmim(&Device::flex()).unwrap();
     let io = io_of("simmim_hf/");
-    let (s, m) = &io["mask"];
-    let mask: Tensor<3> = Tensor::from_data(TensorData::new(m.clone(), s.clone()), &Device::flex());
-    let [b, h, ww] = mask.dims();
-    let out = model.forward(tensor::<4>(&io, "pixel_values"), mask.reshape([b, h * ww]));
-    assert_close(file, out.reconstruction, &io, "reconstruction");
-    assert_close(file, out.loss, &io, "loss");
+    check_simmim(file, &model, &io);
 }
 
 /// Tensors without the derived buffers, which files may or may not carry.
