@@ -121,9 +121,17 @@ impl Reconstructor {
         normalization: crate::weights::Normalization,
         device: &Device,
     ) -> Result<Self> {
+        use crate::weights::Holds;
         let (model, config) = match weights.detected.holds {
-            crate::weights::Holds::SimMim => (Model::SimMim(weights.simmim(device)?), weights.detected.config.clone()),
-            _ => {
+            Holds::SimMim => (Model::SimMim(weights.simmim(device)?), weights.detected.config.clone()),
+            holds @ (Holds::Beit | Holds::BeitClassifier { .. } | Holds::Swin { .. } | Holds::VitClassifier { .. }) => {
+                bail!(
+                    "'{}' holds a {holds}, which does not predict pixels: mim reconstruct draws what an MAE (with its \
+                 decoder) or SimMIM predicts (BEiT predicts visual tokens)",
+                    weights.path.display()
+                )
+            }
+            Holds::Mae { .. } => {
                 let (mae, cfg) = weights.mae(device)?;
                 (Model::Mae(mae), ModelConfig::Mae(cfg))
             }
@@ -164,10 +172,35 @@ impl Reconstructor {
                         ds.len()
                     );
                 }
-                let batch = load_batch(&ds, &Transform::Resize { size: side }, indices, 0, 0)?;
+                let c = cfg.in_chans();
+                let (mean, std) = (ds.mean.clone(), ds.std.clone());
+                let grey_to_colour = ds.channels == 1 && c == 3;
+                if grey_to_colour {
+                    // Greyscale images for an RGB model: the grey value in every channel (as PIL's
+                    // convert('RGB')), then each channel normalised with its own statistics.
+                    (ds.mean, ds.std) = (vec![0.0], vec![1.0]);
+                } else if ds.channels != c {
+                    bail!(
+                        "'{}' has {}-channel images but the model takes {c} channels: pass images of the model's kind",
+                        path.display(),
+                        ds.channels
+                    );
+                }
+                let mut batch = load_batch(&ds, &Transform::Resize { size: side }, indices, 0, 0)?;
+                if grey_to_colour {
+                    let plane = side * side;
+                    let mut rgb = Vec::with_capacity(batch.images.len() * 3);
+                    for grey in batch.images.chunks(plane) {
+                        for ch in 0..3 {
+                            rgb.extend(grey.iter().map(|&v| (v - mean[ch]) / std[ch]));
+                        }
+                    }
+                    batch.images = rgb;
+                    batch.channels = 3;
+                }
                 let names =
                     batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
-                Ok((batch, names, ds.mean, ds.std))
+                Ok((batch, names, mean, std))
             }
             Images::Files { files, data } => {
                 let c = cfg.in_chans();

@@ -448,3 +448,24 @@ fn fine_tuning_at_another_image_size_resizes_the_position_parameters() {
         assert_eq!(header.model.img_size(), side, "{file}");
     }
 }
+
+#[test]
+fn greyscale_dataset_images_reach_an_rgb_model_in_three_channels() {
+    use mim::reconstruct::{Images, MaskChoice, Reconstructor};
+    let w = open(&published("simmim_hf/model.safetensors")).unwrap();
+    let (norm, _) = w.input_normalization().unwrap();
+    let r = Reconstructor::from_weights(&w, norm.clone(), &Device::flex()).unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-subset");
+    let images = Images::Dataset { data: Some(data), split: mim::data::Split::Test, indices: vec![0, 1] };
+    let (batch, _, mean, std) = r.load_images(&images).unwrap();
+    assert_eq!((batch.channels, batch.images.len(), &mean, &std), (3, 2 * 3 * 32 * 32, &norm.mean, &norm.std));
+    // One grey value per pixel, normalised per channel: channel 1 follows from channel 0.
+    let plane = 32 * 32;
+    for p in (0..plane).step_by(97) {
+        let grey = batch.images[p] * std[0] + mean[0];
+        assert!((batch.images[plane + p] * std[1] + mean[1] - grey).abs() < 1e-5);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let done = r.write_pictures(&images, &MaskChoice::Random { ratio: None, seed: 0 }, dir.path(), 1).unwrap();
+    assert!(done.picture.exists());
+}

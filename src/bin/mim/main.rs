@@ -454,6 +454,12 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
             eprintln!("note: '{}' is a colour image; this 1-channel model sees it in greyscale (luma)", file.display());
         }
     }
+    if model.config().in_chans() == 3
+        && let Images::Dataset { data: Some(d), split, .. } = &images
+        && mim::data::Dataset::open(d, *split).is_ok_and(|ds| ds.channels == 1)
+    {
+        eprintln!("note: '{}' is greyscale; this RGB model sees each image in all three channels", d.display());
+    }
     let done = model.write_pictures(&images, &mask, &a.out, a.scale)?;
     eprintln!(
         "{} images ({}), {} of {} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
