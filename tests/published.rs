@@ -469,3 +469,15 @@ fn greyscale_dataset_images_reach_an_rgb_model_in_three_channels() {
     let done = r.write_pictures(&images, &MaskChoice::Random { ratio: None, seed: 0 }, dir.path(), 1).unwrap();
     assert!(done.picture.exists());
 }
+
+#[test]
+fn fine_tuning_an_rgb_model_on_greyscale_data_is_refused_with_the_reason() {
+    use mim::train::finetune::{FinetuneConfig, finetune};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = FinetuneConfig { checkpoint: Some(published("beit_hf/model.safetensors")), ..Default::default() };
+    cfg.run.data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-subset");
+    cfg.run.out = dir.path().join("ft");
+    cfg.run.batch_size = 16;
+    let e = format!("{:#}", finetune(&cfg, None, &mut mim::train::Silent).err().expect("refused"));
+    assert!(e.contains("takes 3-channel images") && e.contains("1-channel"), "{e}");
+}

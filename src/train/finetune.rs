@@ -517,6 +517,14 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
                 (mcfg, checkpoint::number_params(model), Start::fresh(()))
             }
         };
+        ensure!(
+            model_cfg.in_chans() == self.channels,
+            "the encoder takes {}-channel images but '{}' has {}-channel images: fine-tune on data like the \
+             pretraining data",
+            model_cfg.in_chans(),
+            self.cfg.run.data.display(),
+            self.channels
+        );
         self.depth = model.depth();
         self.frozen = match self.cfg.trainable_blocks {
             Some(k) => {
