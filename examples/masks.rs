@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
     );
     rows.push(topped);
     let cells: Vec<&BoolMask> = rows.iter().collect();
-    mim::viz::save_png(&mim::viz::mask_grid_image(&cells, 8), std::path::Path::new(&out))?;
+    let mut names: Vec<String> = strategies.iter().map(|(name, _)| name.to_string()).collect();
+    names.push("BEiT blocks, 49 visible".into());
+    let title = "masks on the 14x14 patch grid of ViT-B/16 at 224 px (dark = masked), 8 samples each";
+    mim::viz::save_png(&mim::viz::mask_grid_image(&cells, 8, title, &names)?, std::path::Path::new(&out))?;
     println!("rows top to bottom as listed; wrote {out}");
     Ok(())
 }

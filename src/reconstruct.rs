@@ -88,6 +88,8 @@ pub struct Reconstructor {
     model: Model,
     config: ModelConfig,
     trained_on: Option<PathBuf>,
+    /// Where the model comes from, for the pictures' title (a checkpoint and its epoch, or a file).
+    source: String,
     /// The input normalisation that travels with weights files (checkpoints use their dataset's).
     normalization: Option<(Vec<f32>, Vec<f32>)>,
     device: Device,
@@ -96,18 +98,21 @@ pub struct Reconstructor {
 impl Reconstructor {
     /// Loads an MAE or SimMIM checkpoint written by `mim pretrain` onto `device`.
     pub fn from_checkpoint(path: &Path, device: &Device) -> Result<Self> {
-        let (model, config, train) = if matches!(checkpoint::read_header(path)?.model, ModelConfig::Swin(_)) {
+        let header = checkpoint::read_header(path)?;
+        let (model, config, train) = if matches!(header.model, ModelConfig::Swin(_)) {
             let ck = checkpoint::load_model(path, device, <SimMim as MimModel>::build)?;
             (Model::SimMim(ck.model), ck.header.model, ck.header.train)
         } else {
             let ck = checkpoint::load(path, device)?;
             (Model::Mae(ck.model), ck.header.model, ck.header.train)
         };
+        let source = format!("{}, epoch {}", file_name(path), header.epoch);
         let train: PretrainConfig = crate::train::config::from_json(train)?;
         Ok(Reconstructor {
             model,
             config,
             trained_on: Some(train.run.data),
+            source,
             normalization: None,
             device: device.clone(),
         })
@@ -140,6 +145,7 @@ impl Reconstructor {
             model,
             config,
             trained_on: None,
+            source: file_name(&weights.path),
             normalization: Some((normalization.mean, normalization.std)),
             device: device.clone(),
         })
@@ -268,28 +274,57 @@ impl Reconstructor {
     }
 
     /// Reconstructs `images` under `mask` and writes `reconstruction_NN.png` per image and
-    /// `reconstructions.png` with all of them into `out`, panels scaled up `scale` times.
+    /// `reconstructions.png` with all of them into `out`, panels scaled up `scale` times; with
+    /// `titles`, the model, mask, column titles and each image's name around the panels (without,
+    /// the bare panels, e.g. to assemble a figure).
     pub fn write_pictures(
         &self,
         images: &Images,
-        mask: &MaskChoice,
+        mask_choice: &MaskChoice,
         out: &Path,
         scale: usize,
+        titles: bool,
     ) -> Result<Reconstructions> {
         let (batch, labels, mean, std) = self.load_images(images)?;
-        let mask = self.mask(mask, batch.len())?;
+        let mask = self.mask(mask_choice, batch.len())?;
         let rows = self.reconstruct(&batch, &mask, &mean, &std)?;
         let (c, s) = (self.config.in_chans(), self.config.img_size());
+        let patches = self.config.num_patches();
+        let how = match (mask_choice, &self.model) {
+            (MaskChoice::Random { seed, .. }, Model::Mae(_)) => format!("random, seed {seed}"),
+            (MaskChoice::Random { seed, .. }, Model::SimMim(_)) => format!("SimMIM squares, seed {seed}"),
+            (MaskChoice::Visible(_), _) => "patches chosen".into(),
+            (MaskChoice::Image(p), _) => format!("mask image {}", file_name(p)),
+        };
+        let method = if matches!(self.model, Model::Mae(_)) { "MAE" } else { "SimMIM" };
+        let removed = patches - mask.len_keep;
+        // Without titles, an empty title and no names: the bare panels.
+        let title = if titles {
+            format!("{method} ({}): {removed} of {patches} patches removed ({how})", self.source)
+        } else {
+            String::new()
+        };
+        // Row labels: class names, or file names without their folders.
+        let names: Vec<String> = labels.iter().map(|l| file_name(Path::new(l))).collect();
         for (k, row) in rows.iter().enumerate() {
-            save_png(
-                &grid_image(std::slice::from_ref(row), c, s, s, scale),
-                &out.join(format!("reconstruction_{k:02}.png")),
-            )?;
+            let one = grid_image(std::slice::from_ref(row), (c, s, s), scale, &title, names.get(k..=k).unwrap_or(&[]))?;
+            save_png(&one, &out.join(format!("reconstruction_{k:02}.png")))?;
         }
         let picture = out.join("reconstructions.png");
-        save_png(&grid_image(&rows, c, s, s, scale), &picture)?;
-        let patches = self.config.num_patches();
-        Ok(Reconstructions { picture, labels, patches, removed: patches - mask.len_keep })
+        save_png(&grid_image(&rows, (c, s, s), scale, &title, &names)?, &picture)?;
+        Ok(Reconstructions { picture, labels, patches, removed })
+    }
+}
+
+/// The last component of `path`, with its folder's name when the file name alone says little
+/// (a run's `checkpoint.mim`, a Hugging Face folder's `model.safetensors`).
+fn file_name(path: &Path) -> String {
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    match path.parent().and_then(Path::file_name) {
+        Some(dir) if ["checkpoint.", "model.", "pytorch_model."].iter().any(|p| name.starts_with(p)) => {
+            format!("{}/{name}", dir.to_string_lossy())
+        }
+        _ => name,
     }
 }
 

@@ -75,9 +75,20 @@ pub fn reconstruction_rows(
         .collect()
 }
 
+/// The column titles of [`grid_image`].
+pub const RECONSTRUCTION_COLUMNS: [&str; 4] = ["original", "masked", "reconstruction", "reconstruction\n+ visible"];
+
 /// Draws rows of `original | masked | reconstruction | reconstruction + visible`, each panel
-/// scaled up `scale` times, with a 2-pixel white gutter.
-pub fn grid_image(rows: &[ReconstructionRow], c: usize, h: usize, w: usize, scale: usize) -> RgbImage {
+/// scaled up `scale` times, with a 2-pixel white gutter; `title` above, the column titles under it
+/// and each row's label (`row_labels`, e.g. the class) beside it. An empty `title` draws the bare
+/// panels.
+pub fn grid_image(
+    rows: &[ReconstructionRow],
+    (c, h, w): (usize, usize, usize),
+    scale: usize,
+    title: &str,
+    row_labels: &[String],
+) -> Result<RgbImage> {
     let mut img = panel_canvas(4, rows.len(), h, w, scale);
     for (r, row) in rows.iter().enumerate() {
         draw_panel(&mut img, r, 0, h, w, scale, |y, x| channels(&row.original, c, h, w, y, x));
@@ -87,12 +98,26 @@ pub fn grid_image(rows: &[ReconstructionRow], c: usize, h: usize, w: usize, scal
         draw_panel(&mut img, r, 2, h, w, scale, |y, x| channels(&row.reconstruction, c, h, w, y, x));
         draw_panel(&mut img, r, 3, h, w, scale, |y, x| channels(&row.pasted, c, h, w, y, x));
     }
-    img
+    if title.is_empty() {
+        return Ok(img);
+    }
+    let captions = Captions {
+        title: title.to_string(),
+        columns: RECONSTRUCTION_COLUMNS.map(String::from).to_vec(),
+        rows: row_labels.to_vec(),
+    };
+    captioned(img, &captions, &panel_grid(4, rows.len(), h * scale, w * scale, GUTTER))
 }
 
 /// Draws rows of images side by side (e.g. a tokenizer's `original | reconstruction`), each image
-/// `[C * H * W]` in `[0, 1]`, scaled up `scale` times, with a 2-pixel white gutter.
-pub fn panels_image(rows: &[Vec<Vec<f32>>], c: usize, h: usize, w: usize, scale: usize) -> RgbImage {
+/// `[C * H * W]` in `[0, 1]`, scaled up `scale` times, with a 2-pixel white gutter, under
+/// `captions` (one column title per image of a row).
+pub fn panels_image(
+    rows: &[Vec<Vec<f32>>],
+    (c, h, w): (usize, usize, usize),
+    scale: usize,
+    captions: &Captions,
+) -> Result<RgbImage> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut img = panel_canvas(cols, rows.len(), h, w, scale);
     for (r, row) in rows.iter().enumerate() {
@@ -100,7 +125,7 @@ pub fn panels_image(rows: &[Vec<Vec<f32>>], c: usize, h: usize, w: usize, scale:
             draw_panel(&mut img, r, p, h, w, scale, |y, x| channels(v, c, h, w, y, x));
         }
     }
-    img
+    captioned(img, captions, &panel_grid(cols, rows.len(), h * scale, w * scale, GUTTER))
 }
 
 /// Undoes the per-channel normalisation of `[C * H * W]` values and clamps them to `[0, 1]`.
@@ -144,8 +169,9 @@ fn draw_panel(
 
 /// Draws sample masks: one row per [`BoolMask`] (e.g. one per masking strategy), one panel per
 /// image, each patch a `cell x cell` square, masked patches dark and visible ones light, with a
-/// 1-pixel line between patches and a 4-pixel white gutter between panels.
-pub fn mask_grid_image(rows: &[&BoolMask], cell: usize) -> RgbImage {
+/// 1-pixel line between patches and a 4-pixel white gutter between panels; `title` above and each
+/// row's label (`row_labels`, e.g. the strategy) beside it.
+pub fn mask_grid_image(rows: &[&BoolMask], cell: usize, title: &str, row_labels: &[String]) -> Result<RgbImage> {
     let gap = 4;
     let panel = |g: (usize, usize)| (g.1 * (cell + 1) + 1, g.0 * (cell + 1) + 1);
     let width = rows.iter().map(|m| m.batch * (panel(m.grid).0 + gap)).max().unwrap_or(0) + gap;
@@ -172,7 +198,103 @@ pub fn mask_grid_image(rows: &[&BoolMask], cell: usize) -> RgbImage {
         }
         y0 += ph + gap;
     }
-    img
+    let mut centres = Vec::new();
+    let mut y = gap;
+    for m in rows {
+        centres.push((y + panel(m.grid).1 / 2) as u32);
+        y += panel(m.grid).1 + gap;
+    }
+    let captions = Captions { title: title.to_string(), columns: Vec::new(), rows: row_labels.to_vec() };
+    captioned(img, &captions, &Layout { columns: Vec::new(), column_width: 0, rows: centres })
+}
+
+/// Text around a picture of panels: a title above it, a title over each column of panels and a
+/// label beside each row (an empty string leaves its place blank; `\n` starts a second line).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Captions {
+    /// Above everything: what the picture shows (method, epoch, mask strategy).
+    pub title: String,
+    /// One per column of panels, left to right.
+    pub columns: Vec<String>,
+    /// One per row of panels, top to bottom.
+    pub rows: Vec<String>,
+}
+
+/// Where a picture's panels are: the centre of each column (x) and row (y), and the column pitch.
+struct Layout {
+    columns: Vec<u32>,
+    column_width: u32,
+    rows: Vec<u32>,
+}
+
+/// The layout of a `cols x rows` grid of `ph x pw` panels with `gutter` pixels around each.
+fn panel_grid(cols: usize, rows: usize, ph: usize, pw: usize, gutter: usize) -> Layout {
+    Layout {
+        columns: (0..cols).map(|i| (gutter + i * (pw + gutter) + pw / 2) as u32).collect(),
+        column_width: pw as u32,
+        rows: (0..rows).map(|i| (gutter + i * (ph + gutter) + ph / 2) as u32).collect(),
+    }
+}
+
+/// `img` inside a white margin holding `captions`: the title and the column titles above, the row
+/// labels to the left. Column titles shrink (down to 8 px) to fit their column.
+fn captioned(img: RgbImage, captions: &Captions, layout: &Layout) -> Result<RgbImage> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    register_font();
+    let size = |text: &str, px: u32| -> Result<(u32, u32)> {
+        let font = ("sans-serif", px).into_font();
+        text.lines().try_fold((0, 0), |(w, h), line| {
+            let (lw, lh) = font.box_size(line).map_err(|e| anyhow::anyhow!("cannot measure '{line}': {e:?}"))?;
+            Ok((w.max(lw), h + lh))
+        })
+    };
+    let title_px = 16;
+    let mut column_px = 13;
+    while column_px > 8
+        && captions.columns.iter().try_fold(0, |w, t| Ok::<_, anyhow::Error>(size(t, column_px)?.0.max(w)))?
+            > layout.column_width.saturating_sub(4)
+    {
+        column_px -= 1;
+    }
+    let line = |px: u32| px + px / 3;
+    let title_h = if captions.title.is_empty() { 0 } else { line(title_px) + 6 };
+    let lines = captions.columns.iter().map(|t| t.lines().count() as u32).max().unwrap_or(0);
+    let columns_h = if lines == 0 { 0 } else { lines * line(column_px) + 4 };
+    let row_px = 13;
+    let left = captions.rows.iter().try_fold(0, |w, t| Ok::<_, anyhow::Error>(size(t, row_px)?.0.max(w)))?;
+    let left = if left == 0 { 0 } else { left + 10 };
+    let top = title_h + columns_h;
+    let width = (img.width() + left).max(size(&captions.title, title_px)?.0 * 11 / 10 + 16);
+    // Labels and panels centred under a title wider than they are.
+    let left = left + (width - img.width() - left) / 2;
+    let mut out = RgbImage::from_pixel(width, img.height() + top, Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, &img, left as i64, top as i64);
+    let (w, h) = out.dimensions();
+    {
+        let root = BitMapBackend::with_buffer(&mut out, (w, h)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("cannot draw captions: {e:?}");
+        let text = |t: &str, (x, y): (u32, u32), px: u32, h_pos: HPos| -> Result<()> {
+            let n = t.lines().count() as u32;
+            for (i, l) in t.lines().enumerate() {
+                let y = y + i as u32 * line(px) - (n - 1) * line(px) / 2;
+                let style = ("sans-serif", px).into_font().color(&BLACK).pos(Pos::new(h_pos, VPos::Center));
+                root.draw(&Text::new(l, (x as i32, y as i32), style)).map_err(|e| err(&e))?;
+            }
+            Ok(())
+        };
+        if title_h > 0 {
+            text(&captions.title, (width / 2, line(title_px) / 2 + 3), title_px, HPos::Center)?;
+        }
+        for (t, &x) in captions.columns.iter().zip(&layout.columns) {
+            text(t, (left + x, title_h + columns_h / 2), column_px, HPos::Center)?;
+        }
+        for (t, &y) in captions.rows.iter().zip(&layout.rows) {
+            text(t, (left.saturating_sub(6), top + y), row_px, HPos::Right)?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(out)
 }
 
 /// Saves a PNG, creating the folder.
@@ -253,4 +375,33 @@ pub fn loss_curve(path: &Path, losses: &[(f64, f64)], window: usize) -> Result<(
         "loss (masked patches)",
         &[("loss", losses.to_vec()), (&format!("mean of {window}"), smooth)],
     )
+}
+
+#[cfg(test)]
+mod caption_tests {
+    use super::*;
+
+    #[test]
+    fn captions_surround_the_panels_without_touching_them() {
+        let panels = RgbImage::from_fn(4 * 30 + 2, 2 * 30 + 2, |x, y| Rgb([(x * 2) as u8, (y * 3) as u8, 7]));
+        let caps = Captions {
+            title: "MAE (run, epoch 3): 37 of 49 patches removed".into(),
+            columns: RECONSTRUCTION_COLUMNS.map(String::from).to_vec(),
+            rows: vec!["Ankle boot".into(), "Pullover".into()],
+        };
+        let out = captioned(panels.clone(), &caps, &panel_grid(4, 2, 28, 28, GUTTER)).unwrap();
+        // The panels sit at the bottom, right of the row labels, pixel for pixel.
+        let top = out.height() - panels.height();
+        let left = (0..out.width()).find(|&x| *out.get_pixel(x, top) == *panels.get_pixel(0, 0)).unwrap();
+        assert!(top > 20 && left > 20, "room for the titles and labels: top {top}, left {left}");
+        for (x, y, p) in panels.enumerate_pixels() {
+            assert_eq!(out.get_pixel(left + x, top + y), p);
+        }
+        // Text was drawn in the margins: dark pixels above and to the left of the panels.
+        let dark = |x0: u32, x1: u32, y0: u32, y1: u32| {
+            (y0..y1).any(|y| (x0..x1).any(|x| out.get_pixel(x, y).0.iter().all(|&v| v < 100)))
+        };
+        assert!(dark(0, out.width(), 0, top), "title and column titles");
+        assert!(dark(0, left, top, out.height()), "row labels");
+    }
 }

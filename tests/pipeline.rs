@@ -244,6 +244,7 @@ fn pretrain_then_reconstruct_writes_the_figure() {
         "0,1,2",
         "--out",
         pics.to_str().unwrap(),
+        "--no-titles",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let grid = image::open(pics.join("reconstructions.png")).unwrap();
@@ -263,6 +264,7 @@ fn pretrain_then_reconstruct_writes_the_figure() {
         pics.to_str().unwrap(),
         "--scale",
         "1",
+        "--no-titles",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let g = image::open(pics.join("reconstruction_00.png")).unwrap().to_rgb8();
@@ -308,6 +310,7 @@ fn reconstruct_from_hugging_face_weights() {
         img.to_str().unwrap(),
         "--out",
         tmp.path().to_str().unwrap(),
+        "--no-titles",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let grid = image::open(tmp.path().join("reconstructions.png")).unwrap();

@@ -466,7 +466,7 @@ fn greyscale_dataset_images_reach_an_rgb_model_in_three_channels() {
         assert!((batch.images[plane + p] * std[1] + mean[1] - grey).abs() < 1e-5);
     }
     let dir = tempfile::tempdir().unwrap();
-    let done = r.write_pictures(&images, &MaskChoice::Random { ratio: None, seed: 0 }, dir.path(), 1).unwrap();
+    let done = r.write_pictures(&images, &MaskChoice::Random { ratio: None, seed: 0 }, dir.path(), 1, true).unwrap();
     assert!(done.picture.exists());
 }
 

@@ -426,7 +426,12 @@ pub fn reconstruction_picture(model: &VqTokenizer, ds: &Dataset, indices: &[usiz
             ]
         })
         .collect();
-    crate::viz::save_png(&crate::viz::panels_image(&rows, ds.channels, side, side, 4), path)
+    let captions = crate::viz::Captions {
+        title: format!("tokenizer reconstructions through the visual tokens ({})", ds.name),
+        columns: vec!["original".into(), "through the tokens".into()],
+        rows: batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect(),
+    };
+    crate::viz::save_png(&crate::viz::panels_image(&rows, (ds.channels, side, side), 4, &captions)?, path)
 }
 
 /// Tokenizer quality on a dataset: reconstruction error through the tokens and codebook use.

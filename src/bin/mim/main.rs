@@ -189,6 +189,9 @@ struct ReconstructArgs {
     /// Up-scaling of the pictures.
     #[arg(long, default_value_t = 4)]
     scale: usize,
+    /// Bare panels: no title, column titles or image names (to assemble a figure elsewhere).
+    #[arg(long)]
+    no_titles: bool,
     /// cpu, or cuda:N in a CUDA build.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -460,7 +463,7 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
     {
         eprintln!("note: '{}' is greyscale; this RGB model sees each image in all three channels", d.display());
     }
-    let done = model.write_pictures(&images, &mask, &a.out, a.scale)?;
+    let done = model.write_pictures(&images, &mask, &a.out, a.scale, !a.no_titles)?;
     eprintln!(
         "{} images ({}), {} of {} patches removed: {} (and one file per image) | columns: original, masked, reconstruction, reconstruction + visible",
         done.labels.len(),
@@ -554,6 +557,7 @@ fn run(cli: Cli) -> Result<()> {
                 mask_image: None,
                 out: out.clone(),
                 scale: 4,
+                no_titles: false,
                 device: "cpu".into(),
             })?;
             eprintln!("demo picture: {}", picture.display());
