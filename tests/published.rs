@@ -481,3 +481,12 @@ fn fine_tuning_an_rgb_model_on_greyscale_data_is_refused_with_the_reason() {
     let e = format!("{:#}", finetune(&cfg, None, &mut mim::train::Silent).err().expect("refused"));
     assert!(e.contains("takes 3-channel images") && e.contains("1-channel"), "{e}");
 }
+
+#[test]
+fn beit_attention_maps_match_hugging_face() {
+    // BEiT's figure 2 draws these: every query's attention over the patches, relative position bias included.
+    let model = open(&published("beit_hf/model.safetensors")).unwrap().beit(&Device::flex()).unwrap();
+    let io = io_of("beit_hf/");
+    let maps = model.attention_maps(tensor::<4>(&io, "pixel_values"));
+    assert_close("BEiT attention maps", Tensor::stack::<5>(maps, 0), &io, "attentions");
+}

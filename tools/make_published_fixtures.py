@@ -888,8 +888,12 @@ def fixture_beit_hf(mask):
         with torch.no_grad():
             out = m(pixel_values=x, bool_masked_pos=mask, labels=labels)
             seq = m.layernorm(m.beit(pixel_values=x, bool_masked_pos=mask).last_hidden_state)
+            # The eager twin returns the attention probabilities (sdpa does not); no mask: BEiT's figure 2.
+            eager.load_state_dict(m.state_dict(), strict=True)
+            attentions = torch.stack(eager.beit(pixel_values=x, output_attentions=True).attentions)
         return dict(pixel_values=x, bool_masked_pos=mask.to(torch.int64), labels=labels.to(torch.int64),
-                    logits=out.logits, masked_logits=out.logits[mask], loss=out.loss.reshape(1), sequence_output=seq)
+                    logits=out.logits, masked_logits=out.logits[mask], loss=out.loss.reshape(1), sequence_output=seq,
+                    attentions=attentions)
 
     io = outputs(model)
     d = OUT / name
@@ -924,7 +928,9 @@ def fixture_beit_hf(mask):
                  "logits": "[2,64,32] out.logits: lm_head over every patch (cls removed) after the final layernorm",
                  "masked_logits": f"[{int(mask.sum())},32] logits[bool_masked_pos]",
                  "loss": "[1] out.loss = cross_entropy(logits[bool_masked_pos], labels)",
-                 "sequence_output": "[2,65,32] layernorm(beit(...).last_hidden_state), cls first (eps 1e-12)"},
+                 "sequence_output": "[2,65,32] layernorm(beit(...).last_hidden_state), cls first (eps 1e-12)",
+                 "attentions": "[2,2,2,65,65] [layer, image, head, query, key] attention probabilities of every patch "
+                               "(no mask; relative position bias included), beit(x, output_attentions=True), eager"},
         attention=spread), check)
 
 

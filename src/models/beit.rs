@@ -337,25 +337,43 @@ impl BeitForMaskedImageModeling {
         drop_path: Option<(f64, &mut InitRng)>,
         frozen_blocks: usize,
     ) -> Tensor<3> {
+        let x = self.embed(imgs, mask);
+        let attn_bias = self.attn_bias();
+        run_blocks(&self.blocks, x, drop_path, frozen_blocks, attn_bias)
+    }
+
+    /// The tokens `[B, 1 + L, D]` before the blocks: patch embeddings (masked ones replaced by the
+    /// mask token), [CLS] first, absolute position embeddings when the model has them.
+    fn embed(&self, imgs: Tensor<4>, mask: Option<&BoolMask>) -> Tensor<3> {
         let device = imgs.device();
         let b = imgs.dims()[0];
         let mut x = self.patch_embed.forward(imgs);
         if let Some(mask) = mask {
             x = with_mask_token(x, mask.weights_tensor(&device), self.mask_token.val());
         }
-        let mut x = Tensor::cat(vec![self.cls_token.val().repeat_dim(0, b), x], 1);
-        if let Some(pos) = &self.pos_embed {
-            x = x + pos.val();
+        let x = Tensor::cat(vec![self.cls_token.val().repeat_dim(0, b), x], 1);
+        match &self.pos_embed {
+            Some(pos) => x + pos.val(),
+            None => x,
         }
+    }
+
+    /// Block `i`'s score bias: its own relative position bias, the shared one, or their sum.
+    fn attn_bias(&self) -> impl Fn(usize) -> Option<Tensor<4>> + '_ {
         let shared = self.rel_pos_bias.as_ref().map(RelativePositionBias::forward);
-        let attn_bias = |i: usize| {
+        move |i: usize| {
             let own = self.block_rel_pos_bias.get(i).map(RelativePositionBias::forward);
             match (own, shared.clone()) {
                 (Some(a), Some(s)) => Some(a + s),
                 (a, s) => a.or(s),
             }
-        };
-        run_blocks(&self.blocks, x, drop_path, frozen_blocks, attn_bias)
+        }
+    }
+
+    /// The attention probabilities `[B, H, 1 + L, 1 + L]` per block over every patch (no masking,
+    /// [CLS] first), relative position biases included: BEiT's figure 2.
+    pub fn attention_maps(&self, imgs: Tensor<4>) -> Vec<Tensor<4>> {
+        crate::models::vit::attention_maps(&self.blocks, self.embed(imgs, None), self.attn_bias())
     }
 
     /// Logits `[M, vocab]` of the M masked patches of the batch, in row-major (image, patch) order

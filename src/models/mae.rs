@@ -484,6 +484,13 @@ impl MaskedAutoencoder {
         self.norm.forward(x)
     }
 
+    /// The encoder's attention probabilities `[B, H, 1 + L, 1 + L]` per block over every patch (no
+    /// masking, [CLS] first), for attention maps.
+    pub fn attention_maps(&self, imgs: Tensor<4>) -> Vec<Tensor<4>> {
+        let x = embed_with_cls(&self.patch_embed, &self.cls_token, &self.pos_embed, imgs, PatchTokens::All);
+        crate::models::vit::attention_maps(&self.blocks, x, |_| None)
+    }
+
     /// `latent: [B, 1 + K, D] -> [B, L, p*p*C]`: appends mask tokens, unshuffles with
     /// `ids_restore`, adds decoder position embeddings, runs the decoder, drops the cls token.
     /// (With the encoder's mask token the latent is already the full sequence in patch order.)

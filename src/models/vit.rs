@@ -167,6 +167,12 @@ impl Attention {
         self.proj.forward(out)
     }
 
+    /// The attention probabilities `[B, H, N, N]` of `x: [B, N, D]` (with the score bias of
+    /// [`Attention::forward_with_bias`]), for attention maps.
+    pub fn probabilities(&self, x: Tensor<3>, bias: Option<Tensor<4>>) -> Tensor<4> {
+        crate::ops::attention::attention_probabilities(self.qkv.forward(x), self.num_heads, bias)
+    }
+
     /// Attention heads.
     pub fn num_heads(&self) -> usize {
         self.num_heads
@@ -287,6 +293,23 @@ impl Block {
         let m = self.mlp.forward(self.norm2.forward(x.clone()));
         x.clone() + residual(m, 1)
     }
+}
+
+/// The attention probabilities `[B, H, N, N]` of every block of `blocks` run over the tokens
+/// `x: [B, N, D]` (block `i` with the score bias `attn_bias(i)`), in order: what attention maps draw
+/// (BEiT's figure 2: the [CLS] query's row).
+pub fn attention_maps(
+    blocks: &[Block],
+    mut x: Tensor<3>,
+    attn_bias: impl Fn(usize) -> Option<Tensor<4>>,
+) -> Vec<Tensor<4>> {
+    let mut maps = Vec::with_capacity(blocks.len());
+    for (i, block) in blocks.iter().enumerate() {
+        let bias = attn_bias(i);
+        maps.push(block.attn.probabilities(block.norm1.forward(x.clone()), bias.clone()));
+        x = block.forward_with(x, &BlockExtras { attn_bias: bias, ..BlockExtras::default() });
+    }
+    maps
 }
 
 /// What a [`Block`] may take besides its input.

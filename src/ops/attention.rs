@@ -349,6 +349,18 @@ pub fn attention_with_bias(qkv: Tensor<3>, heads: usize, bias: Tensor<4>) -> Ten
 
 fn scores_attention(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> Tensor<3> {
     let [b, n, d3] = qkv.dims();
+    let (probs, v) = probabilities_and_values(qkv, heads, bias);
+    probs.matmul(v).swap_dims(1, 2).reshape([b, n, d3 / 3])
+}
+
+/// The attention probabilities `softmax(q kᵀ / √hd + bias)`, `[B, H, N, N]` (row: query, column:
+/// key), of a fused projection `qkv: [B, N, 3D]`: what attention maps draw.
+pub fn attention_probabilities(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> Tensor<4> {
+    probabilities_and_values(qkv, heads, bias).0
+}
+
+fn probabilities_and_values(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> (Tensor<4>, Tensor<4>) {
+    let [b, n, d3] = qkv.dims();
     let (d, h) = (d3 / 3, heads);
     let hd = d / h;
     // [B, N, 3, H, hd] -> [3, B, H, N, hd]
@@ -360,7 +372,7 @@ fn scores_attention(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> Te
     if let Some(bias) = bias {
         scores = scores + bias;
     }
-    burn::tensor::activation::softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, d])
+    (burn::tensor::activation::softmax(scores, 3), v)
 }
 
 #[cfg(test)]
