@@ -23,7 +23,8 @@
 //! 6. [`train`]: the one training loop and its jobs (pretraining with each method's recipe,
 //!    fine-tuning, the tokenizer), their shared `[run]` / `[optim]` settings
 //! 7. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`check`]: parity with
-//!    the PyTorch fixtures on any device; [`reconstruct`]: reconstruction pictures of a pretrained model
+//!    the PyTorch fixtures on any device; [`reconstruct`]: reconstruction pictures of a pretrained model;
+//!    [`attention`]: its [CLS] attention maps
 //! 8. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
 //!
 //! ```no_run
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod ablate;
+pub mod attention;
 pub mod bench;
 pub mod check;
 pub mod checkpoint;

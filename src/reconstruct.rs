@@ -8,40 +8,16 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
 use crate::checkpoint;
-use crate::data::augment::Transform;
-use crate::data::loader::{Batch, load_batch, rng_for};
+use crate::data::loader::{Batch, rng_for};
 use crate::data::resize::{Resample, resize};
-use crate::data::{Dataset, Split};
 use crate::masking::{MASK_STREAM, Mask, MaskStrategy, SimMimMasking, uniform_noise};
 use crate::models::mae::MaskedAutoencoder;
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::simmim::SimMim;
 use crate::train::methods::Method;
 use crate::train::pretrain::PretrainConfig;
+pub use crate::viz::{Images, LoadedImages, load_images};
 use crate::viz::{ReconstructionRow, grid_image, reconstruction_rows, save_png};
-
-/// Which images to reconstruct.
-#[derive(Debug, Clone)]
-pub enum Images {
-    /// Dataset images by index; `data: None` means the dataset the model was trained on.
-    Dataset {
-        /// Dataset path.
-        data: Option<PathBuf>,
-        /// Split the indices refer to.
-        split: Split,
-        /// Dataset indices.
-        indices: Vec<usize>,
-    },
-    /// Image files: the shorter side resized to the model's input (bicubic, antialiased), the
-    /// centre cropped ([`Transform::CenterCrop`] with `crop_pct` 1, the whole shorter side).
-    Files {
-        /// The files.
-        files: Vec<PathBuf>,
-        /// Dataset whose statistics normalise the files (default: the training data; where
-        /// neither opens, mean 0.5 and std 0.25).
-        data: Option<PathBuf>,
-    },
-}
 
 /// Which patches are removed.
 #[derive(Debug, Clone)]
@@ -72,10 +48,6 @@ pub struct Reconstructions {
     /// Patches removed per image.
     pub removed: usize,
 }
-
-/// Images loaded for a model: the batch (normalised), each image's name, and the normalisation's
-/// per-channel mean and std.
-pub type LoadedImages = (Batch, Vec<String>, Vec<f32>, Vec<f32>);
 
 /// The two model families that predict the pixels of removed patches.
 enum Model {
@@ -156,79 +128,9 @@ impl Reconstructor {
         &self.config
     }
 
-    /// Loads `images` at the model's input size: the batch (normalised), each image's name, and the
-    /// normalisation's per-channel mean and std.
+    /// Loads `images` at the model's input size (see [`load_images`]).
     pub fn load_images(&self, images: &Images) -> Result<LoadedImages> {
-        let cfg = &self.config;
-        let side = cfg.img_size();
-        match images {
-            Images::Dataset { data, split, indices } => {
-                let Some(path) = data.as_ref().or(self.trained_on.as_ref()) else {
-                    bail!("pass --data (or --images) to say which images to reconstruct");
-                };
-                let mut ds = Dataset::open(path, *split)?;
-                // Weights from elsewhere expect their own normalisation, not this dataset's.
-                if let Some((mean, std)) = self.normalization.clone() {
-                    (ds.mean, ds.std) = (mean, std);
-                }
-                if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
-                    bail!(
-                        "index {bad} is out of range: the {split:?} split of '{}' has {} images",
-                        path.display(),
-                        ds.len()
-                    );
-                }
-                let c = cfg.in_chans();
-                let (mean, std) = (ds.mean.clone(), ds.std.clone());
-                let grey_to_colour = ds.channels == 1 && c == 3;
-                if grey_to_colour {
-                    // Greyscale images for an RGB model: the grey value in every channel (as PIL's
-                    // convert('RGB')), then each channel normalised with its own statistics.
-                    (ds.mean, ds.std) = (vec![0.0], vec![1.0]);
-                } else if ds.channels != c {
-                    bail!(
-                        "'{}' has {}-channel images but the model takes {c} channels: pass images of the model's kind",
-                        path.display(),
-                        ds.channels
-                    );
-                }
-                let mut batch = load_batch(&ds, &Transform::Resize { size: side }, indices, 0, 0)?;
-                if grey_to_colour {
-                    let plane = side * side;
-                    let mut rgb = Vec::with_capacity(batch.images.len() * 3);
-                    for grey in batch.images.chunks(plane) {
-                        for ch in 0..3 {
-                            rgb.extend(grey.iter().map(|&v| (v - mean[ch]) / std[ch]));
-                        }
-                    }
-                    batch.images = rgb;
-                    batch.channels = 3;
-                }
-                let names =
-                    batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
-                Ok((batch, names, mean, std))
-            }
-            Images::Files { files, data } => {
-                let c = cfg.in_chans();
-                let stats =
-                    data.as_ref().or(self.trained_on.as_ref()).and_then(|d| Dataset::open(d, Split::Train).ok());
-                let (mean, std) = match (&self.normalization, stats) {
-                    (Some(n), _) => n.clone(),
-                    (None, Some(d)) => (d.mean, d.std),
-                    (None, None) => (vec![0.5; c], vec![0.25; c]),
-                };
-                let per = c * side * side;
-                let mut pixels = vec![0.0; files.len() * per];
-                let transform = Transform::CenterCrop { size: side, crop_pct: 1.0 };
-                for (k, p) in files.iter().enumerate() {
-                    let img = crate::data::folder::decode(p, c)?;
-                    transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
-                }
-                let n = files.len();
-                let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side };
-                Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
-            }
-        }
+        load_images(images, &self.config, self.trained_on.as_deref(), self.normalization.as_ref())
     }
 
     /// The mask of `batch` images that `choice` describes.

@@ -2,14 +2,18 @@
 //! reconstructions), mask samples and loss curves. [`crate::reconstruct`] draws them for a
 //! pretrained model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 use image::{Rgb, RgbImage};
 
+use crate::data::augment::Transform;
+use crate::data::loader::{Batch, load_batch, rng_for};
+use crate::data::{Dataset, Split};
 use crate::masking::{BoolMask, Mask};
 use crate::models::mae::MaskedAutoencoder;
+use crate::models::pretrain::ModelConfig;
 
 /// Side of the grey used for removed patches in the "masked" panel.
 const MASK_GREY: u8 = 128;
@@ -208,6 +212,44 @@ pub fn mask_grid_image(rows: &[&BoolMask], cell: usize, title: &str, row_labels:
     captioned(img, &captions, &Layout { columns: Vec::new(), column_width: 0, rows: centres })
 }
 
+/// Draws attention maps over an image: one row per layer, one column per head and a last one for
+/// the mean over heads. `image` is `[C * H * W]` in `[0, 1]`; `maps[layer][head]` holds one weight
+/// per patch of the `grid x grid` patch grid (e.g. the [CLS] query's attention). Each panel shows the
+/// image dimmed under a heat colouring of its map, scaled to the map's own maximum.
+pub fn attention_image(
+    image: &[f32],
+    (c, h, w): (usize, usize, usize),
+    maps: &[Vec<Vec<f32>>],
+    grid: usize,
+    scale: usize,
+    title: &str,
+) -> Result<RgbImage> {
+    let heads = maps.first().map_or(0, Vec::len);
+    let mut img = panel_canvas(heads + 1, maps.len(), h, w, scale);
+    let (ph, pw) = (h.div_ceil(grid), w.div_ceil(grid));
+    for (layer, per_head) in maps.iter().enumerate() {
+        let mean: Vec<f32> =
+            (0..grid * grid).map(|i| per_head.iter().map(|m| m[i]).sum::<f32>() / heads.max(1) as f32).collect();
+        for (col, map) in per_head.iter().chain(std::iter::once(&mean)).enumerate() {
+            let top = map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+            draw_panel(&mut img, layer, col, h, w, scale, |y, x| {
+                let heat = map[((y / ph).min(grid - 1)) * grid + (x / pw).min(grid - 1)] / top;
+                let base = channels(image, c, h, w, y, x);
+                let grey = (base[0] as f32 + base[1] as f32 + base[2] as f32) / 3.0;
+                // Black -> red -> yellow -> white as the weight grows, over the image at 40%.
+                let hot =
+                    [(heat * 3.0).min(1.0), (heat * 3.0 - 1.0).clamp(0.0, 1.0), (heat * 3.0 - 2.0).clamp(0.0, 1.0)];
+                hot.map(|v| (0.4 * grey + 0.6 * 255.0 * v).round() as u8)
+            });
+        }
+    }
+    let mut columns: Vec<String> = (1..=heads).map(|i| format!("head {i}")).collect();
+    columns.push("mean".into());
+    let captions =
+        Captions { title: title.to_string(), columns, rows: (1..=maps.len()).map(|i| format!("layer {i}")).collect() };
+    captioned(img, &captions, &panel_grid(heads + 1, maps.len(), h * scale, w * scale, GUTTER))
+}
+
 /// Text around a picture of panels: a title above it, a title over each column of panels and a
 /// label beside each row (an empty string leaves its place blank; `\n` starts a second line).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -295,6 +337,112 @@ fn captioned(img: RgbImage, captions: &Captions, layout: &Layout) -> Result<RgbI
         root.present().map_err(|e| err(&e))?;
     }
     Ok(out)
+}
+
+/// Which images to reconstruct.
+#[derive(Debug, Clone)]
+pub enum Images {
+    /// Dataset images by index; `data: None` means the dataset the model was trained on.
+    Dataset {
+        /// Dataset path.
+        data: Option<PathBuf>,
+        /// Split the indices refer to.
+        split: Split,
+        /// Dataset indices.
+        indices: Vec<usize>,
+    },
+    /// Image files: the shorter side resized to the model's input (bicubic, antialiased), the
+    /// centre cropped ([`Transform::CenterCrop`] with `crop_pct` 1, the whole shorter side).
+    Files {
+        /// The files.
+        files: Vec<PathBuf>,
+        /// Dataset whose statistics normalise the files (default: the training data; where
+        /// neither opens, mean 0.5 and std 0.25).
+        data: Option<PathBuf>,
+    },
+}
+
+/// Images loaded for a model: the batch (normalised), each image's name, and the normalisation's
+/// per-channel mean and std.
+pub type LoadedImages = (Batch, Vec<String>, Vec<f32>, Vec<f32>);
+
+/// Loads `images` at the input size of a model of architecture `cfg`: the batch (normalised), each
+/// image's name, and the normalisation's per-channel mean and std. Dataset images default to the
+/// data the model was `trained_on`; `normalization` (weights from elsewhere) replaces the dataset's
+/// statistics. Greyscale dataset images for an RGB model fill all three channels.
+pub fn load_images(
+    images: &Images,
+    cfg: &ModelConfig,
+    trained_on: Option<&Path>,
+    normalization: Option<&(Vec<f32>, Vec<f32>)>,
+) -> Result<LoadedImages> {
+    let side = cfg.img_size();
+    match images {
+        Images::Dataset { data, split, indices } => {
+            let Some(path) = data.as_deref().or(trained_on) else {
+                bail!("pass --data (or --images) to say which images to reconstruct");
+            };
+            let mut ds = Dataset::open(path, *split)?;
+            // Weights from elsewhere expect their own normalisation, not this dataset's.
+            if let Some((mean, std)) = normalization.cloned() {
+                (ds.mean, ds.std) = (mean, std);
+            }
+            if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
+                bail!(
+                    "index {bad} is out of range: the {split:?} split of '{}' has {} images",
+                    path.display(),
+                    ds.len()
+                );
+            }
+            let c = cfg.in_chans();
+            let (mean, std) = (ds.mean.clone(), ds.std.clone());
+            let grey_to_colour = ds.channels == 1 && c == 3;
+            if grey_to_colour {
+                // Greyscale images for an RGB model: the grey value in every channel (as PIL's
+                // convert('RGB')), then each channel normalised with its own statistics.
+                (ds.mean, ds.std) = (vec![0.0], vec![1.0]);
+            } else if ds.channels != c {
+                bail!(
+                    "'{}' has {}-channel images but the model takes {c} channels: pass images of the model's kind",
+                    path.display(),
+                    ds.channels
+                );
+            }
+            let mut batch = load_batch(&ds, &Transform::Resize { size: side }, indices, 0, 0)?;
+            if grey_to_colour {
+                let plane = side * side;
+                let mut rgb = Vec::with_capacity(batch.images.len() * 3);
+                for grey in batch.images.chunks(plane) {
+                    for ch in 0..3 {
+                        rgb.extend(grey.iter().map(|&v| (v - mean[ch]) / std[ch]));
+                    }
+                }
+                batch.images = rgb;
+                batch.channels = 3;
+            }
+            let names = batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
+            Ok((batch, names, mean, std))
+        }
+        Images::Files { files, data } => {
+            let c = cfg.in_chans();
+            let stats = data.as_deref().or(trained_on).and_then(|d| Dataset::open(d, Split::Train).ok());
+            let (mean, std) = match (normalization, stats) {
+                (Some(n), _) => n.clone(),
+                (None, Some(d)) => (d.mean, d.std),
+                (None, None) => (vec![0.5; c], vec![0.25; c]),
+            };
+            let per = c * side * side;
+            let mut pixels = vec![0.0; files.len() * per];
+            let transform = Transform::CenterCrop { size: side, crop_pct: 1.0 };
+            for (k, p) in files.iter().enumerate() {
+                let img = crate::data::folder::decode(p, c)?;
+                transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
+            }
+            let n = files.len();
+            let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side };
+            Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
+        }
+    }
 }
 
 /// Saves a PNG, creating the folder.

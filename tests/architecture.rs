@@ -28,6 +28,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("check", 7),
     // Reconstruction pictures of a pretraining checkpoint (its data, its method's mask ratio).
     ("reconstruct", 7),
+    // Attention maps of a pretrained ViT (its weights, the pictures).
+    ("attention", 7),
     // The ablation studies train, evaluate, and count FLOPs with bench.
     ("ablate", 8),
 ];

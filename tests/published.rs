@@ -490,3 +490,27 @@ fn beit_attention_maps_match_hugging_face() {
     let maps = model.attention_maps(tensor::<4>(&io, "pixel_values"));
     assert_close("BEiT attention maps", Tensor::stack::<5>(maps, 0), &io, "attentions");
 }
+
+#[test]
+fn attention_pictures_of_a_beit_file() {
+    use mim::attention::{cls_attention, write_attention_pictures};
+    let w = open(&published("beit_hf/model.safetensors")).unwrap();
+    let io = io_of("beit_hf/");
+    // The [CLS] row over the 16 patches, per layer, image and head: BEiT's figure 2.
+    let maps = cls_attention(&w, tensor::<4>(&io, "pixel_values"), &Device::flex()).unwrap();
+    assert_eq!((maps.len(), maps[0].len(), maps[0][0].len(), maps[0][0][0].len()), (2, 2, 2, 16));
+    // Hugging Face's [layer, image, head, query, key]: query 0 is [CLS], key 2 is patch 1.
+    let (s, all) = &io["attentions"];
+    let (images, heads, n) = (s[1], s[2], s[4]);
+    let (layer, image, head) = (1, 1, 0);
+    let hf_cls_to_patch_1 = all[(((layer * images + image) * heads + head) * n) * n + 2];
+    assert!((maps[1][1][0][1] - hf_cls_to_patch_1).abs() < 1e-6, "layer 2, image 2, head 1, patch 2");
+    let dir = tempfile::tempdir().unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-subset");
+    let images = mim::viz::Images::Dataset { data: Some(data), split: mim::data::Split::Test, indices: vec![0, 1] };
+    let files = write_attention_pictures(&w, &images, dir.path(), 2).unwrap();
+    assert_eq!(files.len(), 2);
+    let pic = image::open(&files[0]).unwrap();
+    // 2 layers x (2 heads + mean) panels of 16 px x 2, with titles around them.
+    assert!(pic.width() > 3 * 34 && pic.height() > 2 * 34, "{}x{}", pic.width(), pic.height());
+}

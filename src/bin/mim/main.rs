@@ -99,6 +99,31 @@ enum Command {
         #[arg(long, value_enum)]
         to: ConvertTo,
     },
+    /// Attention maps of a ViT encoder (MAE or BEiT; a mim checkpoint or any weights file `mim inspect`
+    /// reads): the [CLS] token's attention over the patches in every layer and head, one picture per image.
+    Attention {
+        /// A mim pretraining checkpoint or a weights file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset to take images from.
+        #[arg(long, required_unless_present = "images")]
+        data: Option<PathBuf>,
+        /// Dataset split.
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        /// Dataset indices, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2,3")]
+        indices: Vec<usize>,
+        /// Image files instead of dataset indices (resized to the model's input).
+        #[arg(long, num_args = 1..)]
+        images: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long, default_value = "runs/attention")]
+        out: PathBuf,
+        /// Up-scaling of the pictures.
+        #[arg(long, default_value_t = 4)]
+        scale: usize,
+    },
     /// Export a pretraining checkpoint's weights to safetensors (official names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -423,12 +448,7 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
                     file.with_config(mim::models::pretrain::ModelConfig::preset(preset)?, format!("preset {preset}"))?;
             }
             if let Some(side) = a.img_size {
-                let mim::models::pretrain::ModelConfig::Mae(cfg) = file.detected.config.clone() else {
-                    bail!("--img-size applies to MAE weights")
-                };
-                let source = format!("{} at {side} px", file.config_source);
-                let cfg = mim::models::mae::MaeConfig { img_size: side, ..cfg };
-                file = file.with_config(mim::models::pretrain::ModelConfig::Mae(cfg), source)?;
+                file = file.at_image_size(side)?;
             }
             for (what, value) in &file.detected.assumed {
                 eprintln!("note: {what} = {value}; pass --model or --hf-config if that is wrong");
@@ -601,6 +621,21 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("left out {what}");
             }
             for path in &done.written {
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Attention { checkpoint, data, split, indices, images, out, scale } => {
+            let w = mim::weights::open(&checkpoint)?;
+            for (what, value) in &w.detected.assumed {
+                eprintln!("note: {what} = {value}");
+            }
+            let images = if images.is_empty() {
+                mim::viz::Images::Dataset { data, split, indices }
+            } else {
+                mim::viz::Images::Files { files: images, data }
+            };
+            for path in mim::attention::write_attention_pictures(&w, &images, &out, scale)? {
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
