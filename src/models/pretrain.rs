@@ -288,17 +288,7 @@ impl MimModel for BeitForMaskedImageModeling {
     /// Block-wise masking of `ratio x L` patches (BEiT's 75 of 196 at 224 is 0.38), cross-entropy
     /// at the masked patches against the tokenizer's ids of the same (augmented) image.
     fn batch_loss(&self, batch: &Batch, device: &Device, ctx: &StepContext, rng: &mut ChaCha8Rng) -> Result<Tensor<1>> {
-        let imgs = batch.tensor(device);
-        let b = imgs.dims()[0];
-        let l = ctx.grid.0 * ctx.grid.1;
-        let ids = token_ids(ctx, batch, device)?;
-        let strategy = ctx
-            .strategy
-            .clone()
-            .unwrap_or_else(|| MaskStrategy::Block(BlockMasking::beit((ctx.ratio * l as f64).round() as usize)));
-        let mask = strategy.sample(ctx.grid, b, rng)?;
-        let logits = self.forward(imgs, &mask);
-        Ok(Self::forward_loss(logits, Self::masked_targets(ids, &mask)))
+        self.token_loss(batch.tensor(device), token_ids(ctx, batch, device)?, ctx, rng)
     }
 
     /// Mean of the patch tokens after the final norm (BEiT's linear-probing features).
@@ -348,6 +338,32 @@ impl MimModel for SimMim {
     fn features(&self, imgs: Tensor<4>) -> Tensor<2> {
         SwinTransformer::pool(self.encoder.forward_features(imgs))
     }
+}
+
+impl BeitForMaskedImageModeling {
+    /// The loss of [`MimModel::batch_loss`] given the visual-token ids `[B, L]` of `imgs` (the
+    /// benchmark passes random ids, keeping the tokenizer out of the timed step): block-wise masking
+    /// of `ratio x L` patches drawn from `rng` (or `ctx.strategy`), cross-entropy at the masked ones.
+    pub fn token_loss(
+        &self,
+        imgs: Tensor<4>,
+        ids: Tensor<2, Int>,
+        ctx: &StepContext,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor<1>> {
+        let b = imgs.dims()[0];
+        let strategy =
+            ctx.strategy.clone().unwrap_or_else(|| MaskStrategy::Block(BlockMasking::beit(beit_masked(ctx))));
+        let mask = strategy.sample(ctx.grid, b, rng)?;
+        let logits = self.forward(imgs, &mask);
+        Ok(Self::forward_loss(logits, Self::masked_targets(ids, &mask)))
+    }
+}
+
+/// Patches BEiT's block-wise masking aims to mask per image: `ratio x L`, rounded (BEiT's 75 of
+/// 196 at 224 is 0.38).
+pub fn beit_masked(ctx: &StepContext) -> usize {
+    (ctx.ratio * (ctx.grid.0 * ctx.grid.1) as f64).round() as usize
 }
 
 /// Images whose patches fit an MAE's PCA target basis.

@@ -228,35 +228,46 @@ struct BenchArgs {
     /// A paper table instead of the throughput benchmark.
     #[command(subcommand)]
     table: Option<BenchTable>,
-    /// Workloads (the peer's config names).
-    #[arg(long, value_delimiter = ',', default_value = "fmnist-tiny,vit-tiny-32,vit-base-224")]
+    /// Workloads: MAE pretraining (fmnist-tiny, vit-tiny-32, vit-base-224), beit-tiny, simmim-tiny,
+    /// finetune-tiny, and the image-folder data pipeline (folder-jpeg).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fmnist-tiny,vit-tiny-32,vit-base-224,beit-tiny,simmim-tiny,finetune-tiny,folder-jpeg"
+    )]
     workloads: Vec<String>,
-    /// Also run mask ratio 0 (encoder sees every token: the paper's Table 2 cost) on these.
+    /// Also run mask ratio 0 (encoder sees every token: the paper's Table 2 cost) on these MAE workloads.
     #[arg(long, value_delimiter = ',', default_value = "fmnist-tiny,vit-tiny-32")]
     no_mask_variant: Vec<String>,
-    /// Untimed iterations first.
+    /// Untimed steps on each side after building a workload.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Timed iterations (median reported).
-    #[arg(long, default_value_t = 7)]
+    /// Timed steps per side in each round.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     iters: usize,
-    /// Python with torch + transformers to run the PyTorch peer in the same invocation.
+    /// Alternating rounds per workload (mim's steps, then the peer's, the first side alternating):
+    /// ratios are the median and interquartile range of the per-round ratios, which a busy shared
+    /// machine moves by up to 2x.
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    rounds: usize,
+    /// Python of the peer's venv (tools/peer/setup.sh) to run the PyTorch peer in the same invocation.
     #[arg(long)]
     peer: Option<PathBuf>,
     /// The peer script.
-    #[arg(long, default_value = "../shared/peer/peer_torch.py")]
+    #[arg(long, default_value_os_t = bench::default_peer_script())]
     peer_script: PathBuf,
-    /// Data for the pipeline measurement.
+    /// Also measure a torch.compile peer (a row of its own per workload; slow first steps).
+    #[arg(long)]
+    peer_compile: bool,
+    /// Seed of models, inputs and masks on both sides.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// IDX data the folder-jpeg workload's JPEGs are made from, and of the data-pipeline line.
     #[arg(long, default_value = "data/fashion-mnist-subset")]
     data: PathBuf,
-    /// Append every result as JSON lines here.
+    /// Append every result as JSON lines here (with commit, command line, seed, CPU, threads).
     #[arg(long, default_value = "bench.jsonl")]
     out: PathBuf,
-    /// Repeat everything this many times (mim and the peer alternate per workload in each round)
-    /// and report medians, with the range of the per-round ratios: a busy shared machine moves
-    /// single runs by up to 2x.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    rounds: usize,
     /// cpu, or cuda:N in a CUDA build.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -306,11 +317,18 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
         no_mask_variant: a.no_mask_variant.clone(),
         warmup: a.warmup,
         iters: a.iters,
+        rounds: a.rounds,
         peer: a.peer.clone(),
         peer_script: a.peer_script.clone(),
+        peer_compile: a.peer_compile,
+        seed: a.seed,
         data: a.data.clone(),
         out: a.out.clone(),
-        rounds: a.rounds,
+        // Empty or spaced arguments quoted, so that the recorded line can be run again.
+        command: std::env::args()
+            .map(|a| if a.is_empty() || a.contains(char::is_whitespace) { format!("{a:?}") } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let report = bench::run(&opts, &mim::runtime::device(&a.device)?, progress)?;
     print!("{report}");
