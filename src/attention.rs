@@ -7,37 +7,65 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 
+use crate::models::beit::BeitForMaskedImageModeling;
+use crate::models::mae::MaskedAutoencoder;
 use crate::viz::{Images, attention_image, denormalize, load_images, save_png};
 use crate::weights::{Holds, Weights};
 
 /// The [CLS] query's attention over the patches: `[layer][image][head][patch]`.
 pub type ClsAttention = Vec<Vec<Vec<Vec<f32>>>>;
 
+/// A ViT encoder (MAE or BEiT) built once, whose blocks' attention can be read.
+pub enum AttentionEncoder {
+    /// An MAE (or ViT classifier) encoder.
+    Mae(MaskedAutoencoder),
+    /// A BEiT encoder, relative position biases included.
+    Beit(BeitForMaskedImageModeling),
+}
+
+impl AttentionEncoder {
+    /// The encoder of `weights` on `device` (an error for Swin, which has no [CLS] token).
+    pub fn new(weights: &Weights, device: &Device) -> Result<Self> {
+        Ok(match weights.detected.holds {
+            Holds::Mae { .. } | Holds::VitClassifier { .. } => Self::Mae(weights.mae_encoder(0, device)?.0),
+            Holds::Beit | Holds::BeitClassifier { .. } => Self::Beit(weights.beit_encoder(0, device)?),
+            holds => bail!(
+                "'{}' holds a {holds}: Swin attends within windows and has no [CLS] token; attention maps are drawn \
+                 for ViT encoders (MAE, BEiT)",
+                weights.path.display()
+            ),
+        })
+    }
+
+    /// The [CLS] row of each block's attention, patches only, on `imgs: [B, C, H, W]` (normalised
+    /// as the weights expect).
+    pub fn cls_attention(&self, imgs: Tensor<4>) -> Result<ClsAttention> {
+        let maps = match self {
+            Self::Mae(m) => m.attention_maps(imgs),
+            Self::Beit(m) => m.attention_maps(imgs),
+        };
+        maps.into_iter()
+            .map(|p| {
+                let [b, h, n, _] = p.dims();
+                let row: Vec<f32> = p
+                    .slice([0..b, 0..h, 0..1, 1..n])
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("cannot read the attention: {e:?}"))?;
+                let l = n - 1;
+                Ok((0..b)
+                    .map(|i| (0..h).map(|j| row[(i * h + j) * l..(i * h + j + 1) * l].to_vec()).collect())
+                    .collect())
+            })
+            .collect()
+    }
+}
+
 /// The [CLS] row of each block's attention, patches only, of the encoder in `weights` on
 /// `imgs: [B, C, H, W]` (normalised as the weights expect).
 pub fn cls_attention(weights: &Weights, imgs: Tensor<4>, device: &Device) -> Result<ClsAttention> {
-    let maps = match weights.detected.holds {
-        Holds::Mae { .. } | Holds::VitClassifier { .. } => weights.mae_encoder(0, device)?.0.attention_maps(imgs),
-        Holds::Beit | Holds::BeitClassifier { .. } => weights.beit_encoder(0, device)?.attention_maps(imgs),
-        holds => bail!(
-            "'{}' holds a {holds}: Swin attends within windows and has no [CLS] token; mim attention draws the \
-             maps of ViT encoders (MAE, BEiT)",
-            weights.path.display()
-        ),
-    };
-    maps.into_iter()
-        .map(|p| {
-            let [b, h, n, _] = p.dims();
-            let row: Vec<f32> = p
-                .slice([0..b, 0..h, 0..1, 1..n])
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("cannot read the attention: {e:?}"))?;
-            let l = n - 1;
-            Ok((0..b).map(|i| (0..h).map(|j| row[(i * h + j) * l..(i * h + j + 1) * l].to_vec()).collect()).collect())
-        })
-        .collect()
+    AttentionEncoder::new(weights, device)?.cls_attention(imgs)
 }
 
 /// Writes `attention_NN.png` per image of `images` into `out` (layers as rows, heads and their mean

@@ -48,6 +48,7 @@ pub mod ops;
 pub mod optim;
 pub mod reconstruct;
 pub mod runtime;
+pub mod serve;
 pub mod train;
 pub mod viz;
 pub mod weights;

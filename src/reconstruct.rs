@@ -220,7 +220,7 @@ impl Reconstructor {
 
 /// The last component of `path`, with its folder's name when the file name alone says little
 /// (a run's `checkpoint.mim`, a Hugging Face folder's `model.safetensors`).
-fn file_name(path: &Path) -> String {
+pub(crate) fn file_name(path: &Path) -> String {
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     match path.parent().and_then(Path::file_name) {
         Some(dir) if ["checkpoint.", "model.", "pytorch_model."].iter().any(|p| name.starts_with(p)) => {

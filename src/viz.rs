@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use image::{Rgb, RgbImage};
 
 use crate::data::augment::Transform;
-use crate::data::loader::{Batch, load_batch, rng_for};
+use crate::data::loader::{Batch, rng_for};
 use crate::data::{Dataset, Split};
 use crate::masking::{BoolMask, Mask};
 use crate::models::mae::MaskedAutoencoder;
@@ -376,17 +376,12 @@ pub fn load_images(
     trained_on: Option<&Path>,
     normalization: Option<&(Vec<f32>, Vec<f32>)>,
 ) -> Result<LoadedImages> {
-    let side = cfg.img_size();
     match images {
         Images::Dataset { data, split, indices } => {
             let Some(path) = data.as_deref().or(trained_on) else {
                 bail!("pass --data (or --images) to say which images to reconstruct");
             };
-            let mut ds = Dataset::open(path, *split)?;
-            // Weights from elsewhere expect their own normalisation, not this dataset's.
-            if let Some((mean, std)) = normalization.cloned() {
-                (ds.mean, ds.std) = (mean, std);
-            }
+            let ds = Dataset::open(path, *split)?;
             if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
                 bail!(
                     "index {bad} is out of range: the {split:?} split of '{}' has {} images",
@@ -394,34 +389,8 @@ pub fn load_images(
                     ds.len()
                 );
             }
-            let c = cfg.in_chans();
-            let (mean, std) = (ds.mean.clone(), ds.std.clone());
-            let grey_to_colour = ds.channels == 1 && c == 3;
-            if grey_to_colour {
-                // Greyscale images for an RGB model: the grey value in every channel (as PIL's
-                // convert('RGB')), then each channel normalised with its own statistics.
-                (ds.mean, ds.std) = (vec![0.0], vec![1.0]);
-            } else if ds.channels != c {
-                bail!(
-                    "'{}' has {}-channel images but the model takes {c} channels: pass images of the model's kind",
-                    path.display(),
-                    ds.channels
-                );
-            }
-            let mut batch = load_batch(&ds, &Transform::Resize { size: side }, indices, 0, 0)?;
-            if grey_to_colour {
-                let plane = side * side;
-                let mut rgb = Vec::with_capacity(batch.images.len() * 3);
-                for grey in batch.images.chunks(plane) {
-                    for ch in 0..3 {
-                        rgb.extend(grey.iter().map(|&v| (v - mean[ch]) / std[ch]));
-                    }
-                }
-                batch.images = rgb;
-                batch.channels = 3;
-            }
-            let names = batch.labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
-            Ok((batch, names, mean, std))
+            load_dataset_images(&ds, indices, cfg, normalization)
+                .with_context(|| format!("images of '{}'", path.display()))
         }
         Images::Files { files, data } => {
             let c = cfg.in_chans();
@@ -431,18 +400,71 @@ pub fn load_images(
                 (None, Some(d)) => (d.mean, d.std),
                 (None, None) => (vec![0.5; c], vec![0.25; c]),
             };
-            let per = c * side * side;
-            let mut pixels = vec![0.0; files.len() * per];
-            let transform = Transform::CenterCrop { size: side, crop_pct: 1.0 };
-            for (k, p) in files.iter().enumerate() {
-                let img = crate::data::folder::decode(p, c)?;
-                transform.apply(&img, &mean, &std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
-            }
-            let n = files.len();
-            let batch = Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side };
+            let decoded = files.iter().map(|p| crate::data::folder::decode(p, c)).collect::<Result<Vec<_>>>()?;
+            let batch = decoded_batch(&decoded, cfg.img_size(), &mean, &std);
             Ok((batch, files.iter().map(|p| p.display().to_string()).collect(), mean, std))
         }
     }
+}
+
+/// Images `indices` of an opened dataset at the input size of a model of architecture `cfg`, as
+/// [`load_images`] loads them (`normalization` replaces the dataset's statistics; greyscale images
+/// for an RGB model fill all three channels).
+pub fn load_dataset_images(
+    ds: &Dataset,
+    indices: &[usize],
+    cfg: &ModelConfig,
+    normalization: Option<&(Vec<f32>, Vec<f32>)>,
+) -> Result<LoadedImages> {
+    let (side, c) = (cfg.img_size(), cfg.in_chans());
+    // Weights from elsewhere expect their own normalisation, not this dataset's.
+    let (mean, std) = normalization.cloned().unwrap_or_else(|| (ds.mean.clone(), ds.std.clone()));
+    let grey_to_colour = ds.channels == 1 && c == 3;
+    if !grey_to_colour && ds.channels != c {
+        bail!("the images have {} channels but the model takes {c}: pass images of the model's kind", ds.channels);
+    }
+    if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
+        bail!("index {bad} is out of range: the dataset has {} images", ds.len());
+    }
+    let transform = Transform::Resize { size: side };
+    let plane = side * side;
+    let mut images = vec![0.0f32; indices.len() * c * plane];
+    for (k, &i) in indices.iter().enumerate() {
+        let img = ds.image(i)?;
+        let out = &mut images[k * c * plane..(k + 1) * c * plane];
+        let mut rng = rng_for(&[0, 0, i as u64]);
+        if grey_to_colour {
+            // Greyscale images for an RGB model: the grey value in every channel (as PIL's
+            // convert('RGB')), then each channel normalised with its own statistics.
+            transform.apply(&img, &[0.0], &[1.0], &mut rng, &mut out[..plane]);
+            let grey = out[..plane].to_vec();
+            for ch in 0..3 {
+                for (o, &v) in out[ch * plane..(ch + 1) * plane].iter_mut().zip(&grey) {
+                    *o = (v - mean[ch]) / std[ch];
+                }
+            }
+        } else {
+            transform.apply(&img, &mean, &std, &mut rng, out);
+        }
+    }
+    let labels: Vec<u32> = indices.iter().map(|&i| ds.labels[i]).collect();
+    let names = labels.iter().map(|&l| ds.classes.get(l as usize).cloned().unwrap_or_default()).collect();
+    let batch = Batch { images, labels, indices: indices.to_vec(), channels: c, side };
+    Ok((batch, names, mean, std))
+}
+
+/// Decoded images (of the model's channels) as a normalised batch at `side`: the shorter side
+/// resized (bicubic, antialiased) and the centre cropped, as [`Images::Files`] are.
+pub fn decoded_batch(images: &[crate::data::Image], side: usize, mean: &[f32], std: &[f32]) -> Batch {
+    let c = mean.len();
+    let per = c * side * side;
+    let mut pixels = vec![0.0; images.len() * per];
+    let transform = Transform::CenterCrop { size: side, crop_pct: 1.0 };
+    for (k, img) in images.iter().enumerate() {
+        transform.apply(img, mean, std, &mut rng_for(&[0]), &mut pixels[k * per..(k + 1) * per]);
+    }
+    let n = images.len();
+    Batch { images: pixels, labels: vec![0; n], indices: (0..n).collect(), channels: c, side }
 }
 
 /// Saves a PNG, creating the folder.

@@ -32,6 +32,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("attention", 7),
     // The ablation studies train, evaluate, and count FLOPs with bench.
     ("ablate", 8),
+    // The web viewer shows reconstructions, attention and neighbours (eval's features).
+    ("serve", 8),
 ];
 
 fn layer(module: &str) -> Option<u32> {

@@ -100,3 +100,15 @@ fn existing_run_is_not_overwritten_and_other_config_cannot_resume_it() {
         "out of range",
     );
 }
+
+#[test]
+fn serve_names_a_taken_port_a_missing_checkpoint_and_a_bad_upload_limit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = mim(&["serve", "--checkpoint", "/nonexistent/ck.mim", "--port", &port]);
+    assert_clean_error(&out, "pick another --port");
+    let out = mim(&["serve", "--checkpoint", "/nonexistent/ck.mim", "--port", "0"]);
+    assert_clean_error(&out, "/nonexistent/ck.mim");
+    let out = mim(&["serve", "--checkpoint", "/nonexistent/ck.mim", "--upload-limit-mb", "0"]);
+    assert_clean_error(&out, "--upload-limit-mb must be positive");
+}

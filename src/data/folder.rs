@@ -83,7 +83,22 @@ pub fn decode(path: &Path, channels: usize) -> Result<Image> {
                 path.display()
             )
         })?;
+    Ok(to_channels(img, channels))
+}
+
+/// Decodes an image held in memory (PNG or JPEG) to `channels` (1 = grey, 3 = RGB).
+pub fn decode_bytes(bytes: &[u8], channels: usize) -> Result<Image> {
+    let format = image::guess_format(bytes)
+        .ok()
+        .filter(|f| matches!(f, image::ImageFormat::Png | image::ImageFormat::Jpeg))
+        .context("not a PNG or JPEG image: convert it to one of these formats")?;
+    let img = image::load_from_memory_with_format(bytes, format)
+        .context("cannot decode the image: the file is unreadable or truncated")?;
+    Ok(to_channels(img, channels))
+}
+
+fn to_channels(img: image::DynamicImage, channels: usize) -> Image {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let pixels = if channels == 1 { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() };
-    Ok(Image { width, height, channels, pixels })
+    Image { width, height, channels, pixels }
 }

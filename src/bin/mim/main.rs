@@ -124,6 +124,34 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         scale: usize,
     },
+    /// A local web page to look at a model: hide patches and see the reconstruction, attention maps
+    /// per layer and head, nearest training images; dataset images or your own photos.
+    Serve {
+        /// A mim pretraining checkpoint or a weights file (`mim inspect` reads it).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset to browse (default: the one the checkpoint was trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Split browsed (neighbours come from the training split).
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        /// Training images searched for nearest neighbours (0: none).
+        #[arg(long, default_value_t = 5000)]
+        neighbours: usize,
+        /// Up-scaling of the reconstruction picture.
+        #[arg(long, default_value_t = 4)]
+        scale: usize,
+        /// Address to listen on. Anything but loopback shows the model and data to the network.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port (0: any free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Largest photo accepted, in MB.
+        #[arg(long, default_value_t = 20.0)]
+        upload_limit_mb: f64,
+    },
     /// Export a pretraining checkpoint's weights to safetensors (official names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -657,6 +685,22 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
+        }
+        Command::Serve { checkpoint, data, split, neighbours, scale, host, port, upload_limit_mb } => {
+            if !host.is_loopback() {
+                eprintln!(
+                    "warning: listening on {host}: anyone who can reach this machine sees the model, the dataset and \
+                     the photos uploaded (use --host 127.0.0.1 to keep it local)"
+                );
+            }
+            if !upload_limit_mb.is_finite() || upload_limit_mb <= 0.0 {
+                bail!("--upload-limit-mb must be positive, not {upload_limit_mb}");
+            }
+            let viewer = mim::serve::ViewerConfig { checkpoint, data, split, neighbour_pool: neighbours, scale };
+            let cfg = mim::serve::ServeConfig { viewer, host, port, upload_limit: (upload_limit_mb * 1e6) as usize };
+            let server = mim::serve::start(cfg, &mut |m| eprintln!("{m}"))?;
+            eprintln!("mim serve: open {} (Ctrl-C stops it)", server.url());
+            server.wait()
         }
         Command::Export { checkpoint: ck, out, device } => {
             mim::runtime::device(&device)?;

@@ -1,0 +1,399 @@
+//! What the viewer computes, without HTTP: a pretrained model, the dataset it browses, the photos
+//! users uploaded, and the answers (masks, reconstructions, attention, neighbours) as plain values.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::attention::{AttentionEncoder, ClsAttention};
+use crate::data::loader::rng_for;
+use crate::data::{Dataset, Image, Split};
+use crate::eval::{Backbone, FeatureEncoder, Features};
+use crate::masking::{BlockMasking, MASK_STREAM, Mask, MaskStrategy};
+use crate::models::classifier::Pool;
+use crate::models::pretrain::ModelConfig;
+use crate::reconstruct::Reconstructor;
+use crate::viz::{LoadedImages, decoded_batch, grid_image, load_dataset_images};
+
+/// Uploaded photos kept at once; the oldest is dropped first.
+pub const MAX_UPLOADS: usize = 32;
+
+/// What the viewer shows.
+#[derive(Debug, Clone)]
+pub struct ViewerConfig {
+    /// A mim pretraining checkpoint or any weights file [`crate::weights::open`] reads.
+    pub checkpoint: PathBuf,
+    /// Dataset to browse (default: the data the checkpoint was trained on).
+    pub data: Option<PathBuf>,
+    /// Split browsed; neighbours come from the training split.
+    pub split: Split,
+    /// Training images whose features are searched for neighbours (0: no neighbours).
+    pub neighbour_pool: usize,
+    /// Up-scaling of the reconstruction picture (as `mim reconstruct --scale`).
+    pub scale: usize,
+}
+
+/// An image the viewer works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageRef {
+    /// Image `i` of the browsed split.
+    Dataset(usize),
+    /// Image `i` of the training split (a neighbour).
+    Train(usize),
+    /// The uploaded photo with this id.
+    Upload(usize),
+}
+
+/// What the page needs to know about the model and the data.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    /// Family and source, e.g. "MAE (demo/checkpoint.mim, epoch 3)".
+    pub model: String,
+    /// Input side in pixels.
+    pub img_size: usize,
+    /// Patches per side.
+    pub grid: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Fraction masked by default (the method's recipe).
+    pub default_ratio: f64,
+    /// Why reconstruction is unavailable (`None`: available).
+    pub no_reconstruction: Option<String>,
+    /// Why attention maps are unavailable (`None`: available).
+    pub no_attention: Option<String>,
+    /// Why neighbours are unavailable (`None`: available).
+    pub no_neighbours: Option<String>,
+    /// Training images searched for neighbours.
+    pub neighbour_pool: usize,
+    /// The browsed dataset.
+    pub dataset: Option<DatasetInfo>,
+    /// Notes the user should read (what the weights file could not say and was assumed).
+    pub notes: Vec<String>,
+}
+
+/// The browsed dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetInfo {
+    /// Description (format and path).
+    pub name: String,
+    /// Split browsed.
+    pub split: Split,
+    /// Images in it.
+    pub len: usize,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Class of each image.
+    pub labels: Vec<u32>,
+}
+
+/// A reconstruction: the picture `mim reconstruct --no-titles` draws for the same image and mask.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconstruction {
+    /// PNG of `original | masked | reconstruction | reconstruction + visible`.
+    #[serde(skip)]
+    pub png: Vec<u8>,
+    /// Patches removed.
+    pub removed: usize,
+    /// Milliseconds the model took.
+    pub millis: f64,
+}
+
+/// The [CLS] token's attention over the patches.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attention {
+    /// `[layer][head][patch]`.
+    pub maps: Vec<Vec<Vec<f32>>>,
+    /// Milliseconds the model took.
+    pub millis: f64,
+}
+
+/// A training image near the query in feature space.
+#[derive(Debug, Clone, Serialize)]
+pub struct Neighbour {
+    /// Index in the training split.
+    pub index: usize,
+    /// Its class.
+    pub class: String,
+    /// Cosine similarity of the features.
+    pub similarity: f32,
+}
+
+/// A pretrained model with its data, answering the viewer's questions.
+pub struct Viewer {
+    info: Info,
+    config: ModelConfig,
+    scale: usize,
+    reconstructor: Option<Reconstructor>,
+    /// Normalisation of the reconstructor's inputs (`None`: the dataset's own statistics).
+    reconstruct_norm: Option<(Vec<f32>, Vec<f32>)>,
+    attention: Option<AttentionEncoder>,
+    features: Option<(FeatureEncoder, Features)>,
+    /// Normalisation of the encoder's inputs (attention and neighbours).
+    encoder_norm: (Vec<f32>, Vec<f32>),
+    data: Option<Dataset>,
+    train: Option<Dataset>,
+    uploads: Vec<(usize, Image)>,
+    next_upload: usize,
+    device: Device,
+}
+
+impl Viewer {
+    /// Loads the model and the data; `progress` hears what is being prepared.
+    pub fn new(cfg: &ViewerConfig, progress: &mut dyn FnMut(&str)) -> Result<Self> {
+        let device = Device::flex();
+        let weights = crate::weights::open(&cfg.checkpoint)?;
+        let header = crate::checkpoint::read_header(&cfg.checkpoint).ok();
+        let is_checkpoint = header.is_some();
+        let (norm, _) = weights.input_normalization()?;
+        let encoder_norm = (norm.mean.clone(), norm.std.clone());
+        let config = weights.detected.config.clone();
+        let trained_on = header.as_ref().and_then(trained_on);
+        let data_path = cfg.data.clone().or(trained_on);
+
+        // Checkpoints normalise with the browsed dataset's statistics, weights files with their own,
+        // as `mim reconstruct` does.
+        let (reconstructor, reconstruct_norm) = match if is_checkpoint {
+            Reconstructor::from_checkpoint(&cfg.checkpoint, &device).map(|r| (r, None))
+        } else {
+            Reconstructor::from_weights(&weights, norm.clone(), &device).map(|r| (r, Some(encoder_norm.clone())))
+        } {
+            Ok((r, n)) => (Ok(r), n),
+            Err(e) => (Err(e), None),
+        };
+        let attention = AttentionEncoder::new(&weights, &device);
+
+        let data = data_path.as_deref().map(|p| Dataset::open(p, cfg.split)).transpose()?;
+        let (train, features) = match (&data_path, cfg.neighbour_pool) {
+            (None, _) => (None, Err(anyhow::anyhow!("no dataset: pass --data"))),
+            (Some(_), 0) => (None, Err(anyhow::anyhow!("--neighbours 0"))),
+            (Some(p), n) => {
+                let mut train = Dataset::open(p, Split::Train)?;
+                train.truncate(n);
+                progress(&format!("features of {} training images for the neighbours", train.len()));
+                let features = neighbour_bank(&cfg.checkpoint, &train, &device);
+                (Some(train), features)
+            }
+        };
+        let why = |e: &anyhow::Error| Some(format!("{e:#}"));
+        let mut source = crate::reconstruct::file_name(&cfg.checkpoint);
+        if let Some(header) = &header {
+            source = format!("{source}, epoch {}", header.epoch);
+        }
+        let family = config.kind();
+        let info = Info {
+            model: format!("{family} ({source})"),
+            img_size: config.img_size(),
+            grid: config.grid(),
+            channels: config.in_chans(),
+            default_ratio: match config {
+                ModelConfig::Mae(_) => crate::train::methods::Method::Mae.recipe().mask_ratio,
+                ModelConfig::Beit(_) => crate::train::methods::Method::Beit.recipe().mask_ratio,
+                ModelConfig::Swin(_) => crate::train::methods::Method::Simmim.recipe().mask_ratio,
+            },
+            no_reconstruction: reconstructor.as_ref().err().and_then(why),
+            no_attention: attention.as_ref().err().and_then(why),
+            no_neighbours: features.as_ref().err().and_then(why),
+            neighbour_pool: train.as_ref().map_or(0, Dataset::len),
+            dataset: data.as_ref().map(|d| DatasetInfo {
+                name: d.name.clone(),
+                split: cfg.split,
+                len: d.len(),
+                classes: d.classes.clone(),
+                labels: d.labels.clone(),
+            }),
+            notes: weights.detected.assumed.iter().map(|(what, value)| format!("{what} = {value}")).collect(),
+        };
+        Ok(Viewer {
+            info,
+            config,
+            scale: cfg.scale,
+            reconstructor: reconstructor.ok(),
+            reconstruct_norm,
+            attention: attention.ok(),
+            features: features.ok(),
+            encoder_norm,
+            data,
+            train,
+            uploads: Vec::new(),
+            next_upload: 0,
+            device,
+        })
+    }
+
+    /// The model and data, for the page.
+    pub fn info(&self) -> &Info {
+        &self.info
+    }
+
+    /// The image itself as a PNG, at its own size.
+    pub fn image_png(&self, image: ImageRef) -> Result<Vec<u8>> {
+        let img = match image {
+            ImageRef::Dataset(i) => dataset_image(self.data.as_ref(), i)?,
+            ImageRef::Train(i) => dataset_image(self.train.as_ref(), i)?,
+            ImageRef::Upload(id) => self.upload(id)?.clone(),
+        };
+        let colour = if img.channels == 1 { image::ColorType::L8 } else { image::ColorType::Rgb8 };
+        encode_png(&img.pixels, img.width as u32, img.height as u32, colour)
+    }
+
+    /// Keeps an uploaded photo (PNG or JPEG) and returns its id.
+    pub fn add_upload(&mut self, bytes: &[u8]) -> Result<usize> {
+        let img = crate::data::folder::decode_bytes(bytes, self.config.in_chans())?;
+        ensure!(img.width > 0 && img.height > 0, "the image is empty");
+        if self.uploads.len() == MAX_UPLOADS {
+            self.uploads.remove(0);
+        }
+        let id = self.next_upload;
+        self.next_upload += 1;
+        self.uploads.push((id, img));
+        Ok(id)
+    }
+
+    /// A mask of `strategy` (random, block or grid) removing about `ratio` of the patches, drawn
+    /// from `seed`: `true` = removed, row-major.
+    pub fn mask(&self, strategy: &str, ratio: f64, seed: u64) -> Result<Vec<bool>> {
+        let grid = self.config.grid();
+        let l = grid * grid;
+        let strategy = match strategy {
+            "random" => MaskStrategy::Random { ratio },
+            "block" => MaskStrategy::Block(BlockMasking {
+                // BEiT's 16-patch minimum block is for a 14x14 grid; scale it to small grids.
+                min_num_patches: (l / 12).clamp(1, 16),
+                ..BlockMasking::beit(((ratio * l as f64).round() as usize).clamp(1, l - 1))
+            }),
+            "grid" => MaskStrategy::Grid,
+            other => bail!("unknown mask strategy '{other}': use random, block or grid"),
+        };
+        // The stream `mim reconstruct --seed` draws its random masks from.
+        let mut rng = rng_for(&[seed, MASK_STREAM]);
+        Ok(strategy.sample((grid, grid), 1, &mut rng)?.row(0).to_vec())
+    }
+
+    /// Reconstructs `image` with the patches `removed` (row-major) hidden from the model.
+    pub fn reconstruct(&self, image: ImageRef, removed: &[bool]) -> Result<Reconstruction> {
+        let Some(model) = &self.reconstructor else {
+            bail!("{}", self.info.no_reconstruction.clone().unwrap_or_default())
+        };
+        let l = self.config.num_patches();
+        ensure!(removed.len() == l, "the mask has {} patches but the model has {l}", removed.len());
+        let visible: Vec<usize> = (0..l).filter(|&i| !removed[i]).collect();
+        ensure!(!visible.is_empty(), "every patch is hidden: show at least one");
+        let (batch, _, mean, std) = self.load(image, self.reconstruct_norm.as_ref())?;
+        let start = Instant::now();
+        let rows = model.reconstruct(&batch, &Mask::from_visible(&visible, 1, l)?, &mean, &std)?;
+        let millis = start.elapsed().as_secs_f64() * 1e3;
+        let (c, s) = (self.config.in_chans(), self.config.img_size());
+        let picture = grid_image(&rows, (c, s, s), self.scale, "", &[])?;
+        let png = encode_png(picture.as_raw(), picture.width(), picture.height(), image::ColorType::Rgb8)?;
+        Ok(Reconstruction { png, removed: l - visible.len(), millis })
+    }
+
+    /// The [CLS] token's attention over the patches of `image`, every layer and head.
+    pub fn attention(&self, image: ImageRef) -> Result<Attention> {
+        let Some(encoder) = &self.attention else { bail!("{}", self.info.no_attention.clone().unwrap_or_default()) };
+        let (batch, ..) = self.load(image, Some(&self.encoder_norm))?;
+        let start = Instant::now();
+        let maps: ClsAttention = encoder.cls_attention(batch.tensor(&self.device))?;
+        let millis = start.elapsed().as_secs_f64() * 1e3;
+        Ok(Attention { maps: maps.into_iter().map(|mut layer| layer.swap_remove(0)).collect(), millis })
+    }
+
+    /// The `k` training images whose encoder features are nearest to `image`'s (cosine).
+    pub fn neighbours(&self, image: ImageRef, k: usize) -> Result<Vec<Neighbour>> {
+        let (Some((encoder, bank)), Some(train)) = (&self.features, &self.train) else {
+            bail!("{}", self.info.no_neighbours.clone().unwrap_or_default())
+        };
+        // The bank was extracted with the training data's statistics, the query must be too.
+        let norm = (train.mean.clone(), train.std.clone());
+        let (batch, ..) = self.load(image, Some(&norm))?;
+        let query = crate::eval::host((encoder.encode)(batch.tensor(&self.device)));
+        let unit = |v: &[f32]| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let q = unit(&query);
+        let mut scored: Vec<(usize, f32)> = bank
+            .values
+            .chunks(bank.dim)
+            .enumerate()
+            .map(|(i, f)| (i, unit(f).iter().zip(&q).map(|(a, b)| a * b).sum()))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(scored
+            .into_iter()
+            .take(k)
+            .map(|(index, similarity)| Neighbour {
+                index,
+                class: train.classes.get(bank.labels[index] as usize).cloned().unwrap_or_default(),
+                similarity,
+            })
+            .collect())
+    }
+
+    fn upload(&self, id: usize) -> Result<&Image> {
+        self.uploads.iter().find(|(i, _)| *i == id).map(|(_, img)| img).with_context(|| {
+            format!("no uploaded photo {id}: upload it again (the viewer keeps the last {MAX_UPLOADS})")
+        })
+    }
+
+    /// `image` as a batch of one at the model's input, normalised with `norm` (`None`: the
+    /// dataset's own statistics; for uploads, the browsed dataset's).
+    fn load(&self, image: ImageRef, norm: Option<&(Vec<f32>, Vec<f32>)>) -> Result<LoadedImages> {
+        match image {
+            ImageRef::Dataset(i) | ImageRef::Train(i) => {
+                let ds = if matches!(image, ImageRef::Dataset(_)) { &self.data } else { &self.train };
+                let ds = ds.as_ref().context("no dataset: pass --data")?;
+                ensure!(i < ds.len(), "image {i} is out of range: the dataset has {} images", ds.len());
+                load_dataset_images(ds, &[i], &self.config, norm)
+            }
+            ImageRef::Upload(id) => {
+                let c = self.config.in_chans();
+                let (mean, std) = match (norm, &self.data) {
+                    (Some(n), _) => n.clone(),
+                    (None, Some(d)) if d.channels == c => (d.mean.clone(), d.std.clone()),
+                    _ => self.encoder_norm.clone(),
+                };
+                let batch = decoded_batch(std::slice::from_ref(self.upload(id)?), self.config.img_size(), &mean, &std);
+                Ok((batch, vec![format!("upload {id}")], mean, std))
+            }
+        }
+    }
+}
+
+/// The encoder's features of every image of `train`, as `mim knn` computes them (cls pooling).
+fn neighbour_bank(checkpoint: &Path, train: &Dataset, device: &Device) -> Result<(FeatureEncoder, Features)> {
+    let encoder = Backbone::Checkpoint(checkpoint.to_path_buf())
+        .encoder(train.channels, Pool::Cls, device)?
+        .context("no encoder")?;
+    let features =
+        crate::eval::extract(Some(&*encoder.encode), train, encoder.config.img_size(), 256, device, &mut |_| {})?;
+    Ok((encoder, features))
+}
+
+/// The data a mim checkpoint was trained on, when recorded.
+fn trained_on(header: &crate::checkpoint::CheckpointHeader) -> Option<PathBuf> {
+    header.train.get("run")?.get("data")?.as_str().map(PathBuf::from)
+}
+
+fn dataset_image(ds: Option<&Dataset>, i: usize) -> Result<Image> {
+    let ds = ds.context("no dataset: pass --data")?;
+    ensure!(i < ds.len(), "image {i} is out of range: the dataset has {} images", ds.len());
+    ds.image(i)
+}
+
+fn encode_png(pixels: &[u8], width: u32, height: u32, colour: image::ColorType) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut out),
+        pixels,
+        width,
+        height,
+        colour.into(),
+    )
+    .context("cannot encode the PNG")?;
+    Ok(out)
+}

@@ -1,0 +1,256 @@
+//! `mim serve` in a real browser (Debian's chromium through chromedriver): the page loads, clicked
+//! patches change the reconstruction, which equals `mim reconstruct`'s for the same mask, attention
+//! heads switch, photos upload and a non-image or too large file gets a clear message on the page.
+//!
+//! Without chromium the test says so and passes, unless `MIM_BROWSER_TESTS=required` (CI sets it).
+//! With `MIM_SCREENSHOTS=DIR` it keeps a screenshot of each view there.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{mim, subset};
+use fantoccini::{Client, ClientBuilder, Locator};
+use mim::data::Split;
+use mim::serve::{ServeConfig, ViewerConfig};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const SCALE: usize = 4;
+
+/// chromedriver, stopped when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// chromedriver on a free port, or `None` (after saying why) when the browser is not installed.
+fn driver() -> Option<(Driver, u16)> {
+    if !(Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()) {
+        let why = format!("{CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+        assert!(std::env::var("MIM_BROWSER_TESTS").as_deref() != Ok("required"), "browser tests required: {why}");
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((driver, port))
+}
+
+async fn browser(port: u16, profile: &Path) -> Client {
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        &format!("--user-data-dir={}", profile.display()),
+    ];
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": CHROMIUM, "args": args }));
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connect to chromedriver")
+}
+
+/// Evaluates `script` (a function body) in the page.
+async fn js(client: &Client, script: &str) -> serde_json::Value {
+    client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+/// Waits until `script` returns something other than null/false/"" and returns it.
+async fn until(client: &Client, what: &str, script: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let v = js(client, script).await;
+        if !(v.is_null() || v == false || v == "") {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    if let Ok(dir) = std::env::var("MIM_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(Path::new(&dir).join(name), client.screenshot().await.unwrap()).unwrap();
+    }
+}
+
+fn decode_png(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).expect("a PNG").to_rgb8()
+}
+
+/// A briefly trained micro MAE checkpoint.
+fn checkpoint(dir: &Path) -> PathBuf {
+    let data = subset();
+    let out = mim(&[
+        "pretrain",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "mae_micro",
+        "--max-images",
+        "256",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join("checkpoint.mim")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_and_takes_photos() {
+    let Some((_driver, driver_port)) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = checkpoint(&tmp.path().join("run"));
+    let cfg = ServeConfig {
+        viewer: ViewerConfig {
+            checkpoint: ck.clone(),
+            data: Some(subset()),
+            split: Split::Test,
+            neighbour_pool: 300,
+            scale: SCALE,
+        },
+        host: [127, 0, 0, 1].into(),
+        port: 0,
+        upload_limit: 64 * 1024,
+    };
+    let server = tokio::task::block_in_place(|| mim::serve::start(cfg, &mut |_| {})).expect("start the viewer");
+    let client = browser(driver_port, &tmp.path().join("profile")).await;
+    client.goto(&server.url()).await.unwrap();
+
+    // The page opens on the first test image with a random mask and its reconstruction.
+    let first =
+        until(&client, "the first reconstruction", "return document.getElementById('reconstruction').dataset.mask")
+            .await
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert_eq!(first.len(), 49, "a 7x7 patch grid");
+    until(&client, "the neighbours", "return document.getElementById('neighbours').children.length >= 8").await;
+    let model = client.find(Locator::Id("model")).await.unwrap().text().await.unwrap();
+    assert!(model.contains("MAE") && model.contains("epoch 1"), "{model}");
+    screenshot(&client, "serve.png").await;
+
+    // Clicking two patches toggles them, and the reconstruction follows.
+    for patch in [0, 24] {
+        client.find(Locator::Css(&format!("#patches div[data-patch='{patch}']"))).await.unwrap().click().await.unwrap();
+    }
+    let mut expected: Vec<u8> = first.bytes().collect();
+    for patch in [0, 24] {
+        expected[patch] = if expected[patch] == b'1' { b'0' } else { b'1' };
+    }
+    let expected = String::from_utf8(expected).unwrap();
+    let script = format!("return document.getElementById('reconstruction').dataset.mask === '{expected}'");
+    until(&client, "the reconstruction of the clicked mask", &script).await;
+    let shown = js(&client, "return document.getElementById('reconstruction').src").await;
+    let shown = shown.as_str().unwrap().strip_prefix("data:image/png;base64,").expect("a PNG data URL");
+    let shown = decode_png(&base64::engine::general_purpose::STANDARD.decode(shown).unwrap());
+
+    // `mim reconstruct` with the same visible patches draws the same pixels.
+    let visible: Vec<String> =
+        expected.bytes().enumerate().filter(|(_, b)| *b == b'0').map(|(i, _)| i.to_string()).collect();
+    let pics = tmp.path().join("pics");
+    let out = mim(&[
+        "reconstruct",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--indices",
+        "0",
+        "--visible",
+        &visible.join(","),
+        "--no-titles",
+        "--scale",
+        &SCALE.to_string(),
+        "--out",
+        pics.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli = decode_png(&std::fs::read(pics.join("reconstruction_00.png")).unwrap());
+    assert_eq!(shown.dimensions(), cli.dimensions());
+    assert!(shown == cli, "the page's reconstruction differs from mim reconstruct's");
+    screenshot(&client, "serve_clicked.png").await;
+
+    // Attention: another head draws another map.
+    let canvas = "const c = document.getElementById('attention'); return c.dataset.head !== undefined && c.toDataURL()";
+    let mean = until(&client, "the attention map", canvas).await;
+    assert_eq!(js(&client, "return document.getElementById('attention').dataset.head").await, "mean");
+    client.find(Locator::Id("head")).await.unwrap().select_by_value("0").await.unwrap();
+    until(&client, "head 1", "return document.getElementById('attention').dataset.head === '0'").await;
+    let head = js(&client, "return document.getElementById('attention').toDataURL()").await;
+    assert_ne!(mean, head, "head 1's map is not the mean's");
+    client.find(Locator::Id("layer")).await.unwrap().select_by_value("0").await.unwrap();
+    until(&client, "layer 1", "return document.getElementById('attention').dataset.layer === '0'").await;
+    screenshot(&client, "serve_attention.png").await;
+
+    // A photo (RGB, not square) uploads and is reconstructed; a text file and a too large file are refused on the page.
+    let photo = tmp.path().join("photo.png");
+    image::RgbImage::from_fn(60, 40, |x, y| image::Rgb([(x * 4) as u8, (y * 6) as u8, 128])).save(&photo).unwrap();
+    let input = client.find(Locator::Id("file")).await.unwrap();
+    input.send_keys(photo.to_str().unwrap()).await.unwrap();
+    until(
+        &client,
+        "the upload's reconstruction",
+        "return document.getElementById('reconstruction').dataset.image === '{\"upload\":0}'",
+    )
+    .await;
+    until(
+        &client,
+        "the upload's attention",
+        "return document.getElementById('attention').dataset.image === '{\"upload\":0}'",
+    )
+    .await;
+    screenshot(&client, "serve_upload.png").await;
+
+    let text = tmp.path().join("notes.txt");
+    std::fs::write(&text, "not a picture").unwrap();
+    input.send_keys(text.to_str().unwrap()).await.unwrap();
+    let message = until(&client, "the refusal", "return document.getElementById('message').textContent").await;
+    assert!(message.as_str().unwrap().contains("notes.txt: not a PNG or JPEG image"), "{message}");
+    screenshot(&client, "serve_error.png").await;
+
+    let big = tmp.path().join("big.png");
+    std::fs::write(&big, vec![7u8; 100 * 1024]).unwrap();
+    input.send_keys(big.to_str().unwrap()).await.unwrap();
+    let script = "const t = document.getElementById('message').textContent; return t.includes('big.png') && t";
+    let message = until(&client, "the size refusal", script).await;
+    assert!(message.as_str().unwrap().contains("larger than the upload limit"), "{message}");
+
+    client.close().await.unwrap();
+    drop(server);
+}
