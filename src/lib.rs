@@ -47,6 +47,7 @@ pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod reconstruct;
+pub mod report;
 pub mod runtime;
 pub mod serve;
 pub mod train;

@@ -1,7 +1,9 @@
-//! Process-level settings that make burn fast on a CPU, and device selection.
+//! Process-level settings that make burn fast on a CPU, device selection, and the machine and
+//! build a run happens on.
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
 
 /// Keeps large buffers in the process instead of returning them to the OS after every step.
 ///
@@ -40,5 +42,70 @@ pub fn device(name: &str) -> Result<Device> {
         }
         s if s.starts_with("cuda") => bail!("device '{s}' needs a CUDA build: cargo build --release --features cuda"),
         s => bail!("unknown device '{s}': use cpu{}", if cfg!(feature = "cuda") { " or cuda:N" } else { "" }),
+    }
+}
+
+/// The machine and build a run was measured (or trained) on, carried by every JSONL record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// `git rev-parse HEAD` of the source tree (`-dirty` with uncommitted changes), `$MIM_COMMIT`
+    /// when set, or "unknown".
+    pub commit: String,
+    /// The command line.
+    pub command: String,
+    /// Seed of models, inputs and masks on both sides.
+    pub seed: u64,
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// Whether the CPU has AVX-512F.
+    pub avx512: bool,
+    /// Threads of each side.
+    pub threads: usize,
+    /// mim's version.
+    pub mim_version: String,
+}
+
+impl RunInfo {
+    /// This process's: `command` and `seed` as given.
+    pub fn here(command: String, seed: u64) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            cpuinfo
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        Self {
+            commit: commit(),
+            command,
+            seed,
+            cpu: field("model name").unwrap_or_else(|| "unknown".into()),
+            avx512: field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "avx512f")),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            mim_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// The commit of the source tree this binary was built from (see [`RunInfo::commit`]).
+fn commit() -> String {
+    if let Ok(c) = std::env::var("MIM_COMMIT") {
+        return c;
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match (git(&["rev-parse", "HEAD"]), git(&["status", "--porcelain", "--untracked-files=no"])) {
+        (Some(head), Some(changes)) if !changes.is_empty() => format!("{head}-dirty"),
+        (Some(head), _) => head,
+        _ => "unknown".into(),
     }
 }

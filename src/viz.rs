@@ -496,26 +496,78 @@ pub fn line_chart(
     series: &[(&str, Vec<(f64, f64)>)],
 ) -> Result<()> {
     use plotters::prelude::*;
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    draw_line_chart(root, title, x_label, y_label, series)
+        .map_err(|e| anyhow::anyhow!("cannot draw '{}': {e}", path.display()))
+}
+
+/// [`line_chart`] as an SVG document of `width x height` pixels (for pages that embed it).
+pub fn line_chart_svg(
+    (width, height): (u32, u32),
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<String> {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        draw_line_chart(root, title, x_label, y_label, series)
+            .map_err(|e| anyhow::anyhow!("cannot draw '{title}': {e}"))?;
+    }
+    Ok(svg)
+}
+
+fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
+    root: plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
     register_font();
     let pts = series.iter().flat_map(|(_, s)| s.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
-    anyhow::ensure!(x0 <= x1, "nothing to plot");
+    if x0 > x1 {
+        return Err("nothing to plot".into());
+    }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw '{}': {e}", path.display());
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
-    let colours = [RGBColor(180, 200, 230), RGBColor(20, 80, 180), RGBColor(200, 60, 40), RGBColor(40, 150, 60)];
+    // Small values (learning rates) in scientific notation, so that ticks stay distinct.
+    let tick = |v: &f64| {
+        if v.abs() < 1e-2 && *v != 0.0 {
+            format!("{v:.1e}")
+        } else {
+            format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .draw()
+        .map_err(|e| err(&e))?;
+    // Raw values under their moving mean are drawn pale; other series in distinct dark colours.
+    let colours = if series.iter().any(|(name, _)| *name == MOVING_MEAN) {
+        [RGBColor(180, 200, 230), RGBColor(20, 80, 180), RGBColor(200, 60, 40), RGBColor(40, 150, 60)]
+    } else {
+        [RGBColor(20, 80, 180), RGBColor(200, 60, 40), RGBColor(40, 150, 60), RGBColor(150, 90, 20)]
+    };
     for (i, (name, s)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];
         chart
@@ -528,8 +580,13 @@ pub fn line_chart(
     root.present().map_err(|e| err(&e))
 }
 
-/// Loss per iteration and its moving average over `window` iterations.
-pub fn loss_curve(path: &Path, losses: &[(f64, f64)], window: usize) -> Result<()> {
+/// Loss per iteration and its moving average over `window` iterations, titled `title`.
+pub fn loss_curve(path: &Path, title: &str, losses: &[(f64, f64)], window: usize) -> Result<()> {
+    line_chart(path, title, "iteration", "loss (masked patches)", &loss_series(losses, window))
+}
+
+/// The loss and its moving average over `window` iterations, as chart series.
+pub fn loss_series(losses: &[(f64, f64)], window: usize) -> Vec<(&'static str, Vec<(f64, f64)>)> {
     let smooth: Vec<(f64, f64)> = losses
         .iter()
         .enumerate()
@@ -538,14 +595,11 @@ pub fn loss_curve(path: &Path, losses: &[(f64, f64)], window: usize) -> Result<(
             (x, losses[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - lo) as f64)
         })
         .collect();
-    line_chart(
-        path,
-        "MAE pretraining loss",
-        "iteration",
-        "loss (masked patches)",
-        &[("loss", losses.to_vec()), (&format!("mean of {window}"), smooth)],
-    )
+    vec![("loss", losses.to_vec()), (MOVING_MEAN, smooth)]
 }
+
+/// Name of the averaged series of [`loss_series`] (the raw values under it are drawn pale).
+pub const MOVING_MEAN: &str = "moving mean";
 
 #[cfg(test)]
 mod caption_tests {

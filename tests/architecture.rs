@@ -34,6 +34,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("ablate", 8),
     // The web viewer shows reconstructions, attention and neighbours (eval's features).
     ("serve", 8),
+    // A run's report draws its checkpoints' reconstructions.
+    ("report", 8),
 ];
 
 fn layer(module: &str) -> Option<u32> {

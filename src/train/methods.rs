@@ -45,6 +45,15 @@ pub struct Recipe {
 }
 
 impl Method {
+    /// The method's name as its paper writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Mae => "MAE",
+            Method::Beit => "BEiT",
+            Method::Simmim => "SimMIM",
+        }
+    }
+
     /// The method's recipe: MAE's `main_pretrain.py` (AdamW 0.9/0.95, no clipping, 75% masked);
     /// BEiT's `run_beit_pretraining.py` with its README's command (clipping 3.0, colour jitter,
     /// 40% masked block-wise); SimMIM's `main_simmim.py` (timm's schedule, `TRAIN.CLIP_GRAD` 5.0,

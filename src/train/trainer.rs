@@ -44,6 +44,9 @@ pub struct StepMetrics {
     pub elapsed_s: f64,
 }
 
+/// The run folder's log of starts and resumes: when, from which iteration, commit, machine, command.
+pub const RUNS_LOG: &str = "runs.jsonl";
+
 /// Receives progress (the CLI draws a progress bar; tests collect losses).
 pub trait Reporter {
     /// Training starts (or resumes at `done` of `total` iterations).
@@ -52,6 +55,9 @@ pub trait Reporter {
     fn step(&mut self, _m: &StepMetrics) {}
     /// A line of information (checkpoint written, test accuracy, ...).
     fn message(&mut self, _msg: &str) {}
+    /// The checkpoint at `path` now holds the model after `epoch` epochs (the CLI draws a snapshot
+    /// of reconstructions from it).
+    fn checkpoint(&mut self, _path: &Path, _epoch: u64) {}
     /// Training ended.
     fn finish(&mut self) {}
 }
@@ -309,6 +315,16 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
     if let Some(log) = task.epoch_log() {
         keep_records(&log, "epoch", it / spe as u64)?;
     }
+    // Who trained what where: one record per start or resume, the provenance `mim report` shows.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let record = serde_json::json!({
+        "started_unix_s": started,
+        "iteration": it,
+        "info": crate::runtime::RunInfo::here(command, run.seed),
+    });
+    let runs = run.out.join(RUNS_LOG);
+    writeln!(append(&runs)?, "{record}").with_context(|| format!("cannot write '{}'", runs.display()))?;
 
     let ds = Arc::new(ds);
     let total = (run.epochs * spe) as u64;
@@ -397,6 +413,7 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
         if (epoch + 1) % run.checkpoint_every as u64 == 0 || epoch + 1 == run.epochs as u64 {
             task.save(&ckpt, &model, stepper.optimizer(), progress)?;
             reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt.display()));
+            reporter.checkpoint(&ckpt, epoch + 1);
         }
     }
     reporter.finish();

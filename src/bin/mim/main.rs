@@ -152,6 +152,15 @@ enum Command {
         #[arg(long, default_value_t = 20.0)]
         upload_limit_mb: f64,
     },
+    /// One self-contained HTML page about a pretraining run: loss, learning-rate and k-NN curves,
+    /// reconstructions at each checkpoint, timings, configuration, commit and machine.
+    Report {
+        /// The run folder (`mim pretrain --out`).
+        run: PathBuf,
+        /// Output file (default: RUN/report.html).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Export a pretraining checkpoint's weights to safetensors (official names, PyTorch layout).
     Export {
         /// Checkpoint written by `mim pretrain`.
@@ -371,6 +380,8 @@ fn run_bench(a: &BenchArgs) -> Result<()> {
 struct Bar {
     pb: Option<ProgressBar>,
     total: u64,
+    /// Draw reconstructions of fixed images from every checkpoint written (pretraining).
+    snapshots: bool,
 }
 
 impl Bar {
@@ -416,6 +427,19 @@ impl Reporter for Bar {
             None => eprintln!("{msg}"),
         }
     }
+    fn checkpoint(&mut self, path: &Path, epoch: u64) {
+        if !self.snapshots {
+            return;
+        }
+        match mim::report::write_snapshot(path, epoch) {
+            Ok(Some(file)) => {
+                self.message(&format!("epoch {epoch}: reconstructions of fixed test images in {}", file.display()))
+            }
+            Ok(None) => {}
+            // A picture is not worth stopping a training run for.
+            Err(e) => self.message(&format!("epoch {epoch}: no reconstruction snapshot: {e:#}")),
+        }
+    }
     fn finish(&mut self) {
         if let Some(pb) = self.pb.take() {
             pb.finish();
@@ -425,11 +449,16 @@ impl Reporter for Bar {
 
 fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     let t0 = Instant::now();
-    let summary = pretrain(cfg, resume, &mut Bar::default())?;
+    let summary = pretrain(cfg, resume, &mut Bar { snapshots: true, ..Bar::default() })?;
     let metrics = read_metrics(&metrics_path(&cfg.run.out))?;
     let losses: Vec<(f64, f64)> = metrics.iter().map(|m| (m.iteration as f64, m.loss)).collect();
     let curve = cfg.run.out.join("loss.png");
-    mim::viz::loss_curve(&curve, &losses, 20)?;
+    mim::viz::loss_curve(
+        &curve,
+        &format!("{} pretraining loss ({})", cfg.method.name(), cfg.model_name()),
+        &losses,
+        20,
+    )?;
     // Weights in official MAE naming for other tools (the checkpoint serves mim itself).
     let weights = cfg.run.out.join("weights.safetensors");
     mim::weights::convert(
@@ -701,6 +730,11 @@ fn run(cli: Cli) -> Result<()> {
             let server = mim::serve::start(cfg, &mut |m| eprintln!("{m}"))?;
             eprintln!("mim serve: open {} (Ctrl-C stops it)", server.url());
             server.wait()
+        }
+        Command::Report { run, out } => {
+            let file = mim::report::write_report(&run, out.as_deref())?;
+            eprintln!("wrote {} (opens from disk, no server needed)", file.display());
+            Ok(())
         }
         Command::Export { checkpoint: ck, out, device } => {
             mim::runtime::device(&device)?;
