@@ -111,36 +111,22 @@ fn decode_png(bytes: &[u8]) -> image::RgbImage {
     image::load_from_memory(bytes).expect("a PNG").to_rgb8()
 }
 
-/// A briefly trained micro MAE checkpoint.
-fn checkpoint(dir: &Path) -> PathBuf {
+/// A briefly trained checkpoint (`extra`: method, model, tokenizer).
+fn checkpoint(dir: &Path, extra: &[&str]) -> PathBuf {
     let data = subset();
-    let out = mim(&[
-        "pretrain",
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "mae_micro",
-        "--max-images",
-        "256",
-        "--batch-size",
-        "64",
-        "--epochs",
-        "1",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let mut args = vec!["pretrain", "--data", data.to_str().unwrap(), "--max-images", "256", "--batch-size", "64"];
+    args.extend(["--epochs", "1", "--out", dir.to_str().unwrap()]);
+    args.extend(extra);
+    let out = mim(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dir.join("checkpoint.mim")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_and_takes_photos() {
-    let Some((_driver, driver_port)) = driver() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let ck = checkpoint(&tmp.path().join("run"));
+/// The viewer of `checkpoint` on the shipped subset, on a free loopback port.
+fn serve(checkpoint: &Path) -> mim::serve::Server {
     let cfg = ServeConfig {
         viewer: ViewerConfig {
-            checkpoint: ck.clone(),
+            checkpoint: checkpoint.to_path_buf(),
             data: Some(subset()),
             split: Split::Test,
             neighbour_pool: 300,
@@ -150,9 +136,18 @@ async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_
         port: 0,
         upload_limit: 64 * 1024,
     };
-    let server = tokio::task::block_in_place(|| mim::serve::start(cfg, &mut |_| {})).expect("start the viewer");
+    tokio::task::block_in_place(|| mim::serve::start(cfg, &mut |_| {})).expect("start the viewer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_and_takes_photos() {
+    let Some((_driver, driver_port)) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = checkpoint(&tmp.path().join("run"), &["--model", "mae_micro"]);
+    let server = serve(&ck);
     let client = browser(driver_port, &tmp.path().join("profile")).await;
     client.goto(&server.url()).await.unwrap();
+    assert_eq!(js(&client, "return document.getElementById('tokens-section').hidden").await, true, "no tokens for MAE");
 
     // The page opens on the first test image with a random mask and its reconstruction.
     let first =
@@ -251,6 +246,64 @@ async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_
     let message = until(&client, "the size refusal", script).await;
     assert!(message.as_str().unwrap().contains("larger than the upload limit"), "{message}");
 
+    client.close().await.unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beit_checkpoint_shows_its_visual_tokens_and_the_guesses_at_the_hidden_ones() {
+    let Some((_driver, driver_port)) = driver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tmp.path().join("tok");
+    let data = subset();
+    let out = mim(&["tokenizer", "train", "--data", data.to_str().unwrap(), "--out", tok.to_str().unwrap()]
+        .into_iter()
+        .chain(["--epochs", "1", "--max-images", "256", "--batch-size", "64"])
+        .collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tok = tok.join("tokenizer.mim");
+    let ck = checkpoint(&tmp.path().join("run"), &["--method", "beit", "--tokenizer", tok.to_str().unwrap()]);
+    let server = serve(&ck);
+    let client = browser(driver_port, &tmp.path().join("profile")).await;
+    client.goto(&server.url()).await.unwrap();
+
+    let first = until(&client, "the first tokens", "return document.getElementById('tokens').dataset.mask").await;
+    let first = first.as_str().unwrap().to_string();
+    // BEiT predicts tokens, not pixels: the page says so instead of a reconstruction.
+    let text = client.find(Locator::Id("reconstruction")).await.unwrap();
+    assert!(!text.is_displayed().await.unwrap());
+    let body = client.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+    assert!(body.contains("BEiT predicts visual tokens, not pixels"), "{body}");
+
+    // Showing a hidden patch (or hiding a visible one) updates the tokens view.
+    client.find(Locator::Css("#patches div[data-patch='10']")).await.unwrap().click().await.unwrap();
+    let mut expected: Vec<u8> = first.bytes().collect();
+    expected[10] = if expected[10] == b'1' { b'0' } else { b'1' };
+    let expected = String::from_utf8(expected).unwrap();
+    let script = format!("return document.getElementById('tokens').dataset.mask === '{expected}'");
+    until(&client, "the tokens of the clicked mask", &script).await;
+    // One cell per patch; each hidden patch marked right or wrong, visible ones plain.
+    let cells = js(&client, "return [...document.getElementById('token-grid').children].map(c => c.className)").await;
+    let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(cells.len(), 49);
+    for (i, (cell, hidden)) in cells.iter().zip(expected.bytes()).enumerate() {
+        assert_eq!(cell.is_empty(), hidden == b'0', "patch {i}: class '{cell}'");
+    }
+
+    // The visible patches' ids are the tokenizer's own for this image.
+    let device = burn::tensor::Device::flex();
+    let tokenizer = mim::train::tokenizer::load_tokenizer(&tok, &device).unwrap().model;
+    let ds = mim::data::Dataset::open(&data, Split::Test).unwrap();
+    let config = mim::checkpoint::read_header(&ck).unwrap().model;
+    let (batch, ..) = mim::viz::load_dataset_images(&ds, &[0], &config, None).unwrap();
+    let ids: Vec<i64> =
+        tokenizer.encode_ids(batch.tensor(&device)).unwrap().into_data().convert::<i64>().try_to_vec().unwrap();
+    let shown = js(&client, "return [...document.getElementById('token-grid').children].map(c => c.textContent)").await;
+    for (i, text) in shown.as_array().unwrap().iter().enumerate() {
+        let truth = text.as_str().unwrap().rsplit('≠').next().unwrap().parse::<i64>().unwrap();
+        assert_eq!(truth, ids[i], "patch {i}");
+    }
+    screenshot(&client, "serve_beit.png").await;
     client.close().await.unwrap();
     drop(server);
 }

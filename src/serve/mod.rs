@@ -1,9 +1,10 @@
 //! `mim serve`: a local web page to look at a pretrained model. Pick a dataset image or drop in a
 //! photo, hide patches by clicking or by drawing a random/block/grid mask, and see the
-//! reconstruction, the [CLS] token's attention per layer and head, and the nearest training images.
+//! reconstruction, the [CLS] token's attention per layer and head, the nearest training images and, for
+//! BEiT, the visual tokens and the model's guesses at the hidden ones.
 //!
 //! One worker thread owns the model ([`Viewer`]); HTTP handlers send it jobs. Each kind of view
-//! (reconstruction, attention, neighbours) carries a generation number: a job whose request has
+//! (reconstruction, attention, neighbours, tokens) carries a generation number: a job whose request has
 //! been overtaken by a newer one of the same kind is answered `409 superseded` without running,
 //! so quick clicks never queue model work — the latest request wins.
 
@@ -28,7 +29,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 pub use viewer::{
-    Attention, DatasetInfo, ImageRef, Info, MAX_UPLOADS, Neighbour, Reconstruction, Viewer, ViewerConfig,
+    Attention, DatasetInfo, ImageRef, Info, MAX_UPLOADS, Neighbour, Reconstruction, Tokens, Viewer, ViewerConfig,
 };
 
 /// The page: plain HTML, CSS and JavaScript, shipped inside the binary.
@@ -105,6 +106,7 @@ pub fn start(cfg: ServeConfig, progress: &mut dyn FnMut(&str)) -> Result<Server>
         .route("/api/mask", post(mask))
         .route("/api/reconstruct", post(reconstruct))
         .route("/api/attention", post(attention))
+        .route("/api/tokens", post(tokens))
         .route("/api/neighbours", post(neighbours))
         .layer(DefaultBodyLimit::max(cfg.upload_limit))
         .with_state(state);
@@ -161,8 +163,8 @@ fn spawn_worker(cfg: ViewerConfig, progress: &mut dyn FnMut(&str)) -> Result<(st
 struct AppState {
     jobs: std::sync::mpsc::Sender<Job>,
     info: Info,
-    /// The newest request of each view: reconstruction, attention, neighbours.
-    generations: Arc<[AtomicU64; 3]>,
+    /// The newest request of each view: reconstruction, attention, neighbours, tokens.
+    generations: Arc<[AtomicU64; 4]>,
     upload_limit: usize,
 }
 
@@ -172,6 +174,7 @@ enum View {
     Reconstruction = 0,
     Attention = 1,
     Neighbours = 2,
+    Tokens = 3,
 }
 
 /// An error as the page shows it: `{"error": "..."}` (or `{"superseded": true}`).
@@ -300,6 +303,19 @@ async fn reconstruct(
         "removed": rec.removed,
         "millis": rec.millis,
     })))
+}
+
+/// `POST /api/tokens {image, removed}`: a BEiT's visual tokens and predictions, with the picture
+/// as a data URL.
+async fn tokens(
+    State(state): State<Arc<AppState>>,
+    Json(r): Json<ReconstructRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tokens = state.run(Some(View::Tokens), move |v| v.tokens(r.image, &r.removed)).await?;
+    let png = base64::engine::general_purpose::STANDARD.encode(&tokens.png);
+    let mut answer = serde_json::to_value(&tokens).map_err(|e| ApiError::bad(e.to_string()))?;
+    answer["png"] = format!("data:image/png;base64,{png}").into();
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

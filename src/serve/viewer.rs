@@ -5,18 +5,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::{AttentionEncoder, ClsAttention};
 use crate::data::loader::rng_for;
 use crate::data::{Dataset, Image, Split};
 use crate::eval::{Backbone, FeatureEncoder, Features};
-use crate::masking::{BlockMasking, MASK_STREAM, Mask, MaskStrategy};
+use crate::masking::{BlockMasking, BoolMask, MASK_STREAM, Mask, MaskStrategy};
+use crate::models::beit::BeitForMaskedImageModeling;
 use crate::models::classifier::Pool;
-use crate::models::pretrain::ModelConfig;
+use crate::models::pretrain::{MimModel, ModelConfig};
+use crate::models::tokenizer::VqTokenizer;
 use crate::reconstruct::Reconstructor;
-use crate::viz::{LoadedImages, decoded_batch, grid_image, load_dataset_images};
+use crate::viz::{Captions, LoadedImages, decoded_batch, denormalize, grid_image, load_dataset_images, panels_image};
 
 /// Uploaded photos kept at once; the oldest is dropped first.
 pub const MAX_UPLOADS: usize = 32;
@@ -67,6 +69,8 @@ pub struct Info {
     pub no_attention: Option<String>,
     /// Why neighbours are unavailable (`None`: available).
     pub no_neighbours: Option<String>,
+    /// Why the visual-token view is unavailable (`None`: a BEiT with its tokenizer).
+    pub no_tokens: Option<String>,
     /// Training images searched for neighbours.
     pub neighbour_pool: usize,
     /// The browsed dataset.
@@ -111,6 +115,24 @@ pub struct Attention {
     pub millis: f64,
 }
 
+/// BEiT's view of an image: its visual tokens and the model's guesses at the hidden ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tokens {
+    /// The tokenizer's id of every patch, row-major.
+    pub ids: Vec<u32>,
+    /// BEiT's most likely token at each hidden patch (`None` where the patch is visible).
+    pub predicted: Vec<Option<u32>>,
+    /// Hidden patches whose token BEiT predicted exactly.
+    pub correct: usize,
+    /// Tokens in the tokenizer's codebook.
+    pub vocab: usize,
+    /// PNG of `original | masked | decoded from its tokens | decoded with BEiT's predictions`.
+    #[serde(skip)]
+    pub png: Vec<u8>,
+    /// Milliseconds the models took.
+    pub millis: f64,
+}
+
 /// A training image near the query in feature space.
 #[derive(Debug, Clone, Serialize)]
 pub struct Neighbour {
@@ -128,9 +150,12 @@ pub struct Viewer {
     config: ModelConfig,
     scale: usize,
     reconstructor: Option<Reconstructor>,
-    /// Normalisation of the reconstructor's inputs (`None`: the dataset's own statistics).
-    reconstruct_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Normalisation of the reconstruction and token models' inputs (`None`: the dataset's own
+    /// statistics).
+    input_norm: Option<(Vec<f32>, Vec<f32>)>,
     attention: Option<AttentionEncoder>,
+    /// A BEiT checkpoint's model and the tokenizer it was trained with.
+    beit: Option<(BeitForMaskedImageModeling, VqTokenizer)>,
     features: Option<(FeatureEncoder, Features)>,
     /// Normalisation of the encoder's inputs (attention and neighbours).
     encoder_norm: (Vec<f32>, Vec<f32>),
@@ -156,15 +181,22 @@ impl Viewer {
 
         // Checkpoints normalise with the browsed dataset's statistics, weights files with their own,
         // as `mim reconstruct` does.
-        let (reconstructor, reconstruct_norm) = match if is_checkpoint {
-            Reconstructor::from_checkpoint(&cfg.checkpoint, &device).map(|r| (r, None))
+        let input_norm = (!is_checkpoint).then(|| encoder_norm.clone());
+        let reconstructor = if matches!(config, ModelConfig::Beit(_)) {
+            Err(anyhow::anyhow!("BEiT predicts visual tokens, not pixels (its view is the visual tokens)"))
+        } else if is_checkpoint {
+            Reconstructor::from_checkpoint(&cfg.checkpoint, &device)
         } else {
-            Reconstructor::from_weights(&weights, norm.clone(), &device).map(|r| (r, Some(encoder_norm.clone())))
-        } {
-            Ok((r, n)) => (Ok(r), n),
-            Err(e) => (Err(e), None),
+            Reconstructor::from_weights(&weights, norm.clone(), &device)
         };
         let attention = AttentionEncoder::new(&weights, &device);
+        let beit = match (&config, &header) {
+            (ModelConfig::Beit(_), Some(h)) => beit_with_tokenizer(&cfg.checkpoint, h, &device),
+            (ModelConfig::Beit(_), None) => Err(anyhow::anyhow!(
+                "a weights file carries no tokenizer: open the mim checkpoint of a BEiT run (trained with --tokenizer)"
+            )),
+            (other, _) => Err(anyhow::anyhow!("visual tokens are BEiT's targets; this is a {} model", other.kind())),
+        };
 
         let data = data_path.as_deref().map(|p| Dataset::open(p, cfg.split)).transpose()?;
         let (train, features) = match (&data_path, cfg.neighbour_pool) {
@@ -197,6 +229,7 @@ impl Viewer {
             no_reconstruction: reconstructor.as_ref().err().and_then(why),
             no_attention: attention.as_ref().err().and_then(why),
             no_neighbours: features.as_ref().err().and_then(why),
+            no_tokens: beit.as_ref().err().and_then(why),
             neighbour_pool: train.as_ref().map_or(0, Dataset::len),
             dataset: data.as_ref().map(|d| DatasetInfo {
                 name: d.name.clone(),
@@ -212,8 +245,9 @@ impl Viewer {
             config,
             scale: cfg.scale,
             reconstructor: reconstructor.ok(),
-            reconstruct_norm,
+            input_norm,
             attention: attention.ok(),
+            beit: beit.ok(),
             features: features.ok(),
             encoder_norm,
             data,
@@ -282,7 +316,7 @@ impl Viewer {
         ensure!(removed.len() == l, "the mask has {} patches but the model has {l}", removed.len());
         let visible: Vec<usize> = (0..l).filter(|&i| !removed[i]).collect();
         ensure!(!visible.is_empty(), "every patch is hidden: show at least one");
-        let (batch, _, mean, std) = self.load(image, self.reconstruct_norm.as_ref())?;
+        let (batch, _, mean, std) = self.load(image, self.input_norm.as_ref())?;
         let start = Instant::now();
         let rows = model.reconstruct(&batch, &Mask::from_visible(&visible, 1, l)?, &mean, &std)?;
         let millis = start.elapsed().as_secs_f64() * 1e3;
@@ -300,6 +334,61 @@ impl Viewer {
         let maps: ClsAttention = encoder.cls_attention(batch.tensor(&self.device))?;
         let millis = start.elapsed().as_secs_f64() * 1e3;
         Ok(Attention { maps: maps.into_iter().map(|mut layer| layer.swap_remove(0)).collect(), millis })
+    }
+
+    /// `image`'s visual tokens and BEiT's predictions at the patches `removed` (row-major).
+    pub fn tokens(&self, image: ImageRef, removed: &[bool]) -> Result<Tokens> {
+        let Some((beit, tokenizer)) = &self.beit else { bail!("{}", self.info.no_tokens.clone().unwrap_or_default()) };
+        let (l, g) = (self.config.num_patches(), self.config.grid());
+        ensure!(removed.len() == l, "the mask has {} patches but the model has {l}", removed.len());
+        let (batch, _, mean, std) = self.load(image, self.input_norm.as_ref())?;
+        let start = Instant::now();
+        let imgs = batch.tensor(&self.device);
+        let ids = ints(tokenizer.encode_ids(imgs.clone())?)?;
+        let mask = BoolMask::new(removed.to_vec(), 1, (g, g))?;
+        let (mut predicted, mut guessed) = (vec![None; l], ids.clone());
+        if mask.count() > 0 {
+            let guesses = ints(beit.forward(imgs, &mask).argmax(1))?;
+            for (slot, guess) in (0..l).filter(|&i| removed[i]).zip(guesses) {
+                predicted[slot] = Some(guess as u32);
+                guessed[slot] = guess;
+            }
+        }
+        let decode = |ids: &[i64]| -> Result<Vec<f32>> {
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [1, l]), &self.device);
+            let pixels = tokenizer.decode_ids(ids)?.into_data().convert::<f32>();
+            let pixels =
+                pixels.try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("cannot read the decoded image: {e:?}"))?;
+            Ok(denormalize(&pixels, &mean, &std))
+        };
+        let (through_tokens, through_guesses) = (decode(&ids)?, decode(&guessed)?);
+        let millis = start.elapsed().as_secs_f64() * 1e3;
+
+        let (c, s) = (self.config.in_chans(), self.config.img_size());
+        let original = denormalize(&batch.images, &mean, &std);
+        let p = s / g;
+        // Hidden patches in mid-grey, as the reconstruction's `masked` panel.
+        let masked: Vec<f32> = (0..c * s * s)
+            .map(|i| {
+                let (y, x) = ((i / s) % s, i % s);
+                if removed[(y / p).min(g - 1) * g + (x / p).min(g - 1)] { 0.5 } else { original[i] }
+            })
+            .collect();
+        let picture = panels_image(
+            &[vec![original, masked, through_tokens, through_guesses]],
+            (c, s, s),
+            self.scale,
+            &Captions::default(),
+        )?;
+        let correct = (0..l).filter(|&i| predicted[i].is_some_and(|t| i64::from(t) == ids[i])).count();
+        Ok(Tokens {
+            ids: ids.iter().map(|&t| t as u32).collect(),
+            predicted,
+            correct,
+            vocab: tokenizer.codebook.val().dims()[0],
+            png: encode_png(picture.as_raw(), picture.width(), picture.height(), image::ColorType::Rgb8)?,
+            millis,
+        })
     }
 
     /// The `k` training images whose encoder features are nearest to `image`'s (cosine).
@@ -372,6 +461,32 @@ fn neighbour_bank(checkpoint: &Path, train: &Dataset, device: &Device) -> Result
     let features =
         crate::eval::extract(Some(&*encoder.encode), train, encoder.config.img_size(), 256, device, &mut |_| {})?;
     Ok((encoder, features))
+}
+
+/// The BEiT of a mim checkpoint and the tokenizer its run names.
+fn beit_with_tokenizer(
+    path: &Path,
+    header: &crate::checkpoint::CheckpointHeader,
+    device: &Device,
+) -> Result<(BeitForMaskedImageModeling, VqTokenizer)> {
+    let tokenizer = header
+        .train
+        .get("tokenizer")
+        .and_then(|t| t.as_str())
+        .context("the checkpoint names no tokenizer: its run was not trained with --tokenizer")?;
+    let tokenizer = crate::train::tokenizer::load_tokenizer(Path::new(tokenizer), device)
+        .with_context(|| format!("the tokenizer the run was trained with, '{tokenizer}'"))?
+        .model;
+    let beit = crate::checkpoint::load_model(path, device, <BeitForMaskedImageModeling as MimModel>::build)?.model;
+    Ok((beit, tokenizer))
+}
+
+/// The integers of an integer tensor.
+fn ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| anyhow::anyhow!("cannot read the token ids: {e:?}"))
 }
 
 /// The data a mim checkpoint was trained on, when recorded.
