@@ -111,6 +111,24 @@ fn decode_png(bytes: &[u8]) -> image::RgbImage {
     image::load_from_memory(bytes).expect("a PNG").to_rgb8()
 }
 
+/// The reconstruction picture the page shows.
+async fn shown_reconstruction(client: &Client) -> image::RgbImage {
+    let shown = js(client, "return document.getElementById('reconstruction').src").await;
+    let shown = shown.as_str().unwrap().strip_prefix("data:image/png;base64,").expect("a PNG data URL");
+    decode_png(&base64::engine::general_purpose::STANDARD.decode(shown).unwrap())
+}
+
+/// `mim reconstruct --no-titles` of test image 0 with `mask` flags, as the page draws it.
+fn cli_reconstruction(ck: &Path, out: &Path, mask: &[&str]) -> image::RgbImage {
+    let (ck, out, scale) = (ck.to_str().unwrap(), out.to_str().unwrap(), SCALE.to_string());
+    let mut args = vec!["reconstruct", "--checkpoint", ck, "--indices", "0", "--no-titles", "--scale", &scale];
+    args.extend(["--out", out]);
+    args.extend(mask);
+    let run = mim(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    decode_png(&std::fs::read(Path::new(out).join("reconstruction_00.png")).unwrap())
+}
+
 /// A briefly trained checkpoint (`extra`: method, model, tokenizer).
 fn checkpoint(dir: &Path, extra: &[&str]) -> PathBuf {
     let data = subset();
@@ -162,6 +180,10 @@ async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_
     assert!(model.contains("MAE") && model.contains("epoch 1"), "{model}");
     screenshot(&client, "serve.png").await;
 
+    // The page's random mask is the one `mim reconstruct --seed 0 --mask-ratio 0.75` draws.
+    let cli_random = cli_reconstruction(&ck, &tmp.path().join("random"), &["--seed", "0", "--mask-ratio", "0.75"]);
+    assert!(shown_reconstruction(&client).await == cli_random, "the page's random mask differs from the CLI's");
+
     // Clicking two patches toggles them, and the reconstruction follows.
     for patch in [0, 24] {
         client.find(Locator::Css(&format!("#patches div[data-patch='{patch}']"))).await.unwrap().click().await.unwrap();
@@ -173,30 +195,12 @@ async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_
     let expected = String::from_utf8(expected).unwrap();
     let script = format!("return document.getElementById('reconstruction').dataset.mask === '{expected}'");
     until(&client, "the reconstruction of the clicked mask", &script).await;
-    let shown = js(&client, "return document.getElementById('reconstruction').src").await;
-    let shown = shown.as_str().unwrap().strip_prefix("data:image/png;base64,").expect("a PNG data URL");
-    let shown = decode_png(&base64::engine::general_purpose::STANDARD.decode(shown).unwrap());
+    let shown = shown_reconstruction(&client).await;
 
     // `mim reconstruct` with the same visible patches draws the same pixels.
     let visible: Vec<String> =
         expected.bytes().enumerate().filter(|(_, b)| *b == b'0').map(|(i, _)| i.to_string()).collect();
-    let pics = tmp.path().join("pics");
-    let out = mim(&[
-        "reconstruct",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--indices",
-        "0",
-        "--visible",
-        &visible.join(","),
-        "--no-titles",
-        "--scale",
-        &SCALE.to_string(),
-        "--out",
-        pics.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let cli = decode_png(&std::fs::read(pics.join("reconstruction_00.png")).unwrap());
+    let cli = cli_reconstruction(&ck, &tmp.path().join("pics"), &["--visible", &visible.join(",")]);
     assert_eq!(shown.dimensions(), cli.dimensions());
     assert!(shown == cli, "the page's reconstruction differs from mim reconstruct's");
     screenshot(&client, "serve_clicked.png").await;

@@ -17,7 +17,7 @@ use crate::models::beit::BeitForMaskedImageModeling;
 use crate::models::classifier::Pool;
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::tokenizer::VqTokenizer;
-use crate::reconstruct::Reconstructor;
+use crate::reconstruct::{MaskChoice, Reconstructor};
 use crate::viz::{Captions, LoadedImages, decoded_batch, denormalize, grid_image, load_dataset_images, panels_image};
 
 /// Uploaded photos kept at once; the oldest is dropped first.
@@ -63,6 +63,8 @@ pub struct Info {
     pub channels: usize,
     /// Fraction masked by default (the method's recipe).
     pub default_ratio: f64,
+    /// What the random mask removes: patches (MAE, BEiT) or mask squares (SimMIM).
+    pub random_mask: String,
     /// Why reconstruction is unavailable (`None`: available).
     pub no_reconstruction: Option<String>,
     /// Why attention maps are unavailable (`None`: available).
@@ -215,7 +217,10 @@ impl Viewer {
         if let Some(header) = &header {
             source = format!("{source}, epoch {}", header.epoch);
         }
-        let family = config.kind();
+        let family = match config {
+            ModelConfig::Swin(_) => "SimMIM (Swin)",
+            ref other => other.kind(),
+        };
         let info = Info {
             model: format!("{family} ({source})"),
             img_size: config.img_size(),
@@ -225,6 +230,10 @@ impl Viewer {
                 ModelConfig::Mae(_) => crate::train::methods::Method::Mae.recipe().mask_ratio,
                 ModelConfig::Beit(_) => crate::train::methods::Method::Beit.recipe().mask_ratio,
                 ModelConfig::Swin(_) => crate::train::methods::Method::Simmim.recipe().mask_ratio,
+            },
+            random_mask: match config {
+                ModelConfig::Swin(_) => "mask squares, as SimMIM draws them".into(),
+                _ => "patches, as MAE draws them".into(),
             },
             no_reconstruction: reconstructor.as_ref().err().and_then(why),
             no_attention: attention.as_ref().err().and_then(why),
@@ -292,6 +301,11 @@ impl Viewer {
     pub fn mask(&self, strategy: &str, ratio: f64, seed: u64) -> Result<Vec<bool>> {
         let grid = self.config.grid();
         let l = grid * grid;
+        if let ("random", Some(model)) = (strategy, &self.reconstructor) {
+            // As `mim reconstruct --seed --mask-ratio` draws it: patches for MAE, mask squares for SimMIM.
+            let mask = model.mask(&MaskChoice::Random { ratio: Some(ratio), seed }, 1)?;
+            return Ok(mask.mask.iter().map(|&v| v > 0.5).collect());
+        }
         let strategy = match strategy {
             "random" => MaskStrategy::Random { ratio },
             "block" => MaskStrategy::Block(BlockMasking {
