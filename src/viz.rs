@@ -214,23 +214,28 @@ pub fn mask_grid_image(rows: &[&BoolMask], cell: usize, title: &str, row_labels:
 
 /// Draws attention maps over an image: one row per layer, one column per head and a last one for
 /// the mean over heads. `image` is `[C * H * W]` in `[0, 1]`; `maps[layer][head]` holds one weight
-/// per patch of the `grid x grid` patch grid (e.g. the [CLS] query's attention). Each panel shows the
+/// per patch of the layer's `grids[layer]`-a-side patch grid (e.g. the [CLS] query's attention; a
+/// Swin stage's merged patches). Each panel shows the
 /// image dimmed under a heat colouring of its map, scaled to the map's own maximum.
 pub fn attention_image(
     image: &[f32],
     (c, h, w): (usize, usize, usize),
     maps: &[Vec<Vec<f32>>],
-    grid: usize,
+    grids: &[usize],
     scale: usize,
     title: &str,
 ) -> Result<RgbImage> {
-    let heads = maps.first().map_or(0, Vec::len);
+    // Layers may differ in heads (Swin's stages): the mean takes the last column of every row.
+    let heads = maps.iter().map(Vec::len).max().unwrap_or(0);
     let mut img = panel_canvas(heads + 1, maps.len(), h, w, scale);
-    let (ph, pw) = (h.div_ceil(grid), w.div_ceil(grid));
     for (layer, per_head) in maps.iter().enumerate() {
+        let grid = grids[layer];
+        let (ph, pw) = (h.div_ceil(grid), w.div_ceil(grid));
+        let n = per_head.len();
         let mean: Vec<f32> =
-            (0..grid * grid).map(|i| per_head.iter().map(|m| m[i]).sum::<f32>() / heads.max(1) as f32).collect();
-        for (col, map) in per_head.iter().chain(std::iter::once(&mean)).enumerate() {
+            (0..grid * grid).map(|i| per_head.iter().map(|m| m[i]).sum::<f32>() / n.max(1) as f32).collect();
+        let columns = per_head.iter().enumerate().chain(std::iter::once((heads, &mean)));
+        for (col, map) in columns {
             let top = map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
             draw_panel(&mut img, layer, col, h, w, scale, |y, x| {
                 let heat = map[((y / ph).min(grid - 1)) * grid + (x / pw).min(grid - 1)] / top;

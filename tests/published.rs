@@ -514,3 +514,26 @@ fn attention_pictures_of_a_beit_file() {
     // 2 layers x (2 heads + mean) panels of 16 px x 2, with titles around them.
     assert!(pic.width() > 3 * 34 && pic.height() > 2 * 34, "{}x{}", pic.width(), pic.height());
 }
+
+#[test]
+fn attention_pictures_of_a_simmim_file_show_what_each_patch_receives_in_its_window() {
+    use mim::attention::{AttentionEncoder, cls_attention, write_attention_pictures};
+    let w = open(&published("simmim_swin.pth")).unwrap();
+    let device = Device::flex();
+    let cfg = w.detected.config.clone();
+    let imgs = Tensor::<4>::zeros([1, cfg.in_chans(), cfg.img_size(), cfg.img_size()], &device);
+    let found = AttentionEncoder::new(&w, &device).unwrap().attention(imgs.clone()).unwrap();
+    // One map per block, on each stage's grid of merged patches, heads as the stage has them.
+    let mim::models::pretrain::ModelConfig::Swin(swin) = &cfg else { panic!("a Swin") };
+    let stage_of: Vec<usize> = swin.depths.iter().enumerate().flat_map(|(s, &d)| std::iter::repeat_n(s, d)).collect();
+    assert_eq!(found.grids, stage_of.iter().map(|&s| cfg.grid() >> s).collect::<Vec<_>>());
+    for (layer, maps) in found.maps.iter().enumerate() {
+        assert_eq!(maps[0].len(), swin.num_heads[stage_of[layer]], "heads of layer {layer}");
+        assert!(maps[0].iter().all(|m| m.len() == found.grids[layer].pow(2)));
+    }
+    assert!(cls_attention(&w, imgs, &device).unwrap_err().to_string().contains("no [CLS] token"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-subset");
+    let images = mim::viz::Images::Dataset { data: Some(data), split: mim::data::Split::Test, indices: vec![0] };
+    assert_eq!(write_attention_pictures(&w, &images, dir.path(), 2).unwrap().len(), 1);
+}

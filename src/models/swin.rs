@@ -430,18 +430,54 @@ impl SwinStage {
         let x = if shifted { x.roll(&[-s, -s], &[1, 2]) } else { x };
         let windows = window_partition(x, self.window);
         let nw = windows.dims()[0] / b;
-        let mut bias = self.relative_position_bias(block);
-        if let (true, Some(mask)) = (shifted, &self.shift_mask) {
-            // [nW, H, N, N] repeated per image: the attention takes one bias per window of the batch.
-            let window_bias = bias + mask.clone();
-            let [_, heads, n, _] = window_bias.dims();
-            bias = window_bias.unsqueeze_dim::<5>(0).repeat_dim(0, b).reshape([b * nw, heads, n, n]);
-        }
+        let bias = self.window_bias(block, shifted, b, nw);
         // A sample's drop decision holds for all of its windows.
         let per_window = |t: Tensor<3>| t.reshape([b, 1, 1, 1]).repeat_dim(1, nw).reshape([b * nw, 1, 1]);
         let extras = BlockExtras { attn_bias: Some(bias), drop_path: drop_path.map(|d| d.map(per_window)), rows: None };
         let y = window_reverse(block.forward_with(windows, &extras), self.window, h, w);
         if shifted { y.roll(&[s, s], &[1, 2]) } else { y }
+    }
+
+    /// The score bias of `block` over the `nw` windows of each of `b` images: the relative position
+    /// bias, plus the shift mask (one per window of the batch) in a shifted block.
+    fn window_bias(&self, block: &Block, shifted: bool, b: usize, nw: usize) -> Tensor<4> {
+        let bias = self.relative_position_bias(block);
+        match (shifted, &self.shift_mask) {
+            (true, Some(mask)) => {
+                let window_bias = bias + mask.clone();
+                let [_, heads, n, _] = window_bias.dims();
+                window_bias.unsqueeze_dim::<5>(0).repeat_dim(0, b).reshape([b * nw, heads, n, n])
+            }
+            _ => bias,
+        }
+    }
+
+    /// Runs the stage on `x: [B, H, W, C]` (eval: no stochastic depth) and returns its output with,
+    /// per block, the attention each token receives `[B, heads, H' * W']`: the mean over the
+    /// queries of its window of their attention to it, mapped back to its place on the grid
+    /// (Swin has no [CLS] token whose attention could be shown).
+    pub fn attention_received(&self, x: Tensor<4>) -> (Tensor<4>, Vec<Tensor<3>>) {
+        let mut x = match &self.downsample {
+            Some(merge) => merge.forward(x),
+            None => x,
+        };
+        let mut maps = Vec::with_capacity(self.blocks.len());
+        for (k, block) in self.blocks.iter().enumerate() {
+            let shifted = k % 2 == 1 && self.shift > 0;
+            let [b, h, w, _] = x.dims();
+            let s = if shifted { self.shift as i64 } else { 0 };
+            let rolled = if shifted { x.clone().roll(&[-s, -s], &[1, 2]) } else { x.clone() };
+            let windows = window_partition(rolled, self.window);
+            let bias = self.window_bias(block, shifted, b, windows.dims()[0] / b);
+            let probs = block.attn.probabilities(block.norm1.forward(windows), Some(bias));
+            let [n_windows, heads, _, n] = probs.dims();
+            let received = probs.mean_dim(2).reshape([n_windows, heads, n]).swap_dims(1, 2);
+            let map = window_reverse(received, self.window, h, w);
+            let map = if shifted { map.roll(&[s, s], &[1, 2]) } else { map };
+            maps.push(map.permute([0, 3, 1, 2]).reshape([b, heads, h * w]));
+            x = self.forward_block(block, x, shifted, None);
+        }
+        (x, maps)
     }
 }
 
@@ -485,6 +521,20 @@ impl SwinTransformer {
         outs
     }
 
+    /// The attention each token receives within its window, per block of every stage, on
+    /// `imgs: [B, C, H, W]`: `(tokens per side, [B, heads, side * side])` (see
+    /// [`SwinStage::attention_received`]).
+    pub fn attention_received(&self, imgs: Tensor<4>) -> Vec<(usize, Tensor<3>)> {
+        let mut x = self.embed(imgs);
+        let mut out = Vec::new();
+        for stage in &self.layers {
+            let (next, maps) = stage.attention_received(x);
+            out.extend(maps.into_iter().map(|m| (stage.resolution(), m)));
+            x = next;
+        }
+        out
+    }
+
     /// The hierarchical feature maps of `imgs: [B, C, H, W]`: every stage's `[B, H_i, W_i, C_i]`.
     pub fn forward_stages(&self, imgs: Tensor<4>) -> Vec<Tensor<4>> {
         self.forward_stages_from(self.embed(imgs), None)
@@ -513,6 +563,46 @@ impl SwinTransformer {
         match &self.head {
             Some(head) => head.fc.forward(pooled),
             None => pooled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn attention_received_runs_the_stages_unchanged_and_each_window_shares_out_one_unit_per_query() {
+        let device = Device::flex();
+        let cfg = SwinConfig::preset("swin_tiny_28").unwrap();
+        let model = cfg.init(3, &device).unwrap();
+        let imgs =
+            Tensor::<4>::random([2, cfg.in_chans, cfg.img_size, cfg.img_size], Distribution::Normal(0.0, 1.0), &device);
+        let maps = model.attention_received(imgs.clone());
+        let blocks: usize = model.layers.iter().map(|s| s.blocks.len()).sum();
+        assert_eq!(maps.len(), blocks);
+        let mut x = model.embed(imgs.clone());
+        let mut k = 0;
+        for stage in &model.layers {
+            let (out, _) = stage.attention_received(x.clone());
+            let reference = stage.forward(x, None);
+            assert!((out.clone() - reference).abs().max().into_scalar::<f32>() < 1e-5, "same stage output");
+            x = out;
+            for _ in &stage.blocks {
+                let (side, map) = &maps[k];
+                let [b, heads, l] = map.dims();
+                assert_eq!((b, l), (2, side * side));
+                // Rows of attention sum to 1, so a window's tokens receive 1 in all (on average
+                // over its queries): the whole map sums to the number of windows.
+                let windows = (side / stage.window()).pow(2) as f32;
+                let sums = map.clone().sum_dim(2).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+                assert_eq!(sums.len(), b * heads);
+                for s in sums {
+                    assert!((s - windows).abs() < 1e-3, "block {k}: {s} vs {windows} windows");
+                }
+                k += 1;
+            }
         }
     }
 }

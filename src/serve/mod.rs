@@ -297,12 +297,7 @@ async fn reconstruct(
     Json(r): Json<ReconstructRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let rec = state.run(Some(View::Reconstruction), move |v| v.reconstruct(r.image, &r.removed)).await?;
-    let png = base64::engine::general_purpose::STANDARD.encode(&rec.png);
-    Ok(Json(serde_json::json!({
-        "png": format!("data:image/png;base64,{png}"),
-        "removed": rec.removed,
-        "millis": rec.millis,
-    })))
+    with_picture(&rec, &rec.png)
 }
 
 /// `POST /api/tokens {image, removed}`: a BEiT's visual tokens and predictions, with the picture
@@ -312,10 +307,14 @@ async fn tokens(
     Json(r): Json<ReconstructRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let tokens = state.run(Some(View::Tokens), move |v| v.tokens(r.image, &r.removed)).await?;
-    let png = base64::engine::general_purpose::STANDARD.encode(&tokens.png);
-    let mut answer = serde_json::to_value(&tokens).map_err(|e| ApiError::bad(e.to_string()))?;
-    answer["png"] = format!("data:image/png;base64,{png}").into();
-    Ok(Json(answer))
+    with_picture(&tokens, &tokens.png)
+}
+
+/// `answer` as JSON with `png` as a data URL the page shows directly.
+fn with_picture(answer: &impl serde::Serialize, png: &[u8]) -> ApiResult<Json<serde_json::Value>> {
+    let mut json = serde_json::to_value(answer).map_err(|e| ApiError::bad(e.to_string()))?;
+    json["png"] = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png)).into();
+    Ok(Json(json))
 }
 
 #[derive(Deserialize)]

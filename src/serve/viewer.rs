@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::attention::{AttentionEncoder, ClsAttention};
+use crate::attention::AttentionEncoder;
 use crate::data::loader::rng_for;
 use crate::data::{Dataset, Image, Split};
 use crate::eval::{Backbone, FeatureEncoder, Features};
@@ -63,7 +63,7 @@ pub struct Info {
     pub channels: usize,
     /// Fraction masked by default (the method's recipe).
     pub default_ratio: f64,
-    /// What the random mask removes: patches (MAE, BEiT) or mask squares (SimMIM).
+    /// What the random mask removes: patches (MAE, BEiT) or SimMIM's mask squares.
     pub random_mask: String,
     /// Why reconstruction is unavailable (`None`: available).
     pub no_reconstruction: Option<String>,
@@ -108,11 +108,16 @@ pub struct Reconstruction {
     pub millis: f64,
 }
 
-/// The [CLS] token's attention over the patches.
+/// Attention over the patches: the [CLS] token's (ViTs) or what each patch receives in its
+/// window (Swin).
 #[derive(Debug, Clone, Serialize)]
 pub struct Attention {
     /// `[layer][head][patch]`.
     pub maps: Vec<Vec<Vec<f32>>>,
+    /// Patches per side of each layer.
+    pub grids: Vec<usize>,
+    /// What the maps show.
+    pub what: String,
     /// Milliseconds the model took.
     pub millis: f64,
 }
@@ -218,7 +223,7 @@ impl Viewer {
             source = format!("{source}, epoch {}", header.epoch);
         }
         let family = match config {
-            ModelConfig::Swin(_) => "SimMIM (Swin)",
+            ModelConfig::Swin(_) => "SimMIM on Swin",
             ref other => other.kind(),
         };
         let info = Info {
@@ -232,8 +237,8 @@ impl Viewer {
                 ModelConfig::Swin(_) => crate::train::methods::Method::Simmim.recipe().mask_ratio,
             },
             random_mask: match config {
-                ModelConfig::Swin(_) => "mask squares, as SimMIM draws them".into(),
-                _ => "patches, as MAE draws them".into(),
+                ModelConfig::Swin(_) => "SimMIM squares".into(),
+                _ => "patches".into(),
             },
             no_reconstruction: reconstructor.as_ref().err().and_then(why),
             no_attention: attention.as_ref().err().and_then(why),
@@ -340,14 +345,16 @@ impl Viewer {
         Ok(Reconstruction { png, removed: l - visible.len(), millis })
     }
 
-    /// The [CLS] token's attention over the patches of `image`, every layer and head.
+    /// The attention over the patches of `image`, every layer and head (see
+    /// [`AttentionEncoder::attention`]).
     pub fn attention(&self, image: ImageRef) -> Result<Attention> {
         let Some(encoder) = &self.attention else { bail!("{}", self.info.no_attention.clone().unwrap_or_default()) };
         let (batch, ..) = self.load(image, Some(&self.encoder_norm))?;
         let start = Instant::now();
-        let maps: ClsAttention = encoder.cls_attention(batch.tensor(&self.device))?;
+        let found = encoder.attention(batch.tensor(&self.device))?;
         let millis = start.elapsed().as_secs_f64() * 1e3;
-        Ok(Attention { maps: maps.into_iter().map(|mut layer| layer.swap_remove(0)).collect(), millis })
+        let maps = found.maps.into_iter().map(|mut layer| layer.swap_remove(0)).collect();
+        Ok(Attention { maps, grids: found.grids, what: found.what.to_string(), millis })
     }
 
     /// `image`'s visual tokens and BEiT's predictions at the patches `removed` (row-major).
