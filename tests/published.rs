@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use mim::io::{TensorMap, read_safetensors};
+use mim::io::{Precision, TensorMap, read_safetensors};
 use mim::masking::Mask;
 use mim::models::mae::MaeConfig;
 use mim::models::pretrain::ModelConfig;
@@ -364,7 +364,7 @@ fn every_family_converts_to_each_naming_and_back() {
         }
         for to in [Naming::Official, Naming::Timm, Naming::HuggingFace] {
             let out = dir.path().join(format!("{i}-{to:?}/model.safetensors"));
-            let done = match convert(&w, to, &out) {
+            let done = match convert(&w, to, &out, Precision::F32) {
                 Ok(done) => done,
                 Err(e) => {
                     // A fine-tuned ViT has no Hugging Face model that mim reads back.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use mim::io::parameters;
+use mim::io::{Precision, parameters};
 use mim::models::beit::BeitConfig;
 use mim::models::mae::MaeConfig;
 use mim::models::pretrain::ModelConfig;
@@ -110,9 +110,9 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
     let norm = mim::weights::Normalization { mean: vec![0.3], std: vec![0.2] };
     let start = from_mae(&model, &cfg, Some(norm.clone()), &dir.path().join("run.mim"));
     let official = dir.path().join("official.safetensors");
-    convert(&start, Naming::Official, &official).unwrap();
+    convert(&start, Naming::Official, &official, Precision::F32).unwrap();
     let hf = dir.path().join("hf/model.safetensors");
-    let written = convert(&open(&official).unwrap(), Naming::HuggingFace, &hf).unwrap();
+    let written = convert(&open(&official).unwrap(), Naming::HuggingFace, &hf, Precision::F32).unwrap();
     assert_eq!(written.written, [hf.clone(), dir.path().join("hf/config.json")]);
     let back = open(&hf).unwrap();
     assert_eq!(back.detected.naming, Naming::HuggingFace);
@@ -123,9 +123,42 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
     assert_eq!(back.input_normalization().unwrap(), (norm, "stored with the weights".to_string()));
     // Nothing is overwritten by another model's configuration.
     let other = MaeConfig { depth: 1, ..cfg };
-    let e =
-        convert(&from_mae(&other.init(0, &Device::flex()).unwrap(), &other, None, &official), Naming::HuggingFace, &hf);
+    let e = convert(
+        &from_mae(&other.init(0, &Device::flex()).unwrap(), &other, None, &official),
+        Naming::HuggingFace,
+        &hf,
+        Precision::F32,
+    );
     assert!(e.unwrap_err().to_string().contains("exists with another configuration"));
-    let e = convert(&start, Naming::Official, &dir.path().join("x.pth")).unwrap_err().to_string();
+    let e = convert(&start, Naming::Official, &dir.path().join("x.pth"), Precision::F32).unwrap_err().to_string();
     assert!(e.contains("not .pth"), "{e}");
+}
+
+#[test]
+fn half_precision_files_are_half_the_size_and_load_to_within_f16_rounding() {
+    use mim::weights::{convert, from_mae};
+    let cfg = MaeConfig::preset("mae_micro").unwrap();
+    let model = cfg.init(5, &Device::flex()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let norm = mim::weights::Normalization { mean: vec![0.3], std: vec![0.2] };
+    let start = from_mae(&model, &cfg, Some(norm.clone()), &dir.path().join("run.mim"));
+    let (full, half) = (dir.path().join("f32.safetensors"), dir.path().join("f16.safetensors"));
+    convert(&start, Naming::Official, &full, Precision::F32).unwrap();
+    convert(&start, Naming::Official, &half, Precision::F16).unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len() as f64;
+    assert!(size(&half) < 0.55 * size(&full), "{} vs {} bytes", size(&half), size(&full));
+    let back = open(&half).unwrap();
+    assert_eq!(back.input_normalization().unwrap().0, norm, "the metadata is kept");
+    let (loaded, got) = back.mae(&Device::flex()).unwrap();
+    assert_eq!(got, cfg);
+    let (ours, theirs) = (parameters(&loaded), parameters(&model));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    for (name, (shape, v)) in &theirs {
+        let (s, h) = &ours[name];
+        assert_eq!(s, shape, "{name}");
+        for (a, b) in h.iter().zip(v) {
+            // f16 keeps 11 significant bits: relative error at most 2^-11 (absolute below its smallest normal).
+            assert!((a - b).abs() <= b.abs() * 4.9e-4 + 6.2e-5, "{name}: {a} vs {b}");
+        }
+    }
 }

@@ -164,20 +164,40 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Serialises tensors as f32 safetensors bytes.
 pub fn safetensors_bytes(map: &TensorMap) -> Result<Vec<u8>> {
-    safetensors_bytes_with_metadata(map, &BTreeMap::new())
+    safetensors_bytes_with_metadata(map, &BTreeMap::new(), Precision::F32)
+}
+
+/// Floating-point precision of the tensors a file stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// 32-bit floats, as trained.
+    #[default]
+    F32,
+    /// IEEE half precision (rounded to nearest): half the size, about 3 significant digits.
+    F16,
 }
 
 /// As [`safetensors_bytes`], with `metadata` in the header's `__metadata__` (a file that says what
-/// it is: mim writes its model configuration there).
-pub fn safetensors_bytes_with_metadata(map: &TensorMap, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = map
-        .iter()
-        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, TensorView)> = raw
-        .iter()
-        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<_>>()?;
+/// it is: mim writes its model configuration there), tensors stored in `precision`.
+pub fn safetensors_bytes_with_metadata(
+    map: &TensorMap,
+    metadata: &BTreeMap<String, String>,
+    precision: Precision,
+) -> Result<Vec<u8>> {
+    let bytes = |v: &[f32]| -> Vec<u8> {
+        match precision {
+            Precision::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Precision::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        }
+    };
+    let dtype = match precision {
+        Precision::F32 => Dtype::F32,
+        Precision::F16 => Dtype::F16,
+    };
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> =
+        map.iter().map(|(k, (s, v))| (k.clone(), s.clone(), bytes(v))).collect();
+    let views: Vec<(String, TensorView)> =
+        raw.iter().map(|(k, s, b)| Ok((k.clone(), TensorView::new(dtype, s.clone(), b)?))).collect::<Result<_>>()?;
     let metadata = (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     Ok(safetensors::serialize(views, &metadata)?)
 }

@@ -32,6 +32,10 @@ pub use viewer::{
     Attention, DatasetInfo, ImageRef, Info, MAX_UPLOADS, Neighbour, Reconstruction, Tokens, Viewer, ViewerConfig,
 };
 
+/// The MAE `mim serve` shows when no checkpoint is given (relative to the repository's root):
+/// trained by mim on the full Fashion-MNIST, half precision (see pretrained/README.md).
+pub const PRETRAINED_MAE: &str = "pretrained/mae_tiny_28_fmnist.safetensors";
+
 /// The page: plain HTML, CSS and JavaScript, shipped inside the binary.
 const PAGE: &str = include_str!("page.html");
 

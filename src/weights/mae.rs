@@ -204,7 +204,11 @@ pub fn load_mae_tensors(
 pub fn export_weights(model: &MaskedAutoencoder, cfg: &MaeConfig, path: &Path) -> Result<()> {
     let config = serde_json::to_string(&ModelConfig::Mae(cfg.clone()))?;
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string()), (super::CONFIG_KEY.to_string(), config)]);
-    let bytes = safetensors_bytes_with_metadata(&to_pytorch_layout(cfg, &parameters(model)), &metadata)?;
+    let bytes = safetensors_bytes_with_metadata(
+        &to_pytorch_layout(cfg, &parameters(model)),
+        &metadata,
+        crate::io::Precision::F32,
+    )?;
     crate::io::write_atomic(path, &[&bytes])
 }
 

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::Device;
 
-use crate::io::{TensorFormat, TensorMap, load_tensor_map, parameters, pytorch_to_burn_layout, read_tensor_file};
+use crate::io::{
+    Precision, TensorFormat, TensorMap, load_tensor_map, parameters, pytorch_to_burn_layout, read_tensor_file,
+};
 use crate::models::beit::BeitForMaskedImageModeling;
 use crate::models::classifier::{BeitClassifier, Pool, VitClassifier, swin_from_scratch, swin_from_simmim};
 use crate::models::mae::{MaeConfig, MaskedAutoencoder};
@@ -231,7 +233,7 @@ pub struct Converted {
 ///
 /// Derived buffers (relative position indices, attention masks) are not written: every code named
 /// rebuilds them (the official loaders drop them from checkpoints).
-pub fn convert(w: &Weights, to: Naming, out: &Path) -> Result<Converted> {
+pub fn convert(w: &Weights, to: Naming, out: &Path, precision: Precision) -> Result<Converted> {
     w.ensure_known()?;
     if let Some(ext) = out.extension().and_then(|e| e.to_str()).filter(|e| matches!(*e, "pth" | "pt" | "bin")) {
         bail!(
@@ -304,7 +306,7 @@ pub fn convert(w: &Weights, to: Naming, out: &Path) -> Result<Converted> {
     if let Some(n) = &w.normalization {
         metadata.insert(NORMALIZATION_KEY.to_string(), serde_json::to_string(n)?);
     }
-    crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata)?])?;
+    crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata, precision)?])?;
     Ok(Converted { written, left_out })
 }
 

@@ -98,6 +98,9 @@ enum Command {
         /// Names to write.
         #[arg(long, value_enum)]
         to: ConvertTo,
+        /// Store half-precision (f16) tensors: half the size, about 3 significant digits.
+        #[arg(long)]
+        half: bool,
     },
     /// Attention maps of a ViT encoder (MAE or BEiT; a mim checkpoint or any weights file `mim inspect`
     /// reads): the [CLS] token's attention over the patches in every layer and head, one picture per image.
@@ -127,9 +130,10 @@ enum Command {
     /// A local web page to look at a model: hide patches and see the reconstruction, attention maps
     /// per layer and head, nearest training images; dataset images or your own photos.
     Serve {
-        /// A mim pretraining checkpoint or a weights file (`mim inspect` reads it).
+        /// A mim pretraining checkpoint or a weights file (`mim inspect` reads it); default: the
+        /// shipped pretrained MAE (pretrained/README.md) on the shipped Fashion-MNIST subset.
         #[arg(long)]
-        checkpoint: PathBuf,
+        checkpoint: Option<PathBuf>,
         /// Dataset to browse (default: the one the checkpoint was trained on).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -172,6 +176,9 @@ enum Command {
         /// cpu, or cuda:N in a CUDA build.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Store half-precision (f16) tensors: half the size, about 3 significant digits.
+        #[arg(long)]
+        half: bool,
     },
 }
 
@@ -465,6 +472,7 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
         &mim::weights::from_checkpoint(&summary.checkpoint)?,
         mim::weights::Naming::Official,
         &weights,
+        mim::io::Precision::F32,
     )?;
     let rate = summary.steps.iter().rev().take(20).map(|s| s.images_per_sec).sum::<f64>()
         / summary.steps.len().clamp(1, 20) as f64;
@@ -684,14 +692,14 @@ fn run(cli: Cli) -> Result<()> {
             mim::check::ensure_passed(&rows)
         }
         Command::Inspect { file } => inspect(&file),
-        Command::Convert { input, output, to } => {
+        Command::Convert { input, output, to, half } => {
             let w = mim::weights::open(&input)?;
             let naming = match to {
                 ConvertTo::Official => mim::weights::Naming::Official,
                 ConvertTo::Hf => mim::weights::Naming::HuggingFace,
                 ConvertTo::Timm => mim::weights::Naming::Timm,
             };
-            let done = mim::weights::convert(&w, naming, &output)?;
+            let done = mim::weights::convert(&w, naming, &output, precision(half))?;
             for what in &done.left_out {
                 eprintln!("left out {what}");
             }
@@ -725,6 +733,20 @@ fn run(cli: Cli) -> Result<()> {
             if !upload_limit_mb.is_finite() || upload_limit_mb <= 0.0 {
                 bail!("--upload-limit-mb must be positive, not {upload_limit_mb}");
             }
+            let (checkpoint, data) = match checkpoint {
+                Some(c) => (c, data),
+                None => {
+                    let model = PathBuf::from(mim::serve::PRETRAINED_MAE);
+                    if !model.exists() {
+                        bail!(
+                            "no --checkpoint given and the shipped model '{}' is not here: run from the repository's \
+                             root or pass --checkpoint",
+                            model.display()
+                        );
+                    }
+                    (model, data.or_else(|| Some(PathBuf::from("data/fashion-mnist-subset"))))
+                }
+            };
             let viewer = mim::serve::ViewerConfig { checkpoint, data, split, neighbour_pool: neighbours, scale };
             let cfg = mim::serve::ServeConfig { viewer, host, port, upload_limit: (upload_limit_mb * 1e6) as usize };
             let server = mim::serve::start(cfg, &mut |m| eprintln!("{m}"))?;
@@ -736,13 +758,18 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} (opens from disk, no server needed)", file.display());
             Ok(())
         }
-        Command::Export { checkpoint: ck, out, device } => {
+        Command::Export { checkpoint: ck, out, device, half } => {
             mim::runtime::device(&device)?;
-            mim::weights::convert(&mim::weights::from_checkpoint(&ck)?, mim::weights::Naming::Official, &out)?;
+            let w = mim::weights::from_checkpoint(&ck)?;
+            mim::weights::convert(&w, mim::weights::Naming::Official, &out, precision(half))?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
     }
+}
+
+fn precision(half: bool) -> mim::io::Precision {
+    if half { mim::io::Precision::F16 } else { mim::io::Precision::F32 }
 }
 
 fn main() -> ExitCode {
