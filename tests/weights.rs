@@ -101,14 +101,26 @@ fn unknown_tensors_are_refused_with_what_was_found() {
     assert!(e.contains("cannot tell which model") && e.contains("conv1.weight"), "{e}");
 }
 
-#[test]
-fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
-    use mim::weights::{convert, from_mae};
+/// A micro MAE as the weights of a (pretend) checkpoint with its normalisation, in a fresh folder.
+fn micro_weights() -> (
+    MaeConfig,
+    mim::models::mae::MaskedAutoencoder,
+    mim::weights::Normalization,
+    tempfile::TempDir,
+    mim::weights::Weights,
+) {
     let cfg = MaeConfig::preset("mae_micro").unwrap();
     let model = cfg.init(5, &Device::flex()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let norm = mim::weights::Normalization { mean: vec![0.3], std: vec![0.2] };
-    let start = from_mae(&model, &cfg, Some(norm.clone()), &dir.path().join("run.mim"));
+    let start = mim::weights::from_mae(&model, &cfg, Some(norm.clone()), &dir.path().join("run.mim"));
+    (cfg, model, norm, dir, start)
+}
+
+#[test]
+fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
+    use mim::weights::convert;
+    let (cfg, model, norm, dir, start) = micro_weights();
     let official = dir.path().join("official.safetensors");
     convert(&start, Naming::Official, &official, Precision::F32).unwrap();
     let hf = dir.path().join("hf/model.safetensors");
@@ -124,7 +136,7 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
     // Nothing is overwritten by another model's configuration.
     let other = MaeConfig { depth: 1, ..cfg };
     let e = convert(
-        &from_mae(&other.init(0, &Device::flex()).unwrap(), &other, None, &official),
+        &mim::weights::from_mae(&other.init(0, &Device::flex()).unwrap(), &other, None, &official),
         Naming::HuggingFace,
         &hf,
         Precision::F32,
@@ -136,12 +148,8 @@ fn convert_round_trips_bit_exactly_through_official_and_hugging_face_names() {
 
 #[test]
 fn half_precision_files_are_half_the_size_and_load_to_within_f16_rounding() {
-    use mim::weights::{convert, from_mae};
-    let cfg = MaeConfig::preset("mae_micro").unwrap();
-    let model = cfg.init(5, &Device::flex()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let norm = mim::weights::Normalization { mean: vec![0.3], std: vec![0.2] };
-    let start = from_mae(&model, &cfg, Some(norm.clone()), &dir.path().join("run.mim"));
+    use mim::weights::convert;
+    let (cfg, model, norm, dir, start) = micro_weights();
     let (full, half) = (dir.path().join("f32.safetensors"), dir.path().join("f16.safetensors"));
     convert(&start, Naming::Official, &full, Precision::F32).unwrap();
     convert(&start, Naming::Official, &half, Precision::F16).unwrap();
