@@ -280,8 +280,7 @@ impl Viewer {
     /// The image itself as a PNG, at its own size.
     pub fn image_png(&self, image: ImageRef) -> Result<Vec<u8>> {
         let img = match image {
-            ImageRef::Dataset(i) => dataset_image(self.data.as_ref(), i)?,
-            ImageRef::Train(i) => dataset_image(self.train.as_ref(), i)?,
+            ImageRef::Dataset(i) | ImageRef::Train(i) => self.dataset(image, i)?.image(i)?,
             ImageRef::Upload(id) => self.upload(id)?.clone(),
         };
         let colour = if img.channels == 1 { image::ColorType::L8 } else { image::ColorType::Rgb8 };
@@ -420,17 +419,14 @@ impl Viewer {
         // The bank was extracted with the training data's statistics, the query must be too.
         let norm = (train.mean.clone(), train.std.clone());
         let (batch, ..) = self.load(image, Some(&norm))?;
-        let query = crate::eval::host((encoder.encode)(batch.tensor(&self.device)));
-        let unit = |v: &[f32]| {
-            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            v.iter().map(|x| x / n).collect::<Vec<f32>>()
-        };
-        let q = unit(&query);
+        let mut q = crate::eval::host((encoder.encode)(batch.tensor(&self.device)));
+        unit(&mut q);
+        // The bank's rows are unit vectors already (see `neighbour_bank`): dot products are cosines.
         let mut scored: Vec<(usize, f32)> = bank
             .values
             .chunks(bank.dim)
             .enumerate()
-            .map(|(i, f)| (i, unit(f).iter().zip(&q).map(|(a, b)| a * b).sum()))
+            .map(|(i, f)| (i, f.iter().zip(&q).map(|(a, b)| a * b).sum()))
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(scored
@@ -444,6 +440,14 @@ impl Viewer {
             .collect())
     }
 
+    /// The dataset holding `image` (a dataset or training image), once `i` is checked to be in it.
+    fn dataset(&self, image: ImageRef, i: usize) -> Result<&Dataset> {
+        let ds = if matches!(image, ImageRef::Dataset(_)) { &self.data } else { &self.train };
+        let ds = ds.as_ref().context("no dataset: pass --data")?;
+        ensure!(i < ds.len(), "image {i} is out of range: the dataset has {} images", ds.len());
+        Ok(ds)
+    }
+
     fn upload(&self, id: usize) -> Result<&Image> {
         self.uploads.iter().find(|(i, _)| *i == id).map(|(_, img)| img).with_context(|| {
             format!("no uploaded photo {id}: upload it again (the viewer keeps the last {MAX_UPLOADS})")
@@ -455,10 +459,7 @@ impl Viewer {
     fn load(&self, image: ImageRef, norm: Option<&(Vec<f32>, Vec<f32>)>) -> Result<LoadedImages> {
         match image {
             ImageRef::Dataset(i) | ImageRef::Train(i) => {
-                let ds = if matches!(image, ImageRef::Dataset(_)) { &self.data } else { &self.train };
-                let ds = ds.as_ref().context("no dataset: pass --data")?;
-                ensure!(i < ds.len(), "image {i} is out of range: the dataset has {} images", ds.len());
-                load_dataset_images(ds, &[i], &self.config, norm)
+                load_dataset_images(self.dataset(image, i)?, &[i], &self.config, norm)
             }
             ImageRef::Upload(id) => {
                 let c = self.config.in_chans();
@@ -479,9 +480,18 @@ fn neighbour_bank(checkpoint: &Path, train: &Dataset, device: &Device) -> Result
     let encoder = Backbone::Checkpoint(checkpoint.to_path_buf())
         .encoder(train.channels, Pool::Cls, device)?
         .context("no encoder")?;
-    let features =
+    let mut features =
         crate::eval::extract(Some(&*encoder.encode), train, encoder.config.img_size(), 256, device, &mut |_| {})?;
+    // Normalised once here rather than on every query.
+    let dim = features.dim;
+    features.values.chunks_mut(dim).for_each(unit);
     Ok((encoder, features))
+}
+
+/// Scales `v` to unit length (left as is when it is zero).
+fn unit(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
 }
 
 /// The BEiT of a mim checkpoint and the tokenizer its run names.
@@ -513,12 +523,6 @@ fn ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
 /// The data a mim checkpoint was trained on, when recorded.
 fn trained_on(header: &crate::checkpoint::CheckpointHeader) -> Option<PathBuf> {
     header.train.get("run")?.get("data")?.as_str().map(PathBuf::from)
-}
-
-fn dataset_image(ds: Option<&Dataset>, i: usize) -> Result<Image> {
-    let ds = ds.context("no dataset: pass --data")?;
-    ensure!(i < ds.len(), "image {i} is out of range: the dataset has {} images", ds.len());
-    ds.image(i)
 }
 
 fn encode_png(pixels: &[u8], width: u32, height: u32, colour: image::ColorType) -> Result<Vec<u8>> {
