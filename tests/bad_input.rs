@@ -102,7 +102,7 @@ fn existing_run_is_not_overwritten_and_other_config_cannot_resume_it() {
 }
 
 #[test]
-fn serve_names_a_taken_port_a_missing_checkpoint_and_a_bad_upload_limit() {
+fn serve_names_a_taken_port_a_missing_checkpoint_a_bad_upload_limit_and_two_models() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = mim(&["serve", "--checkpoint", "/nonexistent/ck.mim", "--port", &port]);
@@ -111,4 +111,6 @@ fn serve_names_a_taken_port_a_missing_checkpoint_and_a_bad_upload_limit() {
     assert_clean_error(&out, "/nonexistent/ck.mim");
     let out = mim(&["serve", "--checkpoint", "/nonexistent/ck.mim", "--upload-limit-mb", "0"]);
     assert_clean_error(&out, "--upload-limit-mb must be positive");
+    let out = mim(&["serve", "--checkpoint", "/nonexistent/ck.mim", "--method", "beit"]);
+    assert_clean_error(&out, "not both");
 }

@@ -16,7 +16,7 @@ use base64::Engine;
 use common::{mim, subset};
 use fantoccini::{Client, ClientBuilder, Locator};
 use mim::data::Split;
-use mim::serve::{ServeConfig, ViewerConfig};
+use mim::serve::{ImageRef, ServeConfig, ViewerConfig};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -140,20 +140,32 @@ fn checkpoint(dir: &Path, extra: &[&str]) -> PathBuf {
     dir.join("checkpoint.mim")
 }
 
+/// A briefly trained visual tokenizer (BEiT's targets).
+fn tokenizer(dir: &Path) -> PathBuf {
+    let data = subset();
+    let out = mim(&["tokenizer", "train", "--data", data.to_str().unwrap(), "--out", dir.to_str().unwrap()]
+        .into_iter()
+        .chain(["--epochs", "1", "--max-images", "256", "--batch-size", "64"])
+        .collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join("tokenizer.mim")
+}
+
+/// The viewer's configuration for `checkpoint` on the shipped subset.
+fn viewer(checkpoint: &Path) -> ViewerConfig {
+    ViewerConfig {
+        checkpoint: checkpoint.to_path_buf(),
+        data: Some(subset()),
+        split: Split::Test,
+        neighbour_pool: 300,
+        scale: SCALE,
+        tokenizer: None,
+    }
+}
+
 /// The viewer of `checkpoint` on the shipped subset, on a free loopback port.
 fn serve(checkpoint: &Path) -> mim::serve::Server {
-    let cfg = ServeConfig {
-        viewer: ViewerConfig {
-            checkpoint: checkpoint.to_path_buf(),
-            data: Some(subset()),
-            split: Split::Test,
-            neighbour_pool: 300,
-            scale: SCALE,
-        },
-        host: [127, 0, 0, 1].into(),
-        port: 0,
-        upload_limit: 64 * 1024,
-    };
+    let cfg = ServeConfig { viewer: viewer(checkpoint), host: [127, 0, 0, 1].into(), port: 0, upload_limit: 64 * 1024 };
     tokio::task::block_in_place(|| mim::serve::start(cfg, &mut |_| {})).expect("start the viewer")
 }
 
@@ -258,14 +270,8 @@ async fn the_viewer_reconstructs_what_is_clicked_as_the_cli_does_switches_heads_
 async fn a_beit_checkpoint_shows_its_visual_tokens_and_the_guesses_at_the_hidden_ones() {
     let Some((_driver, driver_port)) = driver() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let tok = tmp.path().join("tok");
     let data = subset();
-    let out = mim(&["tokenizer", "train", "--data", data.to_str().unwrap(), "--out", tok.to_str().unwrap()]
-        .into_iter()
-        .chain(["--epochs", "1", "--max-images", "256", "--batch-size", "64"])
-        .collect::<Vec<_>>());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let tok = tok.join("tokenizer.mim");
+    let tok = tokenizer(&tmp.path().join("tok"));
     let ck = checkpoint(&tmp.path().join("run"), &["--method", "beit", "--tokenizer", tok.to_str().unwrap()]);
     let server = serve(&ck);
     let client = browser(driver_port, &tmp.path().join("profile")).await;
@@ -310,4 +316,34 @@ async fn a_beit_checkpoint_shows_its_visual_tokens_and_the_guesses_at_the_hidden
     screenshot(&client, "serve_beit.png").await;
     client.close().await.unwrap();
     drop(server);
+}
+
+/// A BEiT exported to a weights file (as the shipped one) shows the visual tokens its checkpoint
+/// shows, given its tokenizer with --tokenizer; without it the view says what to pass.
+#[test]
+fn a_beit_weights_file_with_its_tokenizer_shows_the_tokens_of_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(&tmp.path().join("tok"));
+    let ck = checkpoint(&tmp.path().join("run"), &["--method", "beit", "--tokenizer", tok.to_str().unwrap()]);
+    let file = tmp.path().join("beit.safetensors");
+    let out = mim(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let open = |cfg: ViewerConfig| mim::serve::Viewer::new(&cfg, &mut |_| {}).unwrap();
+    let from_checkpoint = open(viewer(&ck));
+    let from_file = open(ViewerConfig { tokenizer: Some(tok.clone()), ..viewer(&file) });
+    let removed: Vec<bool> = (0..49).map(|i| i % 3 == 0).collect();
+    let (a, b) = (
+        from_checkpoint.tokens(ImageRef::Dataset(2), &removed).unwrap(),
+        from_file.tokens(ImageRef::Dataset(2), &removed).unwrap(),
+    );
+    assert_eq!(a.ids, b.ids);
+    assert_eq!(a.predicted, b.predicted);
+    assert_eq!(a.predicted.iter().filter(|p| p.is_some()).count(), removed.iter().filter(|&&r| r).count());
+
+    let without = open(viewer(&file));
+    let why = without.info().no_tokens.clone().expect("no tokens without a tokenizer");
+    assert!(why.contains("pass --tokenizer"), "{why}");
+    let err = without.tokens(ImageRef::Dataset(0), &removed).unwrap_err().to_string();
+    assert!(err.contains("--tokenizer"), "{err}");
 }

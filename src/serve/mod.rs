@@ -26,15 +26,35 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
+
+use crate::train::methods::Method;
 use tokio::sync::oneshot;
 
 pub use viewer::{
     Attention, DatasetInfo, ImageRef, Info, MAX_UPLOADS, Neighbour, Reconstruction, Tokens, Viewer, ViewerConfig,
 };
 
-/// The MAE `mim serve` shows when no checkpoint is given (relative to the repository's root):
-/// trained by mim on the full Fashion-MNIST, half precision (see pretrained/README.md).
-pub const PRETRAINED_MAE: &str = "pretrained/mae_tiny_28_fmnist.safetensors";
+/// A model shipped in `pretrained/` (paths relative to the repository's root): trained by mim on
+/// the full Fashion-MNIST, half precision (see pretrained/README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    /// The weights file.
+    pub weights: &'static str,
+    /// The visual tokenizer a BEiT was trained with (a mim tokenizer checkpoint).
+    pub tokenizer: Option<&'static str>,
+}
+
+/// The shipped model of `method`, which `mim serve` shows when no checkpoint is given.
+pub fn shipped(method: Method) -> Shipped {
+    match method {
+        Method::Mae => Shipped { weights: "pretrained/mae_tiny_28_fmnist.safetensors", tokenizer: None },
+        Method::Beit => Shipped {
+            weights: "pretrained/beit_tiny_28_fmnist.safetensors",
+            tokenizer: Some("pretrained/vq_tiny_28_fmnist.mim"),
+        },
+        Method::Simmim => Shipped { weights: "pretrained/simmim_swin_tiny_28_fmnist.safetensors", tokenizer: None },
+    }
+}
 
 /// The page: plain HTML, CSS and JavaScript, shipped inside the binary.
 const PAGE: &str = include_str!("page.html");

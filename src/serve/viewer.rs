@@ -36,6 +36,8 @@ pub struct ViewerConfig {
     pub neighbour_pool: usize,
     /// Up-scaling of the reconstruction picture (as `mim reconstruct --scale`).
     pub scale: usize,
+    /// The tokenizer of a BEiT (default: the one its checkpoint names; a weights file names none).
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// An image the viewer works on.
@@ -197,12 +199,9 @@ impl Viewer {
             Reconstructor::from_weights(&weights, norm.clone(), &device)
         };
         let attention = AttentionEncoder::new(&weights, &device);
-        let beit = match (&config, &header) {
-            (ModelConfig::Beit(_), Some(h)) => beit_with_tokenizer(&cfg.checkpoint, h, &device),
-            (ModelConfig::Beit(_), None) => Err(anyhow::anyhow!(
-                "a weights file carries no tokenizer: open the mim checkpoint of a BEiT run (trained with --tokenizer)"
-            )),
-            (other, _) => Err(anyhow::anyhow!("visual tokens are BEiT's targets; this is a {} model", other.kind())),
+        let beit = match &config {
+            ModelConfig::Beit(beit) => beit_with_tokenizer(cfg, &weights, beit, header.as_ref(), &device),
+            other => Err(anyhow::anyhow!("visual tokens are BEiT's targets; this is a {} model", other.kind())),
         };
 
         let data = data_path.as_deref().map(|p| Dataset::open(p, cfg.split)).transpose()?;
@@ -494,22 +493,36 @@ fn unit(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= n);
 }
 
-/// The BEiT of a mim checkpoint and the tokenizer its run names.
+/// The BEiT of a checkpoint or weights file and its tokenizer: `--tokenizer`, else the one the
+/// checkpoint's run was trained with.
 fn beit_with_tokenizer(
-    path: &Path,
-    header: &crate::checkpoint::CheckpointHeader,
+    cfg: &ViewerConfig,
+    weights: &crate::weights::Weights,
+    config: &crate::models::beit::BeitConfig,
+    header: Option<&crate::checkpoint::CheckpointHeader>,
     device: &Device,
 ) -> Result<(BeitForMaskedImageModeling, VqTokenizer)> {
-    let tokenizer = header
-        .train
-        .get("tokenizer")
-        .and_then(|t| t.as_str())
-        .context("the checkpoint names no tokenizer: its run was not trained with --tokenizer")?;
-    let tokenizer = crate::train::tokenizer::load_tokenizer(Path::new(tokenizer), device)
-        .with_context(|| format!("the tokenizer the run was trained with, '{tokenizer}'"))?
-        .model;
-    let beit = crate::checkpoint::load_model(path, device, <BeitForMaskedImageModeling as MimModel>::build)?.model;
-    Ok((beit, tokenizer))
+    let named = header.and_then(|h| h.train.get("tokenizer")).and_then(|t| t.as_str()).map(PathBuf::from);
+    let tokenizer = match (cfg.tokenizer.clone(), named) {
+        (Some(path), _) | (None, Some(path)) => path,
+        (None, None) if header.is_some() => {
+            bail!("the checkpoint names no tokenizer (its run was not trained with --tokenizer): pass --tokenizer FILE")
+        }
+        (None, None) => {
+            bail!("a weights file carries no tokenizer: pass --tokenizer FILE, the one the BEiT was trained with")
+        }
+    };
+    let tokenizer = crate::train::tokenizer::load_tokenizer(&tokenizer, device)
+        .with_context(|| format!("the tokenizer '{}'", tokenizer.display()))?;
+    tokenizer.header.model.check_matches(config)?;
+    let beit = match header {
+        Some(_) => {
+            crate::checkpoint::load_model(&cfg.checkpoint, device, <BeitForMaskedImageModeling as MimModel>::build)?
+                .model
+        }
+        None => weights.beit(device)?,
+    };
+    Ok((beit, tokenizer.model))
 }
 
 /// The integers of an integer tensor.

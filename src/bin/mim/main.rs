@@ -13,6 +13,7 @@ use mim::bench;
 use mim::checkpoint;
 use mim::data::Split;
 use mim::reconstruct::{Images, MaskChoice, Reconstructor};
+use mim::train::methods::Method;
 use mim::train::pretrain;
 use mim::train::pretrain::{PretrainConfig, checkpoint_path, metrics_path, read_metrics};
 use mim::train::{OptimConfig, Reporter, RunConfig, StepMetrics};
@@ -35,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Short MAE pretraining on the shipped Fashion-MNIST subset, then a reconstruction picture.
+    /// Short MAE pretraining on the shipped Fashion-MNIST subset, then a reconstruction picture (and the
+    /// shipped pretrained MAE's, same images and masks).
     Demo {
         /// Output folder.
         #[arg(long, default_value = "runs/demo")]
@@ -131,9 +133,16 @@ enum Command {
     /// per layer and head, nearest training images; dataset images or your own photos.
     Serve {
         /// A mim pretraining checkpoint or a weights file (`mim inspect` reads it); default: the
-        /// shipped pretrained MAE (pretrained/README.md) on the shipped Fashion-MNIST subset.
+        /// shipped pretrained model of --method (pretrained/README.md) on the shipped Fashion-MNIST subset.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Which shipped model to show when no --checkpoint is given (default: mae).
+        #[arg(long, value_enum)]
+        method: Option<Method>,
+        /// The visual tokenizer of a BEiT (default: the one its checkpoint names; needed for a
+        /// BEiT weights file).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
         /// Dataset to browse (default: the one the checkpoint was trained on).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -644,26 +653,40 @@ fn run(cli: Cli) -> Result<()> {
             if resume.is_none() || checkpoint::read_header(&ck)?.epoch < epochs as u64 {
                 run_pretrain(&cfg, resume)?;
             }
-            let picture = run_reconstruct(&ReconstructArgs {
-                checkpoint: Some(ck.clone()),
-                weights: None,
-                hf_config: None,
-                model: None,
-                img_size: None,
-                data: None,
-                split: Split::Test,
-                indices: (0..8).collect(),
-                images: vec![],
-                mask_ratio: Some(0.75),
-                seed: 0,
-                visible: vec![],
-                mask_image: None,
-                out: out.clone(),
-                scale: 4,
-                no_titles: false,
-                device: "cpu".into(),
-            })?;
+            // The same test images and masks through the demo's model and, beside it, the shipped
+            // MAE trained on all of Fashion-MNIST: what longer training buys.
+            let reconstruct = |checkpoint: Option<PathBuf>, weights: Option<PathBuf>, out: PathBuf| {
+                run_reconstruct(&ReconstructArgs {
+                    checkpoint,
+                    weights,
+                    hf_config: None,
+                    model: None,
+                    img_size: None,
+                    data: Some(cfg.run.data.clone()),
+                    split: Split::Test,
+                    indices: (0..8).collect(),
+                    images: vec![],
+                    mask_ratio: Some(0.75),
+                    seed: 0,
+                    visible: vec![],
+                    mask_image: None,
+                    out,
+                    scale: 4,
+                    no_titles: false,
+                    device: "cpu".into(),
+                })
+            };
+            let picture = reconstruct(Some(ck.clone()), None, out.clone())?;
             eprintln!("demo picture: {}", picture.display());
+            let shipped = PathBuf::from(mim::serve::shipped(Method::Mae).weights);
+            if shipped.exists() {
+                let picture = reconstruct(None, Some(shipped.clone()), out.join("pretrained"))?;
+                eprintln!(
+                    "the same images and masks through the shipped MAE, trained on all of Fashion-MNIST ('{}', see pretrained/README.md): {}",
+                    shipped.display(),
+                    picture.display()
+                );
+            }
             Ok(())
         }
         Command::Reconstruct(a) => run_reconstruct(&a).map(|_| ()),
@@ -723,7 +746,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { checkpoint, data, split, neighbours, scale, host, port, upload_limit_mb } => {
+        Command::Serve {
+            checkpoint,
+            method,
+            tokenizer,
+            data,
+            split,
+            neighbours,
+            scale,
+            host,
+            port,
+            upload_limit_mb,
+        } => {
             if !host.is_loopback() {
                 eprintln!(
                     "warning: listening on {host}: anyone who can reach this machine sees the model, the dataset and \
@@ -733,10 +767,12 @@ fn run(cli: Cli) -> Result<()> {
             if !upload_limit_mb.is_finite() || upload_limit_mb <= 0.0 {
                 bail!("--upload-limit-mb must be positive, not {upload_limit_mb}");
             }
-            let (checkpoint, data) = match checkpoint {
-                Some(c) => (c, data),
-                None => {
-                    let model = PathBuf::from(mim::serve::PRETRAINED_MAE);
+            let (checkpoint, data, tokenizer) = match (checkpoint, method) {
+                (Some(_), Some(_)) => bail!("--method picks a shipped model: give it or --checkpoint, not both"),
+                (Some(c), None) => (c, data, tokenizer),
+                (None, method) => {
+                    let shipped = mim::serve::shipped(method.unwrap_or_default());
+                    let model = PathBuf::from(shipped.weights);
                     if !model.exists() {
                         bail!(
                             "no --checkpoint given and the shipped model '{}' is not here: run from the repository's \
@@ -744,10 +780,12 @@ fn run(cli: Cli) -> Result<()> {
                             model.display()
                         );
                     }
-                    (model, data.or_else(|| Some(PathBuf::from("data/fashion-mnist-subset"))))
+                    let data = data.or_else(|| Some(PathBuf::from("data/fashion-mnist-subset")));
+                    (model, data, tokenizer.or(shipped.tokenizer.map(PathBuf::from)))
                 }
             };
-            let viewer = mim::serve::ViewerConfig { checkpoint, data, split, neighbour_pool: neighbours, scale };
+            let viewer =
+                mim::serve::ViewerConfig { checkpoint, data, split, neighbour_pool: neighbours, scale, tokenizer };
             let cfg = mim::serve::ServeConfig { viewer, host, port, upload_limit: (upload_limit_mb * 1e6) as usize };
             let server = mim::serve::start(cfg, &mut |m| eprintln!("{m}"))?;
             eprintln!("mim serve: open {} (Ctrl-C stops it)", server.url());
