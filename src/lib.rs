@@ -24,8 +24,10 @@
 //!    fine-tuning, the tokenizer), their shared `[run]` / `[optim]` settings
 //! 7. [`bench`]: throughput, FLOP/s and memory against the PyTorch peer; [`check`]: parity with
 //!    the PyTorch fixtures on any device; [`reconstruct`]: reconstruction pictures of a pretrained model;
-//!    [`attention`]: its [CLS] attention maps
-//! 8. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots
+//!    [`attention`]: its [CLS] attention maps; [`results`]: result records with their provenance,
+//!    and the tables and plots generated from them
+//! 8. [`ablate`]: the MAE paper's ablations as resumable studies with tables and plots;
+//!    [`serve`]: the web viewer; [`report`]: a run's HTML report
 //!
 //! ```no_run
 //! use mim::{models::mae::MaeConfig, masking::Mask};
@@ -48,6 +50,7 @@ pub mod ops;
 pub mod optim;
 pub mod reconstruct;
 pub mod report;
+pub mod results;
 pub mod runtime;
 pub mod serve;
 pub mod train;

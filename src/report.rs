@@ -15,9 +15,8 @@ use crate::checkpoint::{self, CheckpointHeader};
 use crate::data::Split;
 use crate::models::pretrain::ModelConfig;
 use crate::reconstruct::{Images, MaskChoice, Reconstructor};
-use crate::runtime::RunInfo;
 use crate::train::StepMetrics;
-use crate::train::trainer::RUNS_LOG;
+use crate::train::trainer::{RUNS_LOG, RunStart};
 
 /// Folder of a run where each checkpoint's reconstructions are kept (`epoch_003.png`).
 pub const SNAPSHOTS: &str = "snapshots";
@@ -48,14 +47,6 @@ pub fn write_snapshot(checkpoint: &Path, epoch: u64) -> Result<Option<PathBuf>> 
     Ok(Some(to))
 }
 
-/// One start or resume of a run, as the trainer logs it in `runs.jsonl`.
-#[derive(Debug, Clone, Deserialize)]
-struct Start {
-    started_unix_s: u64,
-    iteration: u64,
-    info: RunInfo,
-}
-
 /// An epoch of the k-NN monitor (`knn.jsonl`).
 #[derive(Debug, Clone, Deserialize)]
 struct KnnRecord {
@@ -78,7 +69,7 @@ pub fn write_report(run_dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
     ensure!(!metrics.is_empty(), "'{}' is empty: the run has not finished an iteration yet", metrics_file.display());
     let header = checkpoint::read_header(&crate::train::pretrain::checkpoint_path(run_dir)).ok();
     let knn: Vec<KnnRecord> = read_optional(&run_dir.join("knn.jsonl"), "k-NN records")?;
-    let starts: Vec<Start> = read_optional(&run_dir.join(RUNS_LOG), "run starts")?;
+    let starts: Vec<RunStart> = read_optional(&run_dir.join(RUNS_LOG), "run starts")?;
     let snapshots = snapshot_files(run_dir)?;
 
     let name = run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf());
@@ -287,7 +278,7 @@ fn timings(html: &mut String, metrics: &[StepMetrics], knn: &[KnnRecord]) -> Res
     Ok(())
 }
 
-fn provenance(html: &mut String, starts: &[Start]) -> Result<()> {
+fn provenance(html: &mut String, starts: &[RunStart]) -> Result<()> {
     html.push_str("<h2>Runs</h2>");
     if starts.is_empty() {
         html.push_str("<p class=\"muted\">No runs.jsonl: the run predates it.</p>");

@@ -46,7 +46,7 @@ pub fn device(name: &str) -> Result<Device> {
 }
 
 /// The machine and build a run was measured (or trained) on, carried by every JSONL record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     /// `git rev-parse HEAD` of the source tree (`-dirty` with uncommitted changes), `$MIM_COMMIT`
     /// when set, or "unknown".

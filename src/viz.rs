@@ -502,8 +502,30 @@ pub fn line_chart(
 ) -> Result<()> {
     use plotters::prelude::*;
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    draw_line_chart(root, title, x_label, y_label, series)
+    draw_line_chart(root, title, x_label, y_label, &without_errors(series), false)
         .map_err(|e| anyhow::anyhow!("cannot draw '{}': {e}", path.display()))
+}
+
+/// Points `(x, mean, standard deviation)` of a chart with error bars.
+pub type ErrorPoints = Vec<(f64, f64, f64)>;
+
+/// Plots `(x, mean, std)` series as lines through the means with error bars of one standard
+/// deviation (none where it is 0), as a PNG.
+pub fn error_bar_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, ErrorPoints)],
+) -> Result<()> {
+    use plotters::prelude::*;
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    draw_line_chart(root, title, x_label, y_label, series, true)
+        .map_err(|e| anyhow::anyhow!("cannot draw '{}': {e}", path.display()))
+}
+
+fn without_errors<'a>(series: &[(&'a str, Vec<(f64, f64)>)]) -> Vec<(&'a str, ErrorPoints)> {
+    series.iter().map(|(name, s)| (*name, s.iter().map(|&(x, y)| (x, y, 0.0)).collect())).collect()
 }
 
 /// [`line_chart`] as an SVG document of `width x height` pixels (for pages that embed it).
@@ -518,7 +540,7 @@ pub fn line_chart_svg(
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
-        draw_line_chart(root, title, x_label, y_label, series)
+        draw_line_chart(root, title, x_label, y_label, &without_errors(series), false)
             .map_err(|e| anyhow::anyhow!("cannot draw '{title}': {e}"))?;
     }
     Ok(svg)
@@ -529,19 +551,23 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
     title: &str,
     x_label: &str,
     y_label: &str,
-    series: &[(&str, Vec<(f64, f64)>)],
+    series: &[(&str, ErrorPoints)],
+    points: bool,
 ) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     register_font();
     let pts = series.iter().flat_map(|(_, s)| s.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    for &(x, y, e) in pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y - e), y1.max(y + e));
     }
     if x0 > x1 {
         return Err("nothing to plot".into());
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
+    // Marked points keep a margin, so that the first and last are seen whole.
+    let x_pad = if points { ((x1 - x0) * 0.05).max(0.05) } else { 0.0 };
+    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
     let err = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -549,7 +575,7 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .build_cartesian_2d((x0 - x_pad)..(x1 + x_pad), (y0 - pad)..(y1 + pad))
         .map_err(|e| err(&e))?;
     // Small values (learning rates) in scientific notation, so that ticks stay distinct.
     let tick = |v: &f64| {
@@ -576,10 +602,19 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
     for (i, (name, s)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];
         chart
-            .draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
+            .draw_series(LineSeries::new(s.iter().map(|&(x, y, _)| (x, y)), colour.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        if points {
+            chart
+                .draw_series(s.iter().map(|&(x, y, _)| Circle::new((x, y), 4, colour.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        let bars = s.iter().filter(|p| p.2 > 0.0);
+        chart
+            .draw_series(bars.map(|&(x, y, e)| ErrorBar::new_vertical(x, y - e, y, y + e, colour.stroke_width(2), 10)))
+            .map_err(|e| err(&e))?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))

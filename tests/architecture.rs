@@ -30,6 +30,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("reconstruct", 7),
     // Attention maps of a pretrained ViT (its weights, the pictures).
     ("attention", 7),
+    // Result records and the tables and plots generated from them (checkpoints' pretraining).
+    ("results", 7),
     // The ablation studies train, evaluate, and count FLOPs with bench.
     ("ablate", 8),
     // The web viewer shows reconstructions, attention and neighbours (eval's features).

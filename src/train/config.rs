@@ -73,6 +73,9 @@ settings! {
             seed: u64,
             /// Save a checkpoint every this many epochs (and always at the end).
             checkpoint_every: usize,
+            /// Keep a copy of every checkpoint as `checkpoints/epoch_NNN.mim` (to evaluate the run at
+            /// several lengths).
+            keep_checkpoints: bool,
             /// Use only the first N training images.
             max_images: Option<usize>,
             /// cpu, or cuda:N in a CUDA build.
@@ -93,6 +96,7 @@ impl Default for RunConfig {
             accum_iter: 1,
             seed: 0,
             checkpoint_every: 1,
+            keep_checkpoints: false,
             max_images: None,
             device: "cpu".into(),
             prefetch: 4,

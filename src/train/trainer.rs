@@ -47,6 +47,22 @@ pub struct StepMetrics {
 /// The run folder's log of starts and resumes: when, from which iteration, commit, machine, command.
 pub const RUNS_LOG: &str = "runs.jsonl";
 
+/// The copy of the checkpoint after `epoch` epochs that `--keep-checkpoints true` keeps.
+pub fn kept_checkpoint(out: &Path, epoch: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("epoch_{epoch:03}.mim"))
+}
+
+/// One start or resume of a run, a line of [`RUNS_LOG`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStart {
+    /// When it started (seconds since 1970, UTC).
+    pub started_unix_s: u64,
+    /// The iteration it started from (0 for a fresh run).
+    pub iteration: u64,
+    /// Commit, command, machine.
+    pub info: crate::runtime::RunInfo,
+}
+
 /// Receives progress (the CLI draws a progress bar; tests collect losses).
 pub trait Reporter {
     /// Training starts (or resumes at `done` of `total` iterations).
@@ -318,13 +334,11 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
     // Who trained what where: one record per start or resume, the provenance `mim report` shows.
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let record = serde_json::json!({
-        "started_unix_s": started,
-        "iteration": it,
-        "info": crate::runtime::RunInfo::here(command, run.seed),
-    });
+    let record =
+        RunStart { started_unix_s: started, iteration: it, info: crate::runtime::RunInfo::here(command, run.seed) };
     let runs = run.out.join(RUNS_LOG);
-    writeln!(append(&runs)?, "{record}").with_context(|| format!("cannot write '{}'", runs.display()))?;
+    writeln!(append(&runs)?, "{}", serde_json::to_string(&record)?)
+        .with_context(|| format!("cannot write '{}'", runs.display()))?;
 
     let ds = Arc::new(ds);
     let total = (run.epochs * spe) as u64;
@@ -413,6 +427,12 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
         if (epoch + 1) % run.checkpoint_every as u64 == 0 || epoch + 1 == run.epochs as u64 {
             task.save(&ckpt, &model, stepper.optimizer(), progress)?;
             reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt.display()));
+            if run.keep_checkpoints {
+                let kept = kept_checkpoint(&run.out, epoch + 1);
+                std::fs::create_dir_all(kept.parent().expect("a folder"))?;
+                std::fs::copy(&ckpt, &kept)
+                    .with_context(|| format!("cannot copy '{}' to '{}'", ckpt.display(), kept.display()))?;
+            }
             reporter.checkpoint(&ckpt, epoch + 1);
         }
     }

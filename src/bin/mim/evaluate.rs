@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 
 use mim::data::{Dataset, Split};
@@ -11,6 +11,7 @@ use mim::eval::knn::{KnnConfig, knn_accuracy};
 use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
 use mim::eval::{Backbone, Features, extract};
 use mim::models::classifier::Pool;
+use mim::results::{Pretraining, Record};
 use mim::train::finetune::{FinetuneArgs, FinetuneConfig, finetune, last_checkpoint};
 
 use crate::Bar;
@@ -106,6 +107,67 @@ impl BackboneArgs {
     }
 }
 
+/// Where a result is recorded, with its provenance (`mim results` makes the tables from such files).
+#[derive(Args, Clone)]
+pub struct RecordArgs {
+    /// Append the result, with its commit, command line, seed, machine and wall time, as one JSON
+    /// line to this file (e.g. docs/results/NAME.jsonl).
+    #[arg(long, alias = "results")]
+    record: Option<PathBuf>,
+    /// The study (table) the record belongs to [default: the protocol].
+    #[arg(long, requires = "record")]
+    study: Option<String>,
+    /// The record's row in its study [default: what the features come from].
+    #[arg(long, requires = "record")]
+    setting: Option<String>,
+}
+
+impl RecordArgs {
+    /// Appends the result to --record (nothing without it); `setting` is the default row name.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        protocol: &str,
+        setting: String,
+        seed: u64,
+        (top1, top5): (f64, f64),
+        epochs: f64,
+        train_images: usize,
+        pretraining: Option<Pretraining>,
+        seconds: f64,
+    ) -> Result<()> {
+        let Some(path) = &self.record else { return Ok(()) };
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let record = Record {
+            study: self.study.clone().unwrap_or_else(|| protocol.into()),
+            setting: self.setting.clone().unwrap_or(setting),
+            protocol: protocol.into(),
+            top1,
+            top5,
+            epochs,
+            train_images,
+            pretraining,
+            seconds,
+            run: mim::runtime::RunInfo::here(command, seed),
+        };
+        mim::results::append(path, &record)?;
+        eprintln!("recorded in {} (study '{}', setting '{}')", path.display(), record.study, record.setting);
+        Ok(())
+    }
+}
+
+/// The default row name of features from `backbone`, and the pretraining behind them.
+fn setting_of(backbone: &Backbone) -> Result<(String, Option<Pretraining>)> {
+    Ok(match backbone {
+        Backbone::Checkpoint(path) => match Pretraining::of_checkpoint(path)? {
+            Some(p) => (p.describe(), Some(p)),
+            None => (path.display().to_string(), None),
+        },
+        Backbone::RandomInit { model, .. } => (format!("{model}, random initialisation"), None),
+        Backbone::Pixels => ("raw pixels".into(), None),
+    })
+}
+
 /// `mim finetune` flags (over an optional TOML config).
 #[derive(Args)]
 pub struct FinetuneCmd {
@@ -120,6 +182,8 @@ pub struct FinetuneCmd {
     resume: bool,
     #[command(flatten)]
     settings: FinetuneArgs,
+    #[command(flatten)]
+    record: RecordArgs,
 }
 
 impl FinetuneCmd {
@@ -144,7 +208,7 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         Some(r) => {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
             let saved = mim::checkpoint::read_header(r)?.train;
-            let mutable = &["epochs", "device", "prefetch", "checkpoint_every"];
+            let mutable = &["epochs", "device", "prefetch", "checkpoint_every", "keep_checkpoints"];
             cfg = crate::resume::resumed(
                 r,
                 &saved,
@@ -171,6 +235,27 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         s.checkpoints.1.display(),
         mim::train::finetune::results_path(&cfg.run.out).display()
     );
+    if a.record.record.is_some() {
+        // The whole run's epochs, a resumed one's earlier starts included.
+        let all = mim::train::finetune::read_results(&mim::train::finetune::results_path(&cfg.run.out))?;
+        let last = all.last().context("the run recorded no epoch")?;
+        let (setting, pretraining) = match &cfg.checkpoint {
+            Some(path) => setting_of(&Backbone::Checkpoint(path.clone()))?,
+            None => (format!("{} from scratch", cfg.model), None),
+        };
+        let train_images =
+            Dataset::open(&cfg.run.data, Split::Train)?.len().min(cfg.run.max_images.unwrap_or(usize::MAX));
+        a.record.write(
+            "finetune",
+            setting,
+            cfg.run.seed,
+            (last.top1, last.top5),
+            last.epoch as f64,
+            train_images,
+            pretraining,
+            mim::results::added_up(all.iter().map(|e| e.elapsed_s)),
+        )?;
+    }
     Ok(())
 }
 
@@ -197,9 +282,8 @@ pub struct LinprobeArgs {
     /// Warmup epochs.
     #[arg(long, default_value_t = 10.0)]
     warmup_epochs: f64,
-    /// Append the result as a JSON line to this file.
-    #[arg(long)]
-    results: Option<PathBuf>,
+    #[command(flatten)]
+    record: RecordArgs,
 }
 
 /// Runs `mim linprobe`.
@@ -230,10 +314,16 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
         last.top5,
         t0.elapsed().as_secs_f64()
     );
-    write_result(
-        &a.results,
-        serde_json::json!({"protocol": "linprobe", "backbone": what, "pool": a.backbone.pool,
-        "top1": last.top1, "top5": last.top5, "epochs": a.epochs, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}),
+    let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
+    a.record.write(
+        "linprobe",
+        setting,
+        a.backbone.seed,
+        (last.top1, last.top5),
+        a.epochs as f64,
+        f[0].len(),
+        pretraining,
+        t0.elapsed().as_secs_f64(),
     )
 }
 
@@ -248,9 +338,8 @@ pub struct KnnArgs {
     /// Temperature of the vote weights.
     #[arg(long, default_value_t = 0.07)]
     temperature: f64,
-    /// Append the result as a JSON line to this file.
-    #[arg(long)]
-    results: Option<PathBuf>,
+    #[command(flatten)]
+    record: RecordArgs,
 }
 
 /// Runs `mim knn`.
@@ -261,10 +350,16 @@ pub fn run_knn(a: &KnnArgs) -> Result<()> {
     let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, KnnConfig { k: a.k, temperature: a.temperature }, &device)?;
     let what = a.backbone.backbone()?.describe();
     println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.elapsed().as_secs_f64());
-    write_result(
-        &a.results,
-        serde_json::json!({"protocol": "knn", "k": a.k, "backbone": what, "pool": a.backbone.pool,
-        "top1": top1, "top5": top5, "train_images": f[0].len(), "seconds": t0.elapsed().as_secs_f64()}),
+    let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
+    a.record.write(
+        "knn",
+        setting,
+        a.backbone.seed,
+        (top1, top5),
+        0.0,
+        f[0].len(),
+        pretraining,
+        t0.elapsed().as_secs_f64(),
     )
 }
 
@@ -287,17 +382,5 @@ pub fn run_embed(a: &EmbedArgs) -> Result<()> {
     let (f, _) = a.backbone.features(&[split])?;
     f[0].save(&a.out)?;
     eprintln!("wrote {} ({} x {})", a.out.display(), f[0].len(), f[0].dim);
-    Ok(())
-}
-
-fn write_result(path: &Option<PathBuf>, value: serde_json::Value) -> Result<()> {
-    if let Some(p) = path {
-        use std::io::Write;
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
-        writeln!(f, "{value}")?;
-    }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -173,6 +173,20 @@ enum Command {
         /// Output file (default: RUN/report.html).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Tables (mean ± std over seeds) and plots from the result records that `finetune`, `linprobe`
+    /// and `knn` append with --record; printed, or written into a document's generated block.
+    Results {
+        /// Folder of the records (*.jsonl).
+        #[arg(long, default_value = "docs/results")]
+        records: PathBuf,
+        /// Rewrite the generated block of this Markdown file (between the markers `mim results`
+        /// documents) instead of printing the tables.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Folder for one plot per study whose settings differ in mask ratio or pretraining epochs.
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
     /// Export a pretraining checkpoint's weights to safetensors (official names, PyTorch layout).
     Export {
@@ -588,7 +602,8 @@ fn run_reconstruct(a: &ReconstructArgs) -> Result<PathBuf> {
 }
 
 /// Pretraining settings a resume may change: none of them alters which run it is.
-const PRETRAIN_MUTABLE: &[&str] = &["epochs", "device", "prefetch", "checkpoint_every", "eval_every", "knn_images"];
+const PRETRAIN_MUTABLE: &[&str] =
+    &["epochs", "device", "prefetch", "checkpoint_every", "keep_checkpoints", "eval_every", "knn_images"];
 
 /// A job's settings: the TOML file's (or the defaults), then the flags that were given.
 fn settings<C: Default + serde::Serialize + serde::de::DeserializeOwned>(
@@ -794,6 +809,37 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report { run, out } => {
             let file = mim::report::write_report(&run, out.as_deref())?;
             eprintln!("wrote {} (opens from disk, no server needed)", file.display());
+            Ok(())
+        }
+        Command::Results { records, write, plots } => {
+            let studies = mim::results::summarise(&mim::results::read_records(&records)?)?;
+            ensure!(!studies.is_empty(), "no records in '{}': write them with --record", records.display());
+            let mut tables = mim::results::markdown(&studies);
+            if let Some(dir) = &plots {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+                for study in &studies {
+                    let file = dir
+                        .join(format!("{}.png", study.name.replace(|c: char| !c.is_alphanumeric() && c != '-', "_")));
+                    if mim::results::plot_study(study, &file)? {
+                        eprintln!("wrote {}", file.display());
+                        // The document links the plot relative to itself.
+                        let base = write.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
+                        let link = file.strip_prefix(base).unwrap_or(&file);
+                        tables += &format!("\n![{}]({})\n", study.name, link.display());
+                    }
+                }
+            }
+            match write {
+                Some(doc) => {
+                    let text =
+                        std::fs::read_to_string(&doc).with_context(|| format!("cannot read '{}'", doc.display()))?;
+                    let text = mim::results::replace_generated(&text, &tables)
+                        .with_context(|| format!("'{}'", doc.display()))?;
+                    mim::io::write_atomic(&doc, &[text.as_bytes()])?;
+                    eprintln!("wrote the tables of {} studies into {}", studies.len(), doc.display());
+                }
+                None => print!("{tables}"),
+            }
             Ok(())
         }
         Command::Export { checkpoint: ck, out, device, half } => {

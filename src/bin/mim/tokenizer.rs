@@ -90,7 +90,7 @@ fn run_train(a: &TrainArgs) -> Result<()> {
     match &resume {
         Some(r) => {
             let saved = mim::train::tokenizer::read_tokenizer_header(r)?.train;
-            let mutable = &["epochs", "device", "prefetch", "checkpoint_every"];
+            let mutable = &["epochs", "device", "prefetch", "checkpoint_every", "keep_checkpoints"];
             cfg = crate::resume::resumed(r, &saved, &cfg, a.config.as_deref(), mutable, &["data"], &cfg.run.out)?;
         }
         None => crate::resume::absolute(&mut cfg.run.data),

@@ -1,0 +1,135 @@
+//! Result records and the tables generated from them (`--record`, `mim results`): each evaluation
+//! command appends its result with its provenance; seeds are averaged per setting; the pretraining
+//! behind a checkpoint is read from it; the tables land in a document's generated block, the
+//! curve over mask ratios in a plot; and the committed docs/RESULTS.md holds the tables its
+//! committed records give.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_clean_error, mim, subset};
+use mim::results::{BEGIN, END, read_records, summarise};
+
+fn run(args: &[&str]) {
+    let out = mim(args);
+    assert!(out.status.success(), "mim {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An MAE pretraining on 256 images at `ratio` for `epochs`, keeping every epoch's checkpoint.
+fn pretrain(dir: &Path, ratio: &str, epochs: &str) -> String {
+    let data = subset();
+    run(&["pretrain", "--data", data.to_str().unwrap(), "--out", dir.to_str().unwrap(), "--max-images", "256"]
+        .into_iter()
+        .chain(["--batch-size", "64", "--epochs", epochs, "--mask-ratio", ratio, "--keep-checkpoints", "true"])
+        .collect::<Vec<_>>());
+    dir.join("checkpoint.mim").to_str().unwrap().to_string()
+}
+
+#[test]
+fn records_of_knn_linprobe_and_finetune_make_tables_over_seeds_and_a_mask_ratio_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, records) = (subset(), tmp.path().join("records"));
+    let data = data.to_str().unwrap();
+    let file = records.join("fmnist.jsonl");
+    let rec = file.to_str().unwrap();
+    let knn = |study: &str, extra: &[&str]| {
+        let mut args = vec!["knn", "--data", data, "--max-images", "500", "--record", rec, "--study", study];
+        args.extend(extra);
+        run(&args);
+    };
+    knn("features", &["--pixels"]);
+    knn("features", &["--random-init", "--seed", "0"]);
+    knn("features", &["--random-init", "--seed", "1"]);
+    let half = pretrain(&tmp.path().join("r50"), "0.5", "1");
+    let most = pretrain(&tmp.path().join("r75"), "0.75", "2");
+    knn("ratio", &["--checkpoint", &half]);
+    knn("ratio", &["--checkpoint", &most]);
+    // The kept checkpoints: the run after each epoch, the last one the run's checkpoint.
+    let kept = |e: u64| mim::train::trainer::kept_checkpoint(&tmp.path().join("r75"), e);
+    assert_eq!(std::fs::read(kept(2)).unwrap(), std::fs::read(&most).unwrap());
+    assert_eq!(mim::checkpoint::read_header(&kept(1)).unwrap().epoch, 1);
+    knn("length", &["--checkpoint", kept(1).to_str().unwrap()]);
+    run(&["linprobe", "--data", data, "--max-images", "500", "--checkpoint", &most, "--epochs", "2"]
+        .into_iter()
+        .chain(["--record", rec, "--study", "ratio"])
+        .collect::<Vec<_>>());
+    knn("length", &["--checkpoint", kept(2).to_str().unwrap()]);
+    let out = tmp.path().join("ft");
+    run(&["finetune", "--from-scratch", "--data", data, "--max-images", "128", "--batch-size", "64", "--epochs", "1"]
+        .into_iter()
+        .chain(["--out", out.to_str().unwrap(), "--record", rec, "--setting", "scratch"])
+        .collect::<Vec<_>>());
+
+    let all = read_records(&records).unwrap();
+    assert_eq!(all.len(), 9);
+    // Provenance on every record.
+    for r in &all {
+        assert!(!r.run.commit.is_empty() && r.run.command.contains(&r.protocol), "{r:?}");
+        assert!(r.run.threads > 0 && r.seconds > 0.0 && !r.run.cpu.is_empty());
+    }
+    let pre = all[3].pretraining.as_ref().expect("a checkpoint's pretraining");
+    assert_eq!((pre.method.as_str(), pre.model.as_str(), pre.epochs, pre.mask_ratio), ("MAE", "mae_tiny_28", 1, 0.5));
+    assert!(pre.seconds > 0.0 && pre.threads > 0);
+    assert_eq!((all[8].protocol.as_str(), all[8].epochs, all[8].train_images), ("finetune", 1.0, 128));
+
+    let studies = summarise(&all).unwrap();
+    let names: Vec<&str> = studies.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["features", "ratio", "length", "finetune"]);
+    let random = &studies[0].rows[1];
+    assert_eq!(random.seeds, [0, 1]);
+    assert!(random.top1.1 > 0.0, "two random initialisations give two accuracies");
+
+    // The tables go into the document's generated block, the ratio study's curve into a plot.
+    let doc = tmp.path().join("RESULTS.md");
+    std::fs::write(&doc, format!("# Results\n\nintro\n\n{BEGIN}\nstale\n{END}\n\nafter\n")).unwrap();
+    let plots = tmp.path().join("plots");
+    run(&["results", "--records", records.to_str().unwrap(), "--write", doc.to_str().unwrap()]
+        .into_iter()
+        .chain(["--plots", plots.to_str().unwrap()])
+        .collect::<Vec<_>>());
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(text.starts_with("# Results\n\nintro\n\n") && text.ends_with(&format!("{END}\n\nafter\n")));
+    assert!(!text.contains("stale"));
+    assert!(text.contains(&mim::results::markdown(&studies)), "{text}");
+    assert!(text.contains("| mae_tiny_28, random initialisation | knn | 0 |"), "{text}");
+    assert!(text.contains(" ± "), "{text}");
+    assert!(text.contains("![ratio](plots/ratio.png)"), "{text}");
+    for study in ["ratio", "length"] {
+        let png = image::open(plots.join(format!("{study}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (800, 500));
+    }
+    assert_eq!(mim::results::curve(&studies[2]).unwrap().x_label, "pretraining epochs");
+    if let Ok(dir) = std::env::var("MIM_SCREENSHOTS") {
+        std::fs::copy(plots.join("ratio.png"), Path::new(&dir).join("results_ratio.png")).unwrap();
+    }
+    // No curve where nothing varies.
+    assert!(!plots.join("features.png").exists());
+}
+
+#[test]
+fn bad_records_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = mim(&["results", "--records", "/nonexistent/records"]);
+    assert_clean_error(&out, "/nonexistent/records");
+    std::fs::write(tmp.path().join("a.jsonl"), "{\"not\": \"a record\"}\n").unwrap();
+    let out = mim(&["results", "--records", tmp.path().to_str().unwrap()]);
+    assert_clean_error(&out, "a.jsonl:1 is not a result record");
+    let out = mim(&["knn", "--pixels", "--study", "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--record"), "--study needs --record");
+}
+
+/// The tables in docs/RESULTS.md are the ones the committed records in docs/results give.
+#[test]
+fn the_docs_tables_are_generated_from_the_committed_records() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let records = root.join("docs/results");
+    let all = read_records(&records).unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/RESULTS.md")).unwrap();
+    let tables = mim::results::markdown(&summarise(&all).unwrap());
+    assert!(doc.contains(BEGIN) && doc.contains(END));
+    assert!(
+        doc.contains(&tables),
+        "docs/RESULTS.md is not what the records give: run `mim results --write docs/RESULTS.md --plots docs/results`"
+    );
+}
