@@ -216,7 +216,8 @@ pub fn mask_grid_image(rows: &[&BoolMask], cell: usize, title: &str, row_labels:
 /// the mean over heads. `image` is `[C * H * W]` in `[0, 1]`; `maps[layer][head]` holds one weight
 /// per patch of the layer's `grids[layer]`-a-side patch grid (e.g. the [CLS] query's attention; a
 /// Swin stage's merged patches). Each panel shows the
-/// image dimmed under a heat colouring of its map, scaled to the map's own maximum.
+/// image dimmed under a heat colouring of its map, from the map's own minimum (black) to its maximum
+/// (white).
 pub fn attention_image(
     image: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -236,9 +237,12 @@ pub fn attention_image(
             (0..grid * grid).map(|i| per_head.iter().map(|m| m[i]).sum::<f32>() / n.max(1) as f32).collect();
         let columns = per_head.iter().enumerate().chain(std::iter::once((heads, &mean)));
         for (col, map) in columns {
-            let top = map.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+            // From the map's least weight to its largest: a window's nearly even attention (Swin)
+            // still shows its structure.
+            let low = map.iter().copied().fold(f32::MAX, f32::min);
+            let range = (map.iter().copied().fold(f32::MIN, f32::max) - low).max(f32::MIN_POSITIVE);
             draw_panel(&mut img, layer, col, h, w, scale, |y, x| {
-                let heat = map[((y / ph).min(grid - 1)) * grid + (x / pw).min(grid - 1)] / top;
+                let heat = (map[((y / ph).min(grid - 1)) * grid + (x / pw).min(grid - 1)] - low) / range;
                 let base = channels(image, c, h, w, y, x);
                 let grey = (base[0] as f32 + base[1] as f32 + base[2] as f32) / 3.0;
                 // Black -> red -> yellow -> white as the weight grows, over the image at 40%.
