@@ -151,6 +151,8 @@ pub struct Row {
     pub protocol: String,
     /// Epochs of the protocol.
     pub epochs: f64,
+    /// Training images of the protocol.
+    pub train_images: usize,
     /// The pretraining (the first record's).
     pub pretraining: Option<Pretraining>,
     /// Mean and sample standard deviation of top-1 over the records (std 0 for one).
@@ -176,7 +178,7 @@ pub struct Study {
     pub rows: Vec<Row>,
 }
 
-/// Groups `records` by study, then by setting, protocol and epochs; a seed measured twice for the
+/// Groups `records` by study, then by setting, protocol, epochs and training images; a seed measured twice for the
 /// same row is an error (a rerun must go to another study or replace the record).
 pub fn summarise(records: &[Record]) -> Result<Vec<Study>> {
     let mut studies: Vec<(String, Vec<Vec<&Record>>)> = Vec::new();
@@ -236,6 +238,7 @@ fn row(records: &[&Record]) -> Row {
         setting: first.setting.clone(),
         protocol: first.protocol.clone(),
         epochs: first.epochs,
+        train_images: first.train_images,
         pretraining: first.pretraining.clone(),
         top1: stats(|r| r.top1),
         top5: stats(|r| r.top5),
@@ -260,18 +263,19 @@ pub fn markdown(studies: &[Study]) -> String {
     let mut machines: Vec<&String> = Vec::new();
     for study in studies {
         s += &format!("### {}\n\n", study.name);
-        s += "| setting | protocol | epochs | top-1 (%) | top-5 (%) | seeds | core-hours per seed | commit |\n";
-        s += "|---|---|---|---|---|---|---|---|\n";
+        s += "| setting | protocol | epochs | training images | top-1 (%) | top-5 (%) | seeds | core-hours per seed | commit |\n";
+        s += "|---|---|---|---|---|---|---|---|---|\n";
         for r in &study.rows {
             let pm = |(m, sd): (f64, f64)| {
                 if r.seeds.len() > 1 { format!("{m:.2} ± {sd:.2}") } else { format!("{m:.2}") }
             };
             let seeds = r.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+            let epochs = if r.epochs > 0.0 { r.epochs.to_string() } else { "-".into() };
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+                "| {} | {} | {epochs} | {} | {} | {} | {} | {:.2} | {} |\n",
                 r.setting,
                 r.protocol,
-                r.epochs,
+                r.train_images,
                 pm(r.top1),
                 pm(r.top5),
                 seeds,
@@ -394,8 +398,8 @@ mod tests {
         assert!((a.core_hours - 3.0).abs() < 1e-12);
         assert_eq!(a.commits, vec!["0123456"]);
         let md = markdown(&studies);
-        assert!(md.contains("| a | knn | 0 | 81.00 ± 1.41 |"), "{md}");
-        assert!(md.contains("| b | knn | 0 | 70.00 |"), "{md}");
+        assert!(md.contains("| a | knn | - | 100 | 81.00 ± 1.41 |"), "{md}");
+        assert!(md.contains("| b | knn | - | 100 | 70.00 |"), "{md}");
         assert!(md.contains("CPU (AVX-512)"));
     }
 

@@ -836,7 +836,7 @@ fn run(cli: Cli) -> Result<()> {
                     let text = mim::results::replace_generated(&text, &tables)
                         .with_context(|| format!("'{}'", doc.display()))?;
                     mim::io::write_atomic(&doc, &[text.as_bytes()])?;
-                    eprintln!("wrote the tables of {} studies into {}", studies.len(), doc.display());
+                    eprintln!("wrote the tables of {} study(ies) into {}", studies.len(), doc.display());
                 }
                 None => print!("{tables}"),
             }
