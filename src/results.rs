@@ -47,6 +47,26 @@ pub struct Record {
     pub run: RunInfo,
 }
 
+impl Record {
+    /// A record of `protocol` measured by this process (its command line and machine), in the study
+    /// named after the protocol; the caller fills in what was measured.
+    pub fn here(protocol: &str, setting: String, seed: u64, pretraining: Option<Pretraining>) -> Self {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        Record {
+            study: protocol.into(),
+            setting,
+            protocol: protocol.into(),
+            top1: 0.0,
+            top5: 0.0,
+            epochs: 0.0,
+            train_images: 0,
+            pretraining,
+            seconds: 0.0,
+            run: RunInfo::here(command, seed),
+        }
+    }
+}
+
 /// What a pretraining checkpoint says about the run that made it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Pretraining {

@@ -123,33 +123,11 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
-    /// Appends the result to --record (nothing without it); `setting` is the default row name.
-    #[allow(clippy::too_many_arguments)]
-    fn write(
-        &self,
-        protocol: &str,
-        setting: String,
-        seed: u64,
-        (top1, top5): (f64, f64),
-        epochs: f64,
-        train_images: usize,
-        pretraining: Option<Pretraining>,
-        seconds: f64,
-    ) -> Result<()> {
+    /// Appends `record` to --record (nothing without it), in the study and row the flags name.
+    fn write(&self, mut record: Record) -> Result<()> {
         let Some(path) = &self.record else { return Ok(()) };
-        let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let record = Record {
-            study: self.study.clone().unwrap_or_else(|| protocol.into()),
-            setting: self.setting.clone().unwrap_or(setting),
-            protocol: protocol.into(),
-            top1,
-            top5,
-            epochs,
-            train_images,
-            pretraining,
-            seconds,
-            run: mim::runtime::RunInfo::here(command, seed),
-        };
+        record.study = self.study.clone().unwrap_or(record.study);
+        record.setting = self.setting.clone().unwrap_or(record.setting);
         mim::results::append(path, &record)?;
         eprintln!("recorded in {} (study '{}', setting '{}')", path.display(), record.study, record.setting);
         Ok(())
@@ -245,16 +223,14 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         };
         let train_images =
             Dataset::open(&cfg.run.data, Split::Train)?.len().min(cfg.run.max_images.unwrap_or(usize::MAX));
-        a.record.write(
-            "finetune",
-            setting,
-            cfg.run.seed,
-            (last.top1, last.top5),
-            last.epoch as f64,
+        a.record.write(Record {
+            top1: last.top1,
+            top5: last.top5,
+            epochs: last.epoch as f64,
             train_images,
-            pretraining,
-            mim::results::added_up(all.iter().map(|e| e.elapsed_s)),
-        )?;
+            seconds: mim::results::added_up(all.iter().map(|e| e.elapsed_s)),
+            ..Record::here("finetune", setting, cfg.run.seed, pretraining)
+        })?;
     }
     Ok(())
 }
@@ -315,16 +291,14 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
-    a.record.write(
-        "linprobe",
-        setting,
-        a.backbone.seed,
-        (last.top1, last.top5),
-        a.epochs as f64,
-        f[0].len(),
-        pretraining,
-        t0.elapsed().as_secs_f64(),
-    )
+    a.record.write(Record {
+        top1: last.top1,
+        top5: last.top5,
+        epochs: a.epochs as f64,
+        train_images: f[0].len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        ..Record::here("linprobe", setting, a.backbone.seed, pretraining)
+    })
 }
 
 /// `mim knn` flags.
@@ -351,16 +325,13 @@ pub fn run_knn(a: &KnnArgs) -> Result<()> {
     let what = a.backbone.backbone()?.describe();
     println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.elapsed().as_secs_f64());
     let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
-    a.record.write(
-        "knn",
-        setting,
-        a.backbone.seed,
-        (top1, top5),
-        0.0,
-        f[0].len(),
-        pretraining,
-        t0.elapsed().as_secs_f64(),
-    )
+    a.record.write(Record {
+        top1,
+        top5,
+        train_images: f[0].len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        ..Record::here("knn", setting, a.backbone.seed, pretraining)
+    })
 }
 
 /// `mim embed` flags.
