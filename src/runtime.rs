@@ -48,8 +48,8 @@ pub fn device(name: &str) -> Result<Device> {
 /// The machine and build a run was measured (or trained) on, carried by every JSONL record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
-    /// `git rev-parse HEAD` of the source tree (`-dirty` with uncommitted changes), `$MIM_COMMIT`
-    /// when set, or "unknown".
+    /// The commit the binary was built from (`-dirty` when tracked files had uncommitted changes),
+    /// `$MIM_COMMIT` when set, or "unknown" (built outside a git checkout).
     pub commit: String,
     /// The command line.
     pub command: String,
@@ -88,24 +88,7 @@ impl RunInfo {
     }
 }
 
-/// The commit of the source tree this binary was built from (see [`RunInfo::commit`]).
+/// The commit this binary was built from (see [`RunInfo::commit`]; build.rs records it).
 fn commit() -> String {
-    if let Ok(c) = std::env::var("MIM_COMMIT") {
-        return c;
-    }
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(env!("CARGO_MANIFEST_DIR"))
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match (git(&["rev-parse", "HEAD"]), git(&["status", "--porcelain", "--untracked-files=no"])) {
-        (Some(head), Some(changes)) if !changes.is_empty() => format!("{head}-dirty"),
-        (Some(head), _) => head,
-        _ => "unknown".into(),
-    }
+    std::env::var("MIM_COMMIT").unwrap_or_else(|_| env!("MIM_BUILD_COMMIT").to_string())
 }
