@@ -347,3 +347,34 @@ fn a_beit_weights_file_with_its_tokenizer_shows_the_tokens_of_its_checkpoint() {
     let err = without.tokens(ImageRef::Dataset(0), &removed).unwrap_err().to_string();
     assert!(err.contains("--tokenizer"), "{err}");
 }
+
+/// The models shipped in pretrained/ open with every view their method has: `mim serve` (and
+/// `--method beit|simmim`) shows them when no checkpoint is given.
+#[test]
+fn every_shipped_model_opens_in_the_viewer_with_its_views() {
+    use mim::train::methods::Method;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let removed: Vec<bool> = (0..49).map(|i| i % 2 == 0).collect();
+    for method in [Method::Mae, Method::Beit, Method::Simmim] {
+        let shipped = mim::serve::shipped(method);
+        let cfg = ViewerConfig {
+            neighbour_pool: 50,
+            tokenizer: shipped.tokenizer.map(|t| root.join(t)),
+            ..viewer(&root.join(shipped.weights))
+        };
+        let v = mim::serve::Viewer::new(&cfg, &mut |_| {}).unwrap_or_else(|e| panic!("{method:?}: {e:#}"));
+        let info = v.info().clone();
+        assert_eq!((info.no_attention, info.no_neighbours), (None, None), "{method:?}");
+        assert_eq!(v.neighbours(ImageRef::Dataset(0), 4).unwrap().len(), 4);
+        if method == Method::Beit {
+            assert_eq!(info.no_tokens, None);
+            let tokens = v.tokens(ImageRef::Dataset(0), &removed).unwrap();
+            assert_eq!(tokens.ids.len(), 49);
+        } else {
+            assert_eq!(info.no_reconstruction, None, "{method:?}");
+            let grid = info.grid * info.grid;
+            let hidden: Vec<bool> = (0..grid).map(|i| i % 2 == 0).collect();
+            assert!(v.reconstruct(ImageRef::Dataset(0), &hidden).unwrap().removed > 0, "{method:?}");
+        }
+    }
+}

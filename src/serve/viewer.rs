@@ -67,6 +67,8 @@ pub struct Info {
     pub default_ratio: f64,
     /// What the random mask removes: patches (MAE, BEiT) or SimMIM's mask squares.
     pub random_mask: String,
+    /// The mask strategy the page starts with: the method's own ("block" for BEiT, else "random").
+    pub default_strategy: String,
     /// Why reconstruction is unavailable (`None`: available).
     pub no_reconstruction: Option<String>,
     /// Why attention maps are unavailable (`None`: available).
@@ -234,6 +236,10 @@ impl Viewer {
                 ModelConfig::Mae(_) => crate::train::methods::Method::Mae.recipe().mask_ratio,
                 ModelConfig::Beit(_) => crate::train::methods::Method::Beit.recipe().mask_ratio,
                 ModelConfig::Swin(_) => crate::train::methods::Method::Simmim.recipe().mask_ratio,
+            },
+            default_strategy: match config {
+                ModelConfig::Beit(_) => "block".into(),
+                _ => "random".into(),
             },
             random_mask: match config {
                 ModelConfig::Swin(_) => "SimMIM squares".into(),
