@@ -16,7 +16,7 @@ use crate::data::Split;
 use crate::models::pretrain::ModelConfig;
 use crate::reconstruct::{Images, MaskChoice, Reconstructor};
 use crate::train::StepMetrics;
-use crate::train::trainer::{RUNS_LOG, RunStart};
+use crate::train::trainer::{RUNS_LOG, RunStart, step_seconds, training_seconds};
 
 /// Folder of a run where each checkpoint's reconstructions are kept (`epoch_003.png`).
 pub const SNAPSHOTS: &str = "snapshots";
@@ -153,7 +153,7 @@ fn summary(
     let last = metrics.last().expect("checked non-empty");
     let tail = &metrics[metrics.len().saturating_sub(50)..];
     let final_loss = tail.iter().map(|m| m.loss).sum::<f64>() / tail.len() as f64;
-    let train_s = training_seconds(metrics);
+    let train_s = training_seconds(metrics.iter().map(|m| m.elapsed_s));
     html.push_str("<table>");
     let mut row = |k: &str, v: String| write!(html, "<tr><th>{k}</th><td>{}</td></tr>", esc(&v));
     if let Some(h) = header {
@@ -233,30 +233,12 @@ fn curves(html: &mut String, metrics: &[StepMetrics], knn: &[KnnRecord]) -> Resu
     Ok(())
 }
 
-/// Seconds each step took: `elapsed_s` restarts at every resume.
-fn step_seconds(metrics: &[StepMetrics]) -> Vec<f64> {
-    let mut previous = 0.0;
-    metrics
-        .iter()
-        .map(|m| {
-            let dt = if m.elapsed_s >= previous { m.elapsed_s - previous } else { m.elapsed_s };
-            previous = m.elapsed_s;
-            dt
-        })
-        .collect()
-}
-
-/// Seconds of training in `metrics`, across resumes.
-fn training_seconds(metrics: &[StepMetrics]) -> f64 {
-    step_seconds(metrics).iter().sum()
-}
-
 fn timings(html: &mut String, metrics: &[StepMetrics], knn: &[KnnRecord]) -> Result<()> {
     html.push_str(
         "<h2>Timings</h2><table><tr><th>epoch</th><th>iterations</th><th>seconds</th><th>images/s</th>\
          <th>mean loss</th><th>k-NN seconds</th></tr>",
     );
-    let dt = step_seconds(metrics);
+    let dt = step_seconds(metrics.iter().map(|m| m.elapsed_s));
     let mut epoch_start = 0;
     while epoch_start < metrics.len() {
         let epoch = metrics[epoch_start].epoch;
@@ -356,13 +338,5 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc(1_796_342_400 + 3_661), "2026-12-04 01:01:01");
-    }
-
-    #[test]
-    fn training_time_adds_up_across_resumes() {
-        let step =
-            |elapsed_s| StepMetrics { iteration: 0, epoch: 0, loss: 0.0, lr: 0.0, images_per_sec: 0.0, elapsed_s };
-        let steps: Vec<StepMetrics> = [1.0, 2.0, 3.0, 0.5, 1.5].into_iter().map(step).collect();
-        assert!((training_seconds(&steps) - 4.5).abs() < 1e-12);
     }
 }

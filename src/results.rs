@@ -95,7 +95,7 @@ impl Pretraining {
             .with_context(|| format!("'{}' has a pretraining configuration mim cannot read", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let seconds = crate::train::pretrain::read_metrics(&crate::train::pretrain::metrics_path(dir))
-            .map(|m| added_up(m.iter().map(|s| s.elapsed_s)))
+            .map(|m| crate::train::trainer::training_seconds(m.iter().map(|s| s.elapsed_s)))
             .unwrap_or(0.0);
         let threads = std::fs::read_to_string(dir.join(crate::train::trainer::RUNS_LOG))
             .ok()
@@ -115,18 +115,6 @@ impl Pretraining {
     pub fn describe(&self) -> String {
         format!("{} {}, {} epochs, mask {}", self.method, self.model, self.epochs, self.mask_ratio)
     }
-}
-
-/// The total of a run's elapsed-time readings, each start of a resumed run counting from 0 again.
-pub fn added_up(elapsed: impl IntoIterator<Item = f64>) -> f64 {
-    let (mut total, mut last) = (0.0, 0.0);
-    for e in elapsed {
-        if e < last {
-            total += last;
-        }
-        last = e;
-    }
-    total + last
 }
 
 /// Appends `record` to the JSON-lines file `path` (created with its folder when missing).
@@ -433,13 +421,12 @@ mod tests {
     }
 
     #[test]
-    fn a_study_over_mask_ratios_has_a_curve_and_resumed_times_add_up() {
+    fn a_study_over_mask_ratios_has_a_curve() {
         let recs = [record("m", "0.5", 0, 70.0, Some(0.5)), record("m", "0.75", 0, 75.0, Some(0.75))];
         let studies = summarise(&recs).unwrap();
         let c = curve(&studies[0]).unwrap();
         assert_eq!(c.x_label, "mask ratio");
         assert_eq!(c.series["knn"], vec![(0.5, 70.0, 0.0), (0.75, 75.0, 0.0)]);
         assert!(curve(&summarise(&[record("n", "x", 0, 1.0, None)]).unwrap()[0]).is_none());
-        assert_eq!(added_up([1.0, 2.0, 0.5, 3.0]), 5.0);
     }
 }

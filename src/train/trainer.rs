@@ -47,6 +47,25 @@ pub struct StepMetrics {
 /// The run folder's log of starts and resumes: when, from which iteration, commit, machine, command.
 pub const RUNS_LOG: &str = "runs.jsonl";
 
+/// Seconds each step took, from the `elapsed_s` readings of a run's steps (or epochs), which
+/// restart from 0 at every resume.
+pub fn step_seconds(elapsed: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut previous = 0.0;
+    elapsed
+        .into_iter()
+        .map(|e| {
+            let dt = if e >= previous { e - previous } else { e };
+            previous = e;
+            dt
+        })
+        .collect()
+}
+
+/// Seconds of training behind those readings, every start of a resumed run added up.
+pub fn training_seconds(elapsed: impl IntoIterator<Item = f64>) -> f64 {
+    step_seconds(elapsed).iter().sum()
+}
+
 /// The copy of the checkpoint after `epoch` epochs that `--keep-checkpoints true` keeps.
 pub fn kept_checkpoint(out: &Path, epoch: u64) -> PathBuf {
     out.join("checkpoints").join(format!("epoch_{epoch:03}.mim"))
@@ -443,6 +462,11 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_time_adds_up_across_resumes() {
+        assert!((training_seconds([1.0, 2.0, 3.0, 0.5, 1.5]) - 4.5).abs() < 1e-12);
+    }
 
     #[test]
     fn keep_records_drops_later_and_half_written_lines() {

@@ -228,7 +228,7 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
             top5: last.top5,
             epochs: last.epoch as f64,
             train_images,
-            seconds: mim::results::added_up(all.iter().map(|e| e.elapsed_s)),
+            seconds: mim::train::trainer::training_seconds(all.iter().map(|e| e.elapsed_s)),
             ..Record::here("finetune", setting, cfg.run.seed, pretraining)
         })?;
     }
