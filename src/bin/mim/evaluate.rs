@@ -123,9 +123,11 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
-    /// Appends `record` to --record (nothing without it), in the study and row the flags name.
-    fn write(&self, mut record: Record) -> Result<()> {
+    /// Appends the record `make` builds to --record, in the study and row the flags name; without
+    /// --record nothing is built (it reads the checkpoint's header and metrics).
+    fn write(&self, make: impl FnOnce() -> Result<Record>) -> Result<()> {
         let Some(path) = &self.record else { return Ok(()) };
+        let mut record = make()?;
         record.study = self.study.clone().unwrap_or(record.study);
         record.setting = self.setting.clone().unwrap_or(record.setting);
         mim::results::append(path, &record)?;
@@ -213,7 +215,7 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         s.checkpoints.1.display(),
         mim::train::finetune::results_path(&cfg.run.out).display()
     );
-    if a.record.record.is_some() {
+    a.record.write(|| {
         // The whole run's epochs, a resumed one's earlier starts included.
         let all = mim::train::finetune::read_results(&mim::train::finetune::results_path(&cfg.run.out))?;
         let last = all.last().context("the run recorded no epoch")?;
@@ -223,15 +225,15 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         };
         let train_images =
             Dataset::open(&cfg.run.data, Split::Train)?.len().min(cfg.run.max_images.unwrap_or(usize::MAX));
-        a.record.write(Record {
+        Ok(Record {
             top1: last.top1,
             top5: last.top5,
             epochs: last.epoch as f64,
             train_images,
             seconds: mim::train::trainer::training_seconds(all.iter().map(|e| e.elapsed_s)),
             ..Record::here("finetune", setting, cfg.run.seed, pretraining)
-        })?;
-    }
+        })
+    })?;
     Ok(())
 }
 
@@ -290,14 +292,17 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
         last.top5,
         t0.elapsed().as_secs_f64()
     );
-    let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
-    a.record.write(Record {
-        top1: last.top1,
-        top5: last.top5,
-        epochs: a.epochs as f64,
-        train_images: f[0].len(),
-        seconds: t0.elapsed().as_secs_f64(),
-        ..Record::here("linprobe", setting, a.backbone.seed, pretraining)
+    let seconds = t0.elapsed().as_secs_f64();
+    a.record.write(|| {
+        let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
+        Ok(Record {
+            top1: last.top1,
+            top5: last.top5,
+            epochs: a.epochs as f64,
+            train_images: f[0].len(),
+            seconds,
+            ..Record::here("linprobe", setting, a.backbone.seed, pretraining)
+        })
     })
 }
 
@@ -324,13 +329,16 @@ pub fn run_knn(a: &KnnArgs) -> Result<()> {
     let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, KnnConfig { k: a.k, temperature: a.temperature }, &device)?;
     let what = a.backbone.backbone()?.describe();
     println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.elapsed().as_secs_f64());
-    let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
-    a.record.write(Record {
-        top1,
-        top5,
-        train_images: f[0].len(),
-        seconds: t0.elapsed().as_secs_f64(),
-        ..Record::here("knn", setting, a.backbone.seed, pretraining)
+    let seconds = t0.elapsed().as_secs_f64();
+    a.record.write(|| {
+        let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
+        Ok(Record {
+            top1,
+            top5,
+            train_images: f[0].len(),
+            seconds,
+            ..Record::here("knn", setting, a.backbone.seed, pretraining)
+        })
     })
 }
 
