@@ -199,8 +199,10 @@ pub fn summarise(records: &[Record]) -> Result<Vec<Study>> {
             }
         };
         let groups = &mut studies[at].1;
-        let same =
-            |g: &&mut Vec<&Record>| g[0].setting == r.setting && g[0].protocol == r.protocol && g[0].epochs == r.epochs;
+        let same = |g: &&mut Vec<&Record>| {
+            let f = g[0];
+            (&f.setting, &f.protocol, f.epochs, f.train_images) == (&r.setting, &r.protocol, r.epochs, r.train_images)
+        };
         match groups.iter_mut().find(same) {
             Some(g) => {
                 ensure!(
@@ -413,6 +415,10 @@ mod tests {
 
     #[test]
     fn a_seed_twice_is_refused_and_the_block_needs_its_markers() {
+        // The same setting on another training set size is another row, not a second seed.
+        let mut fewer = record("s", "a", 0, 60.0, None);
+        fewer.train_images = 10;
+        assert_eq!(summarise(&[record("s", "a", 0, 80.0, None), fewer]).unwrap()[0].rows.len(), 2);
         let err = summarise(&[record("s", "a", 0, 80.0, None), record("s", "a", 0, 81.0, None)]).unwrap_err();
         assert!(err.to_string().contains("seed 0 is recorded twice"), "{err}");
         let doc = format!("intro\n{BEGIN}\nold\n{END}\nafter\n");
