@@ -155,6 +155,23 @@ impl Features {
     }
 }
 
+/// Features stored in `dir` under `key`, a spelled-out list of everything they depend on: read
+/// back when `dir` holds features of the same key, else computed by `compute` and stored, so that
+/// several protocols on one backbone extract once. The file is named by the key's CRC-32 and a
+/// `.key` file beside it holds the key itself, compared in full: a collision recomputes, it never
+/// returns another backbone's features. Returns the features and whether they came from `dir`.
+pub fn cached_features(dir: &Path, key: &str, compute: impl FnOnce() -> Result<Features>) -> Result<(Features, bool)> {
+    let stem = dir.join(format!("{:08x}", crc32fast::hash(key.as_bytes())));
+    let (file, key_file) = (stem.with_extension("safetensors"), stem.with_extension("key"));
+    if std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) && file.exists() {
+        return Ok((Features::load(&file)?, true));
+    }
+    let features = compute()?;
+    features.save(&file)?;
+    crate::io::write_atomic(&key_file, &[key.as_bytes()])?;
+    Ok((features, false))
+}
+
 /// Features of every image of `ds` (resized to `side`): the pooled encoder output, or the
 /// flattened normalised pixels when `encoder` is `None`. `progress` gets the images done so far.
 pub fn extract(
@@ -246,5 +263,23 @@ mod tests {
         let (t1, t5) = topk_accuracy(&scores, 3, &[1, 1, 0]);
         assert!((t1 - 100.0 / 3.0).abs() < 1e-9, "{t1}");
         assert_eq!(t5, 100.0);
+    }
+
+    #[test]
+    fn cached_features_are_reused_only_for_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Features { dim: 2, values: vec![1.0, 2.0, 3.0, 4.0], labels: vec![0, 1] };
+        let b = Features { dim: 1, values: vec![5.0], labels: vec![2] };
+        let (got, hit) = cached_features(dir.path(), "backbone a", || Ok(a.clone())).unwrap();
+        assert_eq!((got, hit), (a.clone(), false));
+        let (got, hit) = cached_features(dir.path(), "backbone a", || panic!("must be read back")).unwrap();
+        assert_eq!((got, hit), (a.clone(), true));
+        let (got, hit) = cached_features(dir.path(), "backbone b", || Ok(b.clone())).unwrap();
+        assert_eq!((got, hit), (b, false));
+        // A key file that disagrees (a CRC collision, a hand edit) means recomputing.
+        let stem = dir.path().join(format!("{:08x}", crc32fast::hash(b"backbone a")));
+        std::fs::write(stem.with_extension("key"), "another backbone").unwrap();
+        let (_, hit) = cached_features(dir.path(), "backbone a", || Ok(a.clone())).unwrap();
+        assert!(!hit);
     }
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use mim::data::{Dataset, Split};
 use mim::eval::knn::{KnnConfig, knn_accuracy};
 use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
-use mim::eval::{Backbone, Features, extract};
+use mim::eval::{Backbone, Features, cached_features, extract};
 use mim::models::classifier::Pool;
 use mim::results::{Pretraining, Record};
 use mim::train::finetune::{FinetuneArgs, FinetuneConfig, finetune, last_checkpoint};
@@ -49,6 +49,11 @@ pub struct BackboneArgs {
     /// cpu, or cuda:N in a CUDA build.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Keep the extracted features in this folder and reuse them when the same backbone (the
+    /// checkpoint's bytes), data, split, image count and pooling come again: a k-NN and a linear
+    /// probe of one checkpoint then extract once.
+    #[arg(long)]
+    features_cache: Option<PathBuf>,
 }
 
 impl BackboneArgs {
@@ -88,22 +93,54 @@ impl BackboneArgs {
             };
             let t0 = Instant::now();
             let n = ds.len();
-            let f = extract(
-                encoder.as_ref().map(|e| e.encode.as_ref()),
-                &ds,
-                side,
-                self.feature_batch,
-                &device,
-                &mut |done| {
-                    if done == n || done % (self.feature_batch * 20) == 0 {
-                        eprint!("\r{} features of {split:?}: {done}/{n}", backbone.describe());
+            let compute = || {
+                extract(
+                    encoder.as_ref().map(|e| e.encode.as_ref()),
+                    &ds,
+                    side,
+                    self.feature_batch,
+                    &device,
+                    &mut |done| {
+                        if done == n || done % (self.feature_batch * 20) == 0 {
+                            eprint!("\r{} features of {split:?}: {done}/{n}", backbone.describe());
+                        }
+                    },
+                )
+            };
+            let f = match &self.features_cache {
+                Some(dir) => {
+                    let (f, hit) = cached_features(dir, &self.cache_key(&backbone, split, n, side)?, compute)?;
+                    if hit {
+                        eprint!("{} features of {split:?}: {n} read from {}", backbone.describe(), dir.display());
                     }
-                },
-            )?;
+                    f
+                }
+                None => compute()?,
+            };
             eprintln!(" ({} wide, {:.1} s)", f.dim, t0.elapsed().as_secs_f64());
             out.push(f);
         }
         Ok((out, classes))
+    }
+
+    /// Everything the features of `split` depend on, spelled out (see `cached_features`): a
+    /// checkpoint by its path, size and CRC-32, so a retrained file at the same path is new.
+    fn cache_key(&self, backbone: &Backbone, split: Split, images: usize, side: usize) -> Result<String> {
+        let source = match backbone {
+            Backbone::Checkpoint(path) => {
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+                let crc = crc32fast::hash(&bytes);
+                format!("checkpoint {} ({} bytes, crc32 {crc:08x})", std::path::absolute(path)?.display(), bytes.len())
+            }
+            Backbone::RandomInit { model, seed } => format!("random initialisation of {model}, seed {seed}"),
+            Backbone::Pixels => "pixels".into(),
+        };
+        Ok(format!(
+            "{source}\ndata {} split {split:?} images {images} side {side} pool {:?} mim {}\n",
+            std::path::absolute(&self.data)?.display(),
+            self.pool,
+            env!("CARGO_PKG_VERSION")
+        ))
     }
 }
 
