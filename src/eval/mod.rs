@@ -167,6 +167,14 @@ pub fn cached_features(dir: &Path, key: &str, compute: impl FnOnce() -> Result<F
         return Ok((Features::load(&file)?, true));
     }
     let features = compute()?;
+    // A key file left from other features under the same name must not outlive them: a write
+    // stopped between the two files would otherwise pair that key with these features.
+    match std::fs::remove_file(&key_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot replace '{}'", key_file.display()));
+        }
+        _ => {}
+    }
     features.save(&file)?;
     crate::io::write_atomic(&key_file, &[key.as_bytes()])?;
     Ok((features, false))

@@ -72,6 +72,8 @@ impl BackboneArgs {
         let device = mim::runtime::device(&self.device)?;
         let mut out = Vec::new();
         let mut classes = 0;
+        // What the features come from, read once for every split.
+        let source = self.features_cache.as_ref().map(|_| cache_source(&backbone)).transpose()?;
         for &split in splits {
             let mut ds = Dataset::open(&self.data, split)?;
             if split == Split::Train
@@ -107,41 +109,41 @@ impl BackboneArgs {
                     },
                 )
             };
-            let f = match &self.features_cache {
-                Some(dir) => {
-                    let (f, hit) = cached_features(dir, &self.cache_key(&backbone, split, n, side)?, compute)?;
+            let f = match (&self.features_cache, &source) {
+                (Some(dir), Some(source)) => {
+                    let key = format!(
+                        "{source}\ndata {} split {split:?} images {n} side {side} pool {:?} mim {}\n",
+                        std::path::absolute(&self.data)?.display(),
+                        self.pool,
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    let (f, hit) = cached_features(dir, &key, compute)?;
                     if hit {
                         eprint!("{} features of {split:?}: {n} read from {}", backbone.describe(), dir.display());
                     }
                     f
                 }
-                None => compute()?,
+                _ => compute()?,
             };
             eprintln!(" ({} wide, {:.1} s)", f.dim, t0.elapsed().as_secs_f64());
             out.push(f);
         }
         Ok((out, classes))
     }
+}
 
-    /// Everything the features of `split` depend on, spelled out (see `cached_features`): a
-    /// checkpoint by its path, size and CRC-32, so a retrained file at the same path is new.
-    fn cache_key(&self, backbone: &Backbone, split: Split, images: usize, side: usize) -> Result<String> {
-        let source = match backbone {
-            Backbone::Checkpoint(path) => {
-                let bytes = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
-                let crc = crc32fast::hash(&bytes);
-                format!("checkpoint {} ({} bytes, crc32 {crc:08x})", std::path::absolute(path)?.display(), bytes.len())
-            }
-            Backbone::RandomInit { model, seed } => format!("random initialisation of {model}, seed {seed}"),
-            Backbone::Pixels => "pixels".into(),
-        };
-        Ok(format!(
-            "{source}\ndata {} split {split:?} images {images} side {side} pool {:?} mim {}\n",
-            std::path::absolute(&self.data)?.display(),
-            self.pool,
-            env!("CARGO_PKG_VERSION")
-        ))
-    }
+/// The backbone part of a features-cache key (see `cached_features`): a checkpoint by its path,
+/// size and CRC-32, so a retrained file at the same path is new.
+fn cache_source(backbone: &Backbone) -> Result<String> {
+    Ok(match backbone {
+        Backbone::Checkpoint(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+            let crc = crc32fast::hash(&bytes);
+            format!("checkpoint {} ({} bytes, crc32 {crc:08x})", std::path::absolute(path)?.display(), bytes.len())
+        }
+        Backbone::RandomInit { model, seed } => format!("random initialisation of {model}, seed {seed}"),
+        Backbone::Pixels => "pixels".into(),
+    })
 }
 
 /// Where a result is recorded, with its provenance (`mim results` makes the tables from such files).
