@@ -93,9 +93,18 @@ impl Pretraining {
         }
         let cfg: PretrainConfig = serde_json::from_value(header.train.clone())
             .with_context(|| format!("'{}' has a pretraining configuration mim cannot read", path.display()))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let seconds = crate::train::pretrain::read_metrics(&crate::train::pretrain::metrics_path(dir))
-            .map(|m| crate::train::trainer::training_seconds(m.iter().map(|s| s.elapsed_s)))
+        // A copy kept by `--keep-checkpoints` (`RUN/checkpoints/epoch_NNN.mim`) has its run's records
+        // one folder up, and costs only the steps up to it.
+        let mut dir = path.parent().unwrap_or(Path::new("."));
+        let metrics = |dir: &Path| crate::train::pretrain::metrics_path(dir);
+        if !metrics(dir).exists() && dir.file_name().is_some_and(|n| n == "checkpoints") {
+            dir = dir.parent().unwrap_or(dir);
+        }
+        let seconds = crate::train::pretrain::read_metrics(&metrics(dir))
+            .map(|m| {
+                let done = m.iter().take_while(|s| s.iteration <= header.iteration);
+                crate::train::trainer::training_seconds(done.map(|s| s.elapsed_s))
+            })
             .unwrap_or(0.0);
         let threads = std::fs::read_to_string(dir.join(crate::train::trainer::RUNS_LOG))
             .ok()

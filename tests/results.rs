@@ -72,6 +72,11 @@ fn records_of_knn_linprobe_and_finetune_make_tables_over_seeds_and_a_mask_ratio_
     assert_eq!((pre.method.as_str(), pre.model.as_str(), pre.epochs, pre.mask_ratio), ("MAE", "mae_tiny_28", 1, 0.5));
     assert!(pre.seconds > 0.0 && pre.threads > 0);
     assert_eq!((all[8].protocol.as_str(), all[8].epochs, all[8].train_images), ("finetune", 1.0, 128));
+    // A kept checkpoint reads its run's records one folder up and costs only the epochs before it.
+    let (first, last) = (all[5].pretraining.as_ref().unwrap(), all[7].pretraining.as_ref().unwrap());
+    assert_eq!((first.epochs, last.epochs), (1, 2));
+    assert!(first.threads > 0 && first.seconds > 0.0 && first.seconds < last.seconds, "{first:?} {last:?}");
+    assert_eq!(last, all[4].pretraining.as_ref().unwrap(), "the last kept copy is the run's checkpoint");
 
     let studies = summarise(&all).unwrap();
     let names: Vec<&str> = studies.iter().map(|s| s.name.as_str()).collect();
