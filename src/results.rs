@@ -82,6 +82,10 @@ pub struct Pretraining {
     pub seconds: f64,
     /// Threads the pretraining ran on (its first start's record; 0 when unknown).
     pub threads: usize,
+    /// When the run first started (seconds since 1970): the checkpoints one run kept share it, and
+    /// a curve over pretraining epochs connects them (absent in records from before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started_unix_s: Option<u64>,
 }
 
 impl Pretraining {
@@ -106,17 +110,17 @@ impl Pretraining {
                 crate::train::trainer::training_seconds(done.map(|s| s.elapsed_s))
             })
             .unwrap_or(0.0);
-        let threads = std::fs::read_to_string(dir.join(crate::train::trainer::RUNS_LOG))
+        let first_start = std::fs::read_to_string(dir.join(crate::train::trainer::RUNS_LOG))
             .ok()
-            .and_then(|t| t.lines().next().and_then(|l| serde_json::from_str::<RunStart>(l).ok()))
-            .map_or(0, |r| r.info.threads);
+            .and_then(|t| t.lines().next().and_then(|l| serde_json::from_str::<RunStart>(l).ok()));
         Ok(Some(Pretraining {
             method: cfg.method.name().into(),
             model: cfg.model_name().into(),
             epochs: header.epoch,
             mask_ratio: cfg.ratio(),
             seconds,
-            threads,
+            threads: first_start.as_ref().map_or(0, |r| r.info.threads),
+            run_started_unix_s: first_start.map(|r| r.started_unix_s),
         }))
     }
 
@@ -329,12 +333,17 @@ pub fn replace_generated(document: &str, generated: &str) -> Result<String> {
 pub struct Curve {
     /// "mask ratio" or "pretraining epochs".
     pub x_label: &'static str,
-    /// Top-1 (x, mean, std) per protocol.
+    /// Top-1 (x, mean, std) per protocol; over pretraining epochs, per protocol and run (named by
+    /// the setting up to its first colon or parenthesis when a protocol has several runs).
     pub series: BTreeMap<String, ErrorPoints>,
+    /// The study's rows with no pretraining behind them (raw pixels, random initialisation, exported
+    /// weights), by setting: the mean top-1 the curve is read against.
+    pub baselines: Vec<(String, f64)>,
 }
 
 /// The curve of a study whose rows differ in one pretraining quantity: top-1 (mean, std) against
-/// the mask ratio or the pretraining epochs, one series per protocol; `None` when nothing varies.
+/// the mask ratio or the pretraining epochs, one series per protocol (and per run, over epochs:
+/// another run's checkpoint is not a point of this run's curve); `None` when nothing varies.
 pub fn curve(study: &Study) -> Option<Curve> {
     let pre: Vec<&Pretraining> = study.rows.iter().filter_map(|r| r.pretraining.as_ref()).collect();
     let varies = |f: fn(&Pretraining) -> f64| pre.iter().any(|p| f(p) != f(pre[0]));
@@ -347,14 +356,36 @@ pub fn curve(study: &Study) -> Option<Curve> {
     } else {
         return None;
     };
-    let mut series: BTreeMap<String, ErrorPoints> = BTreeMap::new();
+    let by_run = x_label == "pretraining epochs";
+    // (protocol, run) -> (the first row's setting, points)
+    let mut runs: BTreeMap<(&str, Option<u64>), (&str, ErrorPoints)> = BTreeMap::new();
+    let mut baselines = Vec::new();
     for r in &study.rows {
-        if let Some(p) = &r.pretraining {
-            series.entry(r.protocol.clone()).or_default().push((x(p), r.top1.0, r.top1.1));
+        match &r.pretraining {
+            Some(p) => {
+                let run = if by_run { p.run_started_unix_s } else { None };
+                let entry = runs.entry((r.protocol.as_str(), run)).or_insert((r.setting.as_str(), Vec::new()));
+                entry.1.push((x(p), r.top1.0, r.top1.1));
+            }
+            None => baselines.push((r.setting.clone(), r.top1.0)),
         }
     }
-    series.values_mut().for_each(|s| s.sort_by(|a, b| a.0.total_cmp(&b.0)));
-    Some(Curve { x_label, series })
+    let mut per_protocol: BTreeMap<&str, usize> = BTreeMap::new();
+    runs.keys().for_each(|k| *per_protocol.entry(k.0).or_default() += 1);
+    let mut series = BTreeMap::new();
+    for ((protocol, _), (setting, mut points)) in runs {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let name =
+            if per_protocol[protocol] > 1 { format!("{protocol}: {}", legend_label(setting)) } else { protocol.into() };
+        series.insert(name, points);
+    }
+    Some(Curve { x_label, series, baselines })
+}
+
+/// A setting short enough for a legend: up to its first colon or parenthesis, at most 72 characters.
+fn legend_label(setting: &str) -> String {
+    let s = setting.split([':', '(']).next().unwrap_or(setting).trim();
+    if s.chars().count() <= 72 { s.to_string() } else { s.chars().take(71).chain(['…']).collect() }
 }
 
 /// Draws the study's [`curve`] with error bars (one standard deviation) to `path`; `false` when the
@@ -362,8 +393,10 @@ pub fn curve(study: &Study) -> Option<Curve> {
 pub fn plot_study(study: &Study, path: &Path) -> Result<bool> {
     let Some(curve) = curve(study) else { return Ok(false) };
     let series: Vec<(&str, ErrorPoints)> = curve.series.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let labels: Vec<String> = curve.baselines.iter().map(|(s, _)| legend_label(s)).collect();
+    let baselines: Vec<(&str, f64)> = labels.iter().zip(&curve.baselines).map(|(l, b)| (l.as_str(), b.1)).collect();
     let title = format!("{}: test top-1 against {}", study.name, curve.x_label);
-    crate::viz::error_bar_chart(path, &title, curve.x_label, "test top-1 (%)", &series)?;
+    crate::viz::error_bar_chart(path, &title, curve.x_label, "test top-1 (%)", &series, &baselines)?;
     Ok(true)
 }
 
@@ -385,6 +418,7 @@ mod tests {
                 model: "mae_tiny_28".into(),
                 epochs: 2,
                 mask_ratio,
+                run_started_unix_s: None,
                 seconds: 3600.0,
                 threads: 2,
             }),
@@ -437,11 +471,38 @@ mod tests {
 
     #[test]
     fn a_study_over_mask_ratios_has_a_curve() {
-        let recs = [record("m", "0.5", 0, 70.0, Some(0.5)), record("m", "0.75", 0, 75.0, Some(0.75))];
+        let recs = [
+            record("m", "0.5", 0, 70.0, Some(0.5)),
+            record("m", "raw pixels (784 values)", 0, 80.0, None),
+            record("m", "0.75", 0, 75.0, Some(0.75)),
+        ];
         let studies = summarise(&recs).unwrap();
         let c = curve(&studies[0]).unwrap();
         assert_eq!(c.x_label, "mask ratio");
         assert_eq!(c.series["knn"], vec![(0.5, 70.0, 0.0), (0.75, 75.0, 0.0)]);
+        assert_eq!(c.baselines, [("raw pixels (784 values)".to_string(), 80.0)], "a row without pretraining");
+        assert_eq!(legend_label("raw pixels (784 values)"), "raw pixels");
+        assert_eq!(legend_label(&"x".repeat(80)).chars().count(), 72);
+    }
+
+    #[test]
+    fn a_curve_over_epochs_connects_the_checkpoints_of_one_run_only() {
+        let at = |setting: &str, epochs, run, top1| {
+            let mut r = record("e", setting, 0, top1, Some(0.75));
+            let p = r.pretraining.as_mut().unwrap();
+            (p.epochs, p.run_started_unix_s) = (epochs, run);
+            r
+        };
+        let recs = [
+            at("long: epoch 10", 10, Some(7), 80.0),
+            at("short (shipped)", 10, None, 81.0),
+            at("long: epoch 20", 20, Some(7), 82.0),
+        ];
+        let c = curve(&summarise(&recs).unwrap()[0]).unwrap();
+        assert_eq!(c.x_label, "pretraining epochs");
+        assert_eq!(c.series["knn: long"], vec![(10.0, 80.0, 0.0), (20.0, 82.0, 0.0)]);
+        assert_eq!(c.series["knn: short"], vec![(10.0, 81.0, 0.0)]);
+        assert_eq!(c.series.len(), 2);
         assert!(curve(&summarise(&[record("n", "x", 0, 1.0, None)]).unwrap()[0]).is_none());
     }
 }

@@ -506,7 +506,7 @@ pub fn line_chart(
 ) -> Result<()> {
     use plotters::prelude::*;
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    draw_line_chart(root, title, x_label, y_label, &without_errors(series), false)
+    draw_line_chart(root, title, x_label, y_label, &without_errors(series), false, &[])
         .map_err(|e| anyhow::anyhow!("cannot draw '{}': {e}", path.display()))
 }
 
@@ -514,17 +514,19 @@ pub fn line_chart(
 pub type ErrorPoints = Vec<(f64, f64, f64)>;
 
 /// Plots `(x, mean, std)` series as lines through the means with error bars of one standard
-/// deviation (none where it is 0), as a PNG.
+/// deviation (none where it is 0), and `baselines` (name, value) as dashed horizontal lines across
+/// them, as a PNG.
 pub fn error_bar_chart(
     path: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[(&str, ErrorPoints)],
+    baselines: &[(&str, f64)],
 ) -> Result<()> {
     use plotters::prelude::*;
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    draw_line_chart(root, title, x_label, y_label, series, true)
+    draw_line_chart(root, title, x_label, y_label, series, true, baselines)
         .map_err(|e| anyhow::anyhow!("cannot draw '{}': {e}", path.display()))
 }
 
@@ -544,7 +546,7 @@ pub fn line_chart_svg(
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
-        draw_line_chart(root, title, x_label, y_label, &without_errors(series), false)
+        draw_line_chart(root, title, x_label, y_label, &without_errors(series), false, &[])
             .map_err(|e| anyhow::anyhow!("cannot draw '{title}': {e}"))?;
     }
     Ok(svg)
@@ -557,6 +559,7 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
     y_label: &str,
     series: &[(&str, ErrorPoints)],
     points: bool,
+    baselines: &[(&str, f64)],
 ) -> std::result::Result<(), String> {
     use plotters::prelude::*;
     register_font();
@@ -567,6 +570,9 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
     }
     if x0 > x1 {
         return Err("nothing to plot".into());
+    }
+    for &(_, y) in baselines {
+        (y0, y1) = (y0.min(y), y1.max(y));
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     // Marked points keep a margin, so that the first and last are seen whole.
@@ -619,6 +625,16 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
         chart
             .draw_series(bars.map(|&(x, y, e)| ErrorBar::new_vertical(x, y - e, y, y + e, colour.stroke_width(2), 10)))
             .map_err(|e| err(&e))?;
+    }
+    let greys = [RGBColor(90, 90, 90), RGBColor(170, 120, 30), RGBColor(130, 60, 150), RGBColor(60, 140, 140)];
+    for (i, &(name, y)) in baselines.iter().enumerate() {
+        let style = greys[i % greys.len()].stroke_width(2);
+        let ends = [(x0 - x_pad, y), (x1 + x_pad, y)];
+        chart
+            .draw_series(DashedLineSeries::new(ends, 8, 5, style))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))

@@ -75,6 +75,7 @@ fn records_of_knn_linprobe_and_finetune_make_tables_over_seeds_and_a_mask_ratio_
     // A kept checkpoint reads its run's records one folder up and costs only the epochs before it.
     let (first, last) = (all[5].pretraining.as_ref().unwrap(), all[7].pretraining.as_ref().unwrap());
     assert_eq!((first.epochs, last.epochs), (1, 2));
+    assert!(first.run_started_unix_s.is_some() && first.run_started_unix_s == last.run_started_unix_s, "one run");
     assert!(first.threads > 0 && first.seconds > 0.0 && first.seconds < last.seconds, "{first:?} {last:?}");
     assert_eq!(last, all[4].pretraining.as_ref().unwrap(), "the last kept copy is the run's checkpoint");
 

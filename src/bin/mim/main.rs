@@ -184,7 +184,8 @@ enum Command {
         /// documents) instead of printing the tables.
         #[arg(long)]
         write: Option<PathBuf>,
-        /// Folder for one plot per study whose settings differ in mask ratio or pretraining epochs.
+        /// Folder for one plot per study whose settings differ in mask ratio or pretraining epochs
+        /// (the kept checkpoints of one run connected, rows without pretraining as dashed lines).
         #[arg(long)]
         plots: Option<PathBuf>,
     },
