@@ -4,7 +4,7 @@
 //! plots of the docs are generated from the records ([`summarise`], [`markdown`],
 //! [`replace_generated`], [`plot_study`]), never typed: `mim results` does it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -333,8 +333,8 @@ pub fn replace_generated(document: &str, generated: &str) -> Result<String> {
 pub struct Curve {
     /// "mask ratio" or "pretraining epochs".
     pub x_label: &'static str,
-    /// Top-1 (x, mean, std) per protocol; over pretraining epochs, per protocol and run (named by
-    /// the setting up to its first colon or parenthesis when a protocol has several runs).
+    /// Top-1 (x, mean, std) per protocol; over pretraining epochs, per run, named by its setting up
+    /// to the first colon or parenthesis (and by protocol too when the study mixes several).
     pub series: BTreeMap<String, ErrorPoints>,
     /// The study's rows with no pretraining behind them (raw pixels, random initialisation, exported
     /// weights), by setting: the mean top-1 the curve is read against.
@@ -370,13 +370,16 @@ pub fn curve(study: &Study) -> Option<Curve> {
             None => baselines.push((r.setting.clone(), r.top1.0)),
         }
     }
-    let mut per_protocol: BTreeMap<&str, usize> = BTreeMap::new();
-    runs.keys().for_each(|k| *per_protocol.entry(k.0).or_default() += 1);
+    let protocols: BTreeSet<&str> = runs.keys().map(|k| k.0).collect();
     let mut series = BTreeMap::new();
     for ((protocol, _), (setting, mut points)) in runs {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let name =
-            if per_protocol[protocol] > 1 { format!("{protocol}: {}", legend_label(setting)) } else { protocol.into() };
+        // A run is named by what was pretrained; the protocol only when the study mixes several.
+        let name = match (by_run, protocols.len() > 1) {
+            (false, _) => protocol.to_string(),
+            (true, false) => legend_label(setting),
+            (true, true) => format!("{protocol}: {}", legend_label(setting)),
+        };
         series.insert(name, points);
     }
     Some(Curve { x_label, series, baselines })
@@ -500,9 +503,17 @@ mod tests {
         ];
         let c = curve(&summarise(&recs).unwrap()[0]).unwrap();
         assert_eq!(c.x_label, "pretraining epochs");
-        assert_eq!(c.series["knn: long"], vec![(10.0, 80.0, 0.0), (20.0, 82.0, 0.0)]);
-        assert_eq!(c.series["knn: short"], vec![(10.0, 81.0, 0.0)]);
+        assert_eq!(c.series["long"], vec![(10.0, 80.0, 0.0), (20.0, 82.0, 0.0)]);
+        assert_eq!(c.series["short"], vec![(10.0, 81.0, 0.0)]);
         assert_eq!(c.series.len(), 2);
+        let mut probe = at("long: epoch 10", 10, Some(7), 79.0);
+        probe.protocol = "linprobe".into();
+        let c = curve(&summarise(&[recs[0].clone(), recs[2].clone(), probe]).unwrap()[0]).unwrap();
+        assert_eq!(
+            c.series.keys().collect::<Vec<_>>(),
+            ["knn: long", "linprobe: long"],
+            "a mixed study names the protocol"
+        );
         assert!(curve(&summarise(&[record("n", "x", 0, 1.0, None)]).unwrap()[0]).is_none());
     }
 }
