@@ -1,0 +1,111 @@
+//! How long `mim serve` takes to answer each view of the page, for each shipped model: the time
+//! from sending a request on the loopback to the last byte of the answer (HTTP, model, PNG and
+//! JSON), as the page experiences it. Appends one JSON line per model and view to OUT.jsonl.
+//!
+//! ```bash
+//! cargo run --release --example viewer_latency -- docs/bench/viewer_latency.jsonl 30
+//! ```
+//! Run from the repository's root (the shipped models and data subset are read from there), with
+//! nothing else running: each request is a new image and a new random mask at the method's ratio.
+
+use anyhow::{Context, Result, bail, ensure};
+use mim::runtime::RunInfo;
+use mim::serve::{ServeConfig, ViewerConfig, shipped};
+use mim::train::methods::Method;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Requests before the timed ones (first-call allocations, caches).
+const WARMUP: usize = 3;
+
+/// POSTs `body` (or GETs when `None`) and returns the JSON answer and the seconds it took.
+fn call(addr: SocketAddr, path: &str, body: Option<&Value>) -> Result<(Value, f64)> {
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    let request = match body {
+        Some(b) => {
+            let b = b.to_string();
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            )
+        }
+        None => format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    };
+    s.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let (head, json) = answer.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{path}: {}", head.lines().next().unwrap_or(""));
+    Ok((serde_json::from_str(json).with_context(|| format!("{path}: not JSON"))?, seconds))
+}
+
+/// (min, median, p90, max) in milliseconds.
+fn quantiles(mut ms: Vec<f64>) -> (f64, f64, f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (ms[0], at(0.5), at(0.9), ms[ms.len() - 1])
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [out, requests] = args.as_slice() else { bail!("usage: viewer_latency OUT.jsonl REQUESTS") };
+    let requests: usize = requests.parse().with_context(|| format!("'{requests}' is not a number of requests"))?;
+    ensure!(requests >= 2, "REQUESTS must be at least 2");
+    let info = RunInfo::here(std::env::args().collect::<Vec<_>>().join(" "), 0);
+    let mut lines = String::new();
+    println!("| model | view | min | median | p90 | max (ms) |\n|---|---|---|---|---|---|");
+    for method in [Method::Mae, Method::Beit, Method::Simmim] {
+        let model = shipped(method);
+        let viewer = ViewerConfig {
+            checkpoint: PathBuf::from(model.weights),
+            data: Some(PathBuf::from("data/fashion-mnist-subset")),
+            split: mim::data::Split::Test,
+            neighbour_pool: 5000,
+            scale: 4,
+            tokenizer: model.tokenizer.map(PathBuf::from),
+        };
+        let cfg = ServeConfig { viewer, host: [127, 0, 0, 1].into(), port: 0, upload_limit: 20_000_000 };
+        let server = mim::serve::start(cfg, &mut |_| {})?;
+        let addr = server.addr();
+        let (page, _) = call(addr, "/api/info", None)?;
+        let views: Vec<&str> = [
+            ("reconstruct", "no_reconstruction"),
+            ("attention", "no_attention"),
+            ("neighbours", "no_neighbours"),
+            ("tokens", "no_tokens"),
+        ]
+        .into_iter()
+        .filter(|(_, unavailable)| page[*unavailable].is_null())
+        .map(|(view, _)| view)
+        .collect();
+        let (ratio, strategy) = (page["default_ratio"].clone(), page["default_strategy"].clone());
+        for view in views {
+            let mut ms = Vec::new();
+            for i in 0..WARMUP + requests {
+                let mask = json!({ "strategy": strategy, "ratio": ratio, "seed": i });
+                let (removed, _) = call(addr, "/api/mask", Some(&mask))?;
+                let body = json!({ "image": { "dataset": i }, "removed": removed["removed"] });
+                let (_, seconds) = call(addr, &format!("/api/{view}"), Some(&body))?;
+                if i >= WARMUP {
+                    ms.push(seconds * 1e3);
+                }
+            }
+            let (min, median, p90, max) = quantiles(ms);
+            let name = page["model"].as_str().unwrap_or("?");
+            println!("| {name} | {view} | {min:.1} | {median:.1} | {p90:.1} | {max:.1} |");
+            let record = json!({
+                "model": name, "weights": model.weights, "view": view, "requests": requests,
+                "min_ms": min, "median_ms": median, "p90_ms": p90, "max_ms": max, "info": info,
+            });
+            lines.push_str(&format!("{record}\n"));
+        }
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(out)?.write_all(lines.as_bytes())?;
+    println!("appended to {out}");
+    Ok(())
+}
