@@ -9,6 +9,7 @@
 //! nothing else running: each request is a new image and a new random mask at the method's ratio.
 
 use anyhow::{Context, Result, bail, ensure};
+use mim::bench::quartiles;
 use mim::runtime::RunInfo;
 use mim::serve::{ServeConfig, ViewerConfig, shipped};
 use mim::train::methods::Method;
@@ -44,13 +45,6 @@ fn call(addr: SocketAddr, path: &str, body: Option<&Value>) -> Result<(Value, f6
     Ok((serde_json::from_str(json).with_context(|| format!("{path}: not JSON"))?, seconds))
 }
 
-/// (min, median, p90, max) in milliseconds.
-fn quantiles(mut ms: Vec<f64>) -> (f64, f64, f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-    (ms[0], at(0.5), at(0.9), ms[ms.len() - 1])
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [out, requests] = args.as_slice() else { bail!("usage: viewer_latency OUT.jsonl REQUESTS") };
@@ -58,7 +52,7 @@ fn main() -> Result<()> {
     ensure!(requests >= 2, "REQUESTS must be at least 2");
     let info = RunInfo::here(std::env::args().collect::<Vec<_>>().join(" "), 0);
     let mut lines = String::new();
-    println!("| model | view | min | median | p90 | max (ms) |\n|---|---|---|---|---|---|");
+    println!("| model | view | min | q1 | median | q3 | max (ms) |\n|---|---|---|---|---|---|---|");
     for method in [Method::Mae, Method::Beit, Method::Simmim] {
         let model = shipped(method);
         let viewer = ViewerConfig {
@@ -84,6 +78,7 @@ fn main() -> Result<()> {
         .map(|(view, _)| view)
         .collect();
         let (ratio, strategy) = (page["default_ratio"].clone(), page["default_strategy"].clone());
+        let name = page["model"].as_str().unwrap_or("?");
         for view in views {
             let mut ms = Vec::new();
             for i in 0..WARMUP + requests {
@@ -95,12 +90,12 @@ fn main() -> Result<()> {
                     ms.push(seconds * 1e3);
                 }
             }
-            let (min, median, p90, max) = quantiles(ms);
-            let name = page["model"].as_str().unwrap_or("?");
-            println!("| {name} | {view} | {min:.1} | {median:.1} | {p90:.1} | {max:.1} |");
+            let q = quartiles(&ms);
+            let (min, max) = (ms.iter().copied().fold(f64::INFINITY, f64::min), ms.iter().copied().fold(0.0, f64::max));
+            println!("| {name} | {view} | {min:.1} | {:.1} | {:.1} | {:.1} | {max:.1} |", q.q1, q.median, q.q3);
             let record = json!({
                 "model": name, "weights": model.weights, "view": view, "requests": requests,
-                "min_ms": min, "median_ms": median, "p90_ms": p90, "max_ms": max, "info": info,
+                "min_ms": min, "q1_ms": q.q1, "median_ms": q.median, "q3_ms": q.q3, "max_ms": max, "info": info,
             });
             lines.push_str(&format!("{record}\n"));
         }
