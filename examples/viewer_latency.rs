@@ -11,12 +11,11 @@
 use anyhow::{Context, Result, bail, ensure};
 use mim::bench::quartiles;
 use mim::runtime::RunInfo;
-use mim::serve::{ServeConfig, ViewerConfig, shipped};
+use mim::serve::{ServeConfig, shipped};
 use mim::train::methods::Method;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Requests before the timed ones (first-call allocations, caches).
@@ -55,15 +54,9 @@ fn main() -> Result<()> {
     println!("| model | view | min | q1 | median | q3 | max (ms) |\n|---|---|---|---|---|---|---|");
     for method in [Method::Mae, Method::Beit, Method::Simmim] {
         let model = shipped(method);
-        let viewer = ViewerConfig {
-            checkpoint: PathBuf::from(model.weights),
-            data: Some(PathBuf::from("data/fashion-mnist-subset")),
-            split: mim::data::Split::Test,
-            neighbour_pool: 5000,
-            scale: 4,
-            tokenizer: model.tokenizer.map(PathBuf::from),
-        };
-        let cfg = ServeConfig { viewer, host: [127, 0, 0, 1].into(), port: 0, upload_limit: 20_000_000 };
+        let viewer = model.viewer();
+        let upload_limit = (ServeConfig::UPLOAD_LIMIT_MB * 1e6) as usize;
+        let cfg = ServeConfig { viewer, host: [127, 0, 0, 1].into(), port: 0, upload_limit };
         let server = mim::serve::start(cfg, &mut |_| {})?;
         let addr = server.addr();
         let (page, _) = call(addr, "/api/info", None)?;

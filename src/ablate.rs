@@ -17,6 +17,7 @@ use crate::eval::{Backbone, extract};
 use crate::masking::{BlockMasking, MaskStrategy};
 use crate::models::classifier::Pool;
 use crate::models::pretrain::ModelConfig;
+use crate::results::{Pretraining, Record};
 use crate::train::RunConfig;
 use crate::train::finetune::{FinetuneConfig, finetune, read_results, results_path};
 use crate::train::pretrain::{PretrainConfig, Target, pretrain};
@@ -95,6 +96,9 @@ pub struct AblateConfig {
     pub quick: bool,
     /// Output folder: one sub-folder per setting, `results.jsonl`, `table.md`, `plot.png`.
     pub out: PathBuf,
+    /// Also append each finished setting's linear probe and fine-tuning as [`Record`]s of the study
+    /// named `.1` to the JSON-lines file `.0`, for `mim results` (e.g. the docs' tables and plots).
+    pub record: Option<(PathBuf, String)>,
 }
 
 impl Study {
@@ -250,10 +254,12 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             .encoder(train.channels, Pool::Cls, &device)?
             .expect("an encoder");
         let side = e.config.img_size();
+        let t_probe = Instant::now();
         let f_train = extract(Some(e.encode.as_ref()), &train, side, 256, &device, &mut |_| {})?;
         let f_test = extract(Some(e.encode.as_ref()), &test, side, 256, &device, &mut |_| {})?;
         let probe = linear_probe(&f_train, &f_test, train.classes.len(), &cfg.probe, &device, &mut |_| {})?;
         let linear = probe.last().map_or(0.0, |e| e.top1);
+        let probe_seconds = t_probe.elapsed().as_secs_f64();
 
         reporter.message(&format!("{}: fine-tuning", s.label));
         let ft_out = s.pretrain.run.out.join("finetune");
@@ -279,6 +285,43 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             "{}: fine-tune {:.2}%, linear {:.2}% ({:.0} s)",
             row.label, row.finetune, row.linear, row.seconds
         ));
+        if let Some((path, study)) = &cfg.record {
+            let pretraining = Pretraining::of_checkpoint(&summary.checkpoint)?;
+            let setting = match &pretraining {
+                Some(p) => format!("{}: {}", s.label, p.describe()),
+                None => s.label.clone(),
+            };
+            let seed = s.pretrain.run.seed;
+            let last = probe.last().context("the linear probe ran no epoch")?;
+            crate::results::append(
+                path,
+                &Record {
+                    study: study.clone(),
+                    top1: last.top1,
+                    top5: last.top5,
+                    epochs: cfg.probe.epochs as f64,
+                    train_images: train.len(),
+                    seconds: probe_seconds,
+                    ..Record::here("linprobe", setting.clone(), seed, pretraining.clone())
+                },
+            )?;
+            let epochs = read_results(&results_path(&ft_out))?;
+            let last = epochs.last().context("the fine-tuning recorded no epoch")?;
+            let ft_images =
+                Dataset::open(&ft.run.data, Split::Train)?.len().min(ft.run.max_images.unwrap_or(usize::MAX));
+            crate::results::append(
+                path,
+                &Record {
+                    study: study.clone(),
+                    top1: last.top1,
+                    top5: last.top5,
+                    epochs: last.epoch as f64,
+                    train_images: ft_images,
+                    seconds: crate::train::trainer::training_seconds(epochs.iter().map(|e| e.elapsed_s)),
+                    ..Record::here("finetune", setting, ft.run.seed, pretraining)
+                },
+            )?;
+        }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -269,6 +269,7 @@ fn ablation_sweeps_write_a_table_beside_the_paper_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let data = subset();
     let out = tmp.path().join("target");
+    let records = tmp.path().join("records").join("ablation.jsonl");
     let args = [
         "ablate",
         "target",
@@ -283,6 +284,8 @@ fn ablation_sweeps_write_a_table_beside_the_paper_and_resume() {
         data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--record",
+        records.to_str().unwrap(),
     ];
     let first = mim(&args);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
@@ -296,4 +299,17 @@ fn ablation_sweeps_write_a_table_beside_the_paper_and_resume() {
     assert!(again.status.success());
     assert_eq!(String::from_utf8_lossy(&again.stderr).matches("done earlier, skipped").count(), 3);
     assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap(), table);
+    // --record: a linear probe and a fine-tuning record per setting, written once (the rerun trained
+    // nothing), with the pretraining behind them; the table's linear column is the probe's record.
+    let recs = mim::results::read_records(records.parent().unwrap()).unwrap();
+    assert_eq!(recs.len(), 6, "{recs:?}");
+    for r in &recs {
+        assert_eq!(r.study, "MAE ablation: target");
+        let p = r.pretraining.as_ref().expect("the setting's pretraining");
+        assert_eq!((p.method.as_str(), p.model.as_str(), p.epochs), ("MAE", "mae_micro", 2));
+        assert!(r.top1 > 0.0 && r.seconds > 0.0 && r.run.command.contains("--record"), "{r:?}");
+    }
+    let probe = recs.iter().find(|r| r.protocol == "linprobe" && r.setting.starts_with("PCA: MAE")).unwrap();
+    assert!(table.contains(&format!("| {:.2} |", probe.top1)), "{table}\n{probe:?}");
+    assert_eq!(recs.iter().filter(|r| r.protocol == "finetune").count(), 3);
 }

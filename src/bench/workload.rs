@@ -574,7 +574,7 @@ mod tests {
     #[test]
     fn each_new_workload_runs_a_step() {
         let device = Device::flex();
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-subset");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::data::SHIPPED_SUBSET);
         for mut w in workloads().into_iter().filter(|w| !w.is_mae()) {
             let tmp = tempfile::tempdir().unwrap();
             w.batch = 2;

@@ -74,6 +74,10 @@ pub struct Dataset {
     pub std: Vec<f32>,
 }
 
+/// The Fashion-MNIST subset shipped in the repository (relative to its root): the default data of the
+/// demo, the tests and every command, so they run with no install and no network.
+pub const SHIPPED_SUBSET: &str = "data/fashion-mnist-subset";
+
 /// Fashion-MNIST class names.
 pub const FASHION_MNIST_CLASSES: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];

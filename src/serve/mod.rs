@@ -56,6 +56,20 @@ pub fn shipped(method: Method) -> Shipped {
     }
 }
 
+impl Shipped {
+    /// The viewer of this model on the shipped Fashion-MNIST subset, with the default settings.
+    pub fn viewer(self) -> ViewerConfig {
+        ViewerConfig {
+            checkpoint: self.weights.into(),
+            data: Some(crate::data::SHIPPED_SUBSET.into()),
+            split: crate::data::Split::Test,
+            neighbour_pool: ViewerConfig::NEIGHBOURS,
+            scale: ViewerConfig::SCALE,
+            tokenizer: self.tokenizer.map(std::path::PathBuf::from),
+        }
+    }
+}
+
 /// The page: plain HTML, CSS and JavaScript, shipped inside the binary.
 const PAGE: &str = include_str!("page.html");
 
@@ -70,6 +84,11 @@ pub struct ServeConfig {
     pub port: u16,
     /// Largest upload accepted, in bytes.
     pub upload_limit: usize,
+}
+
+impl ServeConfig {
+    /// The default upload limit, in MB.
+    pub const UPLOAD_LIMIT_MB: f64 = 20.0;
 }
 
 /// A running viewer; dropping it stops the server.

@@ -40,6 +40,13 @@ pub struct ViewerConfig {
     pub tokenizer: Option<PathBuf>,
 }
 
+impl ViewerConfig {
+    /// The default number of training images searched for neighbours.
+    pub const NEIGHBOURS: usize = 5000;
+    /// The default up-scaling of the reconstruction picture.
+    pub const SCALE: usize = 4;
+}
+
 /// An image the viewer works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

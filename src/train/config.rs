@@ -89,7 +89,7 @@ settings! {
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
-            data: PathBuf::from("data/fashion-mnist-subset"),
+            data: PathBuf::from(crate::data::SHIPPED_SUBSET),
             out: PathBuf::from("runs/mim"),
             epochs: 10,
             batch_size: 256,

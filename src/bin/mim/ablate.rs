@@ -24,7 +24,7 @@ pub struct AblateArgs {
     #[arg(long)]
     quick: bool,
     /// Dataset (train and test splits).
-    #[arg(long, default_value = "data/fashion-mnist-subset")]
+    #[arg(long, default_value = mim::data::SHIPPED_SUBSET)]
     data: PathBuf,
     /// Output folder (default: runs/ablate/STUDY); a rerun resumes the sweep.
     #[arg(long)]
@@ -53,6 +53,14 @@ pub struct AblateArgs {
     /// `target` study: a visual tokenizer (`mim tokenizer train`) adds the dVAE-token row.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Also append each finished setting's linear probe and fine-tuning, with commit, command line,
+    /// seed, machine and wall time, as JSON lines to this file (`mim results` makes tables and a
+    /// plot of them, e.g. docs/results/NAME.jsonl).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// The study (table) the records belong to [default: "MAE ablation: STUDY"].
+    #[arg(long, requires = "record")]
+    record_study: Option<String>,
 }
 
 /// Runs `mim ablate`.
@@ -90,6 +98,10 @@ pub fn run_ablate(a: &AblateArgs) -> Result<()> {
         probe_images: max_images,
         quick: a.quick,
         out: out.clone(),
+        record: a
+            .record
+            .clone()
+            .map(|path| (path, a.record_study.clone().unwrap_or_else(|| format!("MAE ablation: {study_name}")))),
     };
     let rows = run_study(&cfg, &mut Bar::default())?;
     println!("{}", std::fs::read_to_string(out.join("table.md"))?);

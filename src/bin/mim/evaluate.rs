@@ -35,7 +35,7 @@ pub struct BackboneArgs {
     #[arg(long, default_value = "cls")]
     pool: Pool,
     /// Dataset: IDX folder/file, CIFAR-10 binary folder, or image folder (train and test splits).
-    #[arg(long, default_value = "data/fashion-mnist-subset")]
+    #[arg(long, default_value = mim::data::SHIPPED_SUBSET)]
     data: PathBuf,
     /// Use only the first N training images.
     #[arg(long)]

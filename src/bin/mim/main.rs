@@ -150,10 +150,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "test")]
         split: Split,
         /// Training images searched for nearest neighbours (0: none).
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = mim::serve::ViewerConfig::NEIGHBOURS)]
         neighbours: usize,
         /// Up-scaling of the reconstruction picture.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = mim::serve::ViewerConfig::SCALE)]
         scale: usize,
         /// Address to listen on. Anything but loopback shows the model and data to the network.
         #[arg(long, default_value = "127.0.0.1")]
@@ -162,7 +162,7 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// Largest photo accepted, in MB.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = mim::serve::ServeConfig::UPLOAD_LIMIT_MB)]
         upload_limit_mb: f64,
     },
     /// One self-contained HTML page about a pretraining run: loss, learning-rate and k-NN curves,
@@ -331,7 +331,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// IDX data the folder-jpeg workload's JPEGs are made from, and of the data-pipeline line.
-    #[arg(long, default_value = "data/fashion-mnist-subset")]
+    #[arg(long, default_value = mim::data::SHIPPED_SUBSET)]
     data: PathBuf,
     /// Append every result as JSON lines here (with commit, command line, seed, CPU, threads).
     #[arg(long, default_value = "bench.jsonl")]
@@ -783,25 +783,30 @@ fn run(cli: Cli) -> Result<()> {
             if !upload_limit_mb.is_finite() || upload_limit_mb <= 0.0 {
                 bail!("--upload-limit-mb must be positive, not {upload_limit_mb}");
             }
-            let (checkpoint, data, tokenizer) = match (checkpoint, method) {
+            let viewer = match (checkpoint, method) {
                 (Some(_), Some(_)) => bail!("--method picks a shipped model: give it or --checkpoint, not both"),
-                (Some(c), None) => (c, data, tokenizer),
+                (Some(checkpoint), None) => {
+                    mim::serve::ViewerConfig { checkpoint, data, split, neighbour_pool: neighbours, scale, tokenizer }
+                }
                 (None, method) => {
-                    let shipped = mim::serve::shipped(method.unwrap_or_default());
-                    let model = PathBuf::from(shipped.weights);
-                    if !model.exists() {
+                    let shipped = mim::serve::shipped(method.unwrap_or_default()).viewer();
+                    if !shipped.checkpoint.exists() {
                         bail!(
                             "no --checkpoint given and the shipped model '{}' is not here: run from the repository's \
                              root or pass --checkpoint",
-                            model.display()
+                            shipped.checkpoint.display()
                         );
                     }
-                    let data = data.or_else(|| Some(PathBuf::from("data/fashion-mnist-subset")));
-                    (model, data, tokenizer.or(shipped.tokenizer.map(PathBuf::from)))
+                    mim::serve::ViewerConfig {
+                        data: data.or(shipped.data),
+                        tokenizer: tokenizer.or(shipped.tokenizer),
+                        split,
+                        neighbour_pool: neighbours,
+                        scale,
+                        ..shipped
+                    }
                 }
             };
-            let viewer =
-                mim::serve::ViewerConfig { checkpoint, data, split, neighbour_pool: neighbours, scale, tokenizer };
             let cfg = mim::serve::ServeConfig { viewer, host, port, upload_limit: (upload_limit_mb * 1e6) as usize };
             let server = mim::serve::start(cfg, &mut |m| eprintln!("{m}"))?;
             eprintln!("mim serve: open {} (Ctrl-C stops it)", server.url());
