@@ -66,6 +66,17 @@ fn finetune_resume_after_kill_matches_uninterrupted_run() {
         std::fs::read(last_checkpoint(&cut)).unwrap() == std::fs::read(last_checkpoint(&full)).unwrap(),
         "the resumed fine-tuning checkpoint differs from the uninterrupted run's (cmp)"
     );
+    // --eval-every 2 evaluates epochs 2 and 3 (the last) only, and trains exactly as before.
+    let sparse = tmp.path().join("sparse");
+    let mut args = finetune_args(data, sparse.to_str().unwrap());
+    args.extend(["--eval-every", "2"]);
+    let out = mim(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let evaluated = read_results(&results_path(&sparse)).unwrap();
+    assert_eq!(evaluated.iter().map(|r| r.epoch).collect::<Vec<_>>(), [2, 3]);
+    for (a, b) in reference[1..].iter().zip(&evaluated) {
+        assert_eq!((a.epoch, a.train_loss, a.top1, a.top5), (b.epoch, b.train_loss, b.top1, b.top5));
+    }
     // Fine-tuning trains the position embeddings (sin-cos in the fresh encoder), and the
     // checkpoint saves them.
     let ck = classifier_pos_embed(&last_checkpoint(&full));

@@ -75,6 +75,10 @@ settings! {
             /// relative position tables are resized to it as the official fine-tuning codes do; unset keeps the
             /// pretrained model's (or the preset's).
             img_size: Option<usize>,
+            /// Evaluate the test split every this many epochs and after the last (1: every epoch, as MAE's
+            /// `main_finetune.py`); the best checkpoint is the best of the evaluated epochs. Long runs on few
+            /// images spend most of their time on the test split otherwise.
+            eval_every: usize,
         }
     }
 }
@@ -101,6 +105,7 @@ impl Default for FinetuneConfig {
             crop_scale: (0.08, 1.0),
             resample: None,
             img_size: None,
+            eval_every: 1,
         }
     }
 }
@@ -159,6 +164,7 @@ impl FinetuneConfig {
             self.layer_decay
         );
         ensure!((0.0..1.0).contains(&self.drop_path), "--drop-path {} must be in [0, 1)", self.drop_path);
+        ensure!(self.eval_every >= 1, "--eval-every must be at least 1 (the last epoch is always evaluated)");
         ensure!((0.0..1.0).contains(&self.smoothing), "--smoothing {} must be in [0, 1)", self.smoothing);
         ensure!(
             self.mixup >= 0.0 && self.cutmix >= 0.0,
@@ -445,8 +451,8 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
     }
 }
 
-/// Fine-tuning of classifier `C` as a [`Task`]: the test split is evaluated after every epoch,
-/// the best checkpoint kept.
+/// Fine-tuning of classifier `C` as a [`Task`]: the test split is evaluated after every
+/// `eval_every`-th epoch and the last, the best checkpoint kept.
 struct Finetuning<'a, C> {
     cfg: &'a FinetuneConfig,
     /// The weights a new run starts from (`--checkpoint`, at `--img-size`).
@@ -583,10 +589,13 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
     }
 
     fn end_of_epoch(&mut self, model: &C, end: &EpochEnd) -> Result<EpochReport> {
+        let epoch = end.progress.epoch;
+        if !epoch.is_multiple_of(self.cfg.eval_every as u64) && epoch < self.cfg.run.epochs as u64 {
+            return Ok(EpochReport { message: None, record: None });
+        }
         let side = self.model_cfg.as_ref().expect("started").img_size();
         let (test, device) = self.test.as_ref().expect("prepared");
         let (top1, top5) = evaluate(&model.valid(), test, side, 256, device)?;
-        let epoch = end.progress.epoch;
         let r = EpochResult { epoch, train_loss: end.mean_loss, top1, top5, elapsed_s: end.elapsed_s };
         if top1 > self.best.0 {
             self.best = (top1, epoch);

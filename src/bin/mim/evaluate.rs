@@ -227,7 +227,7 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         Some(r) => {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
             let saved = mim::checkpoint::read_header(r)?.train;
-            let mutable = &["epochs", "device", "prefetch", "checkpoint_every", "keep_checkpoints"];
+            let mutable = &["epochs", "device", "prefetch", "checkpoint_every", "keep_checkpoints", "eval_every"];
             cfg = crate::resume::resumed(
                 r,
                 &saved,
