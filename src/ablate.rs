@@ -266,8 +266,10 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         let run = RunConfig { data: s.pretrain.run.data.clone(), out: ft_out.clone(), ..cfg.finetune.run.clone() };
         let ft = FinetuneConfig { checkpoint: Some(summary.checkpoint.clone()), run, ..cfg.finetune.clone() };
         let ft_resume = crate::train::finetune::last_checkpoint(&ft_out);
-        let finished = read_results(&results_path(&ft_out))?.last().is_some_and(|r| r.epoch >= ft.run.epochs as u64);
-        let finetune_top1 = if ft_resume.exists() && finished {
+        // A fine-tuning that was never started has no results file yet.
+        let finished = ft_resume.exists()
+            && read_results(&results_path(&ft_out))?.last().is_some_and(|r| r.epoch >= ft.run.epochs as u64);
+        let finetune_top1 = if finished {
             read_results(&results_path(&ft_out))?.iter().map(|r| r.top1).fold(0.0, f64::max)
         } else {
             finetune(&ft, ft_resume.exists().then_some(ft_resume.as_path()), &mut Silent)?.best.0
