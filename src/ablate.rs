@@ -294,36 +294,29 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
                 Some(p) => format!("{}: {}", s.label, p.describe()),
                 None => s.label.clone(),
             };
-            let seed = s.pretrain.run.seed;
-            let last = probe.last().context("the linear probe ran no epoch")?;
-            crate::results::append(
-                path,
-                &Record {
-                    study: study.clone(),
-                    top1: last.top1,
-                    top5: last.top5,
-                    epochs: cfg.probe.epochs as f64,
-                    train_images: train.len(),
-                    seconds: probe_seconds,
-                    ..Record::here("linprobe", setting.clone(), seed, pretraining.clone())
-                },
-            )?;
+            let probed = probe.last().context("the linear probe ran no epoch")?;
             let epochs = read_results(&results_path(&ft_out))?;
-            let last = epochs.last().context("the fine-tuning recorded no epoch")?;
+            let tuned = epochs.last().context("the fine-tuning recorded no epoch")?;
             let ft_images =
                 Dataset::open(&ft.run.data, Split::Train)?.len().min(ft.run.max_images.unwrap_or(usize::MAX));
-            crate::results::append(
-                path,
-                &Record {
-                    study: study.clone(),
-                    top1: last.top1,
-                    top5: last.top5,
-                    epochs: last.epoch as f64,
-                    train_images: ft_images,
-                    seconds: crate::train::trainer::training_seconds(epochs.iter().map(|e| e.elapsed_s)),
-                    ..Record::here("finetune", setting, ft.run.seed, pretraining)
-                },
-            )?;
+            let ft_seconds = crate::train::trainer::training_seconds(epochs.iter().map(|e| e.elapsed_s));
+            // (protocol, seed, last top-1 and top-5, epochs, training images, seconds)
+            let runs = [
+                (
+                    "linprobe",
+                    s.pretrain.run.seed,
+                    (probed.top1, probed.top5),
+                    cfg.probe.epochs as f64,
+                    train.len(),
+                    probe_seconds,
+                ),
+                ("finetune", ft.run.seed, (tuned.top1, tuned.top5), tuned.epoch as f64, ft_images, ft_seconds),
+            ];
+            for (protocol, seed, (top1, top5), epochs, train_images, seconds) in runs {
+                let here = Record::here(protocol, setting.clone(), seed, pretraining.clone());
+                let record = Record { study: study.clone(), top1, top5, epochs, train_images, seconds, ..here };
+                crate::results::append(path, &record)?;
+            }
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
