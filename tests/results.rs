@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::{assert_clean_error, mim, subset};
-use mim::results::{BEGIN, END, read_records, summarise};
+use mim::results::{BEGIN, END, SUMMARY_BEGIN, SUMMARY_END, read_records, summarise};
 
 fn run(args: &[&str]) {
     let out = mim(args);
@@ -88,7 +88,8 @@ fn records_of_knn_linprobe_and_finetune_make_tables_over_seeds_and_a_mask_ratio_
 
     // The tables go into the document's generated block, the ratio study's curve into a plot.
     let doc = tmp.path().join("RESULTS.md");
-    std::fs::write(&doc, format!("# Results\n\nintro\n\n{BEGIN}\nstale\n{END}\n\nafter\n")).unwrap();
+    let summary_block = format!("{SUMMARY_BEGIN}\nstale summary\n{SUMMARY_END}\n");
+    std::fs::write(&doc, format!("# Results\n\nintro\n\n{summary_block}{BEGIN}\nstale\n{END}\n\nafter\n")).unwrap();
     let plots = tmp.path().join("plots");
     run(&["results", "--records", records.to_str().unwrap(), "--write", doc.to_str().unwrap()]
         .into_iter()
@@ -98,6 +99,10 @@ fn records_of_knn_linprobe_and_finetune_make_tables_over_seeds_and_a_mask_ratio_
     assert!(text.starts_with("# Results\n\nintro\n\n") && text.ends_with(&format!("{END}\n\nafter\n")));
     assert!(!text.contains("stale"));
     assert!(text.contains(&mim::results::markdown(&studies)), "{text}");
+    // The summary opens the document: the k-NN study's best pretrained row and its best baseline.
+    let summary = mim::results::summary_markdown(&studies);
+    assert!(text.contains(&format!("{SUMMARY_BEGIN}\n\n{summary}")), "{text}");
+    assert!(summary.contains("| features | best without pretraining |"), "{summary}");
     assert!(text.contains("| mae_tiny_28, random initialisation | knn | - | 500 |"), "{text}");
     assert!(text.contains(" ± "), "{text}");
     assert!(text.contains("![ratio](plots/ratio.png)"), "{text}");
@@ -132,8 +137,13 @@ fn the_docs_tables_are_generated_from_the_committed_records() {
     let records = root.join("docs/results");
     let all = read_records(&records).unwrap();
     let doc = std::fs::read_to_string(root.join("docs/RESULTS.md")).unwrap();
-    let tables = mim::results::markdown(&summarise(&all).unwrap());
+    let studies = summarise(&all).unwrap();
+    let tables = mim::results::markdown(&studies);
     assert!(doc.contains(BEGIN) && doc.contains(END));
+    assert!(
+        doc.contains(&mim::results::summary_markdown(&studies)),
+        "docs/RESULTS.md does not open with the summary the records give: run `mim results --write docs/RESULTS.md`"
+    );
     assert!(
         doc.contains(&tables),
         "docs/RESULTS.md is not what the records give: run `mim results --write docs/RESULTS.md --plots docs/results`"

@@ -181,7 +181,7 @@ enum Command {
         #[arg(long, default_value = "docs/results")]
         records: PathBuf,
         /// Rewrite the generated block of this Markdown file (between the markers `mim results`
-        /// documents) instead of printing the tables.
+        /// documents) instead of printing the tables, and its summary block if it has one.
         #[arg(long)]
         write: Option<PathBuf>,
         /// Folder for one plot per study whose settings differ in mask ratio or pretraining epochs
@@ -839,8 +839,15 @@ fn run(cli: Cli) -> Result<()> {
                 Some(doc) => {
                     let text =
                         std::fs::read_to_string(&doc).with_context(|| format!("cannot read '{}'", doc.display()))?;
-                    let text = mim::results::replace_generated(&text, &tables)
+                    let mut text = mim::results::replace_generated(&text, &tables)
                         .with_context(|| format!("'{}'", doc.display()))?;
+                    // The summary block is optional: a document that has its markers opens with it.
+                    if text.contains(mim::results::SUMMARY_BEGIN) {
+                        let markers = (mim::results::SUMMARY_BEGIN, mim::results::SUMMARY_END);
+                        let summary = mim::results::summary_markdown(&studies);
+                        text = mim::results::replace_between(&text, markers, &summary)
+                            .with_context(|| format!("'{}'", doc.display()))?;
+                    }
                     mim::io::write_atomic(&doc, &[text.as_bytes()])?;
                     eprintln!("wrote the tables of {} study(ies) into {}", studies.len(), doc.display());
                 }
