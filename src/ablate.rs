@@ -266,14 +266,13 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         let run = RunConfig { data: s.pretrain.run.data.clone(), out: ft_out.clone(), ..cfg.finetune.run.clone() };
         let ft = FinetuneConfig { checkpoint: Some(summary.checkpoint.clone()), run, ..cfg.finetune.clone() };
         let ft_resume = crate::train::finetune::last_checkpoint(&ft_out);
-        // A fine-tuning that was never started has no results file yet.
-        let finished = ft_resume.exists()
-            && read_results(&results_path(&ft_out))?.last().is_some_and(|r| r.epoch >= ft.run.epochs as u64);
-        let finetune_top1 = if finished {
-            read_results(&results_path(&ft_out))?.iter().map(|r| r.top1).fold(0.0, f64::max)
-        } else {
-            finetune(&ft, ft_resume.exists().then_some(ft_resume.as_path()), &mut Silent)?.best.0
-        };
+        // A fine-tuning that was never started has no results file yet; one that was is resumed.
+        let mut epochs = if ft_resume.exists() { read_results(&results_path(&ft_out))? } else { Vec::new() };
+        if !epochs.last().is_some_and(|r| r.epoch >= ft.run.epochs as u64) {
+            finetune(&ft, ft_resume.exists().then_some(ft_resume.as_path()), &mut Silent)?;
+            epochs = read_results(&results_path(&ft_out))?;
+        }
+        let finetune_top1 = epochs.iter().map(|r| r.top1).fold(0.0, f64::max);
         let row = Row {
             label: s.label.clone(),
             finetune: finetune_top1,
@@ -295,7 +294,6 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
                 None => s.label.clone(),
             };
             let probed = probe.last().context("the linear probe ran no epoch")?;
-            let epochs = read_results(&results_path(&ft_out))?;
             let tuned = epochs.last().context("the fine-tuning recorded no epoch")?;
             let ft_images =
                 Dataset::open(&ft.run.data, Split::Train)?.len().min(ft.run.max_images.unwrap_or(usize::MAX));

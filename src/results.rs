@@ -394,9 +394,10 @@ pub struct Curve {
     /// Top-1 (x, mean, std) per protocol; over pretraining epochs, per run, named by its setting up
     /// to the first colon or parenthesis (and by protocol too when the study mixes several).
     pub series: BTreeMap<String, ErrorPoints>,
-    /// The study's rows with no pretraining behind them (raw pixels, random initialisation, exported
-    /// weights), by setting: the mean top-1 the curve is read against.
-    pub baselines: Vec<(String, f64)>,
+    /// The study's rows that have no place on the x axis because their encoder carries no
+    /// pretraining record: the baselines (raw pixels, random initialisation) and exported weights
+    /// files; by setting, the mean top-1 the curve is read against.
+    pub references: Vec<(String, f64)>,
 }
 
 /// The curve of a study whose rows differ in one pretraining quantity: top-1 (mean, std) against
@@ -417,7 +418,7 @@ pub fn curve(study: &Study) -> Option<Curve> {
     let by_run = x_label == "pretraining epochs";
     // (protocol, run) -> (the first row's setting, points)
     let mut runs: BTreeMap<(&str, Option<u64>), (&str, ErrorPoints)> = BTreeMap::new();
-    let mut baselines = Vec::new();
+    let mut references = Vec::new();
     for r in &study.rows {
         match &r.pretraining {
             Some(p) => {
@@ -425,7 +426,7 @@ pub fn curve(study: &Study) -> Option<Curve> {
                 let entry = runs.entry((r.protocol.as_str(), run)).or_insert((r.setting.as_str(), Vec::new()));
                 entry.1.push((x(p), r.top1.0, r.top1.1));
             }
-            None => baselines.push((r.setting.clone(), r.top1.0)),
+            None => references.push((r.setting.clone(), r.top1.0)),
         }
     }
     let protocols: BTreeSet<&str> = runs.keys().map(|k| k.0).collect();
@@ -440,7 +441,7 @@ pub fn curve(study: &Study) -> Option<Curve> {
         };
         series.insert(name, points);
     }
-    Some(Curve { x_label, series, baselines })
+    Some(Curve { x_label, series, references })
 }
 
 /// A setting short enough for a legend: up to its first colon or parenthesis, at most 72 characters.
@@ -454,10 +455,10 @@ fn legend_label(setting: &str) -> String {
 pub fn plot_study(study: &Study, path: &Path) -> Result<bool> {
     let Some(curve) = curve(study) else { return Ok(false) };
     let series: Vec<(&str, ErrorPoints)> = curve.series.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let labels: Vec<String> = curve.baselines.iter().map(|(s, _)| legend_label(s)).collect();
-    let baselines: Vec<(&str, f64)> = labels.iter().zip(&curve.baselines).map(|(l, b)| (l.as_str(), b.1)).collect();
+    let labels: Vec<String> = curve.references.iter().map(|(s, _)| legend_label(s)).collect();
+    let references: Vec<(&str, f64)> = labels.iter().zip(&curve.references).map(|(l, b)| (l.as_str(), b.1)).collect();
     let title = format!("{}: test top-1 against {}", study.name, curve.x_label);
-    crate::viz::error_bar_chart(path, &title, curve.x_label, "test top-1 (%)", &series, &baselines)?;
+    crate::viz::error_bar_chart(path, &title, curve.x_label, "test top-1 (%)", &series, &references)?;
     Ok(true)
 }
 
@@ -577,7 +578,7 @@ mod tests {
         let c = curve(&studies[0]).unwrap();
         assert_eq!(c.x_label, "mask ratio");
         assert_eq!(c.series["knn"], vec![(0.5, 70.0, 0.0), (0.75, 75.0, 0.0)]);
-        assert_eq!(c.baselines, [("raw pixels (784 values)".to_string(), 80.0)], "a row without pretraining");
+        assert_eq!(c.references, [("raw pixels (784 values)".to_string(), 80.0)], "a row without pretraining");
         assert_eq!(legend_label("raw pixels (784 values)"), "raw pixels");
         assert_eq!(legend_label(&"x".repeat(80)).chars().count(), 72);
     }
