@@ -16,7 +16,6 @@ use crate::data::Dataset;
 use crate::data::loader::for_each_batch;
 use crate::io::TensorMap;
 use crate::models::classifier::{Classifier, Pool, VitClassifier};
-use crate::models::mae::MaeConfig;
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::swin::SwinTransformer;
 use crate::weights::Holds;
@@ -29,7 +28,7 @@ pub enum Backbone {
     Checkpoint(PathBuf),
     /// A freshly initialised encoder of a preset (what pretraining has to beat).
     RandomInit {
-        /// Preset name ([`MaeConfig::PRESETS`]).
+        /// Preset name of any family ([`ModelConfig::preset`]).
         model: String,
         /// Initialisation seed.
         seed: u64,
@@ -79,11 +78,25 @@ impl Backbone {
                 assumed = w.detected.assumed.iter().map(|(what, value)| format!("{what} = {value}")).collect();
                 (encode, w.detected.config)
             }
-            Backbone::RandomInit { model, seed } => {
-                let mut cfg = MaeConfig::preset(model)?;
-                cfg.in_chans = channels;
-                (vit(cfg.init(*seed, device)?), ModelConfig::Mae(cfg))
-            }
+            // The same feature map as a pretrained checkpoint of the family, at initialisation.
+            Backbone::RandomInit { model, seed } => match ModelConfig::preset(model)? {
+                ModelConfig::Mae(mut c) => {
+                    c.in_chans = channels;
+                    (vit(c.init(*seed, device)?), ModelConfig::Mae(c))
+                }
+                ModelConfig::Beit(mut c) => {
+                    c.in_chans = channels;
+                    let m = c.init(*seed, device)?;
+                    let encode: Encoder = Box::new(move |imgs| m.features(imgs));
+                    (encode, ModelConfig::Beit(c))
+                }
+                ModelConfig::Swin(mut c) => {
+                    c.in_chans = channels;
+                    let m = c.init(*seed, device)?;
+                    let encode: Encoder = Box::new(move |imgs| SwinTransformer::pool(m.forward_features(imgs)));
+                    (encode, ModelConfig::Swin(c))
+                }
+            },
         };
         ensure!(
             cfg.in_chans() == channels,
@@ -289,5 +302,28 @@ mod tests {
         std::fs::write(stem.with_extension("key"), "another backbone").unwrap();
         let (_, hit) = cached_features(dir.path(), "backbone a", || Ok(a.clone())).unwrap();
         assert!(!hit);
+    }
+
+    #[test]
+    fn random_init_gives_the_features_of_each_family() {
+        let device = Device::flex();
+        // MAE's [CLS] and BEiT's mean patch token are the ViT's width; Swin's pooled last stage
+        // doubles its 48 channels once.
+        for (model, kind, dim) in
+            [("mae_tiny_28", "MAE", 192), ("beit_tiny_28", "BEiT", 192), ("swin_tiny_28", "Swin", 96)]
+        {
+            let backbone = Backbone::RandomInit { model: model.into(), seed: 0 };
+            let e = backbone.encoder(1, Pool::Cls, &device).unwrap().expect("an encoder");
+            assert_eq!(e.config.kind(), kind);
+            let side = e.config.img_size();
+            let f = (e.encode)(Tensor::<4>::random(
+                [2, 1, side, side],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            ));
+            assert_eq!(f.dims(), [2, dim], "{model}");
+        }
+        let unknown = Backbone::RandomInit { model: "vit_nope".into(), seed: 0 }.encoder(1, Pool::Cls, &device);
+        assert!(unknown.err().unwrap().to_string().contains("unknown model preset 'vit_nope'"));
     }
 }

@@ -28,7 +28,7 @@ pub struct BackboneArgs {
     /// Baseline: the normalised pixels themselves.
     #[arg(long)]
     pixels: bool,
-    /// Preset of the --random-init encoder.
+    /// Preset of the --random-init encoder (any MAE, BEiT or Swin preset).
     #[arg(long, default_value = "mae_tiny_28")]
     model: String,
     /// Token pooling: cls (MAE's linear-probing default) or avg.
