@@ -268,7 +268,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
         let ft_resume = crate::train::finetune::last_checkpoint(&ft_out);
         // A fine-tuning that was never started has no results file yet; one that was is resumed.
         let mut epochs = if ft_resume.exists() { read_results(&results_path(&ft_out))? } else { Vec::new() };
-        if !epochs.last().is_some_and(|r| r.epoch >= ft.run.epochs as u64) {
+        if epochs.last().is_none_or(|r| r.epoch < ft.run.epochs as u64) {
             finetune(&ft, ft_resume.exists().then_some(ft_resume.as_path()), &mut Silent)?;
             epochs = read_results(&results_path(&ft_out))?;
         }
