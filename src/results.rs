@@ -401,8 +401,9 @@ pub struct Curve {
 }
 
 /// The curve of a study whose rows differ in one pretraining quantity: top-1 (mean, std) against
-/// the mask ratio (when one method and model was pretrained at several) or the pretraining epochs, one series per protocol (and per run, over epochs:
-/// another run's checkpoint is not a point of this run's curve); `None` when nothing varies.
+/// the mask ratio (when one method and model was pretrained at several) or the pretraining
+/// epochs, one series per protocol (and per run, over epochs: another run's checkpoint is not a
+/// point of this run's curve); `None` when nothing varies.
 pub fn curve(study: &Study) -> Option<Curve> {
     let pre: Vec<&Pretraining> = study.rows.iter().filter_map(|r| r.pretraining.as_ref()).collect();
     // Ratios are a curve only within one method and model: SimMIM's 0.6 beside MAE's 0.75 is

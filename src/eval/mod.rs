@@ -15,6 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::data::Dataset;
 use crate::data::loader::for_each_batch;
 use crate::io::TensorMap;
+use crate::models::beit::BeitForMaskedImageModeling;
 use crate::models::classifier::{Classifier, Pool, VitClassifier};
 use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::swin::SwinTransformer;
@@ -55,6 +56,9 @@ impl Backbone {
             let clf = VitClassifier::from_mae(mae, 1, pool, 0.0, 0);
             Box::new(move |imgs| clf.forward_features(imgs, None, 0))
         };
+        let beit = |m: BeitForMaskedImageModeling| -> Encoder { Box::new(move |imgs| m.features(imgs)) };
+        let swin =
+            |m: SwinTransformer| -> Encoder { Box::new(move |imgs| SwinTransformer::pool(m.forward_features(imgs))) };
         let mut assumed = Vec::new();
         let (encode, cfg): (Encoder, ModelConfig) = match self {
             Backbone::Pixels => return Ok(None),
@@ -62,18 +66,12 @@ impl Backbone {
                 let w = crate::weights::open(path)?;
                 let encode: Encoder = match w.detected.holds {
                     Holds::Mae { .. } | Holds::VitClassifier { .. } => vit(w.mae_encoder(0, device)?.0),
-                    Holds::Beit | Holds::BeitClassifier { .. } => {
-                        let m = w.beit_encoder(0, device)?;
-                        Box::new(move |imgs| m.features(imgs))
-                    }
+                    Holds::Beit | Holds::BeitClassifier { .. } => beit(w.beit_encoder(0, device)?),
                     Holds::SimMim => {
                         let m = w.simmim(device)?;
                         Box::new(move |imgs| m.features(imgs))
                     }
-                    Holds::Swin { .. } => {
-                        let m = w.swin(device)?;
-                        Box::new(move |imgs| SwinTransformer::pool(m.forward_features(imgs)))
-                    }
+                    Holds::Swin { .. } => swin(w.swin(device)?),
                 };
                 assumed = w.detected.assumed.iter().map(|(what, value)| format!("{what} = {value}")).collect();
                 (encode, w.detected.config)
@@ -86,15 +84,11 @@ impl Backbone {
                 }
                 ModelConfig::Beit(mut c) => {
                     c.in_chans = channels;
-                    let m = c.init(*seed, device)?;
-                    let encode: Encoder = Box::new(move |imgs| m.features(imgs));
-                    (encode, ModelConfig::Beit(c))
+                    (beit(c.init(*seed, device)?), ModelConfig::Beit(c))
                 }
                 ModelConfig::Swin(mut c) => {
                     c.in_chans = channels;
-                    let m = c.init(*seed, device)?;
-                    let encode: Encoder = Box::new(move |imgs| SwinTransformer::pool(m.forward_features(imgs)));
-                    (encode, ModelConfig::Swin(c))
+                    (swin(c.init(*seed, device)?), ModelConfig::Swin(c))
                 }
             },
         };
