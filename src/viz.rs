@@ -626,7 +626,14 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
             .draw_series(bars.map(|&(x, y, e)| ErrorBar::new_vertical(x, y - e, y, y + e, colour.stroke_width(2), 10)))
             .map_err(|e| err(&e))?;
     }
-    let greys = [RGBColor(90, 90, 90), RGBColor(170, 120, 30), RGBColor(130, 60, 150), RGBColor(60, 140, 140)];
+    let greys = [
+        RGBColor(90, 90, 90),
+        RGBColor(170, 120, 30),
+        RGBColor(130, 60, 150),
+        RGBColor(60, 140, 140),
+        RGBColor(210, 90, 160),
+        RGBColor(120, 160, 40),
+    ];
     for (i, &(name, y)) in baselines.iter().enumerate() {
         let style = greys[i % greys.len()].stroke_width(2);
         let ends = [(x0 - x_pad, y), (x1 + x_pad, y)];
@@ -636,8 +643,75 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    // Plot area in pixels, roughly: the whole less the label areas, margins and caption.
+    let (w, h) = root.dim_in_pixel();
+    let area = ((w as f64 - 84.0).max(1.0), (h as f64 - 94.0).max(1.0));
+    let position = legend_position(series, baselines, ((x0 - x_pad, x1 + x_pad), (y0 - pad, y1 + pad)), area);
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
+}
+
+/// The legend's place where it hides the least of the chart: each candidate box (plotters' default,
+/// middle right, first; then the corners and the other sides' middles), sized from the labels, is
+/// scored by how many samples of the lines, points and error bars fall inside it.
+fn legend_position(
+    series: &[(&str, ErrorPoints)],
+    baselines: &[(&str, f64)],
+    ((x0, x1), (y0, y1)): ((f64, f64), (f64, f64)),
+    (width, height): (f64, f64),
+) -> plotters::chart::SeriesLabelPosition {
+    use plotters::chart::SeriesLabelPosition::*;
+    let unit = |x: f64, y: f64| ((x - x0) / (x1 - x0).max(1e-12), (y - y0) / (y1 - y0).max(1e-12));
+    let mut samples = Vec::new();
+    let mut segment = |(ax, ay): (f64, f64), (bx, by): (f64, f64)| {
+        samples.extend((0..=16).map(|i| {
+            let t = i as f64 / 16.0;
+            unit(ax + t * (bx - ax), ay + t * (by - ay))
+        }))
+    };
+    for (_, s) in series {
+        for p in s.windows(2) {
+            segment((p[0].0, p[0].1), (p[1].0, p[1].1));
+        }
+        for &(x, y, e) in s {
+            segment((x, y - e), (x, y + e));
+        }
+    }
+    for &(_, y) in baselines {
+        segment((x0, y), (x1, y));
+    }
+    // Text of about 8 px a character beside a 20 px line sample; rows of about 22 px.
+    let names = series.iter().map(|(n, _)| *n).chain(baselines.iter().map(|(n, _)| *n));
+    let chars = names.clone().map(|n| n.chars().count()).max().unwrap_or(0) as f64;
+    let (bw, bh) = (((chars * 8.0 + 50.0) / width).min(1.0), ((names.count() as f64 * 22.0 + 12.0) / height).min(1.0));
+    let span = |side: u8, size: f64| match side {
+        0 => (0.0, size),
+        1 => (0.5 - size / 2.0, 0.5 + size / 2.0),
+        _ => (1.0 - size, 1.0),
+    };
+    // (position, horizontal side, vertical side): 0 left/lower, 1 middle, 2 right/upper.
+    let candidates = [
+        (MiddleRight, 2, 1),
+        (UpperRight, 2, 2),
+        (LowerRight, 2, 0),
+        (UpperLeft, 0, 2),
+        (LowerLeft, 0, 0),
+        (MiddleLeft, 0, 1),
+        (UpperMiddle, 1, 2),
+        (LowerMiddle, 1, 0),
+    ];
+    let hidden = |&(_, hx, vy): &(plotters::chart::SeriesLabelPosition, u8, u8)| {
+        let ((ax, bx), (ay, by)) = (span(hx, bw), span(vy, bh));
+        samples.iter().filter(|&&(u, v)| (ax..=bx).contains(&u) && (ay..=by).contains(&v)).count()
+    };
+    // min_by_key keeps the first of equal scores, so the default wins ties.
+    candidates.into_iter().min_by_key(hidden).map_or(MiddleRight, |c| c.0)
 }
 
 /// Loss per iteration and its moving average over `window` iterations, titled `title`.
@@ -687,5 +761,25 @@ mod caption_tests {
         };
         assert!(dark(0, out.width(), 0, top), "title and column titles");
         assert!(dark(0, left, top, out.height()), "row labels");
+    }
+}
+
+#[cfg(test)]
+mod legend_tests {
+    use plotters::chart::SeriesLabelPosition;
+
+    use super::legend_position;
+
+    fn position_over(y: f64) -> SeriesLabelPosition {
+        let line = vec![(0.0, y, 0.0), (5.0, y, 0.0), (10.0, y, 0.0)];
+        legend_position(&[("run", line)], &[], ((0.0, 10.0), (0.0, 10.0)), (700.0, 400.0))
+    }
+
+    #[test]
+    fn the_legend_moves_off_the_data() {
+        // A line across the middle hides the default middle-right place: the upper right is free.
+        assert!(matches!(position_over(5.0), SeriesLabelPosition::UpperRight));
+        // Data along the top leaves the default where it is.
+        assert!(matches!(position_over(9.8), SeriesLabelPosition::MiddleRight));
     }
 }
