@@ -578,6 +578,8 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
     // Marked points keep a margin, so that the first and last are seen whole.
     let x_pad = if points { ((x1 - x0) * 0.05).max(0.05) } else { 0.0 };
     let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    // The drawn ranges, which the baselines span and the legend's placement measures against.
+    let (xs, ys) = ((x0 - x_pad, x1 + x_pad), (y0 - pad, y1 + pad));
     let err = |e: &dyn std::fmt::Display| e.to_string();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -585,7 +587,7 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0 - x_pad)..(x1 + x_pad), (y0 - pad)..(y1 + pad))
+        .build_cartesian_2d(xs.0..xs.1, ys.0..ys.1)
         .map_err(|e| err(&e))?;
     // Small values (learning rates) in scientific notation, so that ticks stay distinct.
     let tick = |v: &f64| {
@@ -636,17 +638,16 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
     ];
     for (i, &(name, y)) in baselines.iter().enumerate() {
         let style = greys[i % greys.len()].stroke_width(2);
-        let ends = [(x0 - x_pad, y), (x1 + x_pad, y)];
+        let ends = [(xs.0, y), (xs.1, y)];
         chart
             .draw_series(DashedLineSeries::new(ends, 8, 5, style))
             .map_err(|e| err(&e))?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    // Plot area in pixels, roughly: the whole less the label areas, margins and caption.
-    let (w, h) = root.dim_in_pixel();
-    let area = ((w as f64 - 84.0).max(1.0), (h as f64 - 94.0).max(1.0));
-    let position = legend_position(series, baselines, ((x0 - x_pad, x1 + x_pad), (y0 - pad, y1 + pad)), area);
+    let (w, h) = chart.plotting_area().dim_in_pixel();
+    let area = (f64::from(w.max(1)), f64::from(h.max(1)));
+    let position = legend_position(series, baselines, (xs, ys), area);
     chart
         .configure_series_labels()
         .position(position)
