@@ -430,7 +430,7 @@ impl SwinStage {
         let x = if shifted { x.roll(&[-s, -s], &[1, 2]) } else { x };
         let windows = window_partition(x, self.window);
         let nw = windows.dims()[0] / b;
-        let bias = self.window_bias(block, shifted, b, nw);
+        let bias = self.window_bias(block, shifted);
         // A sample's drop decision holds for all of its windows.
         let per_window = |t: Tensor<3>| t.reshape([b, 1, 1, 1]).repeat_dim(1, nw).reshape([b * nw, 1, 1]);
         let extras = BlockExtras { attn_bias: Some(bias), drop_path: drop_path.map(|d| d.map(per_window)), rows: None };
@@ -438,16 +438,13 @@ impl SwinStage {
         if shifted { y.roll(&[s, s], &[1, 2]) } else { y }
     }
 
-    /// The score bias of `block` over the `nw` windows of each of `b` images: the relative position
-    /// bias, plus the shift mask (one per window of the batch) in a shifted block.
-    fn window_bias(&self, block: &Block, shifted: bool, b: usize, nw: usize) -> Tensor<4> {
+    /// The score bias of `block`'s windows: the relative position bias `[1, H, n, n]`, or in a
+    /// shifted block with it the shift mask of each window of an image, `[nW, H, n, n]` (window `i`
+    /// of the batch takes entry `i mod nW`, see [`crate::ops::attention::attention_with_bias`]).
+    fn window_bias(&self, block: &Block, shifted: bool) -> Tensor<4> {
         let bias = self.relative_position_bias(block);
         match (shifted, &self.shift_mask) {
-            (true, Some(mask)) => {
-                let window_bias = bias + mask.clone();
-                let [_, heads, n, _] = window_bias.dims();
-                window_bias.unsqueeze_dim::<5>(0).repeat_dim(0, b).reshape([b * nw, heads, n, n])
-            }
+            (true, Some(mask)) => bias + mask.clone(),
             _ => bias,
         }
     }
@@ -468,7 +465,7 @@ impl SwinStage {
             let s = if shifted { self.shift as i64 } else { 0 };
             let rolled = if shifted { x.clone().roll(&[-s, -s], &[1, 2]) } else { x.clone() };
             let windows = window_partition(rolled, self.window);
-            let bias = self.window_bias(block, shifted, b, windows.dims()[0] / b);
+            let bias = self.window_bias(block, shifted);
             let probs = block.attn.probabilities(block.norm1.forward(windows), Some(bias));
             let [n_windows, heads, _, n] = probs.dims();
             let received = probs.mean_dim(2).reshape([n_windows, heads, n]).swap_dims(1, 2);

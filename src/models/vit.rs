@@ -156,8 +156,8 @@ impl Attention {
         self.forward_with_bias(x, None)
     }
 
-    /// As [`Attention::forward`], with an optional additive score bias `[1 or B, H, N, N]`
-    /// (relative position bias, window mask); without one the fused kernel runs.
+    /// As [`Attention::forward`], with an optional additive score bias `[G, H, N, N]` (relative
+    /// position bias, window masks; image `i` takes entry `i mod G`, see [`attention_with_bias`]).
     pub fn forward_with_bias(&self, x: Tensor<3>, bias: Option<Tensor<4>>) -> Tensor<3> {
         let qkv = self.qkv.forward(x);
         let out = match bias {

@@ -1,5 +1,6 @@
-//! Multi-head self-attention from a fused qkv projection, `softmax(q kᵀ / √d) v` per head, as one
-//! op with its own backward.
+//! Multi-head self-attention from a fused qkv projection, `softmax(q kᵀ / √d + bias) v` per head,
+//! as one op with its own backward; the optional score bias (BEiT's relative position bias; Swin's, plus
+//! its shifted-window masks) is shared by groups of images and gets its gradient too.
 //!
 //! The generic path splits qkv with permutes (copies), runs batched matmuls on tiny per-head
 //! matrices (13 or 50 tokens in the small MAE), a softmax, and records each step for autodiff.
@@ -18,7 +19,7 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::tensor::{Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, exp, fold8, init_f32, on_flex_f32, prefetch, sum8, zeroed};
+use super::{assume_init, contiguous_f32, exp, fold8, init_f32, on_flex_f32, prefetch, sum8, zeroed};
 
 /// Sizes of one call: batch, tokens, heads, head width.
 #[derive(Clone, Copy, Debug)]
@@ -160,10 +161,11 @@ fn matmul<const AT: bool>(a: Rows, m: usize, k: usize, b: Rows, w: usize, c: &mu
 }
 
 multiversion! {
-    /// The forward pass for one image, all heads: `x` its `[N, 3D]` rows of qkv, `p` its
-    /// probabilities `[H, N, N]`, `o` its output rows `[N, D]`. Reading one image's contiguous qkv
-    /// rows, rather than one head's slices scattered over all of them, lets the prefetcher stream.
-    fn forward_image(x: &[f32], dm: Dims, p: &mut [f32], o: &mut [f32]) {
+    /// The forward pass for one image, all heads: `x` its `[N, 3D]` rows of qkv, `bias` its score
+    /// bias `[H, N, N]` if any, `p` its probabilities `[H, N, N]`, `o` its output rows `[N, D]`.
+    /// Reading one image's contiguous qkv rows, rather than one head's slices scattered over all of
+    /// them, lets the prefetcher stream.
+    fn forward_image(x: &[f32], bias: Option<&[f32]>, dm: Dims, p: &mut [f32], o: &mut [f32]) {
         let Dims { n, h, hd, .. } = dm;
         let (d, np) = (dm.d(), dm.np());
         let scale = (hd as f32).powf(-0.5);
@@ -173,11 +175,25 @@ multiversion! {
             let p = &mut p[head * n * n..][..n * n];
             transposed(k, n, hd, np, &mut kt);
             matmul::<false>(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
-            for (si, pi) in s.chunks_exact(np).zip(p.chunks_exact_mut(n)) {
-                let max = fold8([&si[..n]], f32::NEG_INFINITY, f32::max, |[s]| s);
+            for (i, (si, pi)) in s.chunks_exact_mut(np).zip(p.chunks_exact_mut(n)).enumerate() {
                 // exp in its own loop: with the running sum beside it the loop would not vectorise
-                for (pj, &sj) in pi.iter_mut().zip(si) {
-                    *pj = exp((sj - max) * scale);
+                match bias {
+                    None => {
+                        let max = fold8([&si[..n]], f32::NEG_INFINITY, f32::max, |[s]| s);
+                        for (pj, &sj) in pi.iter_mut().zip(si.iter()) {
+                            *pj = exp((sj - max) * scale);
+                        }
+                    }
+                    Some(bias) => {
+                        let li = &mut si[..n];
+                        for (l, &b) in li.iter_mut().zip(&bias[(head * n + i) * n..][..n]) {
+                            *l = l.mul_add(scale, b);
+                        }
+                        let max = fold8([li], f32::NEG_INFINITY, f32::max, |[l]| l);
+                        for (pj, &lj) in pi.iter_mut().zip(li.iter()) {
+                            *pj = exp(lj - max);
+                        }
+                    }
                 }
                 let inv = 1.0 / sum8([pi], |[p]| p);
                 pi.iter_mut().for_each(|pj| *pj *= inv);
@@ -187,8 +203,9 @@ multiversion! {
     }
 }
 
-/// Returns (out `[B, N, D]`, probabilities `[B, H, N, N]`).
-fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
+/// Returns (out `[B, N, D]`, probabilities `[B, H, N, N]`); image `i` adds `bias[i mod G]` of a
+/// bias `[G, H, N, N]` to its scores.
+fn forward_kernel(qkv: &[f32], bias: Option<&[f32]>, dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let Dims { b, n, h, .. } = dm;
     let d = dm.d();
     // One task per image; the chunks are zeroed first only to hand them over as initialised
@@ -198,11 +215,10 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
     let probs = unsafe {
         init_f32(b * h * n * n, |probs| {
             out = init_f32(b * n * d, |out| {
-                probs
-                    .par_chunks_mut(h * n * n)
-                    .zip(out.par_chunks_mut(n * d))
-                    .enumerate()
-                    .for_each(|(img, (p, o))| forward_image(image(qkv, img, n * 3 * d), dm, zeroed(p), zeroed(o)))
+                probs.par_chunks_mut(h * n * n).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| {
+                    let bias = bias.map(|bias| group(bias, img, h * n * n));
+                    forward_image(image(qkv, img, n * 3 * d), bias, dm, zeroed(p), zeroed(o))
+                })
             })
         })
     };
@@ -212,25 +228,31 @@ fn forward_kernel(qkv: &[f32], dm: Dims) -> (Vec<f32>, Vec<f32>) {
 multiversion! {
     /// The backward pass for one image: `x` its `[N, 3D]` rows of qkv, `p` its probabilities,
     /// `dout` its `[N, D]` output gradient, `g` its `[N, 3D]` rows of the qkv gradient (every head
-    /// writes all of its own columns).
-    fn backward_image(x: &[f32], p: &[f32], dout: &[f32], dm: Dims, g: &mut [f32]) {
+    /// writes all of its own columns) and, when asked for, `dl` its `[H, N, N]` gradient of the
+    /// scores after scaling and bias (what the bias's gradient sums).
+    fn backward_image(x: &[f32], p: &[f32], dout: &[f32], dm: Dims, g: &mut [f32], dl: Option<&mut [f32]>) {
         let Dims { n, h, hd, .. } = dm;
         let (d, np) = (dm.d(), dm.np());
         let scale = (hd as f32).powf(-0.5);
         let (mut vt, mut dp) = (vec![0f32; hd * np], vec![0f32; n * np]);
         let mut ds = vec![0f32; n * n];
+        let mut dl = dl;
         for head in 0..h {
             let [q, k, v] = dm.head(x, head);
             let (p, go) = (&p[head * n * n..][..n * n], Rows::new(&dout[head * hd..], d));
-            // dP = dO Vᵀ, then dS = P (dP - sum_j P dP) / √hd
+            // dP = dO Vᵀ, then dL = P (dP - sum_j P dP) and dS = dL / √hd
             transposed(v, n, hd, np, &mut vt);
             matmul::<false>(go, n, hd, Rows::new(&vt, np), np, &mut dp, np);
             for ((dsi, pi), dpi) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(dp.chunks_exact(np)) {
                 let weighted = sum8([pi, &dpi[..n]], |[p, dp]| p * dp);
                 for ((s, &pij), &dpij) in dsi.iter_mut().zip(pi).zip(dpi) {
-                    *s = pij * (dpij - weighted) * scale;
+                    *s = pij * (dpij - weighted);
                 }
             }
+            if let Some(dl) = dl.as_deref_mut() {
+                dl[head * n * n..][..n * n].copy_from_slice(&ds);
+            }
+            ds.iter_mut().for_each(|s| *s *= scale);
             // dQ = dS K ; dK = dSᵀ Q ; dV = Pᵀ dO
             matmul::<false>(Rows::new(&ds, n), n, n, k, hd, &mut g[head * hd..], 3 * d);
             matmul::<true>(Rows::new(&ds, n), n, n, q, hd, &mut g[d + head * hd..], 3 * d);
@@ -239,20 +261,68 @@ multiversion! {
     }
 }
 
-/// Gradient with respect to qkv `[B, N, 3D]` from the output gradient `[B, N, D]`.
-fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f32> {
+/// Gradient with respect to qkv `[B, N, 3D]` from the output gradient `[B, N, D]` and, with
+/// `bias_groups = Some(G)`, with respect to a score bias `[G, H, N, N]` (image `i` added `bias[i mod G]`).
+fn backward_kernel(
+    qkv: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    dm: Dims,
+    bias_groups: Option<usize>,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let Dims { b, n, h, .. } = dm;
-    let (d, x) = (dm.d(), n * 3 * dm.d());
+    let (d, x, hnn) = (dm.d(), n * 3 * dm.d(), h * n * n);
+    // The scores' gradient per image, when the bias needs it: summed over each group below.
+    let mut dl = bias_groups.map(|_| Vec::<f32>::with_capacity(b * hnn));
     // One task per image, zeroing its own rows (hot in cache) only to hand them over as
     // initialised values: every head writes all of its columns.
-    // SAFETY: the chunks cover the buffer and `zeroed` writes every value of each.
-    unsafe {
+    // SAFETY: the chunks cover the buffer and `zeroed` writes every value of each; `backward_image`
+    // writes every value of its `dl` chunk (each head copies its whole `[N, N]` gradient).
+    let dqkv = unsafe {
         init_f32(b * x, |dqkv| {
-            dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| {
-                backward_image(image(qkv, img, x), image(probs, img, h * n * n), image(dout, img, n * d), dm, zeroed(g))
-            })
+            let run = |img: usize, g: &mut [std::mem::MaybeUninit<f32>], dl: Option<&mut [f32]>| {
+                let p = image(probs, img, hnn);
+                backward_image(image(qkv, img, x), p, image(dout, img, n * d), dm, zeroed(g), dl)
+            };
+            match dl.as_mut() {
+                None => dqkv.par_chunks_mut(x).enumerate().for_each(|(img, g)| run(img, g, None)),
+                Some(dl) => dqkv
+                    .par_chunks_mut(x)
+                    .zip(dl.spare_capacity_mut()[..b * hnn].par_chunks_mut(hnn))
+                    .enumerate()
+                    .for_each(|(img, (g, dl))| run(img, g, Some(assume_init(dl)))),
+            }
         })
-    }
+    };
+    let dbias = bias_groups.zip(dl).map(|(groups, mut dl)| {
+        // SAFETY: every image's chunk was written above.
+        unsafe { dl.set_len(b * hnn) };
+        group_sums(&dl, groups, hnn)
+    });
+    (dqkv, dbias)
+}
+
+/// Image `img`'s `[H, N, N]` bias of a bias `[G, H, N, N]` shared by the images `img mod G`.
+fn group(bias: &[f32], img: usize, len: usize) -> &[f32] {
+    let groups = bias.len() / len;
+    &bias[img % groups * len..][..len]
+}
+
+/// `out[g] = Σ_{i mod G = g} per_image[i]` for `per_image: [B, len]`, summed in image order (the
+/// result does not depend on the thread count); columns in parallel.
+fn group_sums(per_image: &[f32], groups: usize, len: usize) -> Vec<f32> {
+    const COLUMNS: usize = 1024;
+    let images = per_image.len() / len;
+    let mut out = vec![0f32; groups * len];
+    out.par_chunks_mut(len).enumerate().for_each(|(g, out)| {
+        out.par_chunks_mut(COLUMNS).enumerate().for_each(|(c, out)| {
+            for img in (g..images).step_by(groups) {
+                let src = &per_image[img * len + c * COLUMNS..][..out.len()];
+                out.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+            }
+        })
+    });
+    out
 }
 
 /// The backend operation: implemented for flex and for autodiff over flex.
@@ -260,41 +330,62 @@ fn backward_kernel(qkv: &[f32], probs: &[f32], dout: &[f32], dm: Dims) -> Vec<f3
 pub trait AttentionBackend: burn::backend::Backend {
     /// `qkv: [B, N, 3D] -> [B, N, D]` with `heads` heads.
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
+    /// The same with a score bias `[G, H, N, N]`, image `i` adding `bias[i mod G]`.
+    fn fused_attention_bias(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
 /// The raw kernels, on the concrete backend that runs them.
 pub trait AttentionKernels: burn::backend::Backend {
     /// Output and the attention probabilities kept for the backward pass.
-    fn fused_attention_forward(qkv: FloatTensor<Self>, heads: usize) -> (FloatTensor<Self>, FloatTensor<Self>);
-    /// Gradient with respect to qkv.
+    fn fused_attention_forward(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// Gradient with respect to qkv and, with `bias_shape`, to the bias of that shape.
     fn fused_attention_backward(
         qkv: FloatTensor<Self>,
         probs: FloatTensor<Self>,
         dout: FloatTensor<Self>,
         heads: usize,
-    ) -> FloatTensor<Self>;
+        bias_shape: Option<Shape>,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
 }
 
 impl AttentionKernels for Flex {
-    fn fused_attention_forward(qkv: FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) {
+    fn fused_attention_forward(qkv: FlexTensor, bias: Option<FlexTensor>, heads: usize) -> (FlexTensor, FlexTensor) {
         let dm = Dims::of(&qkv, heads);
-        let (out, probs) = forward_kernel(&contiguous_f32(&qkv), dm);
+        let bias = bias.as_ref().map(contiguous_f32);
+        let (out, probs) = forward_kernel(&contiguous_f32(&qkv), bias.as_deref(), dm);
         (
             FlexTensor::from_data(TensorData::new(out, Shape::from(vec![dm.b, dm.n, dm.d()]))),
             FlexTensor::from_data(TensorData::new(probs, Shape::from(vec![dm.b, dm.h, dm.n, dm.n]))),
         )
     }
 
-    fn fused_attention_backward(qkv: FlexTensor, probs: FlexTensor, dout: FlexTensor, heads: usize) -> FlexTensor {
+    fn fused_attention_backward(
+        qkv: FlexTensor,
+        probs: FlexTensor,
+        dout: FlexTensor,
+        heads: usize,
+        bias_shape: Option<Shape>,
+    ) -> (FlexTensor, Option<FlexTensor>) {
         let dm = Dims::of(&qkv, heads);
-        let g = backward_kernel(&contiguous_f32(&qkv), &contiguous_f32(&probs), &contiguous_f32(&dout), dm);
-        FlexTensor::from_data(TensorData::new(g, qkv.shape()))
+        let groups = bias_shape.as_ref().map(|s| s[0]);
+        let (g, dbias) =
+            backward_kernel(&contiguous_f32(&qkv), &contiguous_f32(&probs), &contiguous_f32(&dout), dm, groups);
+        let dbias = dbias.zip(bias_shape).map(|(v, shape)| FlexTensor::from_data(TensorData::new(v, shape)));
+        (FlexTensor::from_data(TensorData::new(g, qkv.shape())), dbias)
     }
 }
 
 impl AttentionBackend for Flex {
     fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
-        Self::fused_attention_forward(qkv, heads).0
+        Self::fused_attention_forward(qkv, None, heads).0
+    }
+
+    fn fused_attention_bias(qkv: FlexTensor, bias: FlexTensor, heads: usize) -> FlexTensor {
+        Self::fused_attention_forward(qkv, Some(bias), heads).0
     }
 }
 
@@ -311,17 +402,53 @@ impl<B: AttentionBackend + AttentionKernels, C: CheckpointStrategy> AttentionBac
                 let dout = grads.consume::<B>(&ops.node);
                 let (qkv, probs, heads) = ops.state;
                 if let Some(node) = node {
-                    grads.register::<B>(node.id, B::fused_attention_backward(qkv, probs, dout, heads));
+                    grads.register::<B>(node.id, B::fused_attention_backward(qkv, probs, dout, heads, None).0);
                 }
             }
         }
 
         match AttentionBackward.prepare::<C>([qkv.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, probs) = B::fused_attention_forward(qkv.primitive().clone(), heads);
+                let (out, probs) = B::fused_attention_forward(qkv.primitive().clone(), None, heads);
                 prep.finish((qkv.into_primitive(), probs, heads), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(qkv.into_primitive(), heads)),
+        }
+    }
+
+    fn fused_attention_bias(qkv: FloatTensor<Self>, bias: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBiasBackward;
+
+        impl<B: AttentionKernels> Backward<B, 2> for AttentionBiasBackward {
+            /// qkv, the probabilities, the bias's shape and the head count.
+            type State = (FloatTensor<B>, FloatTensor<B>, Shape, usize);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_qkv, node_bias] = ops.parents;
+                let dout = grads.consume::<B>(&ops.node);
+                let (qkv, probs, bias_shape, heads) = ops.state;
+                let wanted = node_bias.is_some().then_some(bias_shape);
+                let (dqkv, dbias) = B::fused_attention_backward(qkv, probs, dout, heads, wanted);
+                if let Some(node) = node_qkv {
+                    grads.register::<B>(node.id, dqkv);
+                }
+                if let (Some(node), Some(grad)) = (node_bias, dbias) {
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+
+        match AttentionBiasBackward.prepare::<C>([qkv.node(), bias.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let shape = bias.primitive().shape();
+                let (out, probs) =
+                    B::fused_attention_forward(qkv.primitive().clone(), Some(bias.into_primitive()), heads);
+                prep.finish((qkv.into_primitive(), probs, shape, heads), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_attention_bias(qkv.into_primitive(), bias.into_primitive(), heads))
+            }
         }
     }
 }
@@ -340,10 +467,28 @@ pub fn generic_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     scores_attention(qkv, heads, None)
 }
 
-/// Self-attention with an additive bias on the scores, `softmax(q kᵀ / √hd + bias) v`, on burn's
-/// generic ops: `bias: [1 or B, H, N, N]` carries a relative position bias (BEiT, Swin) and/or a
-/// shifted-window mask (Swin, large negative values where attention is not allowed).
+/// Self-attention with an additive bias on the scores, `softmax(q kᵀ / √hd + bias) v`:
+/// `bias: [G, H, N, N]` with `G` dividing `B`, image `i` adding `bias[i mod G]`, carries a relative
+/// position bias (BEiT, Swin; `G = 1`) and/or a shifted-window mask (Swin: one per window of an
+/// image, large negative values where attention is not allowed). The fused op on flex f32, burn's
+/// generic ops elsewhere.
 pub fn attention_with_bias(qkv: Tensor<3>, heads: usize, bias: Tensor<4>) -> Tensor<3> {
+    let [b, n, d3] = qkv.dims();
+    let [g, h, bn, bm] = bias.dims();
+    assert!(
+        g > 0 && b % g == 0 && h == heads && bn == n && bm == n && d3 % (3 * heads) == 0,
+        "attention bias {:?} does not fit qkv {:?} with {heads} heads",
+        bias.dims(),
+        qkv.dims()
+    );
+    if on_flex_f32(&qkv) && on_flex_f32(&bias) {
+        return Tensor::from_dispatch(Dispatch::fused_attention_bias(qkv.into_dispatch(), bias.into_dispatch(), heads));
+    }
+    generic_attention_with_bias(qkv, heads, bias)
+}
+
+/// [`attention_with_bias`] with burn's generic tensor ops (any backend).
+pub fn generic_attention_with_bias(qkv: Tensor<3>, heads: usize, bias: Tensor<4>) -> Tensor<3> {
     scores_attention(qkv, heads, Some(bias))
 }
 
@@ -354,7 +499,8 @@ fn scores_attention(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> Te
 }
 
 /// The attention probabilities `softmax(q kᵀ / √hd + bias)`, `[B, H, N, N]` (row: query, column:
-/// key), of a fused projection `qkv: [B, N, 3D]`: what attention maps draw.
+/// key), of a fused projection `qkv: [B, N, 3D]` with the optional bias of [`attention_with_bias`]:
+/// what attention maps draw.
 pub fn attention_probabilities(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>>) -> Tensor<4> {
     probabilities_and_values(qkv, heads, bias).0
 }
@@ -370,6 +516,10 @@ fn probabilities_and_values(qkv: Tensor<3>, heads: usize, bias: Option<Tensor<4>
     let v = qkv.slice([2..3]).reshape([b, h, n, hd]);
     let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5));
     if let Some(bias) = bias {
+        // [G, H, N, N] to one per image (image i takes bias[i mod G]); G = 1 broadcasts
+        let g = bias.dims()[0];
+        let bias =
+            if g > 1 && g < b { bias.unsqueeze_dim::<5>(0).repeat_dim(0, b / g).reshape([b, h, n, n]) } else { bias };
         scores = scores + bias;
     }
     (burn::tensor::activation::softmax(scores, 3), v)
@@ -396,6 +546,34 @@ mod tests {
             let gg = qkv.grad(&(generic * w).sum().backward()).unwrap();
             let diff = (gf - gg).abs().max().into_scalar::<f32>();
             assert!(diff < 1e-5, "gradient differs by {diff} at {:?}", (b, n, heads, hd));
+        }
+    }
+
+    #[test]
+    fn fused_attention_with_bias_matches_generic_forward_and_gradients() {
+        let device = Device::flex().autodiff();
+        device.seed(1);
+        // (batch, tokens, heads, head width, bias groups): BEiT's shared bias (G = 1), Swin's
+        // shifted windows (G windows per image, a -100 mask), one bias per image (G = B)
+        for (b, n, heads, hd, g) in [(3, 13, 3, 64, 1), (8, 49, 2, 24, 4), (2, 5, 2, 12, 2)] {
+            let d = heads * hd;
+            let qkv = Tensor::<3>::random([b, n, 3 * d], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let mask = Tensor::<4>::random([g, 1, n, n], Distribution::Bernoulli(0.3), &device).mul_scalar(-100.0);
+            let bias = Tensor::<4>::random([g, heads, n, n], Distribution::Normal(0.0, 1.0), &device) + mask;
+            let bias = bias.detach().require_grad();
+            let w = Tensor::<3>::random([b, n, d], Distribution::Default, &device);
+            let dispatches = crate::ops::fused_dispatches();
+            let fused = attention_with_bias(qkv.clone(), heads, bias.clone());
+            assert_eq!(crate::ops::fused_dispatches(), dispatches + 2, "the fused kernel ran");
+            let generic = generic_attention_with_bias(qkv.clone(), heads, bias.clone());
+            let at = (b, n, heads, hd, g);
+            let diff = crate::ops::relative_diff(fused.clone(), generic.clone());
+            assert!(diff < 1e-5, "forward differs by {diff} at {at:?}");
+            let (gf, gg) = ((fused * w.clone()).sum().backward(), (generic * w).sum().backward());
+            let diff = crate::ops::relative_diff(qkv.grad(&gf).unwrap(), qkv.grad(&gg).unwrap());
+            assert!(diff < 1e-5, "qkv gradient differs by {diff} at {at:?}");
+            let diff = crate::ops::relative_diff(bias.grad(&gf).unwrap(), bias.grad(&gg).unwrap());
+            assert!(diff < 1e-5, "bias gradient differs by {diff} at {at:?}");
         }
     }
 }
