@@ -149,3 +149,31 @@ fn the_docs_tables_are_generated_from_the_committed_records() {
         "docs/RESULTS.md is not what the records give: run `mim results --write docs/RESULTS.md --plots docs/results`"
     );
 }
+
+/// Every committed `mim bench` record reads back into the runs docs/PERFORMANCE.md quotes, each
+/// naming its commit and machine, and `mim bench summary` prints their tables.
+#[test]
+fn committed_bench_records_read_back_and_summarise() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "jsonl") || path.ends_with("viewer_latency.jsonl") {
+            continue;
+        }
+        files += 1;
+        let runs = mim::bench::read_runs(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(!runs.is_empty(), "{} holds no run", path.display());
+        for run in &runs {
+            assert!(!run.report.rows.is_empty(), "a run of {} without variants", path.display());
+            assert!(run.info["commit"].as_str().is_some_and(|c| c.len() >= 7), "{}", run.provenance());
+        }
+        let out = mim(&["bench", "summary", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches("alternating rounds of").count(), runs.len(), "{text}");
+    }
+    assert!(files >= 2, "no bench records in {}", dir.display());
+    let readme = dir.join("README.md");
+    assert_clean_error(&mim(&["bench", "summary", readme.to_str().unwrap()]), "is not `mim bench --out` output");
+}

@@ -31,7 +31,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use peer::{PEER_README, Peer, PeerKind, PeerSpec, check_peer_python, check_peer_script, default_peer_script};
-pub use report::{BenchReport, PeerTimings, Quartiles, Row, Timings, quartiles};
+pub use report::{BenchReport, PeerTimings, Quartiles, RecordedRun, Row, Timings, quartiles, read_runs};
 pub use workload::{Flops, Measure, Task, Workload, WorkloadFlops, analytic_flops, find_workloads, workloads};
 
 use crate::data::augment::Transform;

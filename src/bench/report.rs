@@ -196,6 +196,64 @@ impl fmt::Display for BenchReport {
     }
 }
 
+/// One `mim bench` invocation read back from its JSON lines: the `run` row (commit, command line,
+/// seed, CPU, AVX-512, threads, matmul peak) and the report of the `variant` rows after it.
+#[derive(Debug, Clone)]
+pub struct RecordedRun {
+    /// The `run` row as written.
+    pub info: Value,
+    /// Its variants, summarised as the run printed them.
+    pub report: BenchReport,
+}
+
+impl RecordedRun {
+    /// A line naming where the run came from: commit, CPU, AVX-512, threads, matmul peak, command.
+    pub fn provenance(&self) -> String {
+        let field = |k: &str| self.info.get(k).cloned().unwrap_or(Value::Null);
+        let text = |k: &str| field(k).as_str().map_or_else(|| field(k).to_string(), str::to_owned);
+        let avx512 = if field("avx512").as_bool() == Some(true) { "AVX-512" } else { "no AVX-512" };
+        format!(
+            "commit {}, {} ({avx512}), {} threads, fp32 matmul {:.0} GFLOP/s: `{}`",
+            text("commit"),
+            text("cpu"),
+            text("threads"),
+            self.report.peak_gflops,
+            text("command")
+        )
+    }
+}
+
+/// Every run in `text`, the JSON lines `mim bench --out` appends: each `run` row with the
+/// `variant` rows that follow it (other rows are skipped), so that published tables can be
+/// printed again from the committed records (`mim bench summary`).
+pub fn read_runs(text: &str) -> anyhow::Result<Vec<RecordedRun>> {
+    use anyhow::Context;
+    let mut runs: Vec<RecordedRun> = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("line {}", i + 1);
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", at()))?;
+        match v.get("kind").and_then(Value::as_str) {
+            Some("run") => {
+                let peak = v
+                    .get("matmul_gflops")
+                    .and_then(Value::as_f64)
+                    .with_context(|| format!("{}: a run row without matmul_gflops", at()))?;
+                let report = BenchReport { rounds: 0, iters: 0, peak_gflops: peak, rows: Vec::new() };
+                runs.push(RecordedRun { info: v, report });
+            }
+            Some("variant") => {
+                let run = runs.last_mut().with_context(|| format!("{}: a variant row before any run row", at()))?;
+                let row: Row = serde_json::from_value(v).with_context(|| format!("{}: not a variant row", at()))?;
+                run.report.rounds = row.mim.train.len().max(row.mim.infer.len());
+                run.report.iters = row.mim.train.first().or(row.mim.infer.first()).map_or(0, Vec::len);
+                run.report.rows.push(row);
+            }
+            _ => {}
+        }
+    }
+    Ok(runs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +308,48 @@ mod tests {
         assert!(text.contains(want), "{text}");
         assert!(text.contains("mask 0.75 is 3.00x [3.00-3.00] faster") && text.contains("PyTorch 1.00x"), "{text}");
         assert!(text.starts_with("\n4 alternating rounds of 1 steps"), "{text}");
+    }
+
+    #[test]
+    fn recorded_runs_print_the_table_they_printed() {
+        let row = Row {
+            workload: "beit-tiny".into(),
+            mask_ratio: Some(0.4),
+            batch: 256,
+            images: 256,
+            flops: WorkloadFlops { train_forward: Some(1e8), infer: None },
+            params: 10,
+            mim: timings(vec![vec![1.0, 1.0]; 3], Vec::new(), 500.0),
+            peers: vec![PeerTimings {
+                kind: PeerKind::Eager,
+                timings: timings(vec![vec![1.5, 1.5]; 3], Vec::new(), 900.0),
+                env: Value::Null,
+            }],
+        };
+        let report = BenchReport { rounds: 3, iters: 2, peak_gflops: 200.0, rows: vec![row.clone()] };
+        let info = serde_json::json!({"commit": "abc", "command": "mim bench", "cpu": "AMD EPYC", "avx512": true, "threads": 2});
+        let record = |kind: &str, body: Value| {
+            let mut v = info.clone();
+            v.as_object_mut().unwrap().insert("kind".into(), kind.into());
+            v.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            v.to_string()
+        };
+        let text = [
+            record("run", serde_json::json!({"matmul_gflops": 200.0})),
+            record("variant", serde_json::to_value(&row).unwrap()),
+            String::new(),
+            record("other", serde_json::json!({})),
+        ]
+        .join("\n");
+        let runs = read_runs(&text).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].report.to_string(), report.to_string());
+        assert_eq!(
+            runs[0].provenance(),
+            "commit abc, AMD EPYC (AVX-512), 2 threads, fp32 matmul 200 GFLOP/s: `mim bench`"
+        );
+        let err = read_runs(&record("variant", serde_json::to_value(&row).unwrap())).unwrap_err();
+        assert!(err.to_string().contains("line 1: a variant row before any run row"), "{err}");
     }
 
     #[test]

@@ -365,10 +365,30 @@ enum BenchTable {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// The summary table of every run recorded in JSON-lines files written by `--out` (the
+    /// published ones are in docs/bench/), computed again from their raw timings.
+    Summary {
+        /// JSON-lines files of `mim bench --out`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn run_bench(a: &BenchArgs) -> Result<()> {
     let progress = &mut |line: &str| eprintln!("{line}");
+    if let Some(BenchTable::Summary { files }) = &a.table {
+        for file in files {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let runs = bench::read_runs(&text)
+                .with_context(|| format!("{} is not `mim bench --out` output", file.display()))?;
+            ensure!(!runs.is_empty(), "{} holds no run of `mim bench --out`", file.display());
+            for (i, run) in runs.iter().enumerate() {
+                println!("\n## {} run {} of {}\n\n{}", file.display(), i + 1, runs.len(), run.provenance());
+                print!("{}", run.report);
+            }
+        }
+        return Ok(());
+    }
     if let Some(BenchTable::Speedup { models, batch, warmup, iters, out, device }) = &a.table {
         let opts = bench::SpeedupOptions {
             models: models.clone(),
