@@ -1,6 +1,6 @@
 //! Multi-head self-attention from a fused qkv projection, `softmax(q kᵀ / √d + bias) v` per head,
-//! as one op with its own backward; the optional score bias (BEiT's relative position bias; Swin's, plus
-//! its shifted-window masks) is shared by groups of images and gets its gradient too.
+//! as one op with its own backward. The optional score bias (BEiT's relative position bias; Swin's,
+//! plus its shifted-window masks) is shared by groups of images and gets its gradient too.
 //!
 //! The generic path splits qkv with permutes (copies), runs batched matmuls on tiny per-head
 //! matrices (13 or 50 tokens in the small MAE), a softmax, and records each step for autodiff.
