@@ -17,15 +17,16 @@ import time
 
 import torch
 
-# (name, m, n, k, lhs stored transposed): the same list as tools/gemm-shapes/src/main.rs
-SHAPES = [
-    ("2048^3", 2048, 2048, 2048, False),
-    ("enc qkv 3328x192x576", 3328, 576, 192, False),
-    ("enc fc1 3328x192x768", 3328, 768, 192, False),
-    ("enc fc2 3328x768x192", 3328, 192, 768, False),
-    ("dec qkv 12800x128x384", 12800, 384, 128, False),
-    ("enc fc1 dW 192x3328x768 (XT dY)", 192, 768, 3328, True),
-]
+SHAPES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gemm-shapes", "shapes.txt")
+
+
+def shapes():
+    """(name, m, n, k, lhs stored transposed) of tools/gemm-shapes/shapes.txt, shared with the Rust side."""
+    with open(SHAPES_FILE) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                name, m, n, k, transposed = (x.strip() for x in line.split("|"))
+                yield name, int(m), int(n), int(k), transposed == "true"
 
 
 def cpu():
@@ -65,7 +66,7 @@ def main():
     blas = "mkl" if torch.backends.mkl.is_available() else "other"
     if args.shapes:
         isa = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default")
-        for name, m, n, k, transposed in SHAPES:
+        for name, m, n, k, transposed in shapes():
             a = torch.full((k, m), 0.5).t() if transposed else torch.full((m, k), 0.5)
             b = torch.full((k, n), 0.25)
             flops = 2.0 * m * n * k

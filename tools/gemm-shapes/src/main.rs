@@ -6,15 +6,19 @@
 use std::process::Command;
 use std::time::Instant;
 
-/// (name, m, n, k, lhs stored transposed as in a weight gradient `Xᵀ dY`).
-const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
-    ("2048^3", 2048, 2048, 2048, false),
-    ("enc qkv 3328x192x576", 3328, 576, 192, false),
-    ("enc fc1 3328x192x768", 3328, 768, 192, false),
-    ("enc fc2 3328x768x192", 3328, 192, 768, false),
-    ("dec qkv 12800x128x384", 12800, 384, 128, false),
-    ("enc fc1 dW 192x3328x768 (XT dY)", 192, 768, 3328, true),
-];
+/// The products to time, from `shapes.txt` (shared with tools/peer/matmul.py): (name, m, n, k, lhs
+/// stored transposed as in a weight gradient `Xᵀ dY`).
+fn shapes() -> Vec<(String, usize, usize, usize, bool)> {
+    include_str!("../shapes.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').map(str::trim).collect();
+            let size = |i: usize| f[i].parse().unwrap_or_else(|_| panic!("shapes.txt: {l}"));
+            (f[0].to_string(), size(1), size(2), size(3), f[4] == "true")
+        })
+        .collect()
+}
 
 fn gflops(m: usize, n: usize, k: usize, transposed_lhs: bool, threads: usize) -> f64 {
     let (a, b, mut c) = (vec![0.5f32; m * k], vec![0.25f32; k * n], vec![0f32; m * n]);
@@ -77,7 +81,7 @@ fn main() {
         .map_or("?", |l| l.trim_start_matches([' ', '\t', ':']));
     let avx512 = cpuinfo.contains(" avx512f ");
     let kernels = if cfg!(feature = "x86-v4") { "AVX-512 and AVX2 (x86-v4)" } else { "AVX2 only" };
-    for &(name, m, n, k, t) in SHAPES {
+    for (name, m, n, k, t) in shapes() {
         println!(
             "{{\"kind\": \"gemm_shapes\", \"side\": \"gemm 0.19, {kernels}\", \"shape\": \"{name}\", \"gflops\": {:.1}, \"threads\": {threads}, \"commit\": \"{commit}\", \"cpu\": \"{cpu}\", \"avx512\": {avx512}, \"command\": \"{}\"}}",
             gflops(m, n, k, t, threads),
