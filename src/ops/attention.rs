@@ -162,7 +162,8 @@ fn matmul<const AT: bool>(a: Rows, m: usize, k: usize, b: Rows, w: usize, c: &mu
 
 multiversion! {
     /// The forward pass for one image, all heads: `x` its `[N, 3D]` rows of qkv, `bias` its score
-    /// bias `[H, N, N]` if any, `p` its probabilities `[H, N, N]`, `o` its output rows `[N, D]`.
+    /// bias `[H, N, N]` if any, `p` its probabilities `[H, N, N]` (or, when nothing keeps them, one
+    /// `[N, N]` scratch that each head overwrites), `o` its output rows `[N, D]`.
     /// Reading one image's contiguous qkv rows, rather than one head's slices scattered over all of
     /// them, lets the prefetcher stream.
     fn forward_image(x: &[f32], bias: Option<&[f32]>, dm: Dims, p: &mut [f32], o: &mut [f32]) {
@@ -172,7 +173,8 @@ multiversion! {
         let (mut kt, mut s) = (vec![0f32; hd * np], vec![0f32; n * np]);
         for head in 0..h {
             let [q, k, v] = dm.head(x, head);
-            let p = &mut p[head * n * n..][..n * n];
+            let at = if p.len() == n * n { 0 } else { head * n * n };
+            let p = &mut p[at..][..n * n];
             transposed(k, n, hd, np, &mut kt);
             matmul::<false>(q, n, hd, Rows::new(&kt, np), np, &mut s, np);
             for (i, (si, pi)) in s.chunks_exact_mut(np).zip(p.chunks_exact_mut(n)).enumerate() {
@@ -203,23 +205,33 @@ multiversion! {
     }
 }
 
-/// Returns (out `[B, N, D]`, probabilities `[B, H, N, N]`); image `i` adds `bias[i mod G]` of a
-/// bias `[G, H, N, N]` to its scores.
-fn forward_kernel(qkv: &[f32], bias: Option<&[f32]>, dm: Dims) -> (Vec<f32>, Vec<f32>) {
+/// Returns (out `[B, N, D]`, probabilities `[B, H, N, N]` if `keep_probs`); image `i` adds
+/// `bias[i mod G]` of a bias `[G, H, N, N]` to its scores. Without a backward pass to feed, the
+/// probabilities live in one `[N, N]` scratch per task: inference neither allocates nor zeroes the
+/// `B x H x N x N` values (119 MB per layer for 64 images of ViT-B/16).
+fn forward_kernel(qkv: &[f32], bias: Option<&[f32]>, dm: Dims, keep_probs: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let Dims { b, n, h, .. } = dm;
     let d = dm.d();
+    let (qkv_len, hnn) = (n * 3 * d, h * n * n);
+    let bias_of = |img| bias.map(|bias| group(bias, img, hnn));
     // One task per image; the chunks are zeroed first only to hand them over as initialised
     // values (in the parallel task, hot in cache): the kernel writes every value.
-    let mut out = Vec::new();
+    let mut probs = None;
     // SAFETY (both): the chunks cover the buffers and `zeroed` writes every value of each.
-    let probs = unsafe {
-        init_f32(b * h * n * n, |probs| {
-            out = init_f32(b * n * d, |out| {
-                probs.par_chunks_mut(h * n * n).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| {
-                    let bias = bias.map(|bias| group(bias, img, h * n * n));
-                    forward_image(image(qkv, img, n * 3 * d), bias, dm, zeroed(p), zeroed(o))
-                })
-            })
+    let out = unsafe {
+        init_f32(b * n * d, |out| {
+            if keep_probs {
+                probs = Some(init_f32(b * hnn, |probs| {
+                    probs.par_chunks_mut(hnn).zip(out.par_chunks_mut(n * d)).enumerate().for_each(|(img, (p, o))| {
+                        forward_image(image(qkv, img, qkv_len), bias_of(img), dm, zeroed(p), zeroed(o))
+                    })
+                }));
+            } else {
+                out.par_chunks_mut(n * d).enumerate().for_each_init(
+                    || vec![0f32; n * n],
+                    |p, (img, o)| forward_image(image(qkv, img, qkv_len), bias_of(img), dm, p, zeroed(o)),
+                );
+            }
         })
     };
     (out, probs)
@@ -354,13 +366,8 @@ pub trait AttentionKernels: burn::backend::Backend {
 
 impl AttentionKernels for Flex {
     fn fused_attention_forward(qkv: FlexTensor, bias: Option<FlexTensor>, heads: usize) -> (FlexTensor, FlexTensor) {
-        let dm = Dims::of(&qkv, heads);
-        let bias = bias.as_ref().map(contiguous_f32);
-        let (out, probs) = forward_kernel(&contiguous_f32(&qkv), bias.as_deref(), dm);
-        (
-            FlexTensor::from_data(TensorData::new(out, Shape::from(vec![dm.b, dm.n, dm.d()]))),
-            FlexTensor::from_data(TensorData::new(probs, Shape::from(vec![dm.b, dm.h, dm.n, dm.n]))),
-        )
+        let (out, probs) = flex_forward(qkv, bias, heads, true);
+        (out, probs.expect("probabilities were asked for"))
     }
 
     fn fused_attention_backward(
@@ -379,13 +386,28 @@ impl AttentionKernels for Flex {
     }
 }
 
+/// The forward kernel on flex tensors: the output `[B, N, D]` and, if `keep_probs`, the
+/// probabilities `[B, H, N, N]`.
+fn flex_forward(
+    qkv: FlexTensor,
+    bias: Option<FlexTensor>,
+    heads: usize,
+    keep_probs: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let dm = Dims::of(&qkv, heads);
+    let bias = bias.as_ref().map(contiguous_f32);
+    let (out, probs) = forward_kernel(&contiguous_f32(&qkv), bias.as_deref(), dm, keep_probs);
+    let probs = probs.map(|p| FlexTensor::from_data(TensorData::new(p, Shape::from(vec![dm.b, dm.h, dm.n, dm.n]))));
+    (FlexTensor::from_data(TensorData::new(out, Shape::from(vec![dm.b, dm.n, dm.d()]))), probs)
+}
+
 impl AttentionBackend for Flex {
     fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
-        Self::fused_attention_forward(qkv, None, heads).0
+        flex_forward(qkv, None, heads, false).0
     }
 
     fn fused_attention_bias(qkv: FlexTensor, bias: FlexTensor, heads: usize) -> FlexTensor {
-        Self::fused_attention_forward(qkv, Some(bias), heads).0
+        flex_forward(qkv, Some(bias), heads, false).0
     }
 }
 
@@ -546,6 +568,28 @@ mod tests {
             let gg = qkv.grad(&(generic * w).sum().backward()).unwrap();
             let diff = (gf - gg).abs().max().into_scalar::<f32>();
             assert!(diff < 1e-5, "gradient differs by {diff} at {:?}", (b, n, heads, hd));
+        }
+    }
+
+    #[test]
+    fn inference_attention_without_kept_probabilities_matches_generic() {
+        // no autodiff: the kernel reuses one scratch for every head's probabilities
+        let device = Device::flex();
+        device.seed(2);
+        for (b, n, heads, hd, g) in [(3, 13, 3, 64, 1), (8, 49, 2, 24, 4), (2, 5, 1, 12, 2)] {
+            let d = heads * hd;
+            let qkv = Tensor::<3>::random([b, n, 3 * d], Distribution::Normal(0.0, 1.0), &device);
+            let bias = Tensor::<4>::random([g, heads, n, n], Distribution::Normal(0.0, 1.0), &device);
+            let dispatches = crate::ops::fused_dispatches();
+            let (fused, fused_bias) =
+                (attention(qkv.clone(), heads), attention_with_bias(qkv.clone(), heads, bias.clone()));
+            // one count for `attention`, one per input `attention_with_bias` checks
+            assert_eq!(crate::ops::fused_dispatches(), dispatches + 3, "the fused kernel ran");
+            let at = (b, n, heads, hd, g);
+            let diff = crate::ops::relative_diff(fused, generic_attention(qkv.clone(), heads));
+            assert!(diff < 1e-5, "forward differs by {diff} at {at:?}");
+            let diff = crate::ops::relative_diff(fused_bias, generic_attention_with_bias(qkv, heads, bias));
+            assert!(diff < 1e-5, "forward with bias differs by {diff} at {at:?}");
         }
     }
 
