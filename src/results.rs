@@ -93,9 +93,16 @@ pub struct Pretraining {
 }
 
 impl Pretraining {
-    /// The pretraining of a mim checkpoint (`None` for a weights file or a fine-tuning checkpoint).
+    /// The pretraining of a mim checkpoint, or of a weights file `mim export` wrote from one (its
+    /// metadata keeps it); `None` for other weights files and for fine-tuning checkpoints.
     pub fn of_checkpoint(path: &Path) -> Result<Option<Self>> {
-        let Ok(header) = crate::checkpoint::read_header(path) else { return Ok(None) };
+        let Ok(header) = crate::checkpoint::read_header(path) else {
+            let key = crate::weights::PRETRAINING_KEY;
+            let Some(json) = crate::io::safetensors_metadata(path)?.remove(key) else { return Ok(None) };
+            return serde_json::from_str(&json)
+                .map(Some)
+                .with_context(|| format!("'{}': its {key} metadata is not a pretraining record", path.display()));
+        };
         if header.classifier.is_some() {
             return Ok(None);
         }

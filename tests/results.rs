@@ -179,3 +179,27 @@ fn committed_bench_records_read_back_and_summarise() {
     let readme = dir.join("README.md");
     assert_clean_error(&mim(&["bench", "summary", readme.to_str().unwrap()]), "is not `mim bench --out` output");
 }
+
+#[test]
+fn an_exported_checkpoint_keeps_its_pretraining_for_the_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = pretrain(&tmp.path().join("run"), "0.75", "1");
+    let of = |p: &Path| mim::results::Pretraining::of_checkpoint(p).unwrap();
+    let original = of(Path::new(&ck)).expect("a pretraining checkpoint's pretraining");
+    let (exported, again) = (tmp.path().join("w.safetensors"), tmp.path().join("again.safetensors"));
+    run(&["export", "--checkpoint", &ck, "--out", exported.to_str().unwrap(), "--half"]);
+    assert_eq!(of(&exported).as_ref(), Some(&original), "export writes it into the metadata");
+    let out = mim(&["inspect", exported.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("pretrained  MAE mae_tiny_28, 1 epochs, mask 0.75 ("), "{text}");
+    // A conversion of the export to other names carries it on.
+    run(&["convert", exported.to_str().unwrap(), again.to_str().unwrap(), "--to", "hf"]);
+    assert_eq!(of(&again).as_ref(), Some(&original));
+    // Weights from elsewhere have none, and are told apart from a file that is no safetensors.
+    let plain = tmp.path().join("plain.safetensors");
+    let cfg = mim::models::mae::MaeConfig::preset("mae_micro").unwrap();
+    mim::weights::export_weights(&cfg.init(0, &burn::tensor::Device::flex()).unwrap(), &cfg, &plain).unwrap();
+    assert_eq!(of(&plain), None);
+    std::fs::write(tmp.path().join("text.safetensors"), "not a tensor file").unwrap();
+    assert_eq!(of(&tmp.path().join("text.safetensors")), None);
+}

@@ -116,6 +116,28 @@ pub fn read_tensor_file(path: &Path) -> Result<TensorFile> {
     }
 }
 
+/// The `__metadata__` of a safetensors file, from its header alone (the tensors are not read);
+/// empty for a file that is not safetensors.
+pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: BTreeMap<String, String>,
+    }
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let mut len = [0u8; 8];
+    if file.read_exact(&mut len).is_err() {
+        return Ok(BTreeMap::new());
+    }
+    // safetensors caps its header at 100 MB; a larger length says this is another format.
+    let len = u64::from_le_bytes(len);
+    let mut header = Vec::new();
+    if len > 100_000_000 || file.take(len).read_to_end(&mut header)? as u64 != len || header.first() != Some(&b'{') {
+        return Ok(BTreeMap::new());
+    }
+    Ok(serde_json::from_slice::<Header>(&header).map(|h| h.metadata).unwrap_or_default())
+}
+
 /// Reads every tensor of a safetensors file as f32 (f32, f64, f16 and bf16 files are accepted; integer tensors too).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
     Ok(read_safetensors_with_metadata(path)?.0)

@@ -45,6 +45,11 @@ pub use mae::{
 /// JSON of [`ModelConfig`]).
 pub const CONFIG_KEY: &str = "mim.config";
 
+/// The safetensors metadata key under which `mim export` writes the pretraining the weights come
+/// from (the JSON of [`crate::results::Pretraining`]), so that results recorded from the exported
+/// file still name it.
+pub const PRETRAINING_KEY: &str = "mim.pretraining";
+
 /// How a weights file was stored (see [`crate::io::TensorFile`]).
 #[derive(Debug, Clone)]
 pub struct FileInfo {
@@ -305,6 +310,9 @@ pub fn convert(w: &Weights, to: Naming, out: &Path, precision: Precision) -> Res
     ]);
     if let Some(n) = &w.normalization {
         metadata.insert(NORMALIZATION_KEY.to_string(), serde_json::to_string(n)?);
+    }
+    if let Some(p) = crate::results::Pretraining::of_checkpoint(&w.path)? {
+        metadata.insert(PRETRAINING_KEY.to_string(), serde_json::to_string(&p)?);
     }
     crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata, precision)?])?;
     Ok(Converted { written, left_out })

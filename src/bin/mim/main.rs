@@ -550,6 +550,9 @@ fn inspect(file: &Path) -> Result<()> {
     if let Ok((n, why)) = w.input_normalization() {
         println!("inputs      mean {:?}, std {:?} ({why})", n.mean, n.std);
     }
+    if let Some(p) = mim::results::Pretraining::of_checkpoint(file)? {
+        println!("pretrained  {} ({:.0} s on {} threads)", p.describe(), p.seconds, p.threads);
+    }
     for what in &d.unknown {
         println!("unknown     {what}: not stored and no rule fits; give the configuration (--model, --hf-config)");
     }
