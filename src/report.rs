@@ -271,7 +271,7 @@ fn provenance(html: &mut String, starts: &[RunStart]) -> Result<()> {
     );
     for s in starts {
         let i = &s.info;
-        let cpu = format!("{} ({})", i.cpu, if i.avx512 { "AVX-512" } else { "no AVX-512" });
+        let cpu = format!("{} ({})", i.cpu, crate::runtime::simd_label(i.avx512, i.avx512_build));
         write!(
             html,
             "<tr><td>{}</td><td class=\"n\">{}</td><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td><td><code>{}</code></td></tr>",

@@ -267,7 +267,7 @@ fn row(records: &[&Record]) -> Row {
     for r in records {
         let short: String = r.run.commit.chars().take(7).collect::<String>()
             + if r.run.commit.ends_with("-dirty") { "-dirty" } else { "" };
-        let machine = format!("{} ({})", r.run.cpu, if r.run.avx512 { "AVX-512" } else { "AVX2" });
+        let machine = format!("{} ({})", r.run.cpu, crate::runtime::simd_label(r.run.avx512, r.run.avx512_build));
         if !commits.contains(&short) {
             commits.push(short);
         }
@@ -503,6 +503,7 @@ mod tests {
                 seed,
                 cpu: "CPU".into(),
                 avx512: true,
+                avx512_build: true,
                 threads: 2,
                 mim_version: "0".into(),
             },

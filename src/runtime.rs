@@ -59,6 +59,10 @@ pub struct RunInfo {
     pub cpu: String,
     /// Whether the CPU has AVX-512F.
     pub avx512: bool,
+    /// Whether the binary has the AVX-512 GEMM kernels (the default `avx512` feature; records from
+    /// before this field always had them).
+    #[serde(default = "built_with_avx512")]
+    pub avx512_build: bool,
     /// Threads of each side.
     pub threads: usize,
     /// mim's version.
@@ -82,9 +86,25 @@ impl RunInfo {
             seed,
             cpu: field("model name").unwrap_or_else(|| "unknown".into()),
             avx512: field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "avx512f")),
+            avx512_build: cfg!(feature = "avx512"),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             mim_version: env!("CARGO_PKG_VERSION").into(),
         }
+    }
+}
+
+/// The serde default of [`RunInfo::avx512_build`]: every build had the kernels before it was recorded.
+fn built_with_avx512() -> bool {
+    true
+}
+
+/// What the matrix products of a run ran on, for provenance lines: "AVX-512", "no AVX-512" or, on
+/// an AVX-512 CPU with a build without its kernels, "AVX-512 CPU, AVX2 build".
+pub fn simd_label(avx512_cpu: bool, avx512_build: bool) -> &'static str {
+    match (avx512_cpu, avx512_build) {
+        (true, true) => "AVX-512",
+        (true, false) => "AVX-512 CPU, AVX2 build",
+        (false, _) => "no AVX-512",
     }
 }
 

@@ -211,9 +211,11 @@ impl RecordedRun {
     pub fn provenance(&self) -> String {
         let field = |k: &str| self.info.get(k).cloned().unwrap_or(Value::Null);
         let text = |k: &str| field(k).as_str().map_or_else(|| field(k).to_string(), str::to_owned);
-        let avx512 = if field("avx512").as_bool() == Some(true) { "AVX-512" } else { "no AVX-512" };
+        // `avx512_build` is absent from records of before it was kept, when every build had it.
+        let build = field("avx512_build").as_bool().unwrap_or(true);
+        let simd = crate::runtime::simd_label(field("avx512").as_bool() == Some(true), build);
         format!(
-            "commit {}, {} ({avx512}), {} threads, fp32 matmul {:.0} GFLOP/s: `{}`",
+            "commit {}, {} ({simd}), {} threads, fp32 matmul {:.0} GFLOP/s: `{}`",
             text("commit"),
             text("cpu"),
             text("threads"),
@@ -348,6 +350,9 @@ mod tests {
             runs[0].provenance(),
             "commit abc, AMD EPYC (AVX-512), 2 threads, fp32 matmul 200 GFLOP/s: `mim bench`"
         );
+        // A build without the AVX-512 kernels (`--no-default-features`) says so.
+        let avx2 = text.replace("\"avx512\":true", "\"avx512\":true,\"avx512_build\":false");
+        assert!(read_runs(&avx2).unwrap()[0].provenance().contains("AMD EPYC (AVX-512 CPU, AVX2 build), 2 threads"));
         let err = read_runs(&record("variant", serde_json::to_value(&row).unwrap())).unwrap_err();
         assert!(err.to_string().contains("line 1: a variant row before any run row"), "{err}");
     }
