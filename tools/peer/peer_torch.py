@@ -418,7 +418,10 @@ def env(args):
     return dict(torch=torch.__version__, transformers=transformers.__version__, timm=timm.__version__,
                 torchvision=torchvision.__version__, python=platform.python_version(), threads=args.threads,
                 blas=cfg.split("BLAS_INFO=")[-1].split(",")[0] if "BLAS_INFO=" in cfg else "?",
-                adamw=args.adamw, compiled=args.compile)
+                adamw=args.adamw, compiled=args.compile,
+                # the vector code of ATen's kernels (ATEN_CPU_CAPABILITY) and MKL's (MKL_ENABLE_INSTRUCTIONS)
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                mkl_instructions=os.environ.get("MKL_ENABLE_INSTRUCTIONS", "default"))
 
 
 def main():
