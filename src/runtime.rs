@@ -98,13 +98,14 @@ fn built_with_avx512() -> bool {
     true
 }
 
-/// What the matrix products of a run ran on, for provenance lines: "AVX-512", "no AVX-512" or, on
-/// an AVX-512 CPU with a build without its kernels, "AVX-512 CPU, AVX2 build".
+/// What the matrix products of a run ran on, for provenance lines: "AVX-512", "AVX2" (every x86-64
+/// CPU mim has met without AVX-512 had AVX2) or, on an AVX-512 CPU with a build without its
+/// kernels, "AVX-512 CPU, AVX2 build".
 pub fn simd_label(avx512_cpu: bool, avx512_build: bool) -> &'static str {
     match (avx512_cpu, avx512_build) {
         (true, true) => "AVX-512",
         (true, false) => "AVX-512 CPU, AVX2 build",
-        (false, _) => "no AVX-512",
+        (false, _) => "AVX2",
     }
 }
 

@@ -102,6 +102,10 @@ pub struct Weights {
     pub tensors: TensorMap,
     /// The input normalisation stored with the weights (mim writes it; other codes do not).
     pub normalization: Option<Normalization>,
+    /// The pretraining the weights come from, as the JSON [`PRETRAINING_KEY`] holds: read from a
+    /// file that has it, written back by [`convert`]. A mim checkpoint's is set by the caller
+    /// (`mim export` and `mim convert` use `mim::results::Pretraining::of_checkpoint`).
+    pub pretraining: Option<String>,
 }
 
 /// Reads a weights file and finds what it holds: safetensors or a PyTorch file in any naming
@@ -127,6 +131,7 @@ pub fn open(path: &Path) -> Result<Weights> {
         file,
         tensors,
         normalization,
+        pretraining: read.metadata.get(PRETRAINING_KEY).cloned(),
     };
     if let Some(json) = read.metadata.get(CONFIG_KEY) {
         let config: ModelConfig = serde_json::from_str(json)
@@ -188,6 +193,7 @@ pub fn from_checkpoint(path: &Path) -> Result<Weights> {
         file: FileInfo { format: None, nested: None, ignored: Vec::new() },
         tensors,
         normalization,
+        pretraining: None,
     })
 }
 
@@ -212,6 +218,7 @@ pub fn from_mae(
         file: FileInfo { format: None, nested: None, ignored: Vec::new() },
         tensors: to_pytorch_layout(cfg, &parameters(model)),
         normalization,
+        pretraining: None,
     }
 }
 
@@ -311,8 +318,8 @@ pub fn convert(w: &Weights, to: Naming, out: &Path, precision: Precision) -> Res
     if let Some(n) = &w.normalization {
         metadata.insert(NORMALIZATION_KEY.to_string(), serde_json::to_string(n)?);
     }
-    if let Some(p) = crate::results::Pretraining::of_checkpoint(&w.path)? {
-        metadata.insert(PRETRAINING_KEY.to_string(), serde_json::to_string(&p)?);
+    if let Some(json) = &w.pretraining {
+        metadata.insert(PRETRAINING_KEY.to_string(), json.clone());
     }
     crate::io::write_atomic(out, &[&crate::io::safetensors_bytes_with_metadata(&tensors, &metadata, precision)?])?;
     Ok(Converted { written, left_out })

@@ -513,7 +513,7 @@ fn run_pretrain(cfg: &PretrainConfig, resume: Option<&Path>) -> Result<()> {
     // Weights in official MAE naming for other tools (the checkpoint serves mim itself).
     let weights = cfg.run.out.join("weights.safetensors");
     mim::weights::convert(
-        &mim::weights::from_checkpoint(&summary.checkpoint)?,
+        &with_pretraining(mim::weights::from_checkpoint(&summary.checkpoint)?)?,
         mim::weights::Naming::Official,
         &weights,
         mim::io::Precision::F32,
@@ -755,7 +755,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { file } => inspect(&file),
         Command::Convert { input, output, to, half } => {
-            let w = mim::weights::open(&input)?;
+            let w = with_pretraining(mim::weights::open(&input)?)?;
             let naming = match to {
                 ConvertTo::Official => mim::weights::Naming::Official,
                 ConvertTo::Hf => mim::weights::Naming::HuggingFace,
@@ -880,12 +880,22 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Export { checkpoint: ck, out, device, half } => {
             mim::runtime::device(&device)?;
-            let w = mim::weights::from_checkpoint(&ck)?;
+            let w = with_pretraining(mim::weights::from_checkpoint(&ck)?)?;
             mim::weights::convert(&w, mim::weights::Naming::Official, &out, precision(half))?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
     }
+}
+
+/// `w` with the pretraining of the mim checkpoint it was read from, for [`mim::weights::convert`]
+/// to write into the metadata (a weights file already carries its own, or none).
+fn with_pretraining(mut w: mim::weights::Weights) -> Result<mim::weights::Weights> {
+    if w.file.format.is_none() {
+        w.pretraining =
+            mim::results::Pretraining::of_checkpoint(&w.path)?.map(|p| serde_json::to_string(&p)).transpose()?;
+    }
+    Ok(w)
 }
 
 fn precision(half: bool) -> mim::io::Precision {
