@@ -254,12 +254,12 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             .encoder(train.channels, Pool::Cls, &device)?
             .expect("an encoder");
         let side = e.config.img_size();
-        let t_probe = Instant::now();
+        let t_probe = crate::runtime::Stopwatch::start();
         let f_train = extract(Some(e.encode.as_ref()), &train, side, 256, &device, &mut |_| {})?;
         let f_test = extract(Some(e.encode.as_ref()), &test, side, 256, &device, &mut |_| {})?;
         let probe = linear_probe(&f_train, &f_test, train.classes.len(), &cfg.probe, &device, &mut |_| {})?;
         let linear = probe.last().map_or(0.0, |e| e.top1);
-        let probe_seconds = t_probe.elapsed().as_secs_f64();
+        let (probe_seconds, probe_core_seconds) = (t_probe.wall_s(), t_probe.cpu_s());
 
         reporter.message(&format!("{}: fine-tuning", s.label));
         let ft_out = s.pretrain.run.out.join("finetune");
@@ -298,7 +298,10 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             let ft_images =
                 Dataset::open(&ft.run.data, Split::Train)?.len().min(ft.run.max_images.unwrap_or(usize::MAX));
             let ft_seconds = crate::train::trainer::training_seconds(epochs.iter().map(|e| e.elapsed_s));
-            // (protocol, seed, last top-1 and top-5, epochs, training images, seconds)
+            let ft_readings = epochs.iter().map(|e| (e.elapsed_s, e.cpu_s));
+            let ft_core_seconds =
+                Some(crate::train::trainer::training_core_seconds(ft_readings, crate::runtime::threads()));
+            // (protocol, seed, last top-1 and top-5, epochs, training images, wall and CPU seconds)
             let runs = [
                 (
                     "linprobe",
@@ -306,13 +309,21 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
                     (probed.top1, probed.top5),
                     cfg.probe.epochs as f64,
                     train.len(),
-                    probe_seconds,
+                    (probe_seconds, probe_core_seconds),
                 ),
-                ("finetune", ft.run.seed, (tuned.top1, tuned.top5), tuned.epoch as f64, ft_images, ft_seconds),
+                (
+                    "finetune",
+                    ft.run.seed,
+                    (tuned.top1, tuned.top5),
+                    tuned.epoch as f64,
+                    ft_images,
+                    (ft_seconds, ft_core_seconds),
+                ),
             ];
-            for (protocol, seed, (top1, top5), epochs, train_images, seconds) in runs {
+            for (protocol, seed, (top1, top5), epochs, train_images, (seconds, core_seconds)) in runs {
                 let here = Record::here(protocol, setting.clone(), seed, pretraining.clone());
-                let record = Record { study: study.clone(), top1, top5, epochs, train_images, seconds, ..here };
+                let record =
+                    Record { study: study.clone(), top1, top5, epochs, train_images, seconds, core_seconds, ..here };
                 crate::results::append(path, &record)?;
             }
         }

@@ -16,7 +16,7 @@ use crate::data::Split;
 use crate::models::pretrain::ModelConfig;
 use crate::reconstruct::{Images, MaskChoice, Reconstructor};
 use crate::train::StepMetrics;
-use crate::train::trainer::{RUNS_LOG, RunStart, step_seconds, training_seconds};
+use crate::train::trainer::{RUNS_LOG, RunStart, step_seconds, training_core_seconds, training_seconds};
 
 /// Folder of a run where each checkpoint's reconstructions are kept (`epoch_003.png`).
 pub const SNAPSHOTS: &str = "snapshots";
@@ -191,6 +191,14 @@ fn summary(
     )?;
     let took = if train_s < 120.0 { format!("{train_s:.1} s") } else { format!("{:.1} min", train_s / 60.0) };
     row("training time", format!("{took} ({:.0} images/s over the last 20 iterations)", last.images_per_sec))?;
+    // Runs from before mim measured CPU time have no such readings.
+    if metrics.iter().all(|m| m.cpu_s.is_some()) {
+        let cpu_s = training_core_seconds(metrics.iter().map(|m| (m.elapsed_s, m.cpu_s)), 1);
+        row(
+            "CPU time",
+            format!("{:.2} core-hours (all threads; wall time overstates it on shared cores)", cpu_s / 3600.0),
+        )?;
+    }
     if let Some(k) = knn.last() {
         row("k-NN (last)", format!("top-1 {:.2}%, top-5 {:.2}% after epoch {}", k.top1, k.top5, k.epoch))?;
     }

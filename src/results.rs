@@ -46,6 +46,10 @@ pub struct Record {
     pub pretraining: Option<Pretraining>,
     /// Wall-clock seconds of the protocol (every start of a resumed run added up).
     pub seconds: f64,
+    /// CPU seconds of the protocol, all threads together (absent in records from before it was
+    /// measured: their core-hours are `seconds` x threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_seconds: Option<f64>,
     /// Commit, command line, seed, CPU and threads of the process that measured it.
     #[serde(flatten)]
     pub run: RunInfo,
@@ -66,6 +70,7 @@ impl Record {
             train_images: 0,
             pretraining,
             seconds: 0.0,
+            core_seconds: None,
             run: RunInfo::here(command, seed),
         }
     }
@@ -86,6 +91,10 @@ pub struct Pretraining {
     pub seconds: f64,
     /// Threads the pretraining ran on (its first start's record; 0 when unknown).
     pub threads: usize,
+    /// Core-seconds of the pretraining: CPU time of all threads, or wall time x threads for the
+    /// starts of a run that did not measure it (absent when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_seconds: Option<f64>,
     /// When the run first started (seconds since 1970): the checkpoints one run kept share it, and
     /// a curve over pretraining epochs connects them (absent in records from before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,22 +124,25 @@ impl Pretraining {
         if !metrics(dir).exists() && dir.file_name().is_some_and(|n| n == "checkpoints") {
             dir = dir.parent().unwrap_or(dir);
         }
-        let seconds = crate::train::pretrain::read_metrics(&metrics(dir))
-            .map(|m| {
-                let done = m.iter().take_while(|s| s.iteration <= header.iteration);
-                crate::train::trainer::training_seconds(done.map(|s| s.elapsed_s))
-            })
-            .unwrap_or(0.0);
         let first_start = std::fs::read_to_string(dir.join(crate::train::trainer::RUNS_LOG))
             .ok()
             .and_then(|t| t.lines().next().and_then(|l| serde_json::from_str::<RunStart>(l).ok()));
+        let threads = first_start.as_ref().map_or(0, |r| r.info.threads);
+        let steps = crate::train::pretrain::read_metrics(&metrics(dir)).ok().map(|m| {
+            m.into_iter()
+                .take_while(|s| s.iteration <= header.iteration)
+                .map(|s| (s.elapsed_s, s.cpu_s))
+                .collect::<Vec<_>>()
+        });
+        let seconds = steps.as_ref().map_or(0.0, |s| crate::train::trainer::training_seconds(s.iter().map(|r| r.0)));
         Ok(Some(Pretraining {
             method: cfg.method.name().into(),
             model: cfg.model_name().into(),
             epochs: header.epoch,
             mask_ratio: cfg.ratio(),
             seconds,
-            threads: first_start.as_ref().map_or(0, |r| r.info.threads),
+            threads,
+            core_seconds: steps.map(|s| crate::train::trainer::training_core_seconds(s, threads)),
             run_started_unix_s: first_start.map(|r| r.started_unix_s),
         }))
     }
@@ -259,8 +271,8 @@ fn row(records: &[&Record]) -> Row {
     let first = records[0];
     let stats = |f: fn(&Record) -> f64| mean_std(&records.iter().map(|r| f(r)).collect::<Vec<_>>());
     let hours = |r: &Record| {
-        let pre = r.pretraining.as_ref().map_or(0.0, |p| p.seconds * p.threads.max(1) as f64);
-        (r.seconds * r.run.threads as f64 + pre) / 3600.0
+        let pre = r.pretraining.as_ref().map_or(0.0, |p| p.core_seconds.unwrap_or(p.seconds * p.threads.max(1) as f64));
+        (r.core_seconds.unwrap_or(r.seconds * r.run.threads as f64) + pre) / 3600.0
     };
     let mut commits: Vec<String> = Vec::new();
     let mut machines: Vec<String> = Vec::new();
@@ -340,8 +352,8 @@ pub fn markdown(studies: &[Study]) -> String {
     }
     if !machines.is_empty() {
         s += &format!(
-            "Mean ± sample standard deviation over the seeds listed; core-hours are wall time x threads, pretraining \
-             included. Machines: {}.\n",
+            "Mean ± sample standard deviation over the seeds listed; core-hours are CPU time of all threads (wall time x \
+             threads in records from before mim measured it), pretraining included. Machines: {}.\n",
             machines.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("; ")
         );
     }
@@ -442,18 +454,36 @@ pub fn curve(study: &Study) -> Option<Curve> {
         }
     }
     let protocols: BTreeSet<&str> = runs.keys().map(|k| k.0).collect();
+    // A run is named by what was pretrained; the protocol only when the study mixes several.
+    let named: Vec<(String, &str, ErrorPoints)> = runs
+        .into_iter()
+        .map(|((protocol, _), (setting, mut points))| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let name = match (by_run, protocols.len() > 1) {
+                (false, _) => protocol.to_string(),
+                (true, false) => legend_label(setting),
+                (true, true) => format!("{protocol}: {}", legend_label(setting)),
+            };
+            (name, setting, points)
+        })
+        .collect();
+    // Two runs of one recipe (a short schedule and a longer one) are told apart by their schedule.
     let mut series = BTreeMap::new();
-    for ((protocol, _), (setting, mut points)) in runs {
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        // A run is named by what was pretrained; the protocol only when the study mixes several.
-        let name = match (by_run, protocols.len() > 1) {
-            (false, _) => protocol.to_string(),
-            (true, false) => legend_label(setting),
-            (true, true) => format!("{protocol}: {}", legend_label(setting)),
+    for (i, (name, setting, points)) in named.iter().enumerate() {
+        let name = if named.iter().filter(|n| n.0 == *name).count() > 1 {
+            format!("{name} ({})", schedule(setting).unwrap_or_else(|| format!("run {}", i + 1)))
+        } else {
+            name.clone()
         };
-        series.insert(name, points);
+        series.insert(name, points.clone());
     }
     Some(Curve { x_label, series, references })
+}
+
+/// "40-epoch schedule" for a setting named `RECIPE: epoch N of 40`.
+fn schedule(setting: &str) -> Option<String> {
+    let (_, n) = setting.rsplit_once(" of ")?;
+    Some(format!("{}-epoch schedule", n.trim().parse::<u64>().ok()?))
 }
 
 /// A setting short enough for a legend: up to its first colon or parenthesis, at most 72 characters.
@@ -495,8 +525,10 @@ mod tests {
                 run_started_unix_s: None,
                 seconds: 3600.0,
                 threads: 2,
+                core_seconds: None,
             }),
             seconds: 1800.0,
+            core_seconds: None,
             run: RunInfo {
                 commit: "0123456789abcdef".into(),
                 command: "mim knn".into(),
@@ -524,6 +556,13 @@ mod tests {
         assert!((a.top1.0 - 81.0).abs() < 1e-12 && (a.top1.1 - 2f64.sqrt()).abs() < 1e-12);
         // 0.5 h x 2 threads + 1 h x 2 threads of pretraining.
         assert!((a.core_hours - 3.0).abs() < 1e-12);
+        // Measured CPU time replaces wall time x threads, for the protocol and its pretraining.
+        let mut measured = recs.clone();
+        for r in &mut measured {
+            r.core_seconds = Some(900.0);
+            r.pretraining.iter_mut().for_each(|p| p.core_seconds = Some(2700.0));
+        }
+        assert!((summarise(&measured).unwrap()[0].rows[0].core_hours - 1.0).abs() < 1e-12);
         assert_eq!(a.commits, vec!["0123456"]);
         let md = markdown(&studies);
         assert!(md.contains("| a | knn | - | 100 | 81.00 ± 1.41 |"), "{md}");
@@ -630,5 +669,14 @@ mod tests {
         let c = curve(&summarise(&[recs[0].clone(), recs[2].clone(), simmim]).unwrap()[0]).unwrap();
         assert_eq!(c.x_label, "pretraining epochs");
         assert_eq!(c.series["SimMIM"], vec![(2.0, 70.0, 0.0)]);
+        // Two runs of one recipe keep a line each, named by their schedules.
+        let recs = [
+            at("long: epoch 5 of 5", 5, Some(7), 80.0),
+            at("long: epoch 5 of 40", 5, Some(8), 81.0),
+            at("long: epoch 10 of 40", 10, Some(8), 83.0),
+        ];
+        let c = curve(&summarise(&recs).unwrap()[0]).unwrap();
+        assert_eq!(c.series["long (5-epoch schedule)"], vec![(5.0, 80.0, 0.0)]);
+        assert_eq!(c.series["long (40-epoch schedule)"], vec![(5.0, 81.0, 0.0), (10.0, 83.0, 0.0)]);
     }
 }

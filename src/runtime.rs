@@ -87,9 +87,53 @@ impl RunInfo {
             cpu: field("model name").unwrap_or_else(|| "unknown".into()),
             avx512: field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "avx512f")),
             avx512_build: cfg!(feature = "avx512"),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: threads(),
             mim_version: env!("CARGO_PKG_VERSION").into(),
         }
+    }
+}
+
+/// Threads this process may run on (its CPU affinity: 1 under `taskset -c 0`).
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU seconds this process has used, all its threads together (`None` where the platform does not
+/// say). A job that shares its cores with another takes longer on the clock but not in CPU time, so
+/// the core-hours of a result come from it.
+pub fn cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return Some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9);
+        }
+    }
+    None
+}
+
+/// Wall-clock and CPU time since [`Stopwatch::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch {
+    wall: std::time::Instant,
+    cpu: Option<f64>,
+}
+
+impl Stopwatch {
+    /// Starts both clocks now.
+    pub fn start() -> Self {
+        Self { wall: std::time::Instant::now(), cpu: cpu_seconds() }
+    }
+
+    /// Wall-clock seconds since the start.
+    pub fn wall_s(&self) -> f64 {
+        self.wall.elapsed().as_secs_f64()
+    }
+
+    /// CPU seconds of this process (all threads) since the start.
+    pub fn cpu_s(&self) -> Option<f64> {
+        Some(cpu_seconds()? - self.cpu?)
     }
 }
 

@@ -606,10 +606,21 @@ fn draw_line_chart<DB: plotters::prelude::DrawingBackend>(
         .draw()
         .map_err(|e| err(&e))?;
     // Raw values under their moving mean are drawn pale; other series in distinct dark colours.
-    let colours = if series.iter().any(|(name, _)| *name == MOVING_MEAN) {
-        [RGBColor(180, 200, 230), RGBColor(20, 80, 180), RGBColor(200, 60, 40), RGBColor(40, 150, 60)]
+    let dark = [
+        RGBColor(20, 80, 180),
+        RGBColor(200, 60, 40),
+        RGBColor(40, 150, 60),
+        RGBColor(150, 90, 20),
+        RGBColor(120, 40, 170),
+        RGBColor(0, 150, 190),
+        RGBColor(20, 20, 20),
+        RGBColor(190, 30, 120),
+    ];
+    let pale = [RGBColor(180, 200, 230)];
+    let colours: Vec<RGBColor> = if series.iter().any(|(name, _)| *name == MOVING_MEAN) {
+        pale.iter().chain(&dark).copied().collect()
     } else {
-        [RGBColor(20, 80, 180), RGBColor(200, 60, 40), RGBColor(40, 150, 60), RGBColor(150, 90, 20)]
+        dark.to_vec()
     };
     for (i, (name, s)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];

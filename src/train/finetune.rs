@@ -189,6 +189,10 @@ pub struct EpochResult {
     pub top5: f64,
     /// Seconds since this process started training.
     pub elapsed_s: f64,
+    /// CPU seconds (all threads) since this process started training; absent in runs recorded
+    /// before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
 }
 
 /// What a fine-tuning run produced.
@@ -596,7 +600,8 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
         let side = self.model_cfg.as_ref().expect("started").img_size();
         let (test, device) = self.test.as_ref().expect("prepared");
         let (top1, top5) = evaluate(&model.valid(), test, side, 256, device)?;
-        let r = EpochResult { epoch, train_loss: end.mean_loss, top1, top5, elapsed_s: end.elapsed_s };
+        let r =
+            EpochResult { epoch, train_loss: end.mean_loss, top1, top5, elapsed_s: end.elapsed_s, cpu_s: end.cpu_s };
         if top1 > self.best.0 {
             self.best = (top1, epoch);
             checkpoint::save(&best_checkpoint(&self.cfg.run.out), &self.header(end.progress)?, model, None)?;

@@ -42,6 +42,10 @@ pub struct StepMetrics {
     pub images_per_sec: f64,
     /// Seconds since this process started training.
     pub elapsed_s: f64,
+    /// CPU seconds (all threads) since this process started training; absent in runs recorded
+    /// before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
 }
 
 /// The run folder's log of starts and resumes: when, from which iteration, commit, machine, command.
@@ -64,6 +68,24 @@ pub fn step_seconds(elapsed: impl IntoIterator<Item = f64>) -> Vec<f64> {
 /// Seconds of training behind those readings, every start of a resumed run added up.
 pub fn training_seconds(elapsed: impl IntoIterator<Item = f64>) -> f64 {
     step_seconds(elapsed).iter().sum()
+}
+
+/// Core-seconds of training behind a run's readings of (`elapsed_s`, `cpu_s`), every start added
+/// up: the CPU time a start measured, or for a start that did not (recorded before it was), its
+/// wall time x `threads`.
+pub fn training_core_seconds(readings: impl IntoIterator<Item = (f64, Option<f64>)>, threads: usize) -> f64 {
+    let (mut wall, mut cpu, mut total) = (0.0, 0.0, 0.0);
+    for (w, c) in readings {
+        if w < wall {
+            (wall, cpu) = (0.0, 0.0); // a new start: its readings count from 0 again
+        }
+        total += match c {
+            Some(c) => c - cpu,
+            None => (w - wall) * threads.max(1) as f64,
+        };
+        (wall, cpu) = (w, c.unwrap_or(0.0));
+    }
+    total
 }
 
 /// The copy of the checkpoint after `epoch` epochs that `--keep-checkpoints true` keeps.
@@ -173,6 +195,8 @@ pub struct EpochEnd {
     pub mean_loss: f64,
     /// Seconds since this process started training.
     pub elapsed_s: f64,
+    /// CPU seconds (all threads) since this process started training.
+    pub cpu_s: Option<f64>,
 }
 
 /// What a job adds to the loop's records at the end of an epoch.
@@ -363,7 +387,7 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
     let total = (run.epochs * spe) as u64;
     let transform = task.transform();
     reporter.start(total, it, &task.about(&ds, spe));
-    let started = Instant::now();
+    let started = crate::runtime::Stopwatch::start();
     let mut steps = Vec::new();
     let mut recent = VecDeque::new();
     let (mut lr, mut optimizer_steps) = (0.0, it / run.accum_iter as u64);
@@ -416,7 +440,8 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
                 loss,
                 lr,
                 images_per_sec: rate,
-                elapsed_s: started.elapsed().as_secs_f64(),
+                elapsed_s: started.wall_s(),
+                cpu_s: started.cpu_s(),
             };
             let mut line = serde_json::to_string(&m)?;
             line.pop();
@@ -434,7 +459,8 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
         let end = EpochEnd {
             progress,
             mean_loss: loss_sum / batches.max(1) as f64,
-            elapsed_s: started.elapsed().as_secs_f64(),
+            elapsed_s: started.wall_s(),
+            cpu_s: started.cpu_s(),
         };
         let report = task.end_of_epoch(&model, &end)?;
         if let (Some(record), Some(log)) = (&report.record, task.epoch_log()) {
@@ -466,6 +492,15 @@ mod tests {
     #[test]
     fn training_time_adds_up_across_resumes() {
         assert!((training_seconds([1.0, 2.0, 3.0, 0.5, 1.5]) - 4.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn core_seconds_take_cpu_time_where_measured_and_wall_time_x_threads_before() {
+        // A first start without CPU readings (3 s on 2 threads), a resume with them (1.5 s of CPU
+        // in 4 s of wall time: the core was shared).
+        let readings = [(1.0, None), (3.0, None), (2.0, Some(0.5)), (4.0, Some(1.5))];
+        assert!((training_core_seconds(readings, 2) - 7.5).abs() < 1e-12);
+        assert!((training_core_seconds([(1.0, Some(0.9)), (2.0, Some(1.9))], 8) - 1.9).abs() < 1e-12);
     }
 
     #[test]

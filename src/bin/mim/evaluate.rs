@@ -12,6 +12,7 @@ use mim::eval::linprobe::{LinprobeConfig, ProbeOptimizer, linear_probe};
 use mim::eval::{Backbone, Features, cached_features, extract};
 use mim::models::classifier::Pool;
 use mim::results::{Pretraining, Record};
+use mim::runtime::Stopwatch;
 use mim::train::finetune::{FinetuneArgs, FinetuneConfig, finetune, last_checkpoint};
 
 use crate::Bar;
@@ -264,13 +265,16 @@ pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
         };
         let train_images =
             Dataset::open(&cfg.run.data, Split::Train)?.len().min(cfg.run.max_images.unwrap_or(usize::MAX));
+        let here = Record::here("finetune", setting, cfg.run.seed, pretraining);
+        let readings = all.iter().map(|e| (e.elapsed_s, e.cpu_s));
         Ok(Record {
             top1: last.top1,
             top5: last.top5,
             epochs: last.epoch as f64,
             train_images,
             seconds: mim::train::trainer::training_seconds(all.iter().map(|e| e.elapsed_s)),
-            ..Record::here("finetune", setting, cfg.run.seed, pretraining)
+            core_seconds: Some(mim::train::trainer::training_core_seconds(readings, here.run.threads)),
+            ..here
         })
     })?;
     Ok(())
@@ -305,7 +309,7 @@ pub struct LinprobeArgs {
 
 /// Runs `mim linprobe`.
 pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
-    let t0 = Instant::now();
+    let t0 = Stopwatch::start();
     let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
     let cfg = LinprobeConfig {
         epochs: a.epochs,
@@ -325,13 +329,8 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
     })?;
     let last = history.last().expect("at least one epoch");
     let what = a.backbone.backbone()?.describe();
-    println!(
-        "linear probe of {what}: test top-1 {:.2}%, top-5 {:.2}% ({:.1} s)",
-        last.top1,
-        last.top5,
-        t0.elapsed().as_secs_f64()
-    );
-    let seconds = t0.elapsed().as_secs_f64();
+    println!("linear probe of {what}: test top-1 {:.2}%, top-5 {:.2}% ({:.1} s)", last.top1, last.top5, t0.wall_s());
+    let (seconds, core_seconds) = (t0.wall_s(), t0.cpu_s());
     a.record.write(|| {
         let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
         Ok(Record {
@@ -340,6 +339,7 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
             epochs: a.epochs as f64,
             train_images: f[0].len(),
             seconds,
+            core_seconds,
             ..Record::here("linprobe", setting, a.backbone.seed, pretraining)
         })
     })
@@ -362,13 +362,13 @@ pub struct KnnArgs {
 
 /// Runs `mim knn`.
 pub fn run_knn(a: &KnnArgs) -> Result<()> {
-    let t0 = Instant::now();
+    let t0 = Stopwatch::start();
     let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
     let device = mim::runtime::device(&a.backbone.device)?;
     let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, KnnConfig { k: a.k, temperature: a.temperature }, &device)?;
     let what = a.backbone.backbone()?.describe();
-    println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.elapsed().as_secs_f64());
-    let seconds = t0.elapsed().as_secs_f64();
+    println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.wall_s());
+    let (seconds, core_seconds) = (t0.wall_s(), t0.cpu_s());
     a.record.write(|| {
         let (setting, pretraining) = setting_of(&a.backbone.backbone()?)?;
         Ok(Record {
@@ -376,6 +376,7 @@ pub fn run_knn(a: &KnnArgs) -> Result<()> {
             top5,
             train_images: f[0].len(),
             seconds,
+            core_seconds,
             ..Record::here("knn", setting, a.backbone.seed, pretraining)
         })
     })
