@@ -211,12 +211,8 @@ struct PretrainCmd {
     /// TOML file with any PretrainConfig fields (see configs/).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run saved in --out on the same trajectory.
-    #[arg(long)]
-    resume: bool,
-    /// Continue from this checkpoint instead of the one in --out.
-    #[arg(long)]
-    resume_from: Option<PathBuf>,
+    #[command(flatten)]
+    resume: crate::resume::ResumeArgs,
     #[command(flatten)]
     settings: mim::train::pretrain::PretrainArgs,
 }
@@ -646,7 +642,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Pretrain(args) => {
             let mut cfg = settings(args.config.as_deref(), |c| args.settings.apply(c))?;
-            let resume = args.resume_from.clone().or(args.resume.then(|| checkpoint_path(&cfg.run.out)));
+            let resume = args.resume.checkpoint(|| checkpoint_path(&cfg.run.out));
             match &resume {
                 Some(r) => {
                     if !r.exists() {

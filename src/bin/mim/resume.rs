@@ -10,6 +10,24 @@ use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Serialize;
+
+/// The flags that continue a training run.
+#[derive(clap::Args)]
+pub struct ResumeArgs {
+    /// Continue the run saved in --out on the same trajectory.
+    #[arg(long)]
+    resume: bool,
+    /// Continue from this checkpoint instead of the one in --out.
+    #[arg(long)]
+    resume_from: Option<PathBuf>,
+}
+
+impl ResumeArgs {
+    /// The checkpoint to continue from: --resume-from's, or with --resume the one `in_out` names.
+    pub fn checkpoint(&self, in_out: impl FnOnce() -> PathBuf) -> Option<PathBuf> {
+        self.resume_from.clone().or_else(|| self.resume.then(in_out))
+    }
+}
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 

@@ -35,12 +35,8 @@ struct TrainArgs {
     /// TOML file with any TokenizerTrainConfig fields.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run saved in --out on the same trajectory.
-    #[arg(long)]
-    resume: bool,
-    /// Continue from this checkpoint instead of the one in --out.
-    #[arg(long)]
-    resume_from: Option<PathBuf>,
+    #[command(flatten)]
+    resume: crate::resume::ResumeArgs,
     #[command(flatten)]
     settings: TokenizerTrainArgs,
 }
@@ -83,7 +79,7 @@ pub fn run_tokenizer(a: &TokenizerArgs) -> Result<()> {
 
 fn run_train(a: &TrainArgs) -> Result<()> {
     let mut cfg: TokenizerTrainConfig = crate::settings(a.config.as_deref(), |c| a.settings.apply(c))?;
-    let resume = a.resume_from.clone().or(a.resume.then(|| tokenizer_checkpoint_path(&cfg.run.out)));
+    let resume = a.resume.checkpoint(|| tokenizer_checkpoint_path(&cfg.run.out));
     if let Some(r) = resume.as_ref().filter(|r| !r.exists()) {
         bail!("nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
     }
