@@ -189,15 +189,17 @@ fn summary(
         "final loss",
         format!("{final_loss:.4} (mean of the last {} iterations; iteration {})", tail.len(), last.iteration),
     )?;
-    let took = if train_s < 120.0 { format!("{train_s:.1} s") } else { format!("{:.1} min", train_s / 60.0) };
-    row("training time", format!("{took} ({:.0} images/s over the last 20 iterations)", last.images_per_sec))?;
+    let took = |s: f64| match s {
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{:.2} h", s / 3600.0),
+    };
+    let rate = last.images_per_sec;
+    row("training time", format!("{} ({rate:.0} images/s over the last 20 iterations)", took(train_s)))?;
     // Runs from before mim measured CPU time have no such readings.
     if metrics.iter().all(|m| m.cpu_s.is_some()) {
         let cpu_s = training_core_seconds(metrics.iter().map(|m| (m.elapsed_s, m.cpu_s)), 1);
-        row(
-            "CPU time",
-            format!("{:.2} core-hours (all threads; wall time overstates it on shared cores)", cpu_s / 3600.0),
-        )?;
+        row("CPU time", format!("{} (all threads together)", took(cpu_s)))?;
     }
     if let Some(k) = knn.last() {
         row("k-NN (last)", format!("top-1 {:.2}%, top-5 {:.2}% after epoch {}", k.top1, k.top5, k.epoch))?;
