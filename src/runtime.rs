@@ -45,6 +45,24 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// Parses a run's devices: one [`device`], or several CUDA devices `cuda:0,cuda:1,...` for
+/// data-parallel training (burn's collectives run over NCCL, so only CUDA devices can share a run).
+pub fn devices(list: &str) -> Result<Vec<Device>> {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if names.len() > 1 {
+        if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
+            bail!("device '{dup}' is named twice in '{list}': name each device once");
+        }
+        if let Some(other) = names.iter().find(|n| !n.starts_with("cuda")) {
+            bail!(
+                "device '{other}' in '{list}': data-parallel training needs CUDA devices (burn's collectives run over \
+                 NCCL); on the CPU use --device cpu, which already uses every core"
+            );
+        }
+    }
+    names.into_iter().map(device).collect()
+}
+
 /// The machine and build a run was measured (or trained) on, carried by every JSONL record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {

@@ -65,6 +65,28 @@ fn mask_ratio_outside_unit_interval_is_rejected() {
 }
 
 #[test]
+fn several_devices_must_be_distinct_cuda_devices_and_the_tokenizer_trains_on_one() {
+    let pretrain = |devices: &str| {
+        mim(&["pretrain", "--data", subset().to_str().unwrap(), "--out", "/tmp/mim-never", "--devices", devices])
+    };
+    assert_clean_error(&pretrain("cuda:0,cuda:0"), "named twice");
+    assert_clean_error(&pretrain("cpu,cuda:0"), "data-parallel training needs CUDA devices");
+    let no_gpu = if cfg!(feature = "cuda") { "CUDA device(s)" } else { "needs a CUDA build" };
+    assert_clean_error(&pretrain("cuda:0,cuda:1"), no_gpu);
+    let out = mim(&[
+        "tokenizer",
+        "train",
+        "--data",
+        subset().to_str().unwrap(),
+        "--out",
+        "/tmp/mim-never",
+        "--devices",
+        "cuda:0,cuda:1",
+    ]);
+    assert_clean_error(&out, "the tokenizer trains on one device");
+}
+
+#[test]
 fn existing_run_is_not_overwritten_and_other_config_cannot_resume_it() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("run");

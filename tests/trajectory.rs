@@ -39,7 +39,7 @@ use mim::optim::{Stepper, param_ranks};
 use mim::train::finetune::{FinetuneConfig, batch_loss};
 use mim::train::methods::Method;
 use mim::train::pretrain::PretrainConfig;
-use mim::train::{OptimConfig, RunConfig};
+use mim::train::{OptimConfig, RunConfig, Step};
 use mim::weights::swin::simmim_to_burn;
 use mim::weights::{beit_from_official, from_pytorch_layout, hf_to_official, mae_config_from_hf};
 
@@ -428,7 +428,7 @@ fn mae_finetuning_follows_main_finetune() {
             let labels = c.row("labels", s % n).1.iter().map(|&l| l as u32).collect::<Vec<_>>();
             let mut batch =
                 Batch { indices: (0..labels.len()).collect(), labels, images, channels: shape[1], side: shape[2] };
-            batch_loss(m, &mut batch, classes, &run, s as u64, 0, &c.device)
+            batch_loss(m, &mut batch, classes, &run, Step::new(s as u64), 0, &c.device)
         },
     );
 }

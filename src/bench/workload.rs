@@ -22,9 +22,9 @@ use crate::models::pretrain::{MimModel, ModelConfig, StepContext, beit_masked};
 use crate::models::simmim::SimMim;
 use crate::models::swin::SwinConfig;
 use crate::optim::Stepper;
-use crate::train::PretrainConfig;
 use crate::train::finetune::{FinetuneConfig, batch_loss};
 use crate::train::methods::Method;
+use crate::train::{PretrainConfig, Step};
 
 /// What a workload runs.
 #[derive(Debug, Clone)]
@@ -408,7 +408,8 @@ fn finetune_steps(
     let stepper = ft.stepper(&model, ITERS_PER_EPOCH, None)?;
     let mut batch = random_batch(b, cfg.in_chans, cfg.img_size, classes, seed);
     let imgs = batch.tensor(device);
-    let loss: LossFn<VitClassifier> = Box::new(move |m, it| Ok(batch_loss(m, &mut batch, classes, &ft, it, 0, &ad)));
+    let loss: LossFn<VitClassifier> =
+        Box::new(move |m, it| Ok(batch_loss(m, &mut batch, classes, &ft, Step::new(it), 0, &ad)));
     let infer: InferFn<VitClassifier> = Box::new(move |m| {
         let _ = m.forward(imgs.clone()).into_data();
     });

@@ -78,8 +78,9 @@ settings! {
             keep_checkpoints: bool,
             /// Use only the first N training images.
             max_images: Option<usize>,
-            /// cpu, or cuda:N in a CUDA build.
-            device: String,
+            /// cpu, or cuda:N in a CUDA build; several CUDA devices (cuda:0,cuda:1) train data-parallel,
+            /// --batch-size images on each.
+            device: String [visible_alias = "devices"],
             /// Batches the loader prepares ahead of the training step.
             prefetch: usize,
         }
@@ -105,9 +106,14 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// Images per optimizer update.
+    /// Devices the run trains on (`device` lists them separated by commas).
+    pub fn world_size(&self) -> usize {
+        self.device.split(',').count()
+    }
+
+    /// Images per optimizer update, on all devices together.
     pub fn effective_batch(&self) -> usize {
-        self.batch_size * self.accum_iter
+        self.batch_size * self.accum_iter * self.world_size()
     }
 
     /// Checks values are usable, naming the flag to change.
@@ -127,6 +133,16 @@ impl RunConfig {
             "checkpoint '{}' was trained with another seed, batch size or data subset: resume with the settings it was trained \
              with, or start a new run with another --out",
             path.display()
+        );
+        ensure!(
+            saved.world_size() == self.world_size(),
+            "checkpoint '{}' was trained on {} device(s) ('{}'), this run names {} ('{}'): the batch of each update would \
+             change; resume on as many devices as it was trained on",
+            path.display(),
+            saved.world_size(),
+            saved.device,
+            self.world_size(),
+            self.device
         );
         Ok(())
     }

@@ -7,6 +7,7 @@
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::optim::ModuleOptimizer;
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointHeader, ClassifierSpec};
 use crate::data::augment::Transform;
-use crate::data::loader::{Batch, rng_for};
+use crate::data::loader::Batch;
 use crate::data::resize::Resample;
 use crate::data::{Dataset, Split};
 use crate::eval::{evaluate, smoothed_targets, soft_cross_entropy};
@@ -27,7 +28,7 @@ use crate::models::pretrain::{MimModel, ModelConfig};
 use crate::models::swin::{SwinConfig, SwinTransformer};
 use crate::optim::{LayerDecay, LrSchedule, ScheduleKind, Stepper, TORCH_BETAS, adamw, param_ranks};
 use crate::train::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_pair, settings};
-use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Task, fit, settings_for_header};
+use crate::train::trainer::{EpochEnd, EpochReport, Progress, Reporter, Start, Step, Task, fit, settings_for_header};
 use crate::weights::Weights;
 
 /// Random stream ids (kept apart from augmentation and shuffling).
@@ -205,23 +206,22 @@ pub struct FinetuneSummary {
     pub checkpoints: (PathBuf, PathBuf),
 }
 
-/// The training loss of micro-batch `iteration`: mixup / cutmix and label smoothing of the
-/// targets, stochastic depth (both drawn from the run's seed and `iteration`), soft-target
+/// The training loss of the micro-batch at `step`: mixup / cutmix and label smoothing of the
+/// targets, stochastic depth (both drawn from the run's seed and the step), soft-target
 /// cross-entropy (timm's `LabelSmoothingCrossEntropy` when nothing is mixed).
 pub fn batch_loss<C: Classifier>(
     model: &C,
     batch: &mut Batch,
     classes: usize,
     cfg: &FinetuneConfig,
-    iteration: u64,
+    step: Step,
     frozen_blocks: usize,
     device: &Device,
 ) -> Tensor<1> {
     let b = batch.len();
-    let targets = mix_batch(batch, classes, cfg, &mut rng_for(&[cfg.run.seed, iteration, MIX_STREAM]));
+    let targets = mix_batch(batch, classes, cfg, &mut step.rng(cfg.run.seed, MIX_STREAM));
     let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, classes]), device);
-    let logits =
-        model.forward_train(batch.tensor(device), &mut rng_for(&[cfg.run.seed, iteration, DROP_STREAM]), frozen_blocks);
+    let logits = model.forward_train(batch.tensor(device), &mut step.rng(cfg.run.seed, DROP_STREAM), frozen_blocks);
     soft_cross_entropy(logits, targets)
 }
 
@@ -406,7 +406,7 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
     ) -> Result<FinetuneSummary> {
         let mut task = Finetuning::<C> {
             cfg,
-            pretrained,
+            pretrained: pretrained.map(Arc::new),
             test: None,
             classes: 0,
             channels: 0,
@@ -457,10 +457,12 @@ pub fn finetune(cfg: &FinetuneConfig, resume: Option<&Path>, reporter: &mut dyn 
 
 /// Fine-tuning of classifier `C` as a [`Task`]: the test split is evaluated after every
 /// `eval_every`-th epoch and the last, the best checkpoint kept.
+#[derive(Clone)]
 struct Finetuning<'a, C> {
     cfg: &'a FinetuneConfig,
-    /// The weights a new run starts from (`--checkpoint`, at `--img-size`).
-    pretrained: Option<Weights>,
+    /// The weights a new run starts from (`--checkpoint`, at `--img-size`), shared by the devices'
+    /// copies of the task.
+    pretrained: Option<Arc<Weights>>,
     /// The test split and the device it is evaluated on.
     test: Option<(Dataset, Device)>,
     classes: usize,
@@ -523,7 +525,7 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
             }
             None => {
                 let shape = (self.classes, self.channels, self.cfg.img_size);
-                let (mcfg, model) = C::start(self.cfg, self.pretrained.as_ref(), shape, device)?;
+                let (mcfg, model) = C::start(self.cfg, self.pretrained.as_deref(), shape, device)?;
                 (mcfg, checkpoint::number_params(model), Start::fresh(()))
             }
         };
@@ -588,8 +590,8 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
         )
     }
 
-    fn loss(&mut self, model: &C, batch: &mut Batch, iteration: u64, device: &Device) -> Result<(Tensor<1>, ())> {
-        Ok((batch_loss(model, batch, self.classes, self.cfg, iteration, self.frozen, device), ()))
+    fn loss(&mut self, model: &C, batch: &mut Batch, step: Step, device: &Device) -> Result<(Tensor<1>, ())> {
+        Ok((batch_loss(model, batch, self.classes, self.cfg, step, self.frozen, device), ()))
     }
 
     fn end_of_epoch(&mut self, model: &C, end: &EpochEnd) -> Result<EpochReport> {
@@ -624,6 +626,7 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::rng_for;
 
     fn batch(b: usize) -> Batch {
         Batch {

@@ -15,4 +15,4 @@ pub mod trainer;
 
 pub use config::{OptimConfig, RunConfig};
 pub use pretrain::{PretrainConfig, pretrain};
-pub use trainer::{Reporter, Silent, StepMetrics};
+pub use trainer::{Reporter, Silent, Step, StepMetrics};

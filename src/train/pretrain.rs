@@ -16,11 +16,11 @@ use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, parse_toml_table
 use super::methods::Method;
 use super::tokenizer::{load_tokenizer, read_tokenizer_header};
 use super::trainer::{
-    EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit, settings_for_header,
+    EpochEnd, EpochReport, Extras, Progress, Reporter, Start, Step, StepMetrics, Task, fit, settings_for_header,
 };
 use crate::checkpoint;
 use crate::data::augment::{Augmentation, Transform};
-use crate::data::loader::{Batch, rng_for};
+use crate::data::loader::Batch;
 use crate::data::resize::Resample;
 use crate::data::{Dataset, Split};
 use crate::eval::extract;
@@ -322,6 +322,7 @@ pub fn pretrain(cfg: &PretrainConfig, resume: Option<&Path>, reporter: &mut dyn 
 }
 
 /// Pretraining of model `M` as a [`Task`].
+#[derive(Clone)]
 struct Pretraining<'a, M> {
     cfg: &'a PretrainConfig,
     /// The architecture, once the data's channels are known.
@@ -429,9 +430,9 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
         )
     }
 
-    fn loss(&mut self, model: &M, batch: &mut Batch, iteration: u64, device: &Device) -> Result<(Tensor<1>, ())> {
+    fn loss(&mut self, model: &M, batch: &mut Batch, step: Step, device: &Device) -> Result<(Tensor<1>, ())> {
         let ctx = self.ctx.as_ref().expect("prepared");
-        Ok((model.batch_loss(batch, device, ctx, &mut rng_for(&[self.cfg.run.seed, iteration, MASK_STREAM]))?, ()))
+        Ok((model.batch_loss(batch, device, ctx, &mut step.rng(self.cfg.run.seed, MASK_STREAM))?, ()))
     }
 
     /// The model's own step after an update (an EMA teacher would follow the student here).
@@ -476,5 +477,45 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
     fn save(&self, path: &Path, model: &M, optimizer: &ModuleOptimizer, progress: Progress) -> Result<()> {
         let header = progress.header(self.model_cfg().clone(), settings_for_header(self.cfg)?, self.cfg.run.seed, None);
         checkpoint::save(path, &header, model, Some(optimizer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::trainer::{Ranks, Silent, fit_on};
+    use burn::tensor::Device;
+
+    fn run(out: &Path, epochs: usize, devices: usize, resume: bool) -> Vec<StepMetrics> {
+        let mut cfg = PretrainConfig { model: Some("mae_tiny_28".into()), ..Default::default() };
+        (cfg.run.out, cfg.run.epochs, cfg.run.batch_size, cfg.run.max_images) = (out.into(), epochs, 4, Some(24));
+        let mut task = Pretraining::<MaskedAutoencoder> {
+            cfg: &cfg,
+            model_cfg: None,
+            ctx: None,
+            monitor: None,
+            _model: Default::default(),
+        };
+        let ranks = Ranks::unsynced(vec![Device::flex(); devices]);
+        let resume = resume.then(|| out.join("checkpoint.mim"));
+        fit_on(&mut task, resume.as_deref(), &mut Silent, ranks).unwrap().steps.into_iter().map(|s| s.0).collect()
+    }
+
+    /// What a CPU can check of a data-parallel run (no collectives here, so the devices' gradients
+    /// are not averaged): an iteration is a global batch, rank 0 computes what a single device
+    /// computes on the first share of it with the same masks, and only rank 0 writes.
+    #[test]
+    fn two_devices_split_each_batch_and_rank_zero_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        let single = run(&one, 1, 1, false);
+        let parallel = run(&two, 1, 2, false);
+        assert_eq!((single.len(), parallel.len()), (6, 3), "24 images in batches of 4, or of 2 x 4");
+        assert_eq!(single[0].loss, parallel[0].loss, "rank 0's first share is the single device's first batch");
+        assert_eq!(read_metrics(&two.join("metrics.jsonl")).unwrap().len(), 3, "one metrics line per global batch");
+        assert_eq!(crate::checkpoint::read_header(&two.join("checkpoint.mim")).unwrap().iteration, 3);
+        let resumed = run(&two, 2, 2, true);
+        assert_eq!(resumed.first().map(|m| m.iteration), Some(4), "the resumed run continues at the next global batch");
+        assert_eq!(read_metrics(&two.join("metrics.jsonl")).unwrap().len(), 6);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bytes, Device, Int, Tensor};
@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::config::{OptimArgs, OptimConfig, RunArgs, RunConfig, settings};
 use super::trainer::{
-    EpochEnd, EpochReport, Extras, Progress, Reporter, Start, StepMetrics, Task, fit, settings_for_header,
+    EpochEnd, EpochReport, Extras, Progress, Reporter, Start, Step, StepMetrics, Task, fit, settings_for_header,
 };
 use crate::checkpoint::{self, Kind};
 use crate::data::augment::Transform;
@@ -236,6 +236,7 @@ pub fn train_tokenizer(
 
 /// Tokenizer training as a [`Task`]: the EMA codebook update (and dead-code restarts) after
 /// every optimizer step.
+#[derive(Clone)]
 struct TokenizerTraining<'a> {
     cfg: &'a TokenizerTrainConfig,
     model_cfg: Option<TokenizerConfig>,
@@ -280,6 +281,13 @@ impl Task for TokenizerTraining<'_> {
 
     fn validate(&self) -> Result<()> {
         self.cfg.validate()
+    }
+
+    fn data_parallel(&self) -> Result<()> {
+        bail!(
+            "the tokenizer trains on one device: its EMA codebook follows the codes of each batch, which data-parallel \
+             devices would each see only a share of; pass a single --device"
+        )
     }
 
     fn prepare(&mut self, data: &Dataset, _device: &Device) -> Result<()> {
@@ -342,7 +350,7 @@ impl Task for TokenizerTraining<'_> {
         &mut self,
         model: &VqTokenizer,
         batch: &mut Batch,
-        _iteration: u64,
+        _step: Step,
         device: &Device,
     ) -> Result<(Tensor<1>, Codes)> {
         let out = model.forward_loss(batch.tensor(device))?;

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::ModuleOptimizer;
+use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation, all_reduce};
 use burn::tensor::{Bytes, Device, Tensor};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -22,7 +24,7 @@ use super::config::RunConfig;
 use super::lock::{RunLock, lock_run_dir};
 use crate::checkpoint::{CheckpointHeader, ClassifierSpec};
 use crate::data::augment::Transform;
-use crate::data::loader::{Batch, Prefetcher, epoch_order};
+use crate::data::loader::{Batch, Prefetcher, epoch_order, rng_for};
 use crate::data::{Dataset, Split};
 use crate::models::pretrain::ModelConfig;
 use crate::optim::{Stepper, Update};
@@ -123,6 +125,32 @@ pub trait Reporter {
 pub struct Silent;
 impl Reporter for Silent {}
 
+/// Where a micro-batch is computed: its `iteration` (0-based over the run) and the `rank` of the
+/// device computing its share of the batch (0 on a single device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Micro-batches done before this one.
+    pub iteration: u64,
+    /// The device's place in `--device cuda:0,cuda:1,...` (0 for the first or only one).
+    pub rank: usize,
+}
+
+impl Step {
+    /// Micro-batch `iteration` on a single device (or rank 0).
+    pub fn new(iteration: u64) -> Self {
+        Self { iteration, rank: 0 }
+    }
+
+    /// The generator of random stream `stream` (masks, mixup, drop path) for this micro-batch:
+    /// rank 0 draws what a single-device run draws, every other rank a stream of its own.
+    pub fn rng(self, seed: u64, stream: u64) -> ChaCha8Rng {
+        match self.rank {
+            0 => rng_for(&[seed, self.iteration, stream]),
+            r => rng_for(&[seed, self.iteration, stream, r as u64]),
+        }
+    }
+}
+
 /// Where a run starts: a fresh model at iteration 0, or what a checkpoint holds.
 pub struct Start<M> {
     /// The model.
@@ -211,8 +239,9 @@ pub struct EpochReport {
 /// Extra per-iteration metrics a job logs beside [`StepMetrics`], in order.
 pub type Extras = Vec<(&'static str, Value)>;
 
-/// A training job: what [`fit`] needs to know about it.
-pub trait Task {
+/// A training job: what [`fit`] needs to know about it. On several devices each device trains a
+/// clone of it.
+pub trait Task: Clone + Send {
     /// The model trained (on the autodiff device).
     type Model: Module;
     /// What the loss of a batch hands on to [`Task::after_batch`] (the tokenizer's codes).
@@ -242,6 +271,12 @@ pub trait Task {
     /// Checks the settings before anything is read or written, naming the flag to change.
     fn validate(&self) -> Result<()>;
 
+    /// Refuses data-parallel training on several devices where the job cannot do it (state that
+    /// every device would update on its own share of the batch), naming what to do instead.
+    fn data_parallel(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Learns what it needs of the training data (channels, size) before the folder is touched;
     /// `device` is the run's device without autodiff (frozen models, evaluation).
     fn prepare(&mut self, _data: &Dataset, _device: &Device) -> Result<()> {
@@ -265,12 +300,12 @@ pub trait Task {
     /// One line describing the run.
     fn about(&self, data: &Dataset, iters_per_epoch: usize) -> String;
 
-    /// The loss of micro-batch `iteration` (0-based over the run).
+    /// The loss of the micro-batch (this device's share of it) at `step`.
     fn loss(
         &mut self,
         model: &Self::Model,
         batch: &mut Batch,
-        iteration: u64,
+        step: Step,
         device: &Device,
     ) -> Result<(Tensor<1>, Self::Output)>;
 
@@ -329,24 +364,105 @@ fn append(path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("cannot write '{}'", path.display()))
 }
 
+/// The devices a run trains on: one, or several whose gradients burn's collectives average.
+pub(crate) struct Ranks {
+    /// The devices without autodiff, rank 0 first.
+    devices: Vec<Device>,
+    /// Whether backward averages gradients across the devices (burn's collectives over NCCL,
+    /// CUDA only); off only where a CPU test drives the multi-device plumbing.
+    sync: bool,
+    /// Keeps the collectives' communication server up while the run trains.
+    _context: Option<DistributedContext>,
+}
+
+impl Ranks {
+    /// `devices`, with the collectives started between them when there are several.
+    pub(crate) fn new(devices: Vec<Device>) -> Self {
+        let sync = devices.len() > 1;
+        let config = DistributedConfig { all_reduce_op: ReduceOperation::Mean };
+        let context = sync.then(|| DistributedContext::init(devices.clone(), config));
+        Self { devices, sync, _context: context }
+    }
+
+    /// `devices` trained side by side without averaging their gradients: what a CPU can check of
+    /// a data-parallel run (sharding, seeds, what rank 0 alone writes) without collectives.
+    #[cfg(test)]
+    pub(crate) fn unsynced(devices: Vec<Device>) -> Self {
+        Self { devices, sync: false, _context: None }
+    }
+}
+
+/// Marks every parameter as shared by the devices of a data-parallel run, so that backward
+/// averages its gradient across them (burn-train's `ModuleSharder`).
+struct Sharded;
+
+impl ModuleMapper for Sharded {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.set_distributed(id), mapper)
+    }
+}
+
+/// Rank `rank`'s share of an epoch's `order` on `world` devices of `batch` images each: the
+/// `rank`-th slice of every global batch of `batch x world` images (an incomplete last global batch
+/// is dropped), so that the devices together see what one device given the global batch would.
+pub fn rank_order(order: &[usize], batch: usize, world: usize, rank: usize) -> Vec<usize> {
+    order.chunks_exact(batch * world).flat_map(|g| &g[rank * batch..(rank + 1) * batch]).copied().collect()
+}
+
 /// Trains `task`; with `resume`, continues the run saved in that checkpoint on exactly the
-/// trajectory an uninterrupted run would have followed.
+/// trajectory an uninterrupted run would have followed. With several devices
+/// (`--device cuda:0,cuda:1`) every device trains a copy of the model on its share of each batch
+/// and backward averages the gradients (burn's collectives); rank 0 writes metrics and checkpoints.
 pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Reporter) -> Result<Fit<T::Model>> {
     task.validate()?;
+    if task.run().world_size() > 1 {
+        task.data_parallel()?;
+    }
+    let devices = crate::runtime::devices(&task.run().device)?;
+    fit_on(task, resume, reporter, Ranks::new(devices))
+}
+
+/// What every rank trains with.
+struct Shared {
+    run: RunConfig,
+    ds: Arc<Dataset>,
+    transform: Transform,
+    /// Iterations per epoch (global batches).
+    spe: usize,
+    devices: Vec<Device>,
+    sync: bool,
+}
+
+/// What rank 0 alone does: metrics, epoch records, checkpoints and progress.
+struct Writer<'a> {
+    reporter: &'a mut dyn Reporter,
+    metrics: std::fs::File,
+    mpath: PathBuf,
+}
+
+/// [`fit`] on the devices of `ranks`.
+pub(crate) fn fit_on<T: Task>(
+    task: &mut T,
+    resume: Option<&Path>,
+    reporter: &mut dyn Reporter,
+    ranks: Ranks,
+) -> Result<Fit<T::Model>> {
     let run = task.run().clone();
-    let plain = crate::runtime::device(&run.device)?;
-    let device = plain.clone().autodiff();
+    let world = ranks.devices.len();
+    let plain = ranks.devices[0].clone();
     let mut ds = Dataset::open(&run.data, Split::Train)?;
     if let Some(n) = run.max_images {
         ds.truncate(n);
     }
     task.prepare(&ds, &plain)?;
-    let spe = ds.len() / run.batch_size;
+    let global = run.batch_size * world;
+    let spe = ds.len() / global;
     ensure!(
         spe > 0,
-        "the dataset has {} images, fewer than one batch of {}: lower --batch-size or add images",
+        "the dataset has {} images, fewer than one batch of {global}{}: lower --batch-size or add images",
         ds.len(),
-        run.batch_size
+        if world > 1 { format!(" ({} on each of {world} devices)", run.batch_size) } else { String::new() }
     );
     let ckpt = task.checkpoint_path();
     // Taken before the folder is looked at, and held to the end: a second run into the same
@@ -359,41 +475,97 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
             T::WHAT
         );
     }
-    let start = task.start(&ds, resume, &device)?;
+    let start = task.start(&ds, resume, &plain.clone().autodiff())?;
     if let Some(path) = resume {
         crate::checkpoint::check_iterations_per_epoch(path, start.epoch, start.iteration, spe, &run.data)?;
     }
-    let mut stepper = task.stepper(&start.model, spe, start.optimizer)?;
-    let (mut model, mut it) = (start.model, start.iteration);
 
     std::fs::create_dir_all(&run.out)
         .with_context(|| format!("cannot create output folder '{}'", run.out.display()))?;
     let mpath = task.metrics_path();
-    keep_records(&mpath, "iteration", it)?;
-    let mut metrics = append(&mpath)?;
+    keep_records(&mpath, "iteration", start.iteration)?;
+    let metrics = append(&mpath)?;
     if let Some(log) = task.epoch_log() {
-        keep_records(&log, "epoch", it / spe as u64)?;
+        keep_records(&log, "epoch", start.iteration / spe as u64)?;
     }
     // Who trained what where: one record per start or resume, the provenance `mim report` shows.
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let record =
-        RunStart { started_unix_s: started, iteration: it, info: crate::runtime::RunInfo::here(command, run.seed) };
+    let record = RunStart {
+        started_unix_s: started,
+        iteration: start.iteration,
+        info: crate::runtime::RunInfo::here(command, run.seed),
+    };
     let runs = run.out.join(RUNS_LOG);
     writeln!(append(&runs)?, "{}", serde_json::to_string(&record)?)
         .with_context(|| format!("cannot write '{}'", runs.display()))?;
 
-    let ds = Arc::new(ds);
-    let total = (run.epochs * spe) as u64;
-    let transform = task.transform();
-    reporter.start(total, it, &task.about(&ds, spe));
+    let mut about = task.about(&ds, spe);
+    if world > 1 {
+        about.push_str(&format!(" | data-parallel on {world} devices ({}), batch {global} per iteration", run.device));
+    }
+    reporter.start((run.epochs * spe) as u64, start.iteration, &about);
+    let shared = Shared {
+        transform: task.transform(),
+        run,
+        ds: Arc::new(ds),
+        spe,
+        devices: ranks.devices.clone(),
+        sync: ranks.sync,
+    };
+    let (model, steps) = std::thread::scope(|scope| {
+        // Every other device starts from a copy of rank 0's model (the same initialisation or
+        // checkpoint) and the same optimizer state.
+        let workers: Vec<_> = (1..world)
+            .map(|rank| {
+                let mut task = task.clone();
+                let start = Start {
+                    model: start.model.clone().fork(&shared.devices[rank].clone().autodiff()),
+                    optimizer: start.optimizer.clone(),
+                    ..start
+                };
+                let shared = &shared;
+                scope.spawn(move || train(&mut task, start, rank, shared, None))
+            })
+            .collect();
+        let writer = Writer { reporter: &mut *reporter, metrics, mpath };
+        let main = train(task, start, 0, &shared, Some(writer));
+        for (rank, worker) in (1..).zip(workers) {
+            match worker.join() {
+                Ok(result) => drop(result.with_context(|| format!("the device of rank {rank} failed"))?),
+                Err(_) => bail!("the device of rank {rank} panicked (its message is printed above)"),
+            }
+        }
+        main
+    })?;
+    reporter.finish();
+    Ok(Fit { model, steps, lock })
+}
+
+/// The training loop of one device (`rank`): every device runs it in step with the others;
+/// `writer` is rank 0's.
+#[allow(clippy::type_complexity)]
+fn train<T: Task>(
+    task: &mut T,
+    start: Start<T::Model>,
+    rank: usize,
+    shared: &Shared,
+    mut writer: Option<Writer>,
+) -> Result<(T::Model, Vec<(StepMetrics, Extras)>)> {
+    let Shared { run, ds, transform, spe, devices, sync } = shared;
+    let (spe, world) = (*spe, devices.len());
+    let device = devices[rank].clone().autodiff();
+    let ckpt = task.checkpoint_path();
+    let mut model = if *sync { start.model.map(&mut Sharded) } else { start.model };
+    let mut stepper = task.stepper(&model, spe, start.optimizer)?;
+    let mut it = start.iteration;
     let started = crate::runtime::Stopwatch::start();
     let mut steps = Vec::new();
     let mut recent = VecDeque::new();
     let (mut lr, mut optimizer_steps) = (0.0, it / run.accum_iter as u64);
     for epoch in (it / spe as u64)..run.epochs as u64 {
         let first = (it % spe as u64) as usize;
-        let order = epoch_order(ds.len(), run.seed, epoch);
+        let order = rank_order(&epoch_order(ds.len(), run.seed, epoch), run.batch_size, world, rank);
         let loader = Prefetcher::spawn(
             ds.clone(),
             transform.clone(),
@@ -408,9 +580,15 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
         let mut t0 = Instant::now();
         for batch in loader {
             let mut batch = batch?;
-            let b = batch.len();
-            let (loss_t, output) = task.loss(&model, &mut batch, it, &device)?;
-            let loss = loss_t.clone().into_scalar::<f32>() as f64;
+            let b = batch.len() * world;
+            let (loss_t, output) = task.loss(&model, &mut batch, Step { iteration: it, rank }, &device)?;
+            // The loss of the whole batch: every device sees the same value, so all stop together.
+            let loss = if *sync {
+                all_reduce(loss_t.clone().detach(), ReduceOperation::Mean, devices.clone()).resolve()
+            } else {
+                loss_t.clone()
+            };
+            let loss = loss.into_scalar::<f32>() as f64;
             if !loss.is_finite() {
                 bail!(
                     "the loss is {loss} at iteration {it}: training diverged; lower the learning rate (--base-lr or --lr) or \
@@ -428,6 +606,7 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
             (model, extras) = task.after_batch(model, output, it, update.as_ref())?;
             it += 1;
             (loss_sum, batches) = (loss_sum + loss, batches + 1);
+            let Some(w) = writer.as_mut() else { continue };
             recent.push_back((b, t0.elapsed().as_secs_f64()));
             if recent.len() > 20 {
                 recent.pop_front();
@@ -448,13 +627,14 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
             for (k, v) in &extras {
                 line.push_str(&format!(",\"{k}\":{v}"));
             }
-            writeln!(metrics, "{line}}}").with_context(|| format!("cannot write '{}'", mpath.display()))?;
-            reporter.step(&m);
+            writeln!(w.metrics, "{line}}}").with_context(|| format!("cannot write '{}'", w.mpath.display()))?;
+            w.reporter.step(&m);
             steps.push((m, extras));
             t0 = Instant::now();
         }
         ensure!(it == (epoch + 1) * spe as u64, "the data loader stopped early in epoch {epoch}");
-        metrics.flush().with_context(|| format!("cannot write '{}'", mpath.display()))?;
+        let Some(w) = writer.as_mut() else { continue };
+        w.metrics.flush().with_context(|| format!("cannot write '{}'", w.mpath.display()))?;
         let progress = Progress { iteration: it, optimizer_steps, epoch: epoch + 1 };
         let end = EpochEnd {
             progress,
@@ -467,22 +647,21 @@ pub fn fit<T: Task>(task: &mut T, resume: Option<&Path>, reporter: &mut dyn Repo
             writeln!(append(&log)?, "{record}").with_context(|| format!("cannot write '{}'", log.display()))?;
         }
         if let Some(msg) = &report.message {
-            reporter.message(msg);
+            w.reporter.message(msg);
         }
         if (epoch + 1) % run.checkpoint_every as u64 == 0 || epoch + 1 == run.epochs as u64 {
             task.save(&ckpt, &model, stepper.optimizer(), progress)?;
-            reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt.display()));
+            w.reporter.message(&format!("epoch {}: checkpoint written to {}", epoch + 1, ckpt.display()));
             if run.keep_checkpoints {
                 let kept = kept_checkpoint(&run.out, epoch + 1);
                 std::fs::create_dir_all(kept.parent().expect("a folder"))?;
                 std::fs::copy(&ckpt, &kept)
                     .with_context(|| format!("cannot copy '{}' to '{}'", ckpt.display(), kept.display()))?;
             }
-            reporter.checkpoint(&ckpt, epoch + 1);
+            w.reporter.checkpoint(&ckpt, epoch + 1);
         }
     }
-    reporter.finish();
-    Ok(Fit { model, steps, lock })
+    Ok((model, steps))
 }
 
 #[cfg(test)]
@@ -501,6 +680,24 @@ mod tests {
         let readings = [(1.0, None), (3.0, None), (2.0, Some(0.5)), (4.0, Some(1.5))];
         assert!((training_core_seconds(readings, 2) - 7.5).abs() < 1e-12);
         assert!((training_core_seconds([(1.0, Some(0.9)), (2.0, Some(1.9))], 8) - 1.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn each_device_takes_its_slice_of_every_global_batch() {
+        let order: Vec<usize> = (100..123).collect(); // 23 images: 3 global batches of 2 x 3, 5 left over
+        let shares: Vec<_> = (0..2).map(|r| rank_order(&order, 3, 2, r)).collect();
+        assert_eq!(shares[0], [100, 101, 102, 106, 107, 108, 112, 113, 114]);
+        assert_eq!(shares[1], [103, 104, 105, 109, 110, 111, 115, 116, 117]);
+        assert_eq!(rank_order(&order, 3, 1, 0), order[..21], "one device: the order, whole batches only");
+    }
+
+    #[test]
+    fn rank_zero_draws_the_single_device_stream_and_other_ranks_their_own() {
+        use rand::RngCore;
+        let draw = |step: Step| step.rng(7, 0x4D41534B).next_u64();
+        assert_eq!(draw(Step::new(3)), rng_for(&[7, 3, 0x4D41534B]).next_u64());
+        assert_ne!(draw(Step { iteration: 3, rank: 1 }), draw(Step::new(3)));
+        assert_ne!(draw(Step { iteration: 3, rank: 1 }), draw(Step { iteration: 3, rank: 2 }));
     }
 
     #[test]
