@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bytes, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -379,6 +380,12 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
         }
         self.model_cfg = Some(model_cfg);
         Ok(())
+    }
+
+    fn to_device(&mut self, device: &Device) {
+        if let Some(ctx) = &mut self.ctx {
+            ctx.tokenizer = ctx.tokenizer.take().map(|t| t.to_device(device));
+        }
     }
 
     fn start(&mut self, data: &Dataset, resume: Option<&Path>, device: &Device) -> Result<Start<M>> {

@@ -277,6 +277,10 @@ pub trait Task: Clone + Send {
         Ok(())
     }
 
+    /// Moves what the loss uses besides the model (BEiT's frozen tokenizer) to `device`, for the
+    /// copy of the job that another device of a data-parallel run trains.
+    fn to_device(&mut self, _device: &Device) {}
+
     /// Learns what it needs of the training data (channels, size) before the folder is touched;
     /// `device` is the run's device without autodiff (frozen models, evaluation).
     fn prepare(&mut self, _data: &Dataset, _device: &Device) -> Result<()> {
@@ -519,6 +523,7 @@ pub(crate) fn fit_on<T: Task>(
         let workers: Vec<_> = (1..world)
             .map(|rank| {
                 let mut task = task.clone();
+                task.to_device(&shared.devices[rank]);
                 let start = Start {
                     model: start.model.clone().fork(&shared.devices[rank].clone().autodiff()),
                     optimizer: start.optimizer.clone(),
