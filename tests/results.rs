@@ -158,8 +158,10 @@ fn committed_bench_records_read_back_and_summarise() {
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        // The viewer's latencies and the bare matmul rates are records of other programs.
-        let other = ["viewer_latency.jsonl", "gemm_shapes.jsonl"].iter().any(|f| path.ends_with(f));
+        // The viewer's latencies and the bare matmul rates (`*gemm_shapes.jsonl`, one file per
+        // machine) are records of other programs.
+        let name = path.file_name().unwrap().to_string_lossy();
+        let other = ["viewer_latency.jsonl", "gemm_shapes.jsonl"].iter().any(|f| name.ends_with(f));
         if path.extension().is_none_or(|e| e != "jsonl") || other {
             continue;
         }
