@@ -72,24 +72,28 @@ config="$pkg/mlc_llvm_static/static/bin/llvm-config"
 [ -f "$config" ] || die "$config is missing: delete $pkg and run this script again"
 
 bundle="$base/xdg/tracel/tracel-llvm-$bundler_version"
-# The marker last: without it the bundler would try github.com, with it a broken wrapper fails the build.
-rm -f "$bundle/.tracel-llvm-installed"
-mkdir -p "$bundle/bin"
+marker="$bundle/.tracel-llvm-installed"
 # The wheel's llvm-config finds its prefix from its own location, so the wrapper runs it in
 # place, with the Python that installed it.
-cat >"$bundle/bin/llvm-config" <<EOF
-#!/bin/sh
+wrapper="#!/bin/sh
 # Written by tools/cuda/setup.sh: the LLVM from PyPI, where tracel-llvm-bundler looks.
-exec "$python" "$config" "\$@"
-EOF
-chmod +x "$bundle/bin/llvm-config"
+exec \"$python\" \"$config\" \"\$@\""
+# Written only when something changed: cargo reruns the bundler's build script, and rebuilds
+# everything above it (about 20 minutes), whenever the marker's time changes.
+if [ ! -f "$marker" ] || [ "$(cat "$bundle/bin/llvm-config" 2>/dev/null)" != "$wrapper" ]; then
+    # The marker last: without it the bundler would try github.com, with it a broken wrapper fails the build.
+    rm -f "$marker"
+    mkdir -p "$bundle/bin"
+    printf '%s\n' "$wrapper" >"$bundle/bin/llvm-config"
+    chmod +x "$bundle/bin/llvm-config"
+fi
 
 targets="$("$bundle/bin/llvm-config" --targets-built)" || die "$bundle/bin/llvm-config does not run"
 case " $targets " in
     *" NVPTX "*) ;;
     *) die "this LLVM lacks the NVPTX target (built: $targets)" ;;
 esac
-touch "$bundle/.tracel-llvm-installed"
+[ -f "$marker" ] || touch "$marker"
 
 echo "LLVM $("$bundle/bin/llvm-config" --version) (NVPTX) ready for tracel-llvm-bundler $bundler_version in $bundle"
 echo "Next: cargo build --release --features cuda"
