@@ -84,17 +84,19 @@ impl FusedAdamW {
 }
 
 impl Optimizer for FusedAdamW {
-    type State<const D: usize> = AdamWState<D>;
+    type State<const D: usize> = HostLoaded<AdamWState<D>>;
 
     fn step<const D: usize>(
         &self,
         lr: LearningRate,
         tensor: Tensor<D>,
         grad: Tensor<D>,
-        state: Option<AdamWState<D>>,
-    ) -> (Tensor<D>, Option<AdamWState<D>>) {
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let state = state.map(|s| s.0);
         if !(ops::adamw::supported(&tensor) && ops::adamw::supported(&grad)) {
-            return self.burn.step(lr, tensor, grad, state);
+            let (tensor, state) = self.burn.step(lr, tensor, grad, state);
+            return (tensor, state.map(HostLoaded));
         }
         let (time, m, v) = match state {
             Some(s) => (s.momentum.time + 1, s.momentum.moment_1, s.momentum.moment_2),
@@ -109,11 +111,30 @@ impl Optimizer for FusedAdamW {
             time,
         };
         let (p, m, v) = ops::adamw::adamw_step(tensor, grad, m, v, step);
-        (p, Some(AdamWState::new(AdaptiveMomentumState::new(time, m, v))))
+        (p, Some(HostLoaded(AdamWState::new(AdaptiveMomentumState::new(time, m, v)))))
     }
 
-    fn to_device<const D: usize>(state: AdamWState<D>, device: &Device) -> AdamWState<D> {
-        <AdamW as Optimizer>::to_device(state, device)
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        HostLoaded(<AdamW as Optimizer>::to_device(state.0, device))
+    }
+}
+
+/// An optimizer state that a checkpoint loads into host memory (flex), under the same names as `S`.
+///
+/// burn loads optimizer state onto `Device::default()`, which a CUDA build makes the first GPU:
+/// a CPU run would then fail to resume where there is no GPU, and every rank of a data-parallel
+/// run would load onto GPU 0. burn's `ModuleOptimizer` moves each state to its parameter's device
+/// at every step, so a state loaded on the host lands on the right device at the first step.
+#[derive(Clone)]
+pub struct HostLoaded<S>(pub S);
+
+impl<S: RecordState> RecordState for HostLoaded<S> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        self.0.state_flatten(prefix, out);
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, _device: &Device) -> Option<Self> {
+        S::state_unflatten(prefix, src, &Device::flex()).map(Self)
     }
 }
 
@@ -225,7 +246,7 @@ impl<const D: usize> RecordState for LarsState<D> {
 }
 
 impl Optimizer for Lars {
-    type State<const D: usize> = LarsState<D>;
+    type State<const D: usize> = HostLoaded<LarsState<D>>;
 
     fn step<const D: usize>(
         &self,
@@ -244,14 +265,14 @@ impl Optimizer for Lars {
             }
         }
         let velocity = match state {
-            Some(s) => s.velocity.mul_scalar(self.momentum) + update,
+            Some(s) => s.0.velocity.mul_scalar(self.momentum) + update,
             None => update,
         };
-        (tensor - velocity.clone().mul_scalar(lr), Some(LarsState { velocity }))
+        (tensor - velocity.clone().mul_scalar(lr), Some(HostLoaded(LarsState { velocity })))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        LarsState { velocity: state.velocity.to_device(device) }
+        HostLoaded(LarsState { velocity: state.0.velocity.to_device(device) })
     }
 }
 
@@ -451,6 +472,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn optimizer_state_loads_on_the_host_under_burns_names() {
+        let host = Device::flex();
+        let m = Tensor::<1>::from_floats([1.0, -2.0], &host);
+        let burns = AdamWState::new(AdaptiveMomentumState::new(7, m.clone(), m.clone().abs()));
+        let mut sink = StateSink::default();
+        burns.state_flatten("3", &mut sink);
+        let mut ours = StateSink::default();
+        HostLoaded(burns).state_flatten("3", &mut ours);
+        assert_eq!(format!("{:?}", ours.tensors), format!("{:?}", sink.tensors));
+        assert_eq!(format!("{:?}", ours.scalars), format!("{:?}", sink.scalars));
+
+        let mut src = StateSource::new(sink.scalars.into_iter().collect());
+        for (name, data) in sink.tensors {
+            src.insert_tensor(name, data);
+        }
+        // What burn's `load_record` passes: the first GPU in a CUDA build, where there may be none.
+        let loaded = HostLoaded::<AdamWState<1>>::state_unflatten("3", &mut src, &Device::default()).unwrap().0;
+        assert_eq!(loaded.momentum.time, 7);
+        assert_eq!(loaded.momentum.moment_1.device(), host);
+        assert_eq!(loaded.momentum.moment_2.into_data().try_to_vec::<f32>().unwrap(), [1.0, 2.0]);
+    }
+
+    #[test]
     fn schedule_warms_up_linearly_then_decays_by_half_cosine() {
         let s = CosineSchedule { lr: 1.0, min_lr: 0.1, warmup_epochs: 2.0, epochs: 10.0 };
         assert_eq!(s.at(0.0), 0.0);
@@ -493,7 +537,7 @@ mod tests {
                 (p1, s1) = ours.step(lr, p1, g.clone(), s1);
                 (p2, s2) = theirs.step(lr, p2, g, s2);
             }
-            let (a, b) = (s1.unwrap().momentum, s2.unwrap().momentum);
+            let (a, b) = (s1.unwrap().0.momentum, s2.unwrap().momentum);
             assert_eq!(a.time, b.time);
             for (name, x, y) in [
                 ("parameter", p1, p2),

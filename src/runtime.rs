@@ -48,7 +48,7 @@ pub fn device(name: &str) -> Result<Device> {
 /// Parses a run's devices: one [`device`], or several CUDA devices `cuda:0,cuda:1,...` for
 /// data-parallel training (burn's collectives run over NCCL, so only CUDA devices can share a run).
 pub fn devices(list: &str) -> Result<Vec<Device>> {
-    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    let names = device_names(list);
     if names.len() > 1 {
         if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
             bail!("device '{dup}' is named twice in '{list}': name each device once");
@@ -61,6 +61,11 @@ pub fn devices(list: &str) -> Result<Vec<Device>> {
         }
     }
     names.into_iter().map(device).collect()
+}
+
+/// The names in a device list (`cpu`, `cuda:0,cuda:1`): one per rank of the run, in rank order.
+pub fn device_names(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).collect()
 }
 
 /// The machine and build a run was measured (or trained) on, carried by every JSONL record.

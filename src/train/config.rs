@@ -108,7 +108,7 @@ impl Default for RunConfig {
 impl RunConfig {
     /// Devices the run trains on (`device` lists them separated by commas).
     pub fn world_size(&self) -> usize {
-        self.device.split(',').count()
+        crate::runtime::device_names(&self.device).len()
     }
 
     /// Images per optimizer update, on all devices together.

@@ -453,8 +453,10 @@ pub(crate) fn fit_on<T: Task>(
     ranks: Ranks,
 ) -> Result<Fit<T::Model>> {
     let run = task.run().clone();
-    let world = ranks.devices.len();
-    let plain = ranks.devices[0].clone();
+    // The context keeps the collectives up until this function returns.
+    let Ranks { devices, sync, _context } = ranks;
+    let world = devices.len();
+    let plain = devices[0].clone();
     let mut ds = Dataset::open(&run.data, Split::Train)?;
     if let Some(n) = run.max_images {
         ds.truncate(n);
@@ -509,14 +511,7 @@ pub(crate) fn fit_on<T: Task>(
         about.push_str(&format!(" | data-parallel on {world} devices ({}), batch {global} per iteration", run.device));
     }
     reporter.start((run.epochs * spe) as u64, start.iteration, &about);
-    let shared = Shared {
-        transform: task.transform(),
-        run,
-        ds: Arc::new(ds),
-        spe,
-        devices: ranks.devices.clone(),
-        sync: ranks.sync,
-    };
+    let shared = Shared { transform: task.transform(), run, ds: Arc::new(ds), spe, devices, sync };
     let (model, steps) = std::thread::scope(|scope| {
         // Every other device starts from a copy of rank 0's model (the same initialisation or
         // checkpoint) and the same optimizer state.
