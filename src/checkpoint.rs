@@ -162,6 +162,15 @@ fn sections(bytes: &[u8], path: &Path, kind: Kind) -> Result<Vec<Vec<u8>>> {
     if let Some(other) = Kind::ALL.iter().find(|k| **k != kind && bytes.starts_with(k.prefix())) {
         bail!("'{}' is {}, not {}", path.display(), other.describe(), kind.describe());
     }
+    // safetensors: an 8-byte header length, then JSON; a PyTorch file: a zip or a pickle.
+    let weights_file = bytes.get(8) == Some(&b'{') || bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(&[0x80]);
+    ensure!(
+        !weights_file || bytes.starts_with(kind.prefix()),
+        "'{}' is a weights file (safetensors or PyTorch), not a mim checkpoint: commands that read weights files take \
+         it as --weights (`mim inspect` shows what it holds), or pass {}",
+        path.display(),
+        kind.describe()
+    );
     ensure!(bytes.len() >= 8 && bytes.starts_with(kind.prefix()), bad());
     let with_crc = match bytes[7] {
         b'1' => false,

@@ -59,6 +59,9 @@ struct KnnRecord {
 /// Writes the report of the run in `run_dir` to `out` (default `run_dir/report.html`) and returns
 /// where.
 pub fn write_report(run_dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
+    if let Some(out) = out {
+        crate::io::check_output(out, "html", &[])?;
+    }
     let metrics_file = crate::train::pretrain::metrics_path(run_dir);
     ensure!(
         metrics_file.exists(),

@@ -479,7 +479,7 @@ pub fn decoded_batch(images: &[crate::data::Image], side: usize, mean: &[f32], s
 /// Saves a PNG, creating the folder.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the folder '{}'", dir.display()))?;
     }
     img.save(path).with_context(|| format!("cannot write '{}'", path.display()))
 }

@@ -197,8 +197,13 @@ fn resume_takes_the_run_from_its_checkpoint_from_any_directory() {
 fn optimizer_numbers_are_refused_with_accurate_messages() {
     let data = subset();
     let d = data.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--lr", "inf"], "the learning rate is inf: it must be a finite number"),
+        (
+            &["--lr", "1e-3", "--min-lr", "10"],
+            "--min-lr 10 and --warmup-lr 0 must not exceed the peak learning rate 0.001",
+        ),
+        (&["--clip-grad", "-1"], "--clip-grad -1 must be a finite value >= 0"),
         (&["--lr", "NaN"], "the learning rate is NaN: it must be a finite number"),
         (&["--lr", "0"], "the learning rate is 0: it must be positive"),
         (&["--weight-decay", "-5"], "--weight-decay -5 must be a finite value >= 0"),
@@ -233,4 +238,89 @@ fn a_damaged_checkpoint_is_refused_and_an_intact_one_loads() {
     std::fs::write(&bad, &good[..good.len() - 3]).unwrap();
     assert_clean_error(&export(&bad), "is corrupted");
     assert!(export(&run.join("checkpoint.mim")).status.success());
+}
+
+#[test]
+fn no_output_flag_replaces_a_run_or_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = mim(&pretrain_args(run.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck = run.join("checkpoint.mim");
+    let (c, metrics) = (ck.to_str().unwrap(), run.join("metrics.jsonl"));
+    let kept = |f: &std::path::Path| std::fs::read(f).unwrap();
+    let (ck_bytes, metrics_bytes) = (kept(&ck), kept(&metrics));
+    assert_clean_error(&mim(&["export", "--checkpoint", c, "--out", c]), "name the output .safetensors");
+    assert_clean_error(
+        &mim(&["report", run.to_str().unwrap(), "--out", metrics.to_str().unwrap()]),
+        "name the output .html",
+    );
+    let st = tmp.path().join("w.safetensors");
+    let s = st.to_str().unwrap();
+    assert!(mim(&["export", "--checkpoint", c, "--out", s]).status.success());
+    assert_clean_error(&mim(&["convert", s, s, "--to", "timm"]), "is also the input");
+    let pics = tmp.path().join("pics");
+    let o = mim(&["reconstruct", "--checkpoint", s, "--out", pics.to_str().unwrap()]);
+    assert_clean_error(&o, "is a weights file (safetensors or PyTorch), not a mim checkpoint");
+    let d = subset();
+    let embed = ["embed", "--checkpoint", c, "--data", d.to_str().unwrap(), "--out", c];
+    assert_clean_error(&mim(&embed), "name the output .safetensors");
+
+    // --resume-from into a folder that holds another run.
+    let other = tmp.path().join("other");
+    let mut args = pretrain_args(other.to_str().unwrap());
+    args.extend(["--seed", "5"].map(String::from));
+    let o = mim(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let other_bytes = kept(&other.join("checkpoint.mim"));
+    let mut args = pretrain_args(other.to_str().unwrap());
+    args.extend(["--resume-from", c].map(String::from));
+    let o = mim(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_clean_error(&o, "already holds a");
+    assert_eq!(kept(&other.join("checkpoint.mim")), other_bytes);
+    let o = mim(&["finetune", "--resume", "--out", run.to_str().unwrap()]);
+    assert_clean_error(&o, "holds a pretraining run, not a fine-tuning");
+    let o = mim(&[
+        "finetune",
+        "--checkpoint",
+        c,
+        "--model",
+        "mae_tiny_28",
+        "--out",
+        tmp.path().join("ft").to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "with --checkpoint the model is the checkpoint's: drop --model");
+    assert_eq!((kept(&ck), kept(&metrics)), (ck_bytes, metrics_bytes), "nothing of the run was touched");
+}
+
+#[test]
+fn evaluation_settings_are_refused_before_any_feature_is_extracted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = subset();
+    let base = ["--pixels", "--data", d.to_str().unwrap()];
+    let knn = |flags: &[&str]| mim(&[&["knn"][..], &base, flags].concat());
+    assert_clean_error(&knn(&["--temperature", "nan"]), "--temperature NaN must be a finite value > 0");
+    assert_clean_error(&knn(&["--temperature=-1"]), "--temperature -1 must be a finite value > 0");
+    assert_clean_error(&knn(&["--k", "0"]), "--k must be at least 1");
+    assert_clean_error(&knn(&["--feature-batch", "0"]), "--feature-batch must be at least 1");
+    assert_clean_error(&knn(&["--max-images", "0"]), "--max-images must be at least 1");
+    let folder = tmp.path().to_str().unwrap();
+    assert_clean_error(&knn(&["--record", folder]), "is a folder");
+    let probe = |flags: &[&str]| mim(&[&["linprobe"][..], &base, flags].concat());
+    assert_clean_error(&probe(&["--base-lr", "nan"]), "--base-lr NaN must be a finite value > 0");
+    assert_clean_error(&probe(&["--weight-decay=-1"]), "--weight-decay -1 must be a finite value >= 0");
+}
+
+#[test]
+fn the_demo_continues_only_its_own_run_and_says_where_to_run_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = mim(&pretrain_args(run.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = std::fs::read(run.join("checkpoint.mim")).unwrap();
+    assert_clean_error(&mim(&["demo", "--out", run.to_str().unwrap()]), "is not an earlier `mim demo`");
+    assert_eq!(std::fs::read(run.join("checkpoint.mim")).unwrap(), before);
+    let elsewhere = tmp.path().join("demo");
+    let o = mim_in(tmp.path(), &["demo", "--out", elsewhere.to_str().unwrap()]);
+    assert_clean_error(&o, "run it from the repository's root");
 }

@@ -23,6 +23,19 @@ impl Default for KnnConfig {
     }
 }
 
+impl KnnConfig {
+    /// Checks the settings before any feature is extracted, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.k > 0, "--k must be at least 1");
+        ensure!(
+            self.temperature.is_finite() && self.temperature > 0.0,
+            "--temperature {} must be a finite value > 0 (the vote weights are exp(similarity / temperature))",
+            self.temperature
+        );
+        Ok(())
+    }
+}
+
 /// Rows scaled to unit length.
 fn normalised(f: &Features) -> Features {
     let mut values = f.values.clone();
@@ -41,13 +54,9 @@ pub fn knn_accuracy(
     cfg: KnnConfig,
     device: &Device,
 ) -> Result<(f64, f64)> {
+    cfg.validate()?;
     ensure!(train.dim == test.dim, "train and test features differ in width ({} vs {})", train.dim, test.dim);
-    ensure!(
-        cfg.k > 0 && cfg.k <= train.len(),
-        "k = {} must be between 1 and the {} training vectors",
-        cfg.k,
-        train.len()
-    );
+    ensure!(cfg.k <= train.len(), "k = {} must be between 1 and the {} training vectors", cfg.k, train.len());
     let (train, test) = (normalised(train), normalised(test));
     let bank = train.tensor(device).transpose();
     let mut scores = Vec::with_capacity(test.len() * classes);

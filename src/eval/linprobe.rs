@@ -64,6 +64,23 @@ impl Default for LinprobeConfig {
     }
 }
 
+impl LinprobeConfig {
+    /// Checks the settings before any feature is extracted, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.epochs > 0 && self.batch_size > 0, "the probe needs --epochs >= 1 and --batch-size >= 1");
+        ensure!(
+            self.base_lr.is_finite() && self.base_lr > 0.0,
+            "--base-lr {} must be a finite value > 0",
+            self.base_lr
+        );
+        let wd = self.weight_decay;
+        ensure!(wd.is_finite() && wd >= 0.0, "--weight-decay {wd} must be a finite value >= 0 (0 turns it off)");
+        let w = self.warmup_epochs;
+        ensure!(w.is_finite() && w >= 0.0, "--warmup-epochs {w} must be a finite value >= 0");
+        Ok(())
+    }
+}
+
 /// One epoch of a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProbeEpoch {
@@ -98,11 +115,9 @@ pub fn linear_probe(
     device: &Device,
     progress: &mut dyn FnMut(&ProbeEpoch),
 ) -> Result<Vec<ProbeEpoch>> {
+    cfg.validate()?;
     ensure!(train.dim == test.dim, "train and test features differ in width ({} vs {})", train.dim, test.dim);
-    ensure!(
-        !train.is_empty() && cfg.epochs > 0 && cfg.batch_size > 0,
-        "the probe needs features, --epochs >= 1 and --batch-size >= 1"
-    );
+    ensure!(!train.is_empty(), "the probe needs training features: --max-images must be at least 1");
     let d = train.dim;
     let n = train.len() as f64;
     let mut mean = vec![0.0f64; d];

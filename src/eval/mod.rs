@@ -241,8 +241,15 @@ pub fn topk_accuracy(scores: &[f32], classes: usize, labels: &[u32]) -> (f64, f6
     let (mut top1, mut top5) = (0usize, 0usize);
     for (row, &label) in scores.chunks(classes).zip(labels) {
         let target = row[label as usize];
-        let better =
-            row.iter().enumerate().filter(|&(c, &s)| s > target || (s == target && c < label as usize)).count();
+        // A NaN score is never right: a NaN label score ranks last, any other NaN above the label.
+        let better = if target.is_nan() {
+            usize::MAX
+        } else {
+            row.iter()
+                .enumerate()
+                .filter(|&(c, &s)| s.is_nan() || s > target || (s == target && c < label as usize))
+                .count()
+        };
         top1 += (better == 0) as usize;
         top5 += (better < 5) as usize;
     }
@@ -278,6 +285,16 @@ mod tests {
         let (t1, t5) = topk_accuracy(&scores, 3, &[1, 1, 0]);
         assert!((t1 - 100.0 / 3.0).abs() < 1e-9, "{t1}");
         assert_eq!(t5, 100.0);
+    }
+
+    #[test]
+    fn nan_scores_never_count_as_right() {
+        // A diverged probe or a NaN temperature must not read as a perfect score.
+        let (t1, t5) = topk_accuracy(&[f32::NAN; 6], 3, &[0, 2]);
+        assert_eq!((t1, t5), (0.0, 0.0));
+        let scores = [0.9, f32::NAN, 0.1, /**/ 0.2, 0.1, 0.7];
+        let (t1, t5) = topk_accuracy(&scores, 3, &[0, 2]);
+        assert_eq!((t1, t5), (50.0, 100.0));
     }
 
     #[test]

@@ -255,12 +255,21 @@ pub(crate) fn convert_patch_weight((p, c, d): (usize, usize, usize), v: &[f32], 
 }
 
 /// Checks position embeddings `key` of `shape` from `source` fit a `grid x grid` patch grid plus
-/// the cls slot at width `dim`, naming the fix when they do not (mim loads them as they are and
-/// does not interpolate them to another grid).
+/// the cls slot at width `dim`, naming the fix when they do not (a checkpoint's are loaded as they
+/// are; a weights file's were fitted to the grid when [`crate::weights::open`] read it).
 pub fn check_pos_embed_shape(key: &str, shape: &[usize], grid: usize, dim: usize, source: &str) -> Result<()> {
     let want = [1, grid * grid + 1, dim];
     if shape == want {
         return Ok(());
+    }
+    if let [1, _, d] = shape
+        && *d != dim
+    {
+        bail!(
+            "'{key}' in '{source}' is {d} wide, this model {dim} (shape {shape:?} against {want:?}): the weights are for \
+             another model; build the one they were trained with (their config.json or the matching preset: `mim inspect` \
+             shows what the file holds)"
+        );
     }
     let theirs = match shape {
         [1, n, d] => {
@@ -371,6 +380,33 @@ pub fn write_atomic(path: &Path, sections: &[&[u8]]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether `a` and `b` name one existing file (through links, `..` or another spelling).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Checks, before any work, that a command writing a `.{ext}` file may write `out`: a typo in
+/// `--out` must not replace the input being read, a run's checkpoint or its records. So `out`
+/// must end in `.{ext}` (an existing file of that kind is replaced: rewriting an export or a report
+/// is routine) and must not be one of `inputs`.
+pub fn check_output(out: &Path, ext: &str, inputs: &[&Path]) -> Result<()> {
+    ensure!(
+        out.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case(ext)),
+        "'{}': this command writes a .{ext} file, so name the output .{ext} (mim does not write under \
+         another extension, so that a checkpoint or a record there is never overwritten)",
+        out.display()
+    );
+    ensure!(!out.is_dir(), "'{}' is a folder: name a .{ext} file", out.display());
+    if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
+        bail!(
+            "'{}' is also the input '{}': choose another output, the input would be lost",
+            out.display(),
+            input.display()
+        );
+    }
+    Ok(())
 }
 
 /// Reads a TOML configuration file into `T` (whose unknown keys are errors when `T` denies them).

@@ -212,6 +212,10 @@ impl Viewer {
             ModelConfig::Beit(beit) => beit_with_tokenizer(cfg, &weights, beit, header.as_ref(), &device),
             other => Err(anyhow::anyhow!("visual tokens are BEiT's targets; this is a {} model", other.kind())),
         };
+        // A tokenizer the user named must work: the page would otherwise hide the mistake in one view.
+        if let (Some(t), Err(e)) = (&cfg.tokenizer, &beit) {
+            bail!("--tokenizer '{}' cannot serve: {e:#}", t.display());
+        }
 
         let data = data_path.as_deref().map(|p| Dataset::open(p, cfg.split)).transpose()?;
         let (train, features) = match (&data_path, cfg.neighbour_pool) {

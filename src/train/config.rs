@@ -208,7 +208,18 @@ impl OptimConfig {
         ensure!(self.warmup_lr.is_finite() && self.warmup_lr >= 0.0, "--warmup-lr must be a finite value >= 0");
         let wd = self.weight_decay;
         ensure!(wd.is_finite() && wd >= 0.0, "--weight-decay {wd} must be a finite value >= 0 (0 turns it off)");
-        ensure!(self.clip_grad.is_none_or(|c| c.is_finite()), "--clip-grad must be finite (0 turns clipping off)");
+        ensure!(
+            self.min_lr <= lr && self.warmup_lr <= lr,
+            "--min-lr {} and --warmup-lr {} must not exceed the peak learning rate {lr}: the schedule would climb \
+             where it should fall",
+            self.min_lr,
+            self.warmup_lr
+        );
+        ensure!(
+            self.clip_grad.is_none_or(|c| c.is_finite() && c >= 0.0),
+            "--clip-grad {} must be a finite value >= 0 (0 turns clipping off)",
+            self.clip_grad.unwrap_or_default()
+        );
         Ok(())
     }
 }

@@ -481,6 +481,19 @@ pub(crate) fn fit_on<T: Task>(
             T::WHAT
         );
     }
+    if let Some(from) = resume
+        && ckpt.exists()
+        && !crate::io::same_file(from, &ckpt)
+    {
+        bail!(
+            "'{}' already holds a {} of another run: --resume-from continues '{}' in a folder of its own, so choose \
+             an --out without a checkpoint, or pass --resume to continue the run in '{}' (nothing was overwritten)",
+            run.out.display(),
+            T::WHAT,
+            from.display(),
+            run.out.display()
+        );
+    }
     let start = task.start(&ds, resume, &plain.clone().autodiff())?;
     if let Some(path) = resume {
         crate::checkpoint::check_iterations_per_epoch(path, start.epoch, start.iteration, spe, &run.data)?;

@@ -253,6 +253,7 @@ pub fn convert(w: &Weights, to: Naming, out: &Path, precision: Precision) -> Res
              safetensors.torch.load_file; the official code's torch.load(path)['model'] takes that dict)"
         );
     }
+    crate::io::check_output(out, "safetensors", &[&w.path])?;
     let mut left_out = Vec::new();
     let mut config = w.detected.config.clone();
     let buffer = |k: &str| k.ends_with("relative_position_index") || k.ends_with("attn_mask");

@@ -70,6 +70,8 @@ impl BackboneArgs {
     /// Features of the train and test splits, with the number of classes.
     fn features(&self, splits: &[Split]) -> Result<(Vec<Features>, usize)> {
         let backbone = self.backbone()?;
+        ensure!(self.feature_batch > 0, "--feature-batch must be at least 1");
+        ensure!(self.max_images != Some(0), "--max-images must be at least 1");
         let device = mim::runtime::device(&self.device)?;
         let mut out = Vec::new();
         let mut classes = 0;
@@ -163,6 +165,22 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
+    /// Refuses, before any work, a --record that cannot take a line, so that hours of training are
+    /// not lost to a typo in it.
+    fn check(&self) -> Result<()> {
+        let Some(path) = &self.record else { return Ok(()) };
+        ensure!(!path.is_dir(), "--record '{}' is a folder: name a .jsonl file in it", path.display());
+        if path.exists() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--record '{}' cannot be written", path.display()))?;
+        } else if let Some(dir) = path.parent().filter(|d| d.exists()) {
+            ensure!(dir.is_dir(), "--record '{}': '{}' is not a folder", path.display(), dir.display());
+        }
+        Ok(())
+    }
+
     /// Appends the record `make` builds to --record, in the study and row the flags name; without
     /// --record nothing is built (it reads the checkpoint's header and metrics).
     fn write(&self, make: impl FnOnce() -> Result<Record>) -> Result<()> {
@@ -213,6 +231,11 @@ impl FinetuneCmd {
             c.checkpoint = None;
         }
         ensure!(
+            c.checkpoint.is_none() || !crate::resume::given().iter().any(|k| k == "model"),
+            "--model names the architecture trained from scratch; with --checkpoint the model is the checkpoint's: \
+             drop --model"
+        );
+        ensure!(
             c.checkpoint.is_some() || self.from_scratch || self.resume,
             "say what to fine-tune: --checkpoint FILE (a `mim pretrain` checkpoint) or --from-scratch (the baseline)"
         );
@@ -222,12 +245,20 @@ impl FinetuneCmd {
 
 /// Runs `mim finetune`.
 pub fn run_finetune(a: &FinetuneCmd) -> Result<()> {
+    a.record.check()?;
     let mut cfg = a.config()?;
     let resume = a.resume.then(|| last_checkpoint(&cfg.run.out));
     match &resume {
         Some(r) => {
             ensure!(r.exists(), "nothing to resume: '{}' does not exist (run without --resume to start)", r.display());
-            let saved = mim::checkpoint::read_header(r)?.train;
+            let header = mim::checkpoint::read_header(r)?;
+            ensure!(
+                header.classifier.is_some(),
+                "'{}' holds a pretraining run, not a fine-tuning: fine-tune it with --checkpoint '{}' and a new --out",
+                cfg.run.out.display(),
+                r.display()
+            );
+            let saved = header.train;
             let mutable = &["epochs", "device", "prefetch", "checkpoint_every", "keep_checkpoints", "eval_every"];
             cfg = crate::resume::resumed(
                 r,
@@ -310,7 +341,6 @@ pub struct LinprobeArgs {
 /// Runs `mim linprobe`.
 pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
     let t0 = Stopwatch::start();
-    let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
     let cfg = LinprobeConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
@@ -320,6 +350,9 @@ pub fn run_linprobe(a: &LinprobeArgs) -> Result<()> {
         optimizer: if a.optimizer == "sgd" { ProbeOptimizer::Sgd } else { ProbeOptimizer::Lars },
         seed: a.backbone.seed,
     };
+    cfg.validate()?;
+    a.record.check()?;
+    let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
     let device = mim::runtime::device(&a.backbone.device)?;
     let every = (a.epochs / 10).max(1);
     let history = linear_probe(&f[0], &f[1], classes, &cfg, &device, &mut |e| {
@@ -363,9 +396,12 @@ pub struct KnnArgs {
 /// Runs `mim knn`.
 pub fn run_knn(a: &KnnArgs) -> Result<()> {
     let t0 = Stopwatch::start();
+    let cfg = KnnConfig { k: a.k, temperature: a.temperature };
+    cfg.validate()?;
+    a.record.check()?;
     let (f, classes) = a.backbone.features(&[Split::Train, Split::Test])?;
     let device = mim::runtime::device(&a.backbone.device)?;
-    let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, KnnConfig { k: a.k, temperature: a.temperature }, &device)?;
+    let (top1, top5) = knn_accuracy(&f[0], &f[1], classes, cfg, &device)?;
     let what = a.backbone.backbone()?.describe();
     println!("{}-NN of {what}: test top-1 {top1:.2}%, top-5 {top5:.2}% ({:.1} s)", a.k, t0.wall_s());
     let (seconds, core_seconds) = (t0.wall_s(), t0.cpu_s());
@@ -397,6 +433,11 @@ pub struct EmbedArgs {
 
 /// Runs `mim embed`.
 pub fn run_embed(a: &EmbedArgs) -> Result<()> {
+    mim::io::check_output(
+        &a.out,
+        "safetensors",
+        &a.backbone.checkpoint.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let split = if a.split == "train" { Split::Train } else { Split::Test };
     let (f, _) = a.backbone.features(&[split])?;
     f[0].save(&a.out)?;

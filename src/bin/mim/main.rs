@@ -126,7 +126,7 @@ enum Command {
         #[arg(long, default_value = "runs/attention")]
         out: PathBuf,
         /// Up-scaling of the pictures.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = scale_range())]
         scale: usize,
     },
     /// A local web page to look at a model: hide patches and see the reconstruction, attention maps
@@ -153,7 +153,7 @@ enum Command {
         #[arg(long, default_value_t = mim::serve::ViewerConfig::NEIGHBOURS)]
         neighbours: usize,
         /// Up-scaling of the reconstruction picture.
-        #[arg(long, default_value_t = mim::serve::ViewerConfig::SCALE)]
+        #[arg(long, default_value_t = mim::serve::ViewerConfig::SCALE, value_parser = scale_range())]
         scale: usize,
         /// Address to listen on. Anything but loopback shows the model and data to the network.
         #[arg(long, default_value = "127.0.0.1")]
@@ -261,13 +261,13 @@ struct ReconstructArgs {
     #[arg(long, num_args = 1..)]
     images: Vec<PathBuf>,
     /// Fraction of patches removed (default: the method's, 0.75 for MAE, 0.6 of mask squares for SimMIM).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["visible", "mask_image"])]
     mask_ratio: Option<f64>,
     /// Seed of the random mask.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Explicit visible patches (row-major indices, comma-separated) instead of a random mask.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "mask_image")]
     visible: Vec<usize>,
     /// Explicit mask as an image: a patch is visible where the image (resized to the patch grid) is bright.
     #[arg(long)]
@@ -276,7 +276,7 @@ struct ReconstructArgs {
     #[arg(long, default_value = "runs/reconstruct")]
     out: PathBuf,
     /// Up-scaling of the pictures.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = scale_range())]
     scale: usize,
     /// Bare panels: no title, column titles or image names (to assemble a figure elsewhere).
     #[arg(long)]
@@ -677,9 +677,27 @@ fn run(cli: Cli) -> Result<()> {
                 norm_pix_loss: false,
                 ..defaults
             };
+            ensure!(
+                cfg.run.data.exists(),
+                "mim demo trains on the shipped Fashion-MNIST subset '{}', which is not here: run it from the \
+                 repository's root",
+                cfg.run.data.display()
+            );
             let ck = checkpoint_path(&out);
             let resume = ck.exists().then_some(ck.as_path());
             if resume.is_some() {
+                // Only the demo's own run is continued: any other would be trained on with the demo's recipe.
+                let recipe = |mut v: serde_json::Value| {
+                    v["run"]["epochs"] = serde_json::Value::Null;
+                    v
+                };
+                ensure!(
+                    recipe(checkpoint::read_header(&ck)?.train)
+                        == recipe(mim::train::trainer::settings_for_header(&cfg)?),
+                    "'{}' holds a run that is not an earlier `mim demo` (another model, data or recipe): give the demo \
+                     another --out, or delete the folder to start over",
+                    out.display()
+                );
                 eprintln!(
                     "'{}' holds an earlier demo run: continuing it (delete the folder to start over)",
                     out.display()
@@ -892,6 +910,11 @@ fn with_pretraining(mut w: mim::weights::Weights) -> Result<mim::weights::Weight
             mim::results::Pretraining::of_checkpoint(&w.path)?.map(|p| serde_json::to_string(&p)).transpose()?;
     }
     Ok(w)
+}
+
+/// `--scale`: 1 to 32 (a 224 px image at 32x is a 7,168 px panel, already more than a screen).
+fn scale_range() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=32)
 }
 
 fn precision(half: bool) -> mim::io::Precision {

@@ -50,7 +50,8 @@ pub fn record_given(matches: &ArgMatches) {
     let _ = GIVEN.set(ids);
 }
 
-fn given() -> &'static [String] {
+/// Ids of the arguments the user typed (see [`record_given`]).
+pub fn given() -> &'static [String] {
     GIVEN.get().map_or(&[], |v| v.as_slice())
 }
 
