@@ -197,7 +197,8 @@ fn resume_takes_the_run_from_its_checkpoint_from_any_directory() {
 fn optimizer_numbers_are_refused_with_accurate_messages() {
     let data = subset();
     let d = data.to_str().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["--max-images", "0"], "--max-images must be at least 1"),
         (&["--lr", "inf"], "the learning rate is inf: it must be a finite number"),
         (
             &["--lr", "1e-3", "--min-lr", "10"],

@@ -120,6 +120,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.epochs > 0, "--epochs must be at least 1");
         ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        ensure!(self.max_images != Some(0), "--max-images must be at least 1");
         ensure!(self.accum_iter > 0, "--accum-iter must be at least 1");
         ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
         Ok(())

@@ -307,12 +307,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Timed steps per side in each round.
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
     iters: usize,
     /// Alternating rounds per workload (mim's steps, then the peer's, the first side alternating):
     /// ratios are the median and interquartile range of the per-round ratios, which a busy shared
     /// machine moves by up to 2x.
-    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one())]
     rounds: usize,
     /// Python of the peer's venv (tools/peer/setup.sh) to run the PyTorch peer in the same invocation.
     #[arg(long)]
@@ -346,13 +346,13 @@ enum BenchTable {
         #[arg(long, value_delimiter = ',', default_value = "mae_tiny_28,mae_vit_base_patch16,mae_vit_large_patch16")]
         models: Vec<String>,
         /// Images per step, one per model (default: 256 for 28-32 px presets, 8 for ViT-B, 4 for ViT-L/H).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = at_least_one())]
         batch: Vec<usize>,
         /// Untimed steps first.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
         /// Timed steps (median reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one())]
         iters: usize,
         /// Append every row as JSON lines here.
         #[arg(long, default_value = "bench.jsonl")]
@@ -915,6 +915,11 @@ fn with_pretraining(mut w: mim::weights::Weights) -> Result<mim::weights::Weight
 /// `--scale`: 1 to 32 (a 224 px image at 32x is a 7,168 px panel, already more than a screen).
 fn scale_range() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..=32)
+}
+
+/// A count that must be at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 fn precision(half: bool) -> mim::io::Precision {
