@@ -250,6 +250,7 @@ pub fn run_study(cfg: &AblateConfig, reporter: &mut dyn Reporter) -> Result<Vec<
             train.truncate(n);
         }
         let test = Dataset::open(&s.pretrain.run.data, Split::Test)?;
+        train.check_test_split(&test)?;
         let e = Backbone::Checkpoint(summary.checkpoint.clone())
             .encoder(train.channels, Pool::Cls, &device)?
             .expect("an encoder");

@@ -70,7 +70,9 @@ pub fn write_report(run_dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
     );
     let metrics: Vec<StepMetrics> = crate::train::pretrain::read_metrics(&metrics_file)?;
     ensure!(!metrics.is_empty(), "'{}' is empty: the run has not finished an iteration yet", metrics_file.display());
-    let header = checkpoint::read_header(&crate::train::pretrain::checkpoint_path(run_dir)).ok();
+    let ckpt = crate::train::pretrain::checkpoint_path(run_dir);
+    // No checkpoint yet is a state of the run; a damaged one is the user's to know.
+    let header = ckpt.exists().then(|| checkpoint::read_header(&ckpt)).transpose()?;
     let knn: Vec<KnnRecord> = read_optional(&run_dir.join("knn.jsonl"), "k-NN records")?;
     let starts: Vec<RunStart> = read_optional(&run_dir.join(RUNS_LOG), "run starts")?;
     let snapshots = snapshot_files(run_dir)?;
@@ -79,7 +81,7 @@ pub fn write_report(run_dir: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let name = name.file_name().map_or_else(|| run_dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut html = String::new();
     let title = match &header {
-        Some(h) => format!("{name}: {} pretraining, epoch {}", method_of(h), h.epoch),
+        Some(h) => format!("{name}: {} epoch {}", method_of(h), h.epoch),
         None => format!("{name}: pretraining (no checkpoint yet)"),
     };
     write!(html, "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>", esc(&title))?;
@@ -139,11 +141,13 @@ pre { background: #f6f7f9; padding: 10px; overflow-x: auto; font-size: 12px; } c
 .muted { color: #5d6675; }
 </style>";
 
+/// What trained the run: the pretraining method, or a fine-tuning (whose checkpoint has a head).
 fn method_of(h: &CheckpointHeader) -> &'static str {
-    match h.train.get("method").and_then(|m| m.as_str()) {
-        Some("beit") => "BEiT",
-        Some("simmim") => "SimMIM",
-        _ => "MAE",
+    match (h.classifier.is_some(), h.train.get("method").and_then(|m| m.as_str())) {
+        (true, _) => "fine-tuning,",
+        (_, Some("beit")) => "BEiT pretraining,",
+        (_, Some("simmim")) => "SimMIM pretraining,",
+        _ => "MAE pretraining,",
     }
 }
 

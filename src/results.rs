@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::RunInfo;
@@ -396,12 +396,23 @@ pub fn replace_generated(document: &str, generated: &str) -> Result<String> {
     replace_between(document, (BEGIN, END), generated)
 }
 
+/// Byte offset of the first line of `document` that is `marker` (a mention inside a sentence is not
+/// a marker), from byte `from` on.
+pub fn marker_line(document: &str, marker: &str, from: usize) -> Option<usize> {
+    let mut at = 0;
+    document.split_inclusive('\n').find_map(|line| {
+        let start = at;
+        at += line.len();
+        (start >= from && line.trim_end() == marker).then_some(start)
+    })
+}
+
 /// `document` with the text between the `begin` and `end` lines replaced by `generated`.
 pub fn replace_between(document: &str, (begin, end): (&str, &str), generated: &str) -> Result<String> {
-    let (Some(b), Some(e)) = (document.find(begin), document.find(end)) else {
-        bail!("the document has no generated block: put the lines\n{begin}\n{end}\nwhere the tables belong");
-    };
-    ensure!(b < e, "the end marker comes before the begin marker");
+    let no_block =
+        || format!("the document has no generated block: put the lines\n{begin}\n{end}\nwhere the tables belong");
+    let b = marker_line(document, begin, 0).with_context(no_block)?;
+    let e = marker_line(document, end, b).with_context(no_block)?;
     Ok(format!("{}{begin}\n\n{}\n{}", &document[..b], generated.trim_end(), &document[e..]))
 }
 
@@ -617,6 +628,10 @@ mod tests {
         let doc = format!("intro\n{BEGIN}\nold\n{END}\nafter\n");
         assert_eq!(replace_generated(&doc, "new\n").unwrap(), format!("intro\n{BEGIN}\n\nnew\n{END}\nafter\n"));
         assert!(replace_generated("no markers", "x").unwrap_err().to_string().contains(BEGIN));
+        // Markers quoted in prose are text, not the block's bounds.
+        let doc = format!("the block starts at `{BEGIN}` and ends at {END}.\nkept\n{BEGIN}\nold\n{END}\n");
+        let want = format!("the block starts at `{BEGIN}` and ends at {END}.\nkept\n{BEGIN}\n\nnew\n{END}\n");
+        assert_eq!(replace_generated(&doc, "new").unwrap(), want);
     }
 
     #[test]

@@ -58,6 +58,47 @@ fn image_folders_list_classes_in_sorted_order() {
 }
 
 #[test]
+fn an_evaluation_needs_labelled_splits_of_its_own_with_the_same_classes() {
+    let png = |dir: &std::path::Path, name: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9])).save(dir.join(name)).unwrap();
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for class in ["a", "b"] {
+        for i in 0..3 {
+            png(&root.join("train").join(class), &format!("{i}.png"));
+        }
+    }
+    // Classes in turn, so the first images (--max-images) hold every class; hidden entries are left out.
+    png(&root.join("train/.ipynb_checkpoints"), "x.png");
+    png(&root.join("train/a"), ".hidden.png");
+    let train = Dataset::open(root, Split::Train).unwrap();
+    assert_eq!((train.classes.clone(), train.labels.clone()), (vec!["a".into(), "b".into()], vec![0, 1, 0, 1, 0, 1]));
+    let err = Dataset::open(root, Split::Test).unwrap_err().to_string();
+    assert!(err.contains("has a train/ folder but no val/ or test/"), "{err}");
+    // The same classes, an empty folder counting as one.
+    png(&root.join("val/a"), "0.png");
+    std::fs::create_dir_all(root.join("val/b")).unwrap();
+    let (_, test) = Dataset::open_labelled(root).unwrap();
+    assert_eq!(test.classes, train.classes);
+    png(&root.join("val/c"), "0.png");
+    let err = Dataset::open_labelled(root).unwrap_err().to_string();
+    assert!(err.contains("different classes (2 and 3; class 2 is none in"), "{err}");
+    // One folder for both splits, and IDX images without their labels, are for pretraining only.
+    let flat = Dataset::open_labelled(&root.join("train")).unwrap_err().to_string();
+    assert!(flat.contains("has no test split of its own"), "{flat}");
+    let idx = tmp.path().join("idx");
+    std::fs::create_dir_all(&idx).unwrap();
+    for f in ["train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"] {
+        std::fs::copy(subset().join(f), idx.join(f)).unwrap();
+    }
+    assert!(Dataset::open(&idx, Split::Train).unwrap().classes.is_empty());
+    let err = Dataset::open_labelled(&idx).unwrap_err().to_string();
+    assert!(err.contains("has no labels, which an evaluation needs"), "{err}");
+}
+
+#[test]
 fn prefetcher_yields_the_same_batches_as_direct_loading() {
     let mut ds = Dataset::open(&subset(), Split::Train).unwrap();
     ds.truncate(100);

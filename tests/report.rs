@@ -67,4 +67,16 @@ fn a_run_folder_becomes_one_self_contained_page_with_curves_snapshots_and_proven
     assert_eq!(html.matches("<tr><td class=\"n\">").count(), 2, "one timing row per epoch");
 
     assert_clean_error(&mim(&["report", tmp.path().to_str().unwrap()]), "has no metrics.jsonl");
+
+    // After a crash: the last metrics line cut short is left out; a damaged checkpoint is said.
+    let metrics = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"iteration\":9");
+    std::fs::write(&metrics, text).unwrap();
+    let out = mim(&["report", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ck = run.join("checkpoint.mim");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_error(&mim(&["report", run.to_str().unwrap()]), "is corrupted");
 }

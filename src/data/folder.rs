@@ -1,5 +1,6 @@
 //! Image folders in ImageNet layout: `root/{train,val}/CLASS/*.{png,jpg,jpeg}`, or `root/CLASS/*`
-//! directly. Images are decoded on demand.
+//! directly (one folder for both splits: pretraining only). Images are decoded on demand, in class
+//! by class order; hidden files and folders are left out.
 
 use std::path::{Path, PathBuf};
 
@@ -13,10 +14,12 @@ fn is_image(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
+/// The entries of `dir`, sorted, without hidden ones (`.ipynb_checkpoints`, macOS's `._x.png`).
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list '{}'", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     v.sort();
     Ok(v)
@@ -28,19 +31,36 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         Split::Train => ["train"].as_slice(),
         Split::Test => ["val", "test"].as_slice(),
     };
-    let root = sub.iter().map(|s| path.join(s)).find(|p| p.is_dir()).unwrap_or_else(|| path.to_path_buf());
+    let root = sub.iter().map(|s| path.join(s)).find(|p| p.is_dir());
+    // A folder split into train/ has its test split in val/ or test/, never the folder itself
+    // (whose one "class" would be train/).
+    ensure!(
+        root.is_some() || split == Split::Train || !path.join("train").is_dir(),
+        "'{}' has a train/ folder but no val/ or test/ beside it for the test split: add one (class folders \
+         as in train/)",
+        path.display()
+    );
+    let root = root.unwrap_or_else(|| path.to_path_buf());
     let class_dirs: Vec<PathBuf> = sorted_entries(&root)?.into_iter().filter(|p| p.is_dir()).collect();
-    let mut files = Vec::new();
-    let mut labels = Vec::new();
+    let mut per_class = Vec::new();
     let mut classes = Vec::new();
     for dir in &class_dirs {
         let images: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| is_image(p)).collect();
-        if images.is_empty() {
-            continue;
-        }
-        labels.extend(std::iter::repeat_n(classes.len() as u32, images.len()));
-        files.extend(images);
+        // A class without images is a class all the same: the splits must agree on the labels.
+        per_class.push(images);
         classes.push(dir.file_name().unwrap().to_string_lossy().to_string());
+    }
+    // Class by class in turn (a0, b0, c0, a1, ...), so that the first N images (--max-images) hold
+    // every class, as the first N of a shuffled IDX or CIFAR file do.
+    let mut files = Vec::new();
+    let mut labels = Vec::new();
+    for k in 0..per_class.iter().map(Vec::len).max().unwrap_or(0) {
+        for (c, images) in per_class.iter().enumerate() {
+            if let Some(f) = images.get(k) {
+                files.push(f.clone());
+                labels.push(c as u32);
+            }
+        }
     }
     ensure!(
         !files.is_empty(),

@@ -125,6 +125,7 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
     let (dims, pixels) = parse(&read_all(&images)?, IMAGES_MAGIC, &images)?;
     let n = dims[0];
     let fashion = images.to_string_lossy().contains("fashion");
+    let labelled = labels.is_some();
     let labels = match &labels {
         Some(p) => {
             let (ld, l) = parse(&read_all(p)?, LABELS_MAGIC, p)?;
@@ -147,7 +148,10 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         channels: 1,
         storage: Storage::Memory { width: dims[2], height: dims[1], pixels },
         labels,
-        classes: if fashion {
+        // Without its labels file the split has images only: no classes (pretraining only).
+        classes: if !labelled {
+            Vec::new()
+        } else if fashion {
             FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
         } else {
             (0..10).map(|i| i.to_string()).collect()

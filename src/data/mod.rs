@@ -14,7 +14,7 @@ pub mod resize;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 
 /// Which part of a dataset to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -66,7 +66,8 @@ pub struct Dataset {
     pub storage: Storage,
     /// Class index per image.
     pub labels: Vec<u32>,
-    /// Class names (index = label).
+    /// Class names (index = label); empty where the images come without labels (IDX images whose
+    /// labels file is missing), which serve pretraining only.
     pub classes: Vec<String>,
     /// Per-channel mean of the `[0, 1]` pixels, used for normalisation.
     pub mean: Vec<f32>,
@@ -107,6 +108,49 @@ impl Dataset {
              (data_batch_*.bin, test_batch.bin) or a folder of class sub-folders with PNG/JPEG images",
             path.display()
         )
+    }
+
+    /// The train and test splits at `path` for an evaluation (k-NN, probes, fine-tuning): see
+    /// [`Dataset::check_test_split`].
+    pub fn open_labelled(path: &Path) -> Result<(Self, Self)> {
+        let (train, test) = (Self::open(path, Split::Train)?, Self::open(path, Split::Test)?);
+        train.check_test_split(&test)?;
+        Ok((train, test))
+    }
+
+    /// Checks that `test` can score a model trained on `self`: both labelled, with the same classes,
+    /// and other images (a dataset without a test split of its own opens its training images for
+    /// both, and would report training accuracy as test accuracy).
+    pub fn check_test_split(&self, test: &Self) -> Result<()> {
+        for d in [self, test] {
+            ensure!(
+                !d.classes.is_empty(),
+                "{} has no labels, which an evaluation needs: put the *-labels-idx1-ubyte file beside the images",
+                d.name
+            );
+        }
+        ensure!(
+            self.name != test.name,
+            "{} has no test split of its own, so an evaluation would score the training images: give a folder with \
+             train/ and val/ (or test/) class folders, a CIFAR-10 folder with test_batch.bin, or an IDX folder with \
+             the t10k-* files",
+            self.name
+        );
+        if self.classes != test.classes {
+            let at = self.classes.iter().zip(&test.classes).take_while(|(a, b)| a == b).count();
+            let name = |c: &[String]| c.get(at).map_or("none".into(), |n| format!("'{n}'"));
+            bail!(
+                "the splits have different classes ({} and {}; class {at} is {} in {} and {} in {}): give both \
+                 splits the same class folders (an empty one counts)",
+                self.classes.len(),
+                test.classes.len(),
+                name(&self.classes),
+                self.name,
+                name(&test.classes),
+                test.name
+            );
+        }
+        Ok(())
     }
 
     /// Number of images.

@@ -418,14 +418,38 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 /// Reads a JSON-lines file (metrics, results) written by mim; `what` names it in errors.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
+    // A process killed mid-write leaves its last line cut short, without the newline: the complete
+    // lines before it are the run's record (resuming truncates it the same way).
+    let torn = !text.is_empty() && !text.ends_with('\n');
+    let n = text.lines().count();
     text.lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in '{}': {l}", path.display())))
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .filter_map(|(i, l)| match serde_json::from_str(l) {
+            Ok(v) => Some(Ok(v)),
+            Err(_) if torn && i + 1 == n => None,
+            Err(e) => {
+                Some(Err(anyhow::Error::new(e).context(format!("bad line {} in '{}': {l}", i + 1, path.display()))))
+            }
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jsonl_reading_skips_a_torn_last_line_and_blank_lines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\n{\"a\":").unwrap();
+        let v: Vec<serde_json::Value> = read_jsonl(&path, "metrics").unwrap();
+        assert_eq!(v.len(), 2);
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":\n{\"a\":2}\n").unwrap();
+        let err = format!("{:#}", read_jsonl::<serde_json::Value>(&path, "metrics").unwrap_err());
+        assert!(err.contains("bad line 2 in"), "{err}");
+    }
 
     #[test]
     fn a_failed_atomic_write_removes_its_temporary_file() {

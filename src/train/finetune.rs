@@ -503,7 +503,9 @@ impl<C: Recipe> Task for Finetuning<'_, C> {
     }
 
     fn prepare(&mut self, data: &Dataset, device: &Device) -> Result<()> {
-        self.test = Some((Dataset::open(&self.cfg.run.data, Split::Test)?, device.clone()));
+        let test = Dataset::open(&self.cfg.run.data, Split::Test)?;
+        data.check_test_split(&test)?;
+        self.test = Some((test, device.clone()));
         (self.classes, self.channels) = (data.classes.len(), data.channels);
         Ok(())
     }

@@ -373,7 +373,8 @@ impl<M: MimModel> Task for Pretraining<'_, M> {
         self.ctx = Some(StepContext { ratio: self.cfg.ratio(), strategy: self.cfg.mask.clone(), grid, tokenizer });
         if self.cfg.eval_every > 0 {
             let test = Dataset::open(&self.cfg.run.data, Split::Test)
-                .context("the k-NN monitor (--eval-every) needs a test split")?;
+                .and_then(|test| data.check_test_split(&test).map(|()| test))
+                .context("the k-NN monitor (--eval-every) needs a labelled test split")?;
             let mut bank = data.clone();
             bank.truncate(self.cfg.knn_images);
             self.monitor = Some((bank, test, device.clone()));

@@ -39,7 +39,7 @@ pub struct AblateArgs {
     #[arg(long)]
     epochs: Option<usize>,
     /// Fine-tuning epochs per setting (default 5; 1 with --quick).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::at_least_one())]
     finetune_epochs: Option<usize>,
     /// Images per pretraining and fine-tuning step.
     #[arg(long, default_value_t = 128)]
@@ -103,6 +103,8 @@ pub fn run_ablate(a: &AblateArgs) -> Result<()> {
             .clone()
             .map(|path| (path, a.record_study.clone().unwrap_or_else(|| format!("MAE ablation: {study_name}")))),
     };
+    // Each setting ends in a probe and a fine-tuning: refuse data they cannot score before pretraining.
+    mim::data::Dataset::open_labelled(&a.data)?;
     let rows = run_study(&cfg, &mut Bar::default())?;
     println!("{}", std::fs::read_to_string(out.join("table.md"))?);
     eprintln!(

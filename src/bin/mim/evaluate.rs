@@ -77,8 +77,14 @@ impl BackboneArgs {
         let mut classes = 0;
         // What the features come from, read once for every split.
         let source = self.features_cache.as_ref().map(|_| cache_source(&backbone)).transpose()?;
-        for &split in splits {
-            let mut ds = Dataset::open(&self.data, split)?;
+        let datasets = match splits {
+            [Split::Train, Split::Test] => {
+                let (train, test) = Dataset::open_labelled(&self.data)?;
+                vec![train, test]
+            }
+            _ => splits.iter().map(|&split| Dataset::open(&self.data, split)).collect::<Result<_>>()?,
+        };
+        for (&split, mut ds) in splits.iter().zip(datasets) {
             if split == Split::Train
                 && let Some(n) = self.max_images
             {

@@ -879,7 +879,7 @@ fn run(cli: Cli) -> Result<()> {
                     let mut text = mim::results::replace_generated(&text, &tables)
                         .with_context(|| format!("'{}'", doc.display()))?;
                     // The summary block is optional: a document that has its markers opens with it.
-                    if text.contains(mim::results::SUMMARY_BEGIN) {
+                    if mim::results::marker_line(&text, mim::results::SUMMARY_BEGIN, 0).is_some() {
                         let markers = (mim::results::SUMMARY_BEGIN, mim::results::SUMMARY_END);
                         let summary = mim::results::summary_markdown(&studies);
                         text = mim::results::replace_between(&text, markers, &summary)
