@@ -116,6 +116,14 @@ fn records_of_knn_linprobe_and_finetune_make_tables_over_seeds_and_a_mask_ratio_
     }
     // No curve where nothing varies.
     assert!(!plots.join("features.png").exists());
+    // A document in another folder than the plots links them from where it is.
+    let sub = tmp.path().join("docs").join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(sub.join("r.md"), format!("{BEGIN}\n{END}\n")).unwrap();
+    let doc = sub.join("r.md");
+    let args = ["results", "--records", records.to_str().unwrap(), "--write", doc.to_str().unwrap(), "--plots"];
+    run(&args.into_iter().chain([plots.to_str().unwrap()]).collect::<Vec<_>>());
+    assert!(std::fs::read_to_string(&doc).unwrap().contains("![ratio](../../plots/ratio.png)"));
 }
 
 #[test]

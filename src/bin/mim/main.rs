@@ -867,7 +867,7 @@ fn run(cli: Cli) -> Result<()> {
                         eprintln!("wrote {}", file.display());
                         // The document links the plot relative to itself.
                         let base = write.as_deref().and_then(Path::parent).unwrap_or(Path::new(""));
-                        let link = file.strip_prefix(base).unwrap_or(&file);
+                        let link = relative_to(&file, base)?;
                         tables += &format!("\n![{}]({})\n", study.name, link.display());
                     }
                 }
@@ -910,6 +910,14 @@ fn with_pretraining(mut w: mim::weights::Weights) -> Result<mim::weights::Weight
             mim::results::Pretraining::of_checkpoint(&w.path)?.map(|p| serde_json::to_string(&p)).transpose()?;
     }
     Ok(w)
+}
+
+/// `path` as a link from a document in folder `base` (`../plots/x.png` for `plots/x.png` from `docs/`).
+fn relative_to(path: &Path, base: &Path) -> Result<PathBuf> {
+    let (path, base) = (std::path::absolute(path)?, std::path::absolute(base)?);
+    let common = path.components().zip(base.components()).take_while(|(a, b)| a == b).count();
+    let up = base.components().skip(common).map(|_| std::path::Component::ParentDir);
+    Ok(up.chain(path.components().skip(common)).collect())
 }
 
 /// `--scale`: 1 to 32 (a 224 px image at 32x is a 7,168 px panel, already more than a screen).
