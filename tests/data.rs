@@ -122,4 +122,14 @@ fn colour_images_are_told_from_grey_ones_by_their_header() {
     image::GrayImage::from_pixel(4, 4, image::Luma([90])).save(&grey).unwrap();
     assert!(mim::data::folder::is_colour(&rgb).unwrap());
     assert!(!mim::data::folder::is_colour(&grey).unwrap());
+    // A folder of grey images is 1-channel data; one colour image first in its class makes it RGB.
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join("set").join(class)).unwrap();
+        std::fs::copy(&grey, dir.path().join("set").join(class).join("0.png")).unwrap();
+    }
+    let ds = mim::data::Dataset::open(&dir.path().join("set"), mim::data::Split::Train).unwrap();
+    assert_eq!((ds.channels, ds.image(1).unwrap().pixels.len()), (1, 16));
+    std::fs::copy(&rgb, dir.path().join("set/b/0.png")).unwrap();
+    let ds = mim::data::Dataset::open(&dir.path().join("set"), mim::data::Split::Train).unwrap();
+    assert_eq!((ds.channels, ds.image(0).unwrap().pixels.len()), (3, 48));
 }

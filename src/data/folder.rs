@@ -68,14 +68,26 @@ pub fn open(path: &Path, split: Split) -> Result<Dataset> {
          (optionally under root/train and root/val)",
         root.display()
     );
+    // Grey when the first image of every class is (a header read each): a folder of grey PNGs is
+    // 1-channel data, as the same images in IDX files; any colour makes it RGB.
+    let mut colour = false;
+    for first in per_class.iter().filter_map(|images| images.first()) {
+        if is_colour(first)? {
+            colour = true;
+            break;
+        }
+    }
+    // ImageNet's statistics, averaged over the channels for grey images.
+    let (channels, mean, std) =
+        if colour { (3, vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]) } else { (1, vec![0.449], vec![0.225]) };
     Ok(Dataset {
         name: format!("image folder {} ({} images, {} classes)", root.display(), files.len(), classes.len()),
-        channels: 3,
+        channels,
         storage: Storage::Files(files),
         labels,
         classes,
-        mean: vec![0.485, 0.456, 0.406],
-        std: vec![0.229, 0.224, 0.225],
+        mean,
+        std,
     })
 }
 
