@@ -267,7 +267,7 @@ pub fn check_pos_embed_shape(key: &str, shape: &[usize], grid: usize, dim: usize
     {
         bail!(
             "'{key}' in '{source}' is {d} wide, this model {dim} (shape {shape:?} against {want:?}): the weights are for \
-             another model; build the one they were trained with (their config.json or the matching preset: `mim inspect` \
+             another configuration; build the model they were trained with (their config.json or the matching preset: `mim inspect` \
              shows what the file holds)"
         );
     }
