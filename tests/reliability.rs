@@ -107,6 +107,13 @@ fn two_concurrent_runs_into_one_folder_leave_exactly_one_complete_run() {
     assert!(!run.join("checkpoint.tmp").exists());
 }
 
+/// Trains the small run of [`pretrain_args`] with `extra` flags into `dir`, which must succeed.
+fn trained(dir: &std::path::Path, extra: &[&str]) {
+    let args = pretrain_args(dir.to_str().unwrap());
+    let o = mim(&[&args.iter().map(String::as_str).collect::<Vec<_>>()[..], extra].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn mim_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mim")).current_dir(dir).args(args).output().unwrap()
 }
@@ -222,8 +229,7 @@ fn optimizer_numbers_are_refused_with_accurate_messages() {
 fn a_damaged_checkpoint_is_refused_and_an_intact_one_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let out = mim(&pretrain_args(run.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    trained(&run, &[]);
     let good = std::fs::read(run.join("checkpoint.mim")).unwrap();
     let st = tmp.path().join("w.safetensors");
     let export =
@@ -245,8 +251,7 @@ fn a_damaged_checkpoint_is_refused_and_an_intact_one_loads() {
 fn no_output_flag_replaces_a_run_or_the_input() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let o = mim(&pretrain_args(run.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    trained(&run, &[]);
     let ck = run.join("checkpoint.mim");
     let (c, metrics) = (ck.to_str().unwrap(), run.join("metrics.jsonl"));
     let kept = |f: &std::path::Path| std::fs::read(f).unwrap();
@@ -269,10 +274,7 @@ fn no_output_flag_replaces_a_run_or_the_input() {
 
     // --resume-from into a folder that holds another run.
     let other = tmp.path().join("other");
-    let mut args = pretrain_args(other.to_str().unwrap());
-    args.extend(["--seed", "5"].map(String::from));
-    let o = mim(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    trained(&other, &["--seed", "5"]);
     let other_bytes = kept(&other.join("checkpoint.mim"));
     let mut args = pretrain_args(other.to_str().unwrap());
     args.extend(["--resume-from", c].map(String::from));
@@ -316,8 +318,7 @@ fn evaluation_settings_are_refused_before_any_feature_is_extracted() {
 fn the_demo_continues_only_its_own_run_and_says_where_to_run_it() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let o = mim(&pretrain_args(run.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    trained(&run, &[]);
     let before = std::fs::read(run.join("checkpoint.mim")).unwrap();
     assert_clean_error(&mim(&["demo", "--out", run.to_str().unwrap()]), "is not an earlier `mim demo`");
     assert_eq!(std::fs::read(run.join("checkpoint.mim")).unwrap(), before);
