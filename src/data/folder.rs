@@ -1,6 +1,6 @@
 //! Image folders in ImageNet layout: `root/{train,val}/CLASS/*.{png,jpg,jpeg}`, or `root/CLASS/*`
-//! directly (one folder for both splits: pretraining only). Images are decoded on demand, in class
-//! by class order; hidden files and folders are left out.
+//! directly (one folder for both splits: pretraining only). Images are decoded on demand; the
+//! classes take turns in their order (a0, b0, a1, b1, ...); hidden files and folders are left out.
 
 use std::path::{Path, PathBuf};
 
